@@ -1,0 +1,35 @@
+"""Input validation with messages that say what was wrong and what is accepted."""
+from __future__ import annotations
+
+import torch
+
+MIN_LR_SIZE = 15    # the ESA branch at LR scale needs a 7x7 max-pool window after a stride-2 conv
+MIN_REF_SIZE = 12   # 3x3 texture patches at 1/4 scale
+
+
+def check_image(t, name: str, min_size: int, check_finite: bool = True) -> torch.Tensor:
+    """A (B, 3, H, W) floating tensor in [0, 1], at least ``min_size`` on each side."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (B, 3, H, W); got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+    if t.shape[1] != 3:
+        raise ValueError(f"{name} must have 3 (RGB) channels in dim 1; got shape {tuple(t.shape)} "
+                         "(convert grayscale or RGBA to RGB first, or use FRFSRPipeline, which does)")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got dtype {t.dtype} "
+                        "(for 8-bit images use img.float() / 255)")
+    if t.shape[0] < 1:
+        raise ValueError(f"{name} has an empty batch")
+    h, w = t.shape[-2:]
+    if h < min_size or w < min_size:
+        raise ValueError(f"{name} is {h}x{w}; the minimum size is {min_size}x{min_size}")
+    if check_finite and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return t
+
+
+def check_dtype(t: torch.Tensor, name: str, dtype: torch.dtype) -> None:
+    if t.dtype != dtype and not torch.is_autocast_enabled(t.device.type):
+        raise TypeError(f"{name} has dtype {t.dtype} but the model's weights are {dtype}; "
+                        f"convert the input with .to({dtype}) or the model with .to({t.dtype})")

@@ -1,0 +1,3 @@
+from .frfsr import FRFSR, AlignedTextures, Correspondence, Restoration
+
+__all__ = ["FRFSR", "Correspondence", "AlignedTextures", "Restoration"]

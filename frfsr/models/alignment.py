@@ -1,0 +1,80 @@
+"""Feature alignment module (paper III-C-1, eq. 15-16).
+
+An offset branch reads the U-Net feature, the flow-warped Ref feature and the Ref
+feature at the same position, and a modulated deformable convolution over the Ref
+feature, seeded by the correspondence's pre-offsets, aligns the Ref texture to the LR
+grid. The Ref feature map may have any size: the deformable conv samples it at
+absolute positions and writes on the grid of the U-Net feature.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+
+
+def same_grid(feat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``feat`` read on a grid of ``size`` at the same pixel coordinates: cropped where it is
+    larger, zero-filled where it is smaller. (The release zero-pads LR and Ref to one common
+    size; this is that, without resizing anything.)"""
+    h, w = size
+    H, W = feat.shape[-2:]
+    if (H, W) == (h, w):
+        return feat
+    return F.pad(feat[..., :h, :w], (0, max(w - W, 0), 0, max(h - H, 0)))
+
+
+class ModulatedDeformConv(nn.Module):
+    """DCNv2 whose offsets and masks come from a separate feature (``offset_mask`` conv),
+    with a precomputed per-tap offset (the correspondence's pre-offset) added to the
+    learned offsets."""
+
+    def __init__(self, channels: int, deform_groups: int, kernel_size: int = 3):
+        super().__init__()
+        self.groups = deform_groups
+        self.kernel_size = kernel_size
+        taps = kernel_size * kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.offset_mask = nn.Conv2d(channels, 3 * deform_groups * taps, kernel_size, 1, kernel_size // 2)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.weight[0].numel())
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+
+    def forward(self, ref_feat: torch.Tensor, guide: torch.Tensor, pre_offset: torch.Tensor) -> torch.Tensor:
+        """``ref_feat`` (B, C, H', W') any size; ``guide`` (B, C, h, w) on the output grid;
+        ``pre_offset`` (B, K, h, w, 2) in (x, y) order, K = kernel taps."""
+        o1, o2, mask = torch.chunk(self.offset_mask(guide), 3, dim=1)
+        b, k, h, w, _ = pre_offset.shape
+        # (x, y) -> (dy, dx) per tap, repeated for every deformable group
+        pre = pre_offset.flip(-1).permute(0, 1, 4, 2, 3).repeat(1, self.groups, 1, 1, 1)
+        offset = torch.cat((o1, o2), dim=1) + pre.reshape(b, 2 * self.groups * k, h, w).to(o1.dtype)
+        return ops.deform_conv(ref_feat, offset, torch.sigmoid(mask), self.weight, self.bias,
+                               stride=1, padding=self.kernel_size // 2, dilation=1)
+
+
+class FeatureAlignment(nn.Module):
+    """Offset branch ``conv3x3(ngf + 2C -> C) -> lrelu -> conv3x3(C -> C) -> lrelu`` on
+    [U-Net feature; warped Ref feature; Ref feature], then the deformable conv over the
+    Ref feature, then LeakyReLU 0.1."""
+
+    def __init__(self, ngf: int, ref_channels: int, deform_groups: int):
+        super().__init__()
+        self.offset_conv1 = nn.Conv2d(ngf + 2 * ref_channels, ref_channels, 3, 1, 1)
+        self.offset_conv2 = nn.Conv2d(ref_channels, ref_channels, 3, 1, 1)
+        self.dcn = ModulatedDeformConv(ref_channels, deform_groups)
+
+    def forward(self, x, warped, ref_feat, pre_offset):
+        guide = torch.cat((x, warped, same_grid(ref_feat, x.shape[-2:])), dim=1)
+        guide = F.leaky_relu(self.offset_conv1(guide), 0.1)
+        guide = F.leaky_relu(self.offset_conv2(guide), 0.1)
+        return F.leaky_relu(self.dcn(ref_feat, guide, pre_offset), 0.1)

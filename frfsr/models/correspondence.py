@@ -1,0 +1,125 @@
+"""Correlation-based texture warp (paper III-B, eq. 5-13).
+
+Texture features of the bicubic-upsampled LR and of the Ref(s) are L2-normalised per
+pixel and matched as 3x3 patches by cosine similarity (``frfsr.ops.patch_match``). The
+best Ref patch of every LR position gives an index, the index a flow on the LR texture
+grid (= the LR grid, relu3_1 scale), and the flow is scaled to the relu2_1 and relu1_1
+grids (x2, x4) and shifted once per 3x3 tap into the pre-offsets that seed the
+deformable alignment.
+
+Several Refs are laid side by side on one canvas (the *mosaic*), with zero gaps between
+them, at every feature scale; a flow then points into the mosaic, and warping and
+deformable sampling need not know how many Refs there were. The match keeps, per LR
+position, the best patch over all Refs. A single Ref is its own mosaic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+SCALES = (4, 2, 1)          # mosaic factor of relu1_1, relu2_1, relu3_1 w.r.t. the texture grid
+MOSAIC_GAP = 2              # zero columns between Refs, in texture-grid (1/4) pixels
+
+
+@dataclass(frozen=True)
+class MosaicLayout:
+    """Where each Ref sits on the mosaic: column offsets in texture-grid (1/4-scale) pixels,
+    and the Refs' image sizes."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def build(cls, sizes) -> "MosaicLayout":
+        sizes = tuple((int(h), int(w)) for h, w in sizes)
+        offsets, x = [], 0
+        for _, w in sizes:
+            offsets.append(x)
+            x += -(-w // 4) + MOSAIC_GAP
+        return cls(tuple(offsets), sizes)
+
+    def canvas(self, maps: list[torch.Tensor], factor: int) -> torch.Tensor:
+        """Place per-Ref maps (B, C, h_r, w_r) onto one zero canvas; map r starts at column
+        ``factor * offsets[r]``. With one Ref the map itself is returned."""
+        if len(maps) == 1:
+            return maps[0]
+        height = max(m.shape[-2] for m in maps)
+        width = max(factor * o + m.shape[-1] for o, m in zip(self.offsets, maps))
+        b, c = maps[0].shape[:2]
+        out = maps[0].new_zeros(b, c, height, width)
+        for o, m in zip(self.offsets, maps):
+            out[:, :, : m.shape[-2], factor * o: factor * o + m.shape[-1]] = m
+        return out
+
+
+def normalize_features(feat: torch.Tensor) -> torch.Tensor:
+    """L2-normalise a feature map per pixel over channels."""
+    return F.normalize(feat, dim=1)
+
+
+def match_refs(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: MosaicLayout, patch_size: int = 3):
+    """Best 3x3 patch over all Refs for every valid LR texture position.
+
+    Returns ``score`` (B, h-2, w-2), ``kx``, ``ky`` (mosaic texture-grid coordinates of the
+    matched patch's top-left corner, int64) and ``ref_id`` (which Ref won, int64)."""
+    q = normalize_features(lr_tex)
+    best = kx = ky = ref_id = None
+    for r, (tex, off) in enumerate(zip(ref_texs, layout.offsets)):
+        score, index = ops.patch_match(q, normalize_features(tex), patch_size=patch_size)
+        wk = tex.shape[-1] - patch_size + 1
+        x, y = index % wk + off, torch.div(index, wk, rounding_mode="floor")
+        if best is None:
+            best, kx, ky, ref_id = score, x, y, torch.zeros_like(index)
+        else:
+            better = score > best
+            best = torch.where(better, score, best)
+            kx, ky = torch.where(better, x, kx), torch.where(better, y, ky)
+            ref_id = torch.where(better, torch.full_like(ref_id, r), ref_id)
+    return best, kx, ky, ref_id
+
+
+def index_to_flow(kx: torch.Tensor, ky: torch.Tensor, patch_size: int = 3) -> torch.Tensor:
+    """Flow (B, h, w, 2) in (x, y) order on the texture grid: matched patch corner minus the
+    query patch corner, zero-padded by ``patch_size - 1`` at the bottom and right (the
+    release's convention)."""
+    b, hv, wv = kx.shape
+    gy, gx = torch.meshgrid(torch.arange(hv, device=kx.device), torch.arange(wv, device=kx.device), indexing="ij")
+    flow = torch.stack((kx - gx, ky - gy), dim=-1).float()
+    pad = patch_size - 1
+    return F.pad(flow, (0, 0, 0, pad, 0, pad))
+
+
+def upscale_flow(flow: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour repeat of a (B, h, w, 2) flow by ``factor``, values times ``factor``."""
+    if factor == 1:
+        return flow
+    return flow.repeat_interleave(factor, 1).repeat_interleave(factor, 2) * factor
+
+
+def pre_offsets(flow: torch.Tensor, step: int, taps: int = 3) -> torch.Tensor:
+    """The flow shifted by (i, j) * step for every tap (i, j) of a ``taps`` x ``taps`` kernel,
+    zero-filled: (B, taps*taps, h, w, 2), (x, y) order."""
+    b, h, w, _ = flow.shape
+    span = (taps - 1) * step
+    padded = F.pad(flow, (0, 0, span, 0, span, 0))       # zeros on the top and left
+    shifts = [padded[:, span - i * step: span - i * step + h, span - j * step: span - j * step + w]
+              for i in range(taps) for j in range(taps)]
+    return torch.stack(shifts, dim=1)
+
+
+def flow_warp(feat: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sample ``feat`` (B, C, H, W) at (grid + flow) for the grid of ``flow`` (B, h, w, 2):
+    bilinear, zeros outside, pixel-centre convention of align_corners=True. The output
+    is (B, C, h, w); ``feat`` need not have the flow's size."""
+    b, h, w, _ = flow.shape
+    H, W = feat.shape[-2:]
+    gy, gx = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
+                            torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
+    x = 2.0 * (gx + flow[..., 0]) / max(W - 1, 1) - 1.0
+    y = 2.0 * (gy + flow[..., 1]) / max(H - 1, 1) - 1.0
+    grid = torch.stack((x, y), dim=-1).to(feat.dtype)
+    return F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)

@@ -1,0 +1,177 @@
+"""FRFSR: match -> align -> restore (paper Fig. 1), with feature reuse for stage 2."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checks import MIN_LR_SIZE, MIN_REF_SIZE, check_dtype, check_image
+from ..config import FRFSRConfig
+from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, pre_offsets,
+                             upscale_flow)
+from .restoration import RestorationNet
+from .sife import SIFE
+from .texture_encoder import TextureEncoder
+from .vgg import ReferenceFeatureExtractor
+
+
+class _Tensors:
+    """Dataclass helpers: move every tensor, list the fields."""
+
+    def to(self, *args, **kwargs):
+        def mv(v):
+            if isinstance(v, torch.Tensor):
+                return v.to(*args, **kwargs)
+            if isinstance(v, tuple):
+                return tuple(mv(x) for x in v)
+            return v
+        return type(self)(**{f.name: mv(getattr(self, f.name)) for f in fields(self)})
+
+
+@dataclass
+class Correspondence(_Tensors):
+    """Result of :meth:`FRFSR.match`. Flows and pre-offsets are listed at relu1_1 (HR),
+    relu2_1 (HR/2) and relu3_1 (LR) scale; flows are (B, h, w, 2) in (x, y) order, pointing
+    into the Ref mosaic; pre-offsets are (B, 9, h, w, 2)."""
+
+    flows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    pre_offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    confidence: torch.Tensor          # (B, 1, h, w): cosine similarity of the best match, 0 on the border
+    ref_id: torch.Tensor              # (B, h, w) int64: which Ref the best patch came from (-1 on the border)
+    refs: tuple[torch.Tensor, ...]    # the Ref images, (B, 3, H_r, W_r) each
+    layout: MosaicLayout
+
+    @property
+    def relevance(self) -> torch.Tensor:
+        """Mean match confidence per sample (B,): how much of the LR the Refs explain."""
+        c = self.confidence[:, :, 1:-1, 1:-1]
+        return c.flatten(1).mean(1)
+
+
+@dataclass
+class AlignedTextures(_Tensors):
+    """Result of :meth:`FRFSR.align`: the Ref mosaic's VGG19 features, the same features
+    warped onto the LR grid by the flows, and the pre-offsets, at the three scales."""
+
+    ref_feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    warped: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    pre_offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    confidence: torch.Tensor
+    warped_ref: torch.Tensor          # (B, 3, 4h, 4w): the Ref image warped onto the HR grid (a preview)
+
+
+@dataclass
+class Restoration(_Tensors):
+    """Result of :meth:`FRFSR.restore`."""
+
+    sr: torch.Tensor                  # (B, 3, 4h, 4w)
+    feature: torch.Tensor             # (B, ngf, 4h, 4w): F_SR before the output convs (reused by stage 2)
+    sife: torch.Tensor                # (B, sife_feat, h, w)
+
+
+class FRFSR(nn.Module):
+    """Reference-based 4x super-resolution.
+
+    ``model(lr, ref)`` runs :meth:`match`, :meth:`align` and :meth:`restore` in order.
+    ``lr`` is (B, 3, h, w) in [0, 1] with h, w >= 15; ``ref`` is a (B or 1, 3, H, W) tensor,
+    H, W >= 12, any size and aspect ratio, or a list of such tensors (several Refs per
+    LR). A stage-2 model (``config.stage == 2``) carries the frozen stage-1 restoration net
+    whose HR feature it reuses (``reuse_net``).
+    """
+
+    def __init__(self, config: FRFSRConfig | None = None):
+        super().__init__()
+        cfg = config or FRFSRConfig.paper()
+        self.config = cfg
+        self.texture_encoder = TextureEncoder(cfg.vgg_widths)
+        self.ref_extractor = ReferenceFeatureExtractor(cfg.vgg_widths)
+        self.sife = SIFE(cfg.sife_blocks, cfg.sife_feat, cfg.sife_grow)
+        self.restoration = RestorationNet(cfg, cfg.vgg_widths, reuse=cfg.stage == 2)
+        if cfg.stage == 2:
+            self.reuse_net = RestorationNet(cfg, cfg.vgg_widths, reuse=False)
+            self.reuse_net.requires_grad_(False)
+        self.check_inputs = True          # NaN/Inf checks (one host sync each); off for the fastest path
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.restoration.head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.restoration.head.weight.device
+
+    # ------------------------------------------------------------------ inputs
+    def _prepare(self, lr, ref) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        check_image(lr, "lr", MIN_LR_SIZE, self.check_inputs)
+        refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
+        if not refs:
+            raise ValueError("at least one Ref image is required")
+        b = lr.shape[0]
+        out = []
+        for i, r in enumerate(refs):
+            name = "ref" if len(refs) == 1 else f"ref[{i}]"
+            check_image(r, name, MIN_REF_SIZE, self.check_inputs)
+            if r.shape[0] not in (1, b):
+                raise ValueError(f"{name} has batch size {r.shape[0]} but lr has {b}; give one Ref per LR "
+                                 f"(batch {b}) or one Ref for all (batch 1)")
+            if r.device != lr.device:
+                raise ValueError(f"{name} is on {r.device} but lr is on {lr.device}")
+            out.append(r.expand(b, -1, -1, -1) if r.shape[0] != b else r)
+        for t, name in [(lr, "lr")] + [(r, f"ref[{i}]") for i, r in enumerate(out)]:
+            check_dtype(t, name, self.dtype)
+        return lr, out
+
+    # ------------------------------------------------------------------ steps
+    def match(self, lr: torch.Tensor, ref) -> Correspondence:
+        """Correlation-based texture warp, matching step (paper eq. 5-9)."""
+        lr, refs = self._prepare(lr, ref)
+        p = self.config.patch_size
+        layout = MosaicLayout.build([r.shape[-2:] for r in refs])
+        lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+        lr_tex = self.texture_encoder.encode_lr(lr_up)
+        ref_texs = [self.texture_encoder.encode_ref(r) for r in refs]
+        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, layout, p)
+        flow3 = index_to_flow(kx, ky, p)
+        flows = tuple(upscale_flow(flow3, s) for s in SCALES)
+        offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
+        confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)
+        ref_id = F.pad(ref_id, (1, 1, 1, 1), value=-1)
+        return Correspondence(flows, offsets, confidence, ref_id, tuple(refs), layout)
+
+    def align(self, corr: Correspondence) -> AlignedTextures:
+        """Reference features at three scales, warped onto the LR grid (paper eq. 10-13)."""
+        per_ref = [self.ref_extractor(r) for r in corr.refs]
+        ref_feats = tuple(corr.layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
+        warped = tuple(flow_warp(f, flow) for f, flow in zip(ref_feats, corr.flows))
+        ref_image = corr.layout.canvas(list(corr.refs), SCALES[0])
+        warped_ref = flow_warp(ref_image, corr.flows[0])
+        return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref)
+
+    def restore(self, lr: torch.Tensor, textures: AlignedTextures, reuse_feature: torch.Tensor | None = None) -> Restoration:
+        """SIFE + the 3-scale U-Net (paper III-C). A stage-2 model computes the stage-1 HR
+        feature itself with its frozen ``reuse_net`` unless ``reuse_feature`` is given."""
+        sife = self.sife(lr)
+        if self.config.stage == 2 and reuse_feature is None:
+            reuse_feature = self.reuse_feature(lr, textures, sife)
+        sr, feature = self.restoration(lr, sife, textures, reuse_feature)
+        return Restoration(sr, feature, sife)
+
+    @torch.no_grad()
+    def reuse_feature(self, lr, textures: AlignedTextures, sife=None) -> torch.Tensor:
+        """F_SR^rec of the frozen stage-1 net (paper eq. 1), for a stage-2 model."""
+        if self.config.stage != 2:
+            raise ValueError("reuse_feature is only defined for a stage-2 model (config.stage == 2)")
+        sife = self.sife(lr) if sife is None else sife
+        return self.reuse_net(lr, sife, textures)[1]
+
+    def forward(self, lr: torch.Tensor, ref) -> torch.Tensor:
+        corr = self.match(lr, ref)
+        return self.restore(lr, self.align(corr)).sr
+
+    # ------------------------------------------------------------------ helpers
+    def num_parameters(self, part: str | None = None) -> int:
+        module = self if part is None else getattr(self, part)
+        return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,63 @@
+"""VGG trunks up to conv3_1, and the frozen VGG19 reference-feature extractor.
+
+VGG16 and VGG19 agree up to conv3_1 (conv1_1, conv1_2, pool, conv2_1, conv2_2, pool,
+conv3_1), so one trunk class serves the texture encoder (two VGG16 trunks) and the
+reference extractor (VGG19 relu1_1, relu2_1, relu3_1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1")
+
+
+class VGGTrunk(nn.Module):
+    """conv1_1 .. conv3_1 of VGG on ImageNet-normalised [0, 1] RGB input.
+
+    ``forward`` returns ``(relu1_1, relu2_1, out3)`` where ``out3`` is relu3_1, or the
+    pre-activation conv3_1 when ``final_relu=False`` (the texture encoder's output).
+    """
+
+    def __init__(self, widths=(64, 128, 256), final_relu: bool = True):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.final_relu = final_relu
+        self.conv1_1 = nn.Conv2d(3, c1, 3, padding=1)
+        self.conv1_2 = nn.Conv2d(c1, c1, 3, padding=1)
+        self.conv2_1 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.conv2_2 = nn.Conv2d(c2, c2, 3, padding=1)
+        self.conv3_1 = nn.Conv2d(c2, c3, 3, padding=1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, img: torch.Tensor):
+        x = (img - self.mean.to(img.dtype)) / self.std.to(img.dtype)
+        r1 = F.relu(self.conv1_1(x))
+        x = F.relu(self.conv1_2(r1))
+        x = F.max_pool2d(x, 2)
+        r2 = F.relu(self.conv2_1(x))
+        x = F.relu(self.conv2_2(r2))
+        x = F.max_pool2d(x, 2)
+        x = self.conv3_1(x)
+        return r1, r2, (F.relu(x) if self.final_relu else x)
+
+
+class ReferenceFeatureExtractor(nn.Module):
+    """Frozen VGG19 features of the Ref at three scales: relu1_1 (full size),
+    relu2_1 (1/2) and relu3_1 (1/4). Used for texture transfer (paper eq. 10-13)."""
+
+    def __init__(self, widths=(64, 128, 256)):
+        super().__init__()
+        self.vgg = VGGTrunk(widths, final_relu=True)
+        self.requires_grad_(False)
+
+    @property
+    def channels(self) -> tuple[int, int, int]:
+        return (self.vgg.conv1_1.out_channels, self.vgg.conv2_1.out_channels, self.vgg.conv3_1.out_channels)
+
+    def forward(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.vgg(ref)
