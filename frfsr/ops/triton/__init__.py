@@ -1,0 +1,30 @@
+"""Fused Triton implementations of :mod:`frfsr.ops` (same signatures and semantics as
+:mod:`frfsr.ops.reference`).
+
+* :func:`patch_match` -- blocked ``tl.dot`` of normalised query patches against normalised
+  key patches with a running max/argmax in registers (no similarity matrix in memory).
+* :func:`deform_conv` -- modulated deformable convolution as an implicit GEMM (bilinear
+  sampling * mask feeding ``tl.dot``, no im2col buffer); Triton backward kernels for the
+  input, offsets, mask, weight and bias.
+* :func:`ddf` -- decoupled dynamic filter in one pass per output tile; Triton backward
+  kernels for the input and both filters.
+
+The kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter
+(``TRITON_INTERPRET=1`` set before Triton is imported). Importing this package raises
+:class:`ImportError` when Triton is not installed (or fails to import).
+"""
+from __future__ import annotations
+
+try:
+    import triton  # noqa: F401
+    import triton.language  # noqa: F401
+except Exception as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "frfsr.ops.triton needs Triton (pip install 'frfsr[fused]'); "
+        f"importing it failed: {type(exc).__name__}: {exc}") from exc
+
+from .ddf import ddf
+from .deform_conv import deform_conv
+from .patch_match import patch_match
+
+__all__ = ["patch_match", "deform_conv", "ddf"]

@@ -1,0 +1,519 @@
+"""Fused modulated deformable convolution (DCNv2) in Triton, forward and backward.
+
+Notation: ``x`` (B, Cin, Hin, Win), ``offset`` (B, 2*G*K, Ho, Wo) with
+``offset[:, 2*(g*K+k)] = dy`` and ``offset[:, 2*(g*K+k)+1] = dx``, ``mask`` (B, G*K, Ho, Wo),
+``weight`` (Cout, Cin, kh, kw), K = kh*kw, tap k = i*kw + j, Cg = Cin // G and input channel
+c belongs to group c // Cg. Output pixel (yo, xo), tap (i, j) samples ``x`` bilinearly at
+
+    y = yo*stride - padding + i*dilation + dy,   x = xo*stride - padding + j*dilation + dx
+
+with zero padding (each of the four corners outside the image contributes 0), and
+
+    out[b, o, yo, xo] = bias[o] + sum_{c, k} weight[o, c, k] * mask[b, g(c)K+k] * sample.
+
+Kernels
+-------
+``_dcn_fwd_kernel``
+    Implicit GEMM. A program owns a tile of ``BLOCK_P`` output pixels x ``BLOCK_O`` output
+    channels of one sample. The reduction over (group, tap, channel) is ordered as
+    ``for g: for k: <sampling positions, bilinear weights * mask for the pixel tile>;
+    for channel chunk: gather 4 corners -> column tile [BLOCK_P, BLOCK_C] in registers ->
+    tl.dot with the weight tile [BLOCK_C, BLOCK_O]``. No im2col buffer exists in memory.
+    ``x`` is read through a channels-last view so each corner gather is contiguous in C.
+
+``_dcn_bwd_input_kernel``  (grad_x, grad_offset, grad_mask)
+    A program owns ``BLOCK_P`` pixels and one deformable group. For every tap and channel
+    chunk it forms ``gcol = grad_out[pixels, :] @ weight[:, chunk, tap]`` with ``tl.dot``
+    (registers only), then
+    * grad_x: ``tl.atomic_add`` of ``gcol * mask * bilinear weight`` into the four corners
+      (fp32 accumulation buffer, channels-last, ``B*Hin*Win*Cin*4`` bytes);
+    * grad_mask: ``sum_c gcol * sample`` and grad_offset: ``sum_c gcol * mask * d sample /
+      d(dy, dx)``, reduced over the group's channels in registers (no atomics).
+
+``_dcn_bwd_weight_kernel``  (grad_weight, grad_bias)
+    A program owns a ``BLOCK_C x BLOCK_O`` tile of the weight for one (group, tap) and a
+    contiguous range of pixel tiles over the whole batch (split-K over B*Ho*Wo). It
+    recomputes the sampled column tile in registers exactly like the forward pass and
+    accumulates ``col^T @ grad_out`` with ``tl.dot``; partial sums are ``tl.atomic_add``-ed
+    into an fp32 buffer of the weight's size. The sampled columns are never stored: the
+    extra memory is ``Cout*Cin*K*4`` bytes (plus ``Cout*4`` for the bias gradient, which
+    the programs of the first (group, tap, channel-chunk) accumulate from the same
+    grad_out tiles). Atomic accumulation makes grad_x / grad_weight / grad_bias
+    run-to-run nondeterministic in the last bits.
+
+Precision: sampling and bilinear arithmetic in fp32; ``tl.dot`` gets fp32 operands
+("ieee", or "tf32" on CUDA when ``torch.backends.cuda.matmul.allow_tf32`` is set) or the
+weight's half dtype (fp32 accumulation). Double backward is not supported.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _is_interpreted(kernel) -> bool:
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+# --------------------------------------------------------------------------------------
+# shared device helpers
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _sample_coords(off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
+                   s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
+                   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win,
+                   KW: tl.constexpr):
+    """Sampling geometry of tap k of group g for a tile of output pixels."""
+    i = k // KW
+    j = k % KW
+    ch = g * K + k
+    o_base = off_ptr + b * s_ob + yo * s_oh + xo * s_ow
+    dy = tl.load(o_base + (2 * ch) * s_oc, mask=p_mask, other=0.0).to(tl.float32)
+    dx = tl.load(o_base + (2 * ch + 1) * s_oc, mask=p_mask, other=0.0).to(tl.float32)
+    m = tl.load(msk_ptr + b * s_mb + ch * s_mc + yo * s_mh + xo * s_mw, mask=p_mask, other=0.0).to(tl.float32)
+    py = (yo * stride_h - pad_h + i * dil_h).to(tl.float32) + dy
+    px = (xo * stride_w - pad_w + j * dil_w).to(tl.float32) + dx
+    y0f = tl.floor(py)
+    x0f = tl.floor(px)
+    ly = py - y0f
+    lx = px - x0f
+    y0 = y0f.to(tl.int32)
+    x0 = x0f.to(tl.int32)
+    y1 = y0 + 1
+    x1 = x0 + 1
+    vy0 = (y0 >= 0) & (y0 < Hin)
+    vy1 = (y1 >= 0) & (y1 < Hin)
+    vx0 = (x0 >= 0) & (x0 < Win)
+    vx1 = (x1 >= 0) & (x1 < Win)
+    v00 = p_mask & vy0 & vx0
+    v01 = p_mask & vy0 & vx1
+    v10 = p_mask & vy1 & vx0
+    v11 = p_mask & vy1 & vx1
+    return y0, x0, y1, x1, ly, lx, m, v00, v01, v10, v11
+
+
+@triton.jit
+def _gather4(x_ptr, b, cc, c_mask, y0, x0, y1, x1, v00, v01, v10, v11,
+             s_xb, s_xc, s_xh, s_xw):
+    """Load the four bilinear corners for pixels (rows) x channels (cols), zero outside."""
+    base = x_ptr + b * s_xb + cc[None, :] * s_xc
+    cm = c_mask[None, :]
+    a00 = tl.load(base + (y0 * s_xh + x0 * s_xw)[:, None], mask=v00[:, None] & cm, other=0.0).to(tl.float32)
+    a01 = tl.load(base + (y0 * s_xh + x1 * s_xw)[:, None], mask=v01[:, None] & cm, other=0.0).to(tl.float32)
+    a10 = tl.load(base + (y1 * s_xh + x0 * s_xw)[:, None], mask=v10[:, None] & cm, other=0.0).to(tl.float32)
+    a11 = tl.load(base + (y1 * s_xh + x1 * s_xw)[:, None], mask=v11[:, None] & cm, other=0.0).to(tl.float32)
+    return a00, a01, a10, a11
+
+
+# --------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _dcn_fwd_kernel(
+    x_ptr, off_ptr, msk_ptr, w_ptr, bias_ptr, out_ptr,
+    Hin, Win, Ho, Wo, Cout, G, Cg, K,
+    s_xb, s_xc, s_xh, s_xw,
+    s_ob, s_oc, s_oh, s_ow,
+    s_mb, s_mc, s_mh, s_mw,
+    s_yb, s_yc, s_yh, s_yw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < Ho * Wo
+    yo = offs_p // Wo
+    xo = offs_p % Wo
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_mask = offs_o < Cout
+    ar_c = tl.arange(0, BLOCK_C)
+
+    acc = tl.zeros([BLOCK_P, BLOCK_O], tl.float32)
+    for g in range(G):
+        for k in range(K):
+            y0, x0, y1, x1, ly, lx, m, v00, v01, v10, v11 = _sample_coords(
+                off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
+                s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win, KW)
+            w00 = ((1.0 - ly) * (1.0 - lx) * m)[:, None]
+            w01 = ((1.0 - ly) * lx * m)[:, None]
+            w10 = (ly * (1.0 - lx) * m)[:, None]
+            w11 = (ly * lx * m)[:, None]
+            for c0 in range(0, Cg, BLOCK_C):
+                offs_c = c0 + ar_c
+                c_mask = offs_c < Cg
+                a00, a01, a10, a11 = _gather4(x_ptr, b, g * Cg + offs_c, c_mask, y0, x0, y1, x1,
+                                              v00, v01, v10, v11, s_xb, s_xc, s_xh, s_xw)
+                col = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
+                # reordered weight (G, K, Cg, Cout), contiguous
+                w_rows = (g * K + k) * Cg + offs_c
+                wt = tl.load(w_ptr + w_rows[:, None] * Cout + offs_o[None, :],
+                             mask=c_mask[:, None] & o_mask[None, :], other=0.0)
+                acc = tl.dot(col.to(wt.dtype), wt, acc, input_precision=PRECISION)
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_o, mask=o_mask, other=0.0).to(tl.float32)
+        acc += bias[None, :]
+    out_ptrs = out_ptr + b * s_yb + offs_o[None, :] * s_yc + (yo * s_yh + xo * s_yw)[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & o_mask[None, :])
+
+
+# --------------------------------------------------------------------------------------
+# backward: x, offset, mask
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _dcn_bwd_input_kernel(
+    x_ptr, off_ptr, msk_ptr, w_ptr, go_ptr,
+    gx_ptr, goff_ptr, gmsk_ptr,
+    Hin, Win, Ho, Wo, Cout, G, Cg, K,
+    s_xb, s_xc, s_xh, s_xw,
+    s_ob, s_oc, s_oh, s_ow,
+    s_mb, s_mc, s_mh, s_mw,
+    s_gb, s_gc, s_gh, s_gw,
+    s_gxb, s_gxc, s_gxh, s_gxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KW: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_OFF: tl.constexpr, NEED_MASK: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    g = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < Ho * Wo
+    yo = offs_p // Wo
+    xo = offs_p % Wo
+    ar_c = tl.arange(0, BLOCK_C)
+    ar_o = tl.arange(0, BLOCK_O)
+    go_base = go_ptr + b * s_gb + (yo * s_gh + xo * s_gw)[:, None]
+    P = Ho * Wo
+
+    for k in range(K):
+        y0, x0, y1, x1, ly, lx, m, v00, v01, v10, v11 = _sample_coords(
+            off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
+            s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
+            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win, KW)
+        b00 = (1.0 - ly) * (1.0 - lx)
+        b01 = (1.0 - ly) * lx
+        b10 = ly * (1.0 - lx)
+        b11 = ly * lx
+        g_dy = tl.zeros([BLOCK_P], tl.float32)
+        g_dx = tl.zeros([BLOCK_P], tl.float32)
+        g_m = tl.zeros([BLOCK_P], tl.float32)
+        for c0 in range(0, Cg, BLOCK_C):
+            offs_c = c0 + ar_c
+            c_mask = offs_c < Cg
+            cc = g * Cg + offs_c
+            # gcol[p, c] = sum_o grad_out[p, o] * weight[o, c, k]
+            gcol = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+            w_rows = (g * K + k) * Cg + offs_c
+            for o0 in range(0, Cout, BLOCK_O):
+                offs_o = o0 + ar_o
+                o_mask = offs_o < Cout
+                wt = tl.load(w_ptr + w_rows[None, :] * Cout + offs_o[:, None],
+                             mask=o_mask[:, None] & c_mask[None, :], other=0.0)
+                gt = tl.load(go_base + offs_o[None, :] * s_gc,
+                             mask=p_mask[:, None] & o_mask[None, :], other=0.0)
+                gcol = tl.dot(gt.to(wt.dtype), wt, gcol, input_precision=PRECISION)
+            if NEED_X:
+                gm = gcol * m[:, None]
+                cm = c_mask[None, :]
+                gx_base = gx_ptr + b * s_gxb + cc[None, :] * s_gxc
+                tl.atomic_add(gx_base + (y0 * s_gxh + x0 * s_gxw)[:, None], gm * b00[:, None],
+                              mask=v00[:, None] & cm)
+                tl.atomic_add(gx_base + (y0 * s_gxh + x1 * s_gxw)[:, None], gm * b01[:, None],
+                              mask=v01[:, None] & cm)
+                tl.atomic_add(gx_base + (y1 * s_gxh + x0 * s_gxw)[:, None], gm * b10[:, None],
+                              mask=v10[:, None] & cm)
+                tl.atomic_add(gx_base + (y1 * s_gxh + x1 * s_gxw)[:, None], gm * b11[:, None],
+                              mask=v11[:, None] & cm)
+            if NEED_OFF or NEED_MASK:
+                a00, a01, a10, a11 = _gather4(x_ptr, b, cc, c_mask, y0, x0, y1, x1,
+                                              v00, v01, v10, v11, s_xb, s_xc, s_xh, s_xw)
+                if NEED_MASK:
+                    val = b00[:, None] * a00 + b01[:, None] * a01 + b10[:, None] * a10 + b11[:, None] * a11
+                    g_m += tl.sum(gcol * val, axis=1)
+                if NEED_OFF:
+                    d_ly = (1.0 - lx)[:, None] * (a10 - a00) + lx[:, None] * (a11 - a01)
+                    d_lx = (1.0 - ly)[:, None] * (a01 - a00) + ly[:, None] * (a11 - a10)
+                    g_dy += tl.sum(gcol * d_ly, axis=1)
+                    g_dx += tl.sum(gcol * d_lx, axis=1)
+        ch = g * K + k
+        if NEED_OFF:
+            # grad_offset / grad_mask buffers are contiguous (B, 2GK, Ho, Wo) / (B, GK, Ho, Wo)
+            ob = goff_ptr + b * (2 * G * K * P) + offs_p
+            tl.store(ob + (2 * ch) * P, g_dy * m, mask=p_mask)
+            tl.store(ob + (2 * ch + 1) * P, g_dx * m, mask=p_mask)
+        if NEED_MASK:
+            tl.store(gmsk_ptr + b * (G * K * P) + ch * P + offs_p, g_m, mask=p_mask)
+
+
+# --------------------------------------------------------------------------------------
+# backward: weight, bias
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _dcn_bwd_weight_kernel(
+    x_ptr, off_ptr, msk_ptr, go_ptr, gw_ptr, gb_ptr,
+    Hin, Win, Ho, Wo, Cout, G, Cg, K, n_cblk, tiles_per_img, total_tiles, tiles_per_split,
+    s_xb, s_xc, s_xh, s_xw,
+    s_ob, s_oc, s_oh, s_ow,
+    s_mb, s_mc, s_mh, s_mw,
+    s_gb, s_gc, s_gh, s_gw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KW: tl.constexpr, NEED_BIAS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_gkc = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    cb = pid_gkc % n_cblk
+    gk = pid_gkc // n_cblk
+    g = gk // K
+    k = gk % K
+
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < Cg
+    cc = g * Cg + offs_c
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_mask = offs_o < Cout
+    ar_p = tl.arange(0, BLOCK_P)
+    P = Ho * Wo
+
+    acc = tl.zeros([BLOCK_C, BLOCK_O], tl.float32)
+    gb_acc = tl.zeros([BLOCK_O], tl.float32)
+    t_start = pid_s * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, total_tiles)
+    for t in range(t_start, t_end):
+        b = (t // tiles_per_img).to(tl.int64)
+        offs_p = (t % tiles_per_img) * BLOCK_P + ar_p
+        p_mask = offs_p < P
+        yo = offs_p // Wo
+        xo = offs_p % Wo
+        y0, x0, y1, x1, ly, lx, m, v00, v01, v10, v11 = _sample_coords(
+            off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
+            s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
+            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win, KW)
+        a00, a01, a10, a11 = _gather4(x_ptr, b, cc, c_mask, y0, x0, y1, x1,
+                                      v00, v01, v10, v11, s_xb, s_xc, s_xh, s_xw)
+        col = (((1.0 - ly) * (1.0 - lx) * m)[:, None] * a00 + ((1.0 - ly) * lx * m)[:, None] * a01
+               + (ly * (1.0 - lx) * m)[:, None] * a10 + (ly * lx * m)[:, None] * a11)
+        gt = tl.load(go_ptr + b * s_gb + offs_o[None, :] * s_gc + (yo * s_gh + xo * s_gw)[:, None],
+                     mask=p_mask[:, None] & o_mask[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(tl.trans(col), gt, acc, input_precision=PRECISION)
+        if NEED_BIAS:
+            gb_acc += tl.sum(gt, axis=0)
+
+    # fp32 buffer laid out like the reordered weight (G, K, Cg, Cout)
+    rows = (g * K + k) * Cg + offs_c
+    tl.atomic_add(gw_ptr + rows[:, None] * Cout + offs_o[None, :], acc,
+                  mask=c_mask[:, None] & o_mask[None, :])
+    if NEED_BIAS:
+        if pid_gkc == 0:
+            tl.atomic_add(gb_ptr + offs_o, gb_acc, mask=o_mask)
+
+
+# --------------------------------------------------------------------------------------
+# Python side
+# --------------------------------------------------------------------------------------
+def _pair(v):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"expected an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _np2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _dot_precision(device: torch.device, dtype: torch.dtype) -> str:
+    if _is_interpreted(_dcn_fwd_kernel):
+        return "ieee"
+    if dtype != torch.float32:
+        return "tf32"  # ignored for half operands
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _geometry(x, offset, mask, weight):
+    B, Cin, Hin, Win = x.shape
+    Cout, Cin_w, kh, kw = weight.shape
+    K = kh * kw
+    if Cin_w != Cin:
+        raise ValueError(f"weight expects {Cin_w} input channels, x has {Cin}")
+    if offset.dim() != 4 or offset.shape[0] != B or offset.shape[1] % (2 * K) != 0:
+        raise ValueError(f"offset {tuple(offset.shape)} must be (B, 2*G*{K}, Ho, Wo)")
+    G = offset.shape[1] // (2 * K)
+    Ho, Wo = offset.shape[-2:]
+    if G < 1 or Cin % G != 0:
+        raise ValueError(f"{G} deformable groups do not divide {Cin} input channels")
+    if tuple(mask.shape) != (B, G * K, Ho, Wo):
+        raise ValueError(f"mask {tuple(mask.shape)} must be {(B, G * K, Ho, Wo)}")
+    return B, Cin, Hin, Win, Cout, kh, kw, K, G, Cin // G, Ho, Wo
+
+
+def _check_device(*ts):
+    dev = ts[0].device
+    for t in ts:
+        if t is not None and t.device != dev:
+            raise ValueError("all deform_conv tensors must be on the same device")
+    if dev.type != "cuda" and not _is_interpreted(_dcn_fwd_kernel):
+        raise RuntimeError("frfsr.ops.triton.deform_conv needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+
+
+def _device_ctx(t):
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def _reorder_weight(weight, G, Cg, K):
+    Cout = weight.shape[0]
+    # (Cout, Cin, kh, kw) -> (G, K, Cg, Cout): the rows of a reduction step are contiguous
+    return weight.reshape(Cout, G, Cg, K).permute(1, 3, 2, 0).contiguous()
+
+
+def _forward(x, offset, mask, weight, bias, st, pd, dl):
+    B, Cin, Hin, Win, Cout, kh, kw, K, G, Cg, Ho, Wo = _geometry(x, offset, mask, weight)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    w_r = _reorder_weight(weight, G, Cg, K)
+    if w_r.dtype not in (torch.float16, torch.bfloat16):
+        w_r = w_r.float()
+    out = torch.empty(B, Cout, Ho, Wo, device=x.device, dtype=x.dtype)
+    if B * Ho * Wo == 0 or Cout == 0:
+        return out.zero_() if bias is None else out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
+    P = Ho * Wo
+    BLOCK_P = _np2(P, 16, 64)
+    BLOCK_O = _np2(Cout, 16, 64)
+    BLOCK_C = _np2(Cg, 16, 32)
+    grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(Cout, BLOCK_O), B)
+    has_bias = bias is not None
+    with _device_ctx(x):
+        _dcn_fwd_kernel[grid](
+            xc, offset, mask, w_r, bias if has_bias else w_r, out,
+            Hin, Win, Ho, Wo, Cout, G, Cg, K,
+            *xc.stride(), *offset.stride(), *mask.stride(), *out.stride(),
+            st[0], st[1], pd[0], pd[1], dl[0], dl[1],
+            KW=kw, HAS_BIAS=has_bias,
+            BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O,
+            PRECISION=_dot_precision(x.device, w_r.dtype),
+            num_warps=4,
+        )
+    return out
+
+
+def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
+    need_x, need_off, need_mask, need_w, need_b = needs
+    B, Cin, Hin, Win, Cout, kh, kw, K, G, Cg, Ho, Wo = _geometry(x, offset, mask, weight)
+    P = Ho * Wo
+    dev = x.device
+    xc = x.contiguous(memory_format=torch.channels_last)
+    w_r = _reorder_weight(weight, G, Cg, K)
+    if w_r.dtype not in (torch.float16, torch.bfloat16):
+        w_r = w_r.float()
+    prec = _dot_precision(dev, w_r.dtype)
+    gx = goff = gmsk = gw = gb = None
+    if need_x or need_off or need_mask:
+        gx32 = (torch.zeros(B, Cin, Hin, Win, device=dev, dtype=torch.float32)
+                .contiguous(memory_format=torch.channels_last) if need_x else None)
+        goff32 = torch.empty(B, 2 * G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_off else None
+        gmsk32 = torch.empty(B, G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_mask else None
+        dummy = w_r
+        BLOCK_P = _np2(P, 16, 64)
+        BLOCK_C = _np2(Cg, 16, 32)
+        BLOCK_O = _np2(Cout, 16, 64)
+        grid = (triton.cdiv(P, BLOCK_P), G, B)
+        gx_strides = gx32.stride() if need_x else (0, 0, 0, 0)
+        with _device_ctx(x):
+            _dcn_bwd_input_kernel[grid](
+                xc, offset, mask, w_r, grad_out,
+                gx32 if need_x else dummy, goff32 if need_off else dummy, gmsk32 if need_mask else dummy,
+                Hin, Win, Ho, Wo, Cout, G, Cg, K,
+                *xc.stride(), *offset.stride(), *mask.stride(), *grad_out.stride(), *gx_strides,
+                st[0], st[1], pd[0], pd[1], dl[0], dl[1],
+                KW=kw, NEED_X=need_x, NEED_OFF=need_off, NEED_MASK=need_mask,
+                BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O, PRECISION=prec,
+                num_warps=4,
+            )
+        if need_x:
+            gx = gx32.to(x.dtype).contiguous()
+        if need_off:
+            goff = goff32.to(offset.dtype)
+        if need_mask:
+            gmsk = gmsk32.to(mask.dtype)
+    if need_w or need_b:
+        gw32 = torch.zeros(G, K, Cg, Cout, device=dev, dtype=torch.float32)
+        gb32 = torch.zeros(Cout, device=dev, dtype=torch.float32)
+        BLOCK_P = _np2(P, 16, 64)
+        BLOCK_C = _np2(Cg, 16, 32)
+        BLOCK_O = _np2(Cout, 16, 64)
+        n_cblk = triton.cdiv(Cg, BLOCK_C)
+        n_oblk = triton.cdiv(Cout, BLOCK_O)
+        tiles_per_img = triton.cdiv(P, BLOCK_P)
+        total_tiles = B * tiles_per_img
+        base_programs = G * K * n_cblk * n_oblk
+        if dev.type == "cuda":
+            target = 4 * torch.cuda.get_device_properties(dev).multi_processor_count
+        else:
+            target = 4
+        n_split = max(1, min(total_tiles, triton.cdiv(target, base_programs)))
+        tiles_per_split = triton.cdiv(total_tiles, n_split)
+        n_split = triton.cdiv(total_tiles, tiles_per_split)
+        grid = (G * K * n_cblk, n_oblk, n_split)
+        with _device_ctx(x):
+            _dcn_bwd_weight_kernel[grid](
+                xc, offset, mask, grad_out, gw32, gb32,
+                Hin, Win, Ho, Wo, Cout, G, Cg, K, n_cblk, tiles_per_img, total_tiles, tiles_per_split,
+                *xc.stride(), *offset.stride(), *mask.stride(), *grad_out.stride(),
+                st[0], st[1], pd[0], pd[1], dl[0], dl[1],
+                KW=kw, NEED_BIAS=bool(need_b),
+                BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O, PRECISION=prec,
+                num_warps=4,
+            )
+        if need_w:
+            # (G, K, Cg, Cout) -> (Cout, Cin, kh, kw)
+            gw = gw32.permute(3, 0, 2, 1).reshape(Cout, Cin, kh, kw).to(weight.dtype)
+        if need_b:
+            gb = gb32.to(bias.dtype)
+    return gx, goff, gmsk, gw, gb
+
+
+class _DeformConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, offset, mask, weight, bias, st, pd, dl):
+        out = _forward(x, offset, mask, weight, bias, st, pd, dl)
+        ctx.save_for_backward(x, offset, mask, weight, bias)
+        ctx.conf = (st, pd, dl)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, offset, mask, weight, bias = ctx.saved_tensors
+        st, pd, dl = ctx.conf
+        needs = tuple(bool(n) for n in ctx.needs_input_grad[:5])
+        needs = needs[:4] + (needs[4] and bias is not None,)
+        gx, goff, gmsk, gw, gb = _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs)
+        return gx, goff, gmsk, gw, gb, None, None, None
+
+
+def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1):
+    """Modulated deformable convolution (DCNv2), fused Triton forward and backward.
+
+    See the module docstring for the exact semantics; the output grid is
+    ``offset.shape[-2:]`` whatever the size of ``x``.
+    """
+    _check_device(x, offset, mask, weight, bias)
+    st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+    _geometry(x, offset, mask, weight)
+    return _DeformConvFn.apply(x, offset, mask, weight, bias, st, pd, dl)

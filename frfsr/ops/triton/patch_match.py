@@ -1,0 +1,167 @@
+"""Fused cosine patch matching (Triton).
+
+For every ``p x p`` query patch the kernel finds the best-matching ``p x p`` key patch
+without ever writing the (Nq x Nk) similarity matrix:
+
+* patch vectors are formed outside the kernel with ``F.unfold`` (memory
+  ``O(C*p*p*(h*w + H*W))``) and L2-normalised in PyTorch: key patches by
+  ``||k|| + 1e-5``, query patches by ``||q|| + 1e-5`` (the latter turns the best
+  correlation directly into the score, ``<q, k^>/(||q||+1e-5)``);
+* one program owns ``BLOCK_M`` query patches of one batch sample (grid =
+  ``(cdiv(Nq, BLOCK_M), B)``, no Python loop over the batch) and sweeps all key patches
+  in ``BLOCK_N`` tiles; each tile is a blocked matrix product over the patch dimension
+  (``tl.dot``, fp32 accumulation) and is folded into a running max/argmax held in
+  registers. Ties keep the lowest key index (left tie-break inside a tile, strict ``>``
+  across tiles, which are visited in increasing order).
+
+Precision: on CUDA the normalised patch vectors are cast to bfloat16 by default (fp32
+accumulation), or fed as fp32 with ``precision="tf32"`` / ``"ieee"``; under the Triton
+interpreter (CPU tensors) everything stays fp32 (``"ieee"``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+_EPS = 1e-5
+
+
+def _is_interpreted(kernel) -> bool:
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+@triton.jit
+def _patch_match_kernel(
+    q_ptr, k_ptr, score_ptr, index_ptr,
+    Nq, Nk, D,
+    s_qb, s_qm, s_qd,
+    s_kb, s_kd, s_kn,
+    s_sb, s_ib,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < Nq
+    q_base = q_ptr + b * s_qb + offs_m[:, None] * s_qm
+    k_base = k_ptr + b * s_kb
+
+    best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK_M], tl.int32)
+
+    for n0 in range(0, Nk, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < Nk
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            d_mask = offs_d < D
+            a = tl.load(q_base + offs_d[None, :] * s_qd,
+                        mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+            kb = tl.load(k_base + offs_d[:, None] * s_kd + offs_n[None, :] * s_kn,
+                         mask=d_mask[:, None] & n_mask[None, :], other=0.0)
+            acc = tl.dot(a, kb, acc, input_precision=PRECISION)
+        acc = tl.where(n_mask[None, :], acc, float("-inf"))
+        tile_max = tl.max(acc, axis=1)
+        tile_arg = tl.argmax(acc, axis=1, tie_break_left=True).to(tl.int32) + n0
+        upd = tile_max > best
+        best = tl.where(upd, tile_max, best)
+        best_idx = tl.where(upd, tile_arg, best_idx)
+
+    tl.store(score_ptr + b * s_sb + offs_m, best, mask=m_mask)
+    tl.store(index_ptr + b * s_ib + offs_m, best_idx.to(tl.int64), mask=m_mask)
+
+
+_CUDA_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4, num_stages=2),
+]
+
+if _is_interpreted(_patch_match_kernel):
+    _patch_match_autotuned = None
+else:  # pragma: no cover - needs a GPU
+    _patch_match_autotuned = triton.autotune(configs=_CUDA_CONFIGS, key=["Nq", "Nk", "D", "PRECISION"])(
+        _patch_match_kernel)
+
+
+def _default_precision(device: torch.device) -> str:
+    return "bf16" if device.type == "cuda" else "ieee"
+
+
+@torch.no_grad()
+def patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
+                max_block_elems: int | None = None, precision: str | None = None):
+    """Best cosine match of every query patch among all key patches.
+
+    ``query`` (B, C, h, w) and ``key`` (B, C, H, W) are per-pixel L2-normalised by the
+    caller. Returns ``score`` (B, h-p+1, w-p+1) float32 and ``index`` (same shape, int64,
+    row-major into the (H-p+1, W-p+1) key-patch grid). ``max_block_elems`` exists for
+    signature compatibility with the reference (which chunks its similarity matrix); the
+    fused kernel only ever holds ``BLOCK_M x BLOCK_N`` similarities in registers, so it is
+    ignored. ``precision``: ``"bf16"`` (CUDA default), ``"tf32"`` or ``"ieee"`` (fp32
+    operands; the only choice under the interpreter). Not differentiable.
+    """
+    del max_block_elems
+    if query.dim() != 4 or key.dim() != 4:
+        raise ValueError("patch_match expects 4-D query (B,C,h,w) and key (B,C,H,W)")
+    B, C, h, w = query.shape
+    Bk, Ck, H, W = key.shape
+    if Bk != B or Ck != C:
+        raise ValueError(f"query {tuple(query.shape)} and key {tuple(key.shape)} disagree in batch/channels")
+    p = int(patch_size)
+    if p < 1 or h < p or w < p or H < p or W < p:
+        raise ValueError(f"patch_size {p} does not fit query {h}x{w} / key {H}x{W}")
+    if query.device != key.device:
+        raise ValueError("query and key must be on the same device")
+    interpreted = _is_interpreted(_patch_match_kernel)
+    if query.device.type != "cuda" and not interpreted:
+        raise RuntimeError("frfsr.ops.triton.patch_match needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    if precision is None:
+        precision = _default_precision(query.device)
+    if interpreted:
+        precision = "ieee"  # the interpreter has no bf16/tf32 dot
+    if precision not in ("bf16", "tf32", "ieee"):
+        raise ValueError(f"unknown precision {precision!r}")
+
+    hq, wq = h - p + 1, w - p + 1
+    hk, wk = H - p + 1, W - p + 1
+    Nq, Nk, D = hq * wq, hk * wk, C * p * p
+
+    # Patch vectors: (B, D, N). Normalise in fp32.
+    qp = F.unfold(query.float(), p)
+    kp = F.unfold(key.float(), p)
+    qp = qp / (qp.norm(dim=1, keepdim=True) + _EPS)
+    kp = kp / (kp.norm(dim=1, keepdim=True) + _EPS)
+    op_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    qp = qp.transpose(1, 2).to(op_dtype).contiguous()  # (B, Nq, D): A operand, D contiguous
+    kp = kp.to(op_dtype).contiguous()                  # (B, D, Nk): B operand, Nk contiguous
+    dot_precision = "tf32" if precision in ("bf16", "tf32") else "ieee"
+
+    score = torch.empty(B, Nq, device=query.device, dtype=torch.float32)
+    index = torch.empty(B, Nq, device=query.device, dtype=torch.int64)
+    args = (qp, kp, score, index, Nq, Nk, D,
+            qp.stride(0), qp.stride(1), qp.stride(2),
+            kp.stride(0), kp.stride(1), kp.stride(2),
+            score.stride(0), index.stride(0))
+    if interpreted:
+        bm = min(64, max(16, triton.next_power_of_2(Nq)))
+        bn = min(64, max(16, triton.next_power_of_2(Nk)))
+        bd = min(64, max(16, triton.next_power_of_2(D)))
+        _patch_match_kernel[(triton.cdiv(Nq, bm), B)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                                                       PRECISION=dot_precision)
+    else:  # pragma: no cover - needs a GPU
+        grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B)  # noqa: E731
+        with torch.cuda.device(query.device):
+            _patch_match_autotuned[grid](*args, PRECISION=dot_precision)
+    score = score.view(B, hq, wq)
+    index = index.view(B, hq, wq)
+    if query.is_floating_point() and query.dtype != torch.float32:
+        score = score.to(query.dtype)
+    return score, index
