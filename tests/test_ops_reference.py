@@ -1,0 +1,397 @@
+"""Reference operators against brute-force float64 definitions, gradchecks, memory bound, validation."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from frfsr.ops import reference as ref
+
+
+def _rng(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------
+# Brute-force definitions (explicit loops, float64)
+# --------------------------------------------------------------------------------------
+
+def bf_patch_match(query, key, p):
+    q, k = query.double().numpy(), key.double().numpy()
+    B, _, h, w = q.shape
+    H, W = k.shape[-2:]
+    gh, gw, kgw = h - p + 1, w - p + 1, W - p + 1
+    score, index = np.zeros((B, gh, gw)), np.zeros((B, gh, gw), dtype=np.int64)
+    for b in range(B):
+        keys = []
+        for ky in range(H - p + 1):
+            for kx in range(kgw):
+                kv = k[b, :, ky:ky + p, kx:kx + p].ravel()
+                keys.append(kv / (np.sqrt((kv * kv).sum()) + 1e-5))
+        for qy in range(gh):
+            for qx in range(gw):
+                qv = q[b, :, qy:qy + p, qx:qx + p].ravel()
+                best, best_i = -math.inf, -1
+                for i, kv in enumerate(keys):
+                    c = float((qv * kv).sum())
+                    if c > best:
+                        best, best_i = c, i
+                score[b, qy, qx] = best / (np.sqrt((qv * qv).sum()) + 1e-5)
+                index[b, qy, qx] = best_i
+    return torch.from_numpy(score), torch.from_numpy(index)
+
+
+def _bilinear(img, y, x):
+    H, W = img.shape
+    if y <= -1 or y >= H or x <= -1 or x >= W:
+        return 0.0
+    y0, x0 = math.floor(y), math.floor(x)
+    ly, lx = y - y0, x - x0
+    val = 0.0
+    for yy, wy in ((y0, 1 - ly), (y0 + 1, ly)):
+        for xx, wx in ((x0, 1 - lx), (x0 + 1, lx)):
+            if 0 <= yy < H and 0 <= xx < W:
+                val += wy * wx * img[yy, xx]
+    return val
+
+
+def bf_deform_conv(x, offset, mask, weight, bias, stride, padding, dilation):
+    """Returns the output and the list of sampled (y, x) positions."""
+    x, offset, mask, weight = (t.double().numpy() for t in (x, offset, mask, weight))
+    B, cin, _, _ = x.shape
+    cout, _, kh, kw = weight.shape
+    K = kh * kw
+    G = offset.shape[1] // (2 * K)
+    Ho, Wo = offset.shape[-2:]
+    out = np.zeros((B, cout, Ho, Wo))
+    positions = []
+    for b in range(B):
+        for yo in range(Ho):
+            for xo in range(Wo):
+                for c in range(cin):
+                    g = c // (cin // G)
+                    for i in range(kh):
+                        for j in range(kw):
+                            k = i * kw + j
+                            y = yo * stride - padding + i * dilation + offset[b, 2 * (g * K + k), yo, xo]
+                            xx = xo * stride - padding + j * dilation + offset[b, 2 * (g * K + k) + 1, yo, xo]
+                            positions.append((y, xx))
+                            v = _bilinear(x[b, c], y, xx) * mask[b, g * K + k, yo, xo]
+                            out[b, :, yo, xo] += weight[:, c, i, j] * v
+    if bias is not None:
+        out += bias.double().numpy()[None, :, None, None]
+    return torch.from_numpy(out), positions
+
+
+def bf_ddf(x, cf, sf, k, dilation):
+    x, sf = x.double().numpy(), sf.double().numpy()
+    cf = cf.double().reshape(cf.shape[0], cf.shape[1], k * k).numpy()
+    B, C, H, W = x.shape
+    out = np.zeros_like(x)
+    for b in range(B):
+        for c in range(C):
+            for y in range(H):
+                for xx in range(W):
+                    for i in range(k):
+                        for j in range(k):
+                            yy, xs = y + (i - k // 2) * dilation, xx + (j - k // 2) * dilation
+                            if 0 <= yy < H and 0 <= xs < W:
+                                t = i * k + j
+                                out[b, c, y, xx] += x[b, c, yy, xs] * sf[b, t, y, xx] * cf[b, c, t]
+    return torch.from_numpy(out)
+
+
+# --------------------------------------------------------------------------------------
+# patch_match
+# --------------------------------------------------------------------------------------
+
+def _normalised(shape, seed, dtype=torch.float64):
+    return F.normalize(torch.randn(shape, generator=_rng(seed), dtype=dtype), dim=1)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_patch_match_matches_brute_force(p):
+    query, key = _normalised((2, 3, 5, 7), 0), _normalised((2, 3, 8, 4), 1)
+    score, index = ref.patch_match(query, key, patch_size=p)
+    bs, bi = bf_patch_match(query, key, p)
+    assert score.shape == index.shape == (2, 5 - p + 1, 7 - p + 1)
+    assert score.dtype == torch.float64 and index.dtype == torch.int64
+    torch.testing.assert_close(score, bs, rtol=1e-12, atol=1e-12)
+    assert torch.equal(index, bi)
+
+
+def _sparse_periodic_key(B=2, C=3, size=12):
+    """Every 3x3 key patch holds exactly one nonzero (a 1 at a pixel with y, x multiples of 3,
+    in channel (y//3 + x//3) % 2), so each correlation is a single product: ties between
+    duplicated patches (period 6) are exact whatever the summation order of the matmul."""
+    key = torch.zeros(B, C, size, size, dtype=torch.float64)
+    for y in range(0, size, 3):
+        for x in range(0, size, 3):
+            key[:, (y // 3 + x // 3) % 2, y, x] = 1.0
+    return key
+
+
+@pytest.mark.parametrize("max_block_elems", [None, 2, 6, 50])
+def test_patch_match_ties_keep_lowest_index(max_block_elems):
+    key = _sparse_periodic_key()                                    # 10x10 key grid, period 6
+    query = _normalised((2, 3, 6, 5), 3)
+    score, index = ref.patch_match(query, key, 3, max_block_elems=max_block_elems)
+    bs, bi = bf_patch_match(query, key, 3)
+    assert torch.equal(index, bi)
+    assert ((index // 10 < 6) & (index % 10 < 6)).all()             # first copy of each patch
+    assert ((index // 10 < 4) & (index % 10 < 4)).any()             # ... of patches that have copies
+    torch.testing.assert_close(score, bs, rtol=1e-12, atol=1e-12)
+    # Float32 too: the tie is exact there as well.
+    s32, i32 = ref.patch_match(query.float(), key.float(), 3, max_block_elems=max_block_elems)
+    assert torch.equal(i32, bi)
+    # An all-zero query ties with every key patch: exactly zero score, index 0.
+    zs, zi = ref.patch_match(torch.zeros_like(query), key, 3, max_block_elems=max_block_elems)
+    assert torch.equal(zi, torch.zeros_like(zi)) and torch.equal(zs, torch.zeros_like(zs))
+
+
+def test_patch_match_many_blocks_equal_one_block():
+    query, key = _normalised((2, 5, 9, 6), 4), _normalised((2, 5, 7, 10), 5)
+    s_one, i_one = ref.patch_match(query, key, 3, max_block_elems=10 ** 9)
+    assert ref.patch_match_stats["num_blocks"] == 1
+    for limit in (2, 3, 17, 100):
+        s, i = ref.patch_match(query, key, 3, max_block_elems=limit)
+        assert ref.patch_match_stats["max_block_numel"] <= limit
+        assert ref.patch_match_stats["num_blocks"] > 1
+        assert torch.equal(i, i_one)
+        torch.testing.assert_close(s, s_one, rtol=1e-14, atol=1e-14)
+
+
+def test_patch_match_low_precision_input():
+    query, key = _normalised((1, 4, 6, 6), 6, torch.float32), _normalised((1, 4, 7, 5), 7, torch.float32)
+    s32, _ = ref.patch_match(query, key)
+    s16, i16 = ref.patch_match(query.bfloat16(), key.bfloat16())
+    assert s16.dtype == torch.bfloat16 and i16.dtype == torch.int64
+    torch.testing.assert_close(s16.float(), s32, rtol=0.05, atol=0.05)
+
+
+def test_patch_match_gradcheck():
+    query = torch.randn(1, 2, 4, 5, generator=_rng(8), dtype=torch.float64, requires_grad=True)
+    key = torch.randn(1, 2, 5, 4, generator=_rng(9), dtype=torch.float64, requires_grad=True)
+    for limit in (None, 3):
+        assert torch.autograd.gradcheck(lambda q, k: ref.patch_match(q, k, 2, max_block_elems=limit)[0],
+                                        (query, key))
+
+
+def _assert_same_matches(query, key, p, s1, i1, s2, i2):
+    """Equal scores; differing indices only where both key patches give the same correlation."""
+    torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-5)
+    diff = (i1 != i2).nonzero().tolist()
+    assert len(diff) <= 0.001 * i1.numel()
+    qp, kp = F.unfold(query.double(), p), F.unfold(key.double(), p)
+    kp = kp / (kp.norm(dim=1, keepdim=True) + 1e-5)
+    gw = query.shape[-1] - p + 1
+    for b, y, x in diff:
+        q = qp[b, :, y * gw + x]
+        c1, c2 = q @ kp[b, :, i1[b, y, x]], q @ kp[b, :, i2[b, y, x]]
+        assert abs(c1 - c2) < 1e-5
+
+
+def test_patch_match_memory_bound():
+    query = F.normalize(torch.randn(1, 8, 64, 64, generator=_rng(10)), dim=1)
+    key = F.normalize(torch.randn(1, 8, 256, 256, generator=_rng(11)), dim=1)
+    full = 62 * 62 * 254 * 254
+    s1, i1 = ref.patch_match(query, key)                     # default bound
+    stats = dict(ref.patch_match_stats)
+    assert stats["max_block_numel"] <= ref.PATCH_MATCH_MAX_BLOCK_ELEMS
+    assert stats["max_block_numel"] * 8 <= full and stats["num_blocks"] > 1
+    s2, i2 = ref.patch_match(query, key, max_block_elems=2 ** 22)
+    assert ref.patch_match_stats["max_block_numel"] <= 2 ** 22
+    assert ref.patch_match_stats["num_blocks"] > stats["num_blocks"]
+    assert s1.shape == i1.shape == (1, 62, 62) and s1.dtype == torch.float32
+    _assert_same_matches(query, key, 3, s1, i1, s2, i2)
+    # Spot-check some query patches against the full correlation, in float64.
+    qp = F.unfold(query.double(), 3)[0]
+    kp = F.unfold(key.double(), 3)[0]
+    kp = kp / (kp.norm(dim=0, keepdim=True) + 1e-5)
+    pick = torch.randperm(62 * 62, generator=_rng(12))[:24]
+    corr = qp[:, pick].T @ kp                                # (24, 254*254)
+    best = corr.max(dim=1).values / (qp[:, pick].norm(dim=0) + 1e-5)
+    torch.testing.assert_close(s1.flatten()[pick].double(), best, rtol=1e-5, atol=1e-5)
+    chosen = corr.gather(1, i1.flatten()[pick, None])[:, 0] / (qp[:, pick].norm(dim=0) + 1e-5)
+    torch.testing.assert_close(chosen, best, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_match_block_shape_rule():
+    assert ref.patch_match_block_shape(1, 10, 20, 10 ** 6) == (10, 20)
+    bq, bk = ref.patch_match_block_shape(2, 3844, 64516)
+    assert 2 * bq * bk <= ref.PATCH_MATCH_MAX_BLOCK_ELEMS and bk == 64516
+    assert ref.patch_match_block_shape(3, 5, 7, 4) == (1, 1)
+
+
+def test_patch_match_validation():
+    q, k = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 6, 6)
+    with pytest.raises(ValueError, match="4-D"):
+        ref.patch_match(q[0], k)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        ref.patch_match(q, k[:1])
+    with pytest.raises(ValueError, match="channel counts differ"):
+        ref.patch_match(q, k[:, :2])
+    with pytest.raises(ValueError, match="patch_size 3 is larger"):
+        ref.patch_match(q[..., :2], k)
+    with pytest.raises(ValueError, match="patch_size 3 is larger"):
+        ref.patch_match(q, k[..., :2, :])
+    with pytest.raises(ValueError, match="at least the batch size"):
+        ref.patch_match(q, k, max_block_elems=1)
+
+
+# --------------------------------------------------------------------------------------
+# deform_conv
+# --------------------------------------------------------------------------------------
+
+def _deform_inputs(B, cin, cout, hin, win, ho, wo, kh, kw, G, seed, bias=True, stride=1, padding=1,
+                   dilation=1):
+    g = _rng(seed)
+    K = kh * kw
+    x = torch.randn(B, cin, hin, win, generator=g, dtype=torch.float64)
+    offset = 1.5 * torch.randn(B, 2 * G * K, ho, wo, generator=g, dtype=torch.float64)
+    # Force samples of group 0, tap 0 partially and fully outside the image.
+    targets = {(0, 0): (-0.4, 0.6), (0, 1): (hin - 0.6, 0.2), (1, 0): (0.5, -0.7),
+               (1, 1): (min(1.2, hin - 0.5), win - 0.3), (1, 2 % wo): (-1.5, 0.5)}
+    for (yo, xo), (ty, tx) in targets.items():
+        offset[0, 0, yo, xo] = ty - (yo * stride - padding)
+        offset[0, 1, yo, xo] = tx - (xo * stride - padding)
+    mask = torch.rand(B, G * K, ho, wo, generator=g, dtype=torch.float64)
+    weight = torch.randn(cout, cin, kh, kw, generator=g, dtype=torch.float64)
+    b = torch.randn(cout, generator=g, dtype=torch.float64) if bias else None
+    return x, offset, mask, weight, b
+
+
+DEFORM_CASES = [
+    # B, cin, cout, hin, win, ho, wo, kh, kw, G, bias, stride, padding, dilation
+    (2, 4, 3, 9, 11, 4, 5, 3, 3, 2, True, 2, 1, 1),     # input larger than the output grid
+    (2, 4, 3, 3, 2, 5, 6, 3, 3, 2, False, 1, 1, 1),     # input smaller than the output grid
+    (1, 4, 2, 6, 7, 6, 7, 3, 3, 1, True, 1, 2, 2),      # same size, dilation 2
+    (1, 4, 2, 5, 8, 3, 4, 2, 3, 4, False, 2, 0, 1),     # non-square kernel, G = Cin
+    (1, 2, 2, 1, 5, 3, 4, 3, 3, 1, True, 1, 1, 1),      # single-row input
+]
+
+
+@pytest.mark.parametrize("case", DEFORM_CASES)
+def test_deform_conv_matches_brute_force(case):
+    B, cin, cout, hin, win, ho, wo, kh, kw, G, bias, stride, padding, dilation = case
+    x, offset, mask, weight, b = _deform_inputs(B, cin, cout, hin, win, ho, wo, kh, kw, G, 13,
+                                                bias, stride, padding, dilation)
+    out = ref.deform_conv(x, offset, mask, weight, b, stride=stride, padding=padding, dilation=dilation)
+    expect, pos = bf_deform_conv(x, offset, mask, weight, b, stride, padding, dilation)
+    assert out.shape == (B, cout, ho, wo) and out.dtype == torch.float64
+    torch.testing.assert_close(out, expect, rtol=1e-10, atol=1e-10)
+    ys, xs = np.array([p[0] for p in pos]), np.array([p[1] for p in pos])
+    assert ((ys > -1) & (ys < 0)).any() and ((ys > hin - 1) & (ys < hin)).any()
+    assert ((xs > -1) & (xs < 0)).any() and ((xs > win - 1) & (xs < win)).any()
+    assert (ys <= -1).any()
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2)])
+def test_deform_conv_zero_offset_is_conv2d(stride, padding, dilation):
+    g = _rng(20)
+    x = torch.randn(2, 4, 9, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(5, generator=g, dtype=torch.float64)
+    expect = F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    ho, wo = expect.shape[-2:]
+    offset = torch.zeros(2, 2 * 2 * 9, ho, wo, dtype=torch.float64)
+    mask = torch.ones(2, 2 * 9, ho, wo, dtype=torch.float64)
+    out = ref.deform_conv(x, offset, mask, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    torch.testing.assert_close(out, expect, rtol=1e-10, atol=1e-10)
+
+
+def test_deform_conv_chunked_rows_are_exact():
+    x, offset, mask, weight, b = _deform_inputs(2, 4, 3, 7, 6, 5, 4, 3, 3, 2, 14)
+    args = [t.clone().requires_grad_() for t in (x, offset, mask, weight, b)]
+    full = ref.deform_conv(*args)
+    grads_full = torch.autograd.grad(full.square().sum(), args)
+    chunked = ref.deform_conv(*args, max_column_elems=1)      # one output row per chunk
+    grads_chunked = torch.autograd.grad(chunked.square().sum(), args)
+    torch.testing.assert_close(chunked, full, rtol=1e-12, atol=1e-12)
+    for gc, gf in zip(grads_chunked, grads_full):
+        torch.testing.assert_close(gc, gf, rtol=1e-12, atol=1e-12)
+
+
+def test_deform_conv_gradcheck():
+    g = _rng(15)
+    K, G = 4, 2
+    x = torch.randn(1, 2, 4, 3, generator=g, dtype=torch.float64)
+    # Integer part in [-2, 1], fractional part in [0.2, 0.8]: away from bilinear kinks.
+    offset = (torch.randint(-2, 2, (1, 2 * G * K, 3, 2), generator=g)
+              + 0.2 + 0.6 * torch.rand(1, 2 * G * K, 3, 2, generator=g)).double()
+    mask = torch.rand(1, G * K, 3, 2, generator=g, dtype=torch.float64)
+    weight = torch.randn(2, 2, 2, 2, generator=g, dtype=torch.float64)
+    bias = torch.randn(2, generator=g, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, offset, mask, weight, bias))
+    assert torch.autograd.gradcheck(lambda *a: ref.deform_conv(*a, stride=1, padding=1), inputs)
+
+
+def test_deform_conv_low_precision_input():
+    x, offset, mask, weight, b = (t.float() for t in _deform_inputs(1, 4, 3, 6, 6, 6, 6, 3, 3, 2, 16))
+    out32 = ref.deform_conv(x, offset, mask, weight, b)
+    out16 = ref.deform_conv(x.bfloat16(), offset, mask, weight, b)
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), out32, rtol=0.05, atol=0.1)
+
+
+def test_deform_conv_validation():
+    x, offset, mask, weight, b = _deform_inputs(1, 4, 3, 5, 5, 4, 4, 3, 3, 2, 17)
+    with pytest.raises(ValueError, match="offset channels"):
+        ref.deform_conv(x, offset[:, :-1], mask, weight, b)
+    with pytest.raises(ValueError, match="mask channels"):
+        ref.deform_conv(x, offset, mask[:, :9], weight, b)
+    with pytest.raises(ValueError, match="not divisible"):
+        ref.deform_conv(x[:, :3], offset, mask, weight[:, :3], b)
+    with pytest.raises(ValueError, match="spatial size"):
+        ref.deform_conv(x, offset, mask[..., :3], weight, b)
+    with pytest.raises(ValueError, match="weight input channels"):
+        ref.deform_conv(x, offset, mask, weight[:, :2], b)
+    with pytest.raises(ValueError, match="bias shape"):
+        ref.deform_conv(x, offset, mask, weight, b[:2])
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        ref.deform_conv(x.expand(2, -1, -1, -1), offset, mask, weight, b)
+    with pytest.raises(ValueError, match="4-D offset"):
+        ref.deform_conv(x, offset[0], mask, weight, b)
+
+
+# --------------------------------------------------------------------------------------
+# ddf
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,dilation,layout", [(3, 1, "flat"), (3, 2, "square"), (5, 1, "square"),
+                                               (2, 2, "flat")])
+def test_ddf_matches_brute_force(k, dilation, layout):
+    g = _rng(18)
+    x = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    cf = torch.randn(2, 3, k * k, generator=g, dtype=torch.float64)
+    sf = torch.randn(2, k * k, 5, 6, generator=g, dtype=torch.float64)
+    cf_in = cf if layout == "flat" else cf.view(2, 3, k, k)
+    out = ref.ddf(x, cf_in, sf, kernel_size=k, dilation=dilation)
+    torch.testing.assert_close(out, bf_ddf(x, cf, sf, k, dilation), rtol=1e-12, atol=1e-12)
+
+
+def test_ddf_gradcheck():
+    g = _rng(19)
+    x = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    cf = torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    sf = torch.randn(1, 9, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for d in (1, 2):
+        assert torch.autograd.gradcheck(lambda a, b, c: ref.ddf(a, b, c, 3, d), (x, cf, sf))
+    # Partial requires_grad paths of the custom backward.
+    xs = x.detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: ref.ddf(a, cf.detach(), sf.detach(), 3, 2), (xs,))
+
+
+def test_ddf_validation():
+    x, cf, sf = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 9), torch.randn(2, 9, 5, 6)
+    with pytest.raises(ValueError, match="4-D x"):
+        ref.ddf(x[0], cf, sf)
+    with pytest.raises(ValueError, match="channel_filter shape"):
+        ref.ddf(x, cf[:, :2], sf)
+    with pytest.raises(ValueError, match="channel_filter shape"):
+        ref.ddf(x, cf, sf, kernel_size=5)
+    with pytest.raises(ValueError, match="spatial_filter shape"):
+        ref.ddf(x, cf, sf[..., :5])
+    with pytest.raises(ValueError, match="spatial_filter shape"):
+        ref.ddf(x, cf, sf[:, :8])
