@@ -1,3 +1,3 @@
-from .frfsr import FRFSR, AlignedTextures, Correspondence, Restoration
+from .frfsr import FRFSR, AlignedTextures, Correspondence, EncodedRefs, Restoration
 
-__all__ = ["FRFSR", "Correspondence", "AlignedTextures", "Restoration"]
+__all__ = ["FRFSR", "EncodedRefs", "Correspondence", "AlignedTextures", "Restoration"]

@@ -17,15 +17,18 @@ import torch.nn.functional as F
 from .. import ops
 
 
-def same_grid(feat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``feat`` read on a grid of ``size`` at the same pixel coordinates: cropped where it is
-    larger, zero-filled where it is smaller. (The release zero-pads LR and Ref to one common
-    size; this is that, without resizing anything.)"""
+def same_grid(feat: torch.Tensor, size: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``feat`` read on a grid of ``size`` whose first pixel sits at ``origin`` (y, x) of
+    ``feat``, at the same pixel coordinates: cropped where it is larger, zero-filled where
+    it is smaller. (The release zero-pads LR and Ref to one common size; this is that,
+    without resizing anything.)"""
     h, w = size
+    y0, x0 = origin
     H, W = feat.shape[-2:]
-    if (H, W) == (h, w):
+    if (H, W) == (h, w) and origin == (0, 0):
         return feat
-    return F.pad(feat[..., :h, :w], (0, max(w - W, 0), 0, max(h - H, 0)))
+    crop = feat[..., y0: y0 + h, x0: x0 + w]
+    return F.pad(crop, (0, w - crop.shape[-1], 0, h - crop.shape[-2]))
 
 
 class ModulatedDeformConv(nn.Module):
@@ -73,8 +76,8 @@ class FeatureAlignment(nn.Module):
         self.offset_conv2 = nn.Conv2d(ref_channels, ref_channels, 3, 1, 1)
         self.dcn = ModulatedDeformConv(ref_channels, deform_groups)
 
-    def forward(self, x, warped, ref_feat, pre_offset):
-        guide = torch.cat((x, warped, same_grid(ref_feat, x.shape[-2:])), dim=1)
+    def forward(self, x, warped, ref_feat, pre_offset, origin=(0, 0)):
+        guide = torch.cat((x, warped, same_grid(ref_feat, x.shape[-2:], origin)), dim=1)
         guide = F.leaky_relu(self.offset_conv1(guide), 0.1)
         guide = F.leaky_relu(self.offset_conv2(guide), 0.1)
         return F.leaky_relu(self.dcn(ref_feat, guide, pre_offset), 0.1)

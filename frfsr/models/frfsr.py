@@ -32,6 +32,26 @@ class _Tensors:
 
 
 @dataclass
+class EncodedRefs(_Tensors):
+    """Ref images with everything the model computes from them alone: texture-encoder
+    features per Ref, and the VGG19 features laid on the Ref mosaic at the three scales.
+    Make it once with :meth:`FRFSR.encode_refs` to reuse it for many LRs or tiles."""
+
+    images: tuple[torch.Tensor, ...]                 # (B, 3, H_r, W_r) each
+    textures: tuple[torch.Tensor, ...]               # texture features, 1/4 size, each
+    feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # VGG19 relu1_1 / relu2_1 / relu3_1 mosaics
+    layout: MosaicLayout
+
+    @property
+    def batch_size(self) -> int:
+        return self.images[0].shape[0]
+
+    def mosaic_image(self) -> torch.Tensor:
+        """The Ref images side by side, on the relu1_1 (full-size) mosaic."""
+        return self.layout.canvas(list(self.images), SCALES[0])
+
+
+@dataclass
 class Correspondence(_Tensors):
     """Result of :meth:`FRFSR.match`. Flows and pre-offsets are listed at relu1_1 (HR),
     relu2_1 (HR/2) and relu3_1 (LR) scale; flows are (B, h, w, 2) in (x, y) order, pointing
@@ -41,26 +61,47 @@ class Correspondence(_Tensors):
     pre_offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     confidence: torch.Tensor          # (B, 1, h, w): cosine similarity of the best match, 0 on the border
     ref_id: torch.Tensor              # (B, h, w) int64: which Ref the best patch came from (-1 on the border)
-    refs: tuple[torch.Tensor, ...]    # the Ref images, (B, 3, H_r, W_r) each
-    layout: MosaicLayout
+    refs: EncodedRefs
 
     @property
     def relevance(self) -> torch.Tensor:
         """Mean match confidence per sample (B,): how much of the LR the Refs explain."""
-        c = self.confidence[:, :, 1:-1, 1:-1]
-        return c.flatten(1).mean(1)
+        return self.confidence[:, :, 1:-1, 1:-1].flatten(1).mean(1)
 
 
 @dataclass
 class AlignedTextures(_Tensors):
     """Result of :meth:`FRFSR.align`: the Ref mosaic's VGG19 features, the same features
-    warped onto the LR grid by the flows, and the pre-offsets, at the three scales."""
+    warped onto the LR grid by the flows, and the pre-offsets, at the three scales.
+    ``origin`` (y, x, in LR pixels) is where this grid starts on the Ref mosaic's
+    coordinates: (0, 0) for a whole image, the tile's corner for a crop."""
 
     ref_feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     warped: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     pre_offsets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     confidence: torch.Tensor
     warped_ref: torch.Tensor          # (B, 3, 4h, 4w): the Ref image warped onto the HR grid (a preview)
+    origin: tuple[int, int] = (0, 0)
+
+    @property
+    def lr_size(self) -> tuple[int, int]:
+        return tuple(self.warped[2].shape[-2:])
+
+    def crop(self, y0: int, x0: int, y1: int, x1: int) -> "AlignedTextures":
+        """The textures of the LR tile [y0:y1, x0:x1] (LR pixels). Ref features are shared, not
+        copied; pre-offsets are moved by the tile's corner so that the deformable convs still
+        sample the same Ref positions."""
+        h, w = self.lr_size
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise ValueError(f"tile [{y0}:{y1}, {x0}:{x1}] is outside the LR grid of {h}x{w}")
+        warped, offsets = [], []
+        for level, s in enumerate(SCALES):
+            warped.append(self.warped[level][..., y0 * s: y1 * s, x0 * s: x1 * s])
+            shift = torch.tensor([x0 * s, y0 * s], dtype=self.pre_offsets[level].dtype, device=self.pre_offsets[level].device)
+            offsets.append(self.pre_offsets[level][:, :, y0 * s: y1 * s, x0 * s: x1 * s] + shift)
+        oy, ox = self.origin
+        return AlignedTextures(self.ref_feats, tuple(warped), tuple(offsets), self.confidence[..., y0:y1, x0:x1],
+                               self.warped_ref[..., 4 * y0: 4 * y1, 4 * x0: 4 * x1], (oy + y0, ox + x0))
 
 
 @dataclass
@@ -104,50 +145,66 @@ class FRFSR(nn.Module):
         return self.restoration.head.weight.device
 
     # ------------------------------------------------------------------ inputs
-    def _prepare(self, lr, ref) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _check_lr(self, lr) -> torch.Tensor:
         check_image(lr, "lr", MIN_LR_SIZE, self.check_inputs)
+        check_dtype(lr, "lr", self.dtype)
+        return lr
+
+    def encode_refs(self, ref, batch_size: int | None = None) -> EncodedRefs:
+        """Validate the Ref(s) and compute what depends on them alone. ``ref``: a (B, 3, H, W)
+        tensor or a list of them; ``batch_size``: the LR batch they will serve (Refs of batch
+        1 are shared by every LR)."""
+        if isinstance(ref, EncodedRefs):
+            return ref
         refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
         if not refs:
             raise ValueError("at least one Ref image is required")
-        b = lr.shape[0]
-        out = []
+        b = batch_size or max(r.shape[0] if isinstance(r, torch.Tensor) and r.dim() == 4 else 1 for r in refs)
+        images = []
         for i, r in enumerate(refs):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
             check_image(r, name, MIN_REF_SIZE, self.check_inputs)
+            check_dtype(r, name, self.dtype)
             if r.shape[0] not in (1, b):
                 raise ValueError(f"{name} has batch size {r.shape[0]} but lr has {b}; give one Ref per LR "
                                  f"(batch {b}) or one Ref for all (batch 1)")
-            if r.device != lr.device:
-                raise ValueError(f"{name} is on {r.device} but lr is on {lr.device}")
-            out.append(r.expand(b, -1, -1, -1) if r.shape[0] != b else r)
-        for t, name in [(lr, "lr")] + [(r, f"ref[{i}]") for i, r in enumerate(out)]:
-            check_dtype(t, name, self.dtype)
-        return lr, out
+            images.append(r)
+        layout = MosaicLayout.build([r.shape[-2:] for r in images])
+        textures = tuple(self.texture_encoder.encode_ref(r) for r in images)
+        per_ref = [self.ref_extractor(r) for r in images]
+        feats = tuple(layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
+        return EncodedRefs(tuple(images), textures, feats, layout)
 
     # ------------------------------------------------------------------ steps
     def match(self, lr: torch.Tensor, ref) -> Correspondence:
-        """Correlation-based texture warp, matching step (paper eq. 5-9)."""
-        lr, refs = self._prepare(lr, ref)
+        """Correlation-based texture warp, matching step (paper eq. 5-9). ``ref``: Ref
+        tensor(s) or an :class:`EncodedRefs`."""
+        lr = self._check_lr(lr)
+        refs = self.encode_refs(ref, lr.shape[0])
+        b = lr.shape[0]
+        if refs.batch_size not in (1, b):
+            raise ValueError(f"the Refs have batch size {refs.batch_size} but lr has {b}; give one Ref per LR "
+                             f"(batch {b}) or one Ref for all (batch 1)")
+        if refs.images[0].device != lr.device:
+            raise ValueError(f"the Refs are on {refs.images[0].device} but lr is on {lr.device}")
         p = self.config.patch_size
-        layout = MosaicLayout.build([r.shape[-2:] for r in refs])
         lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
         lr_tex = self.texture_encoder.encode_lr(lr_up)
-        ref_texs = [self.texture_encoder.encode_ref(r) for r in refs]
-        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, layout, p)
+        ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
+        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p)
         flow3 = index_to_flow(kx, ky, p)
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
         confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)
         ref_id = F.pad(ref_id, (1, 1, 1, 1), value=-1)
-        return Correspondence(flows, offsets, confidence, ref_id, tuple(refs), layout)
+        return Correspondence(flows, offsets, confidence, ref_id, refs)
 
     def align(self, corr: Correspondence) -> AlignedTextures:
         """Reference features at three scales, warped onto the LR grid (paper eq. 10-13)."""
-        per_ref = [self.ref_extractor(r) for r in corr.refs]
-        ref_feats = tuple(corr.layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
+        b = corr.flows[0].shape[0]
+        ref_feats = tuple(f.expand(b, -1, -1, -1) for f in corr.refs.feats)
         warped = tuple(flow_warp(f, flow) for f, flow in zip(ref_feats, corr.flows))
-        ref_image = corr.layout.canvas(list(corr.refs), SCALES[0])
-        warped_ref = flow_warp(ref_image, corr.flows[0])
+        warped_ref = flow_warp(corr.refs.mosaic_image().expand(b, -1, -1, -1), corr.flows[0])
         return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref)
 
     def restore(self, lr: torch.Tensor, textures: AlignedTextures, reuse_feature: torch.Tensor | None = None) -> Restoration:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .aggregation import DynamicResidualBlock
 from .alignment import FeatureAlignment, ModulatedDeformConv
+from .correspondence import SCALES
 
 # (Ref feature level, transition) of each stage: level 0 = relu1_1 (HR), 1 = relu2_1 (HR/2), 2 = relu3_1 (LR)
 STAGES = (("down", 0), ("down", 1), ("bottom", 2), ("up", 1), ("out", 0))
@@ -40,10 +41,12 @@ class ScaleStage(nn.Module):
         else:
             self.tail = nn.Sequential(nn.Conv2d(ngf, ngf // 2, 3, 1, 1), nn.LeakyReLU(0.1), nn.Conv2d(ngf // 2, 3, 3, 1, 1))
 
-    def forward(self, x, head_in, warped, ref_feat, pre_offset):
+    def forward(self, x, head_in, warped, ref_feat, pre_offset, origin=(0, 0)):
         """``x``: the stage's U-Net feature (offset guide and residual skip); ``head_in``: what
-        the head fuses with the aligned texture. Returns (feature before the tail, tail output)."""
-        aligned = self.align(x, warped, ref_feat, pre_offset)
+        the head fuses with the aligned texture; ``origin``: where the grid of ``x`` starts on
+        the Ref feature's coordinates (non-zero for a tile). Returns (feature before the
+        tail, tail output)."""
+        aligned = self.align(x, warped, ref_feat, pre_offset, origin)
         h = _lrelu(self.head(torch.cat((head_in, aligned), dim=1)))
         h = self.drb(h, x)
         return h, self.tail(h)
@@ -80,8 +83,10 @@ class RestorationNet(nn.Module):
         base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
         x = self.head(base)
         skips = []
+        oy, ox = textures.origin
         for (kind, level), stage in zip(STAGES, self.stages):
-            args = (textures.warped[level], textures.ref_feats[level], textures.pre_offsets[level])
+            f = SCALES[level]
+            args = (textures.warped[level], textures.ref_feats[level], textures.pre_offsets[level], (oy * f, ox * f))
             if kind == "down":
                 head_in = x
                 if self.reuse and level == 0:
