@@ -1,0 +1,156 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from frfsr.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PerceptualLoss, VGG19Features, gradient_penalty,
+                          wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
+
+torch.set_num_threads(2)
+
+
+def _torchvision_style_state_dict(seed=0):
+    """A full torchvision vgg19 state dict layout (features incl. deeper layers + classifier)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+    sd, idx, c_in = {}, 0, 3
+    for v in cfg:
+        if v == "M":
+            idx += 1
+            continue
+        sd[f"features.{idx}.weight"] = torch.randn(v, c_in, 3, 3, generator=g) * 0.05
+        sd[f"features.{idx}.bias"] = torch.randn(v, generator=g) * 0.01
+        idx += 2
+        c_in = v
+    sd["classifier.0.weight"] = torch.zeros(8, 8)  # stand-in; ignored
+    sd["classifier.0.bias"] = torch.zeros(8)
+    return sd
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return VGG19Features(layers=("relu5_1",), weights=_torchvision_style_state_dict())
+
+
+def test_vgg_layout_and_loading(vgg):
+    assert len(VGG19_LAYER_NAMES) == 30 and VGG19_LAYER_NAMES[28] == "conv5_1" and VGG19_LAYER_NAMES[-1] == "relu5_1"
+    keys = set(vgg.state_dict())
+    assert "features.0.weight" in keys and "features.28.bias" in keys and "features.30.weight" not in keys
+    assert all(k.startswith("features.") for k in keys)  # mean / std are not persistent
+    sd = _torchvision_style_state_dict()
+    assert torch.equal(vgg.features[28].weight, sd["features.28.weight"]) and vgg.pretrained
+    assert not any(p.requires_grad for p in vgg.parameters())
+    vgg.train()
+    assert not vgg.training
+    # plain load_state_dict with the features-only subset works as well
+    fresh = VGG19Features()
+    fresh.load_state_dict({k: v for k, v in sd.items() if k in keys})
+    assert torch.equal(fresh.features[0].weight, sd["features.0.weight"])
+    del sd["features.10.weight"]
+    with pytest.raises(ValueError, match="features.10.weight"):
+        VGG19Features(weights=sd)
+
+
+def test_vgg_features_shapes_and_input_grad(vgg):
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    out = vgg(x, layers=("relu1_1", "relu3_1", "relu5_1"))
+    assert out["relu1_1"].shape == (1, 64, 32, 32)
+    assert out["relu3_1"].shape == (1, 256, 8, 8)
+    assert out["relu5_1"].shape == (1, 512, 2, 2)
+    out["relu5_1"].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown VGG19 layer"):
+        vgg(x, layers=("relu6_1",))
+
+
+def test_perceptual_loss(vgg):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    loss = PerceptualLoss("relu5_1", weight=1e-4, vgg=vgg)
+    assert loss(x, x).item() == 0.0
+    val = loss(x, y)
+    assert val.item() > 0
+    # 'fro' = Frobenius norm over the whole feature tensor (batch included), times the weight
+    fx, fy = vgg(x)["relu5_1"], vgg(y)["relu5_1"]
+    assert torch.allclose(val, 1e-4 * torch.sqrt(((fx - fy) ** 2).sum()), rtol=1e-5)
+    loss2 = PerceptualLoss("relu5_1", weight=3e-4, vgg=vgg)
+    assert torch.allclose(loss2(x, y), 3 * val, rtol=1e-5)
+    l1 = PerceptualLoss({"relu5_1": 2.0}, weight=1.0, criterion="l1", vgg=vgg)
+    assert torch.allclose(l1(x, y), 2.0 * (fx - fy).abs().mean(), rtol=1e-5)
+    xr = x.clone().requires_grad_(True)
+    loss(xr, y).backward()
+    assert xr.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="criterion"):
+        PerceptualLoss(criterion="cosine", vgg=vgg)
+
+
+def test_perceptual_loss_warns_without_weights():
+    with pytest.warns(UserWarning, match="random weights"):
+        PerceptualLoss()
+
+
+def test_discriminator():
+    d = ImageDiscriminator(in_ch=3, ndf=8)
+    x = torch.rand(2, 3, 64, 64)
+    out = d(x)
+    assert out.shape == (2, 1) and (out > 0).all() and (out < 1).all()
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in d.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(convs) == 12 and len(bns) == 10
+    assert [c.out_channels for c in convs[:10]] == [8, 8, 16, 16, 32, 32, 64, 64, 128, 128]
+    assert [c.stride[0] for c in convs[:10]] == [1, 2] * 5
+    assert all(c.kernel_size == (3, 3) for c in convs[:10])
+    assert (convs[10].in_channels, convs[10].out_channels, convs[11].out_channels) == (128, 1024, 1)
+    assert all(c.bias.abs().sum() == 0 for c in convs)
+    assert all(b.bias.abs().sum() == 0 and abs(b.weight.mean() - 1) < 0.05 for b in bns)
+    w = torch.cat([c.weight.flatten() for c in convs])
+    assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002
+    leaky = [m for m in d.modules() if isinstance(m, nn.LeakyReLU)]
+    assert len(leaky) == 11 and all(m.negative_slope == 0.2 for m in leaky)
+    assert isinstance(d.head[-1], nn.Sigmoid) and isinstance(d.head[0], nn.AdaptiveAvgPool2d)
+    # default width
+    d32 = ImageDiscriminator()
+    assert d32.head[1].in_channels == 512
+    assert d(torch.rand(1, 3, 40, 48)).shape == (1, 1)  # any input size
+
+
+def test_gradient_penalty_linear_critic():
+    real = torch.rand(4, 3, 8, 8)
+    fake = torch.rand(4, 3, 8, 8)
+    w = torch.randn(3, 8, 8)
+
+    def critic(scale):
+        ww = scale * w / w.norm()
+        return lambda x: (x * ww).flatten(1).sum(1, keepdim=True)
+
+    gp1 = gradient_penalty(critic(1.0), real, fake)
+    assert gp1.abs().item() < 1e-10
+    gp2 = gradient_penalty(critic(2.0), real, fake, weight=10)
+    assert gp2.item() == pytest.approx(10.0, rel=1e-5)  # 10 * (2 - 1)^2
+    gp3 = gradient_penalty(critic(0.5), real, fake, weight=4)
+    assert gp3.item() == pytest.approx(1.0, rel=1e-5)  # 4 * (0.5 - 1)^2
+
+
+def test_gradient_penalty_hand_computed_quadratic():
+    # D(x) = 0.5 * ||x||^2 per sample -> grad = x, penalty = mean((||x_b|| - 1)^2)
+    real = torch.rand(3, 2, 4, 4)
+    fake = torch.rand(3, 2, 4, 4)
+    alpha = torch.tensor([0.1, 0.5, 0.9])
+    x = alpha.view(3, 1, 1, 1) * real + (1 - alpha.view(3, 1, 1, 1)) * fake
+    expected = 10 * ((x.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    gp = gradient_penalty(lambda t: 0.5 * (t ** 2).flatten(1).sum(1), real, fake, alpha=alpha)
+    assert torch.allclose(gp, expected, rtol=1e-5)
+
+
+def test_wgan_losses_and_backward():
+    d = ImageDiscriminator(ndf=4)
+    real, fake = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32, requires_grad=True)
+    d_real, d_fake = d(real), d(fake)
+    assert torch.allclose(wgan_generator_loss(d_fake), -d_fake.mean())
+    assert torch.allclose(wgan_discriminator_loss(d_real, d_fake), d_fake.mean() - d_real.mean())
+    out = wgan_gp_losses(d, real, fake, generator=torch.Generator().manual_seed(0))
+    assert set(out) >= {"d_loss", "d_wgan", "gp"}
+    assert torch.allclose(out["d_loss"], out["d_wgan"] + out["gp"])
+    out["d_loss"].backward()
+    assert d.features[0].weight.grad is not None and fake.grad is None
