@@ -1,0 +1,181 @@
+"""End-to-end inference benchmark: frfsr (paper preset) against the released architecture.
+
+For every HR size (LR = HR/4, Ref = HR size) it times ``model(lr, ref)``:
+  * CUDA: fp32 (TF32 convolutions) and bf16 autocast, median of ``--reps`` (>= 10) runs
+    after warm-up, timed with CUDA events; peak memory; achieved TFLOP/s (FLOPs counted
+    once with torch.utils.flop_counter) against a bf16 8192^3 matmul rate measured in the
+    same run.
+  * CPU (``--device cpu``, the 2-core machine): wall-clock median of ``--reps`` runs.
+The released architecture (the authors' code rebuilt on today's PyTorch by an oracle
+port) runs in the same process when ``--official-port`` names that port's script and
+``FRFSR_OFFICIAL_SRC`` points at an extracted copy of the authors' repository. Neither is
+part of this project.
+
+    python benchmarks/bench_inference.py --device cpu --sizes 160x160 --reps 5
+    python benchmarks/bench_inference.py --sizes 500x332 1000x1000 2000x2000 4000x4000 \\
+        --official-port PATH/official_port.py --out results/bench_inference
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from frfsr import FRFSR, FRFSRConfig  # noqa: E402
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    w, h = (int(v) for v in s.lower().split("x"))
+    if w % 4 or h % 4:
+        raise argparse.ArgumentTypeError(f"HR size {s} must be a multiple of 4 on both sides")
+    return h, w
+
+
+def timed(fn, device, warmup: int, reps: int):
+    """(median ms, all ms, peak GiB) of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
+    return statistics.median(times), times, peak
+
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def matmul_rate(device) -> float:
+    """Measured bf16 matmul TFLOP/s (8192^3) on this card."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    ms, _, _ = timed(lambda: a @ b, device, 3, 10)
+    return 2 * n ** 3 / (ms * 1e-3) / 1e12
+
+
+def load_official(port_path: str):
+    spec = importlib.util.spec_from_file_location("official_port", port_path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_ours(model, lr, ref, dtype):
+    ctx = torch.autocast(lr.device.type, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(lr.device.type, enabled=False)
+    with torch.no_grad(), ctx:
+        return model(lr, ref)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in ("500x332", "1000x1000", "2000x2000", "4000x4000")],
+                    help="HR sizes WxH (Ref = HR size, LR = HR/4)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16"])
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--official-port", default=os.environ.get("FRFSR_OFFICIAL_PORT"),
+                    help="path of the oracle port script of the authors' release (needs FRFSR_OFFICIAL_SRC)")
+    ap.add_argument("--no-ours", action="store_true")
+    ap.add_argument("--out", help="write OUT.md and OUT.json")
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    reps = a.reps or (10 if cuda else 5)
+    warmup = a.warmup if a.warmup is not None else (3 if cuda else 1)
+    dtypes = a.dtypes or (["fp32", "bf16"] if cuda else ["fp32"])
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    env = {"device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
+           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    if cuda:
+        env["bf16_matmul_tflops"] = round(matmul_rate(device), 1)
+    print(json.dumps(env))
+
+    torch.manual_seed(0)
+    ours = None if a.no_ours else FRFSR(FRFSRConfig.paper()).to(device).eval()
+    if ours is not None:
+        ours.check_inputs = False
+    official = None
+    if a.official_port:
+        port = load_official(a.official_port)
+        official = port.OfficialFRFSR(port.load_official()).to(device).eval()
+
+    rows = []
+    for h, w in a.sizes:
+        g = torch.Generator().manual_seed(0)
+        lr = torch.rand(1, 3, h // 4, w // 4, generator=g).to(device)
+        ref = torch.rand(1, 3, h, w, generator=g).to(device)
+        cases = []
+        if ours is not None:
+            cases += [(f"frfsr {dt}", dt, (lambda dt=dt: run_ours(ours, lr, ref, dt))) for dt in dtypes]
+        if official is not None:
+            up = F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
+            cases.append(("released (port) fp32", "fp32", lambda: official(lr, up, ref)))
+        for name, dt, fn in cases:
+            row = {"hr": f"{w}x{h}", "model": name}
+            try:
+                ms, times, peak = timed(fn, device, warmup, reps)
+                row.update(ms=round(ms, 2), min_ms=round(min(times), 2), peak_gib=round(peak, 2))
+                if cuda:
+                    flops = count_flops(fn)
+                    row.update(tflop=round(flops / 1e12, 3), tflops_per_s=round(flops / (ms * 1e-3) / 1e12, 1))
+                    row["of_bf16_peak"] = f"{100 * row['tflops_per_s'] / env['bf16_matmul_tflops']:.0f}%"
+            except torch.cuda.OutOfMemoryError as e:
+                row.update(error="out of memory")
+                torch.cuda.empty_cache()
+            except RuntimeError as e:
+                row.update(error=str(e).splitlines()[0][:80])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if cuda:
+                torch.cuda.empty_cache()
+
+    cols = ["hr", "model", "ms", "min_ms", "peak_gib", "tflop", "tflops_per_s", "of_bf16_peak", "error"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    text = "\n".join(table)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out + ".md").write_text(f"{json.dumps(env)}\n\n{text}\n")
+        Path(a.out + ".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
