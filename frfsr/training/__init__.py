@@ -1,0 +1,24 @@
+"""Two-stage feature-reuse training (paper III-A): stage 1 with the reconstruction loss,
+stage 2 with L1 + perceptual + WGAN-GP on top of the frozen stage-1 net's HR feature.
+
+Entry points: ``accelerate launch train/stage1.py --config train/configs/paper_stage1.yaml``
+and ``train/stage2.py``; in Python :class:`Trainer` with a :class:`TrainConfig` from
+:func:`load_config`.
+"""
+from .checkpoint import resolve_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig, load_config
+from .export import export_pretrained, load_pretrained, read_export
+
+__all__ = ["Trainer", "TrainConfig", "ConfigError", "load_config", "save_checkpoint", "resolve_checkpoint",
+           "export_pretrained", "load_pretrained", "read_export", "build_stage2_model"]
+
+
+def __getattr__(name):
+    # the loop pulls in Accelerate: import it on first use
+    if name == "Trainer":
+        from .loop import Trainer
+        return Trainer
+    if name == "build_stage2_model":
+        from .stage2 import build_stage2_model
+        return build_stage2_model
+    raise AttributeError(f"module 'frfsr.training' has no attribute {name!r}")

@@ -1,0 +1,133 @@
+"""Atomic training checkpoints around ``accelerator.save_state``.
+
+Layout under ``<output_dir>/checkpoints``::
+
+    ckpt-000500/        complete checkpoints (accelerate state + trainer_state.json)
+    ckpt-001000/
+    latest              text file: the name of the newest complete checkpoint
+
+A checkpoint is written into ``ckpt-XXXXXX.tmp``, every file is fsync'ed, the folder is
+renamed to ``ckpt-XXXXXX`` (atomic on POSIX file systems) and only then is ``latest``
+replaced, through ``latest.tmp`` + ``os.replace``. A kill at any moment leaves ``latest``
+naming a complete checkpoint; leftover ``*.tmp`` folders are removed on the next start.
+With several machines, ``output_dir`` must be on a file system they share.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+__all__ = ["CKPT_DIR", "STATE_FILE", "checkpoint_name", "save_checkpoint", "resolve_checkpoint",
+           "list_checkpoints", "read_trainer_state", "remove_stale"]
+
+CKPT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+LATEST = "latest"
+_NAME = re.compile(r"^ckpt-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:06d}"
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:          # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            _fsync_path(Path(dirpath) / f)
+        _fsync_path(Path(dirpath), directory=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent, directory=True)
+
+
+def list_checkpoints(ckpt_root) -> list[tuple[int, Path]]:
+    """Complete checkpoints as (step, path), oldest first."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def remove_stale(ckpt_root) -> None:
+    """Delete ``*.tmp`` leftovers of interrupted saves (call on the main process only)."""
+    root = Path(ckpt_root)
+    if root.is_dir():
+        for p in root.glob("*.tmp"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def save_checkpoint(accelerator, output_dir, step: int, trainer_state: dict, keep: int = 0) -> Path:
+    """Save the accelerate state plus ``trainer_state`` as checkpoint ``step``; collective (call
+    on every process). ``keep`` > 0 deletes all but the newest ``keep`` checkpoints (never the
+    one ``latest`` names). Returns the checkpoint folder."""
+    root = Path(output_dir) / CKPT_DIR
+    final = root / checkpoint_name(step)
+    tmp = root / (final.name + ".tmp")
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
+        _fsync_tree(tmp)
+        if final.exists():          # a checkpoint of the same step from an earlier, abandoned run
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_path(root, directory=True)
+        _write_atomic(root / LATEST, final.name + "\n")
+        if keep > 0:
+            for _, p in list_checkpoints(root)[:-keep]:
+                if p != final:
+                    shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_checkpoint(output_dir, which: str = "latest") -> Path | None:
+    """The checkpoint folder for ``which``: ``'latest'`` (what the ``latest`` file names, or
+    the newest complete folder if that file is missing; None when there is none) or a path."""
+    if which != "latest":
+        p = Path(which)
+        if not (p / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{p} is not a complete checkpoint (no {STATE_FILE})")
+        return p
+    root = Path(output_dir) / CKPT_DIR
+    latest = root / LATEST
+    if latest.is_file():
+        p = root / latest.read_text().strip()
+        if (p / STATE_FILE).is_file():
+            return p
+    complete = [p for _, p in list_checkpoints(root) if (p / STATE_FILE).is_file()]
+    return complete[-1] if complete else None
+
+
+def read_trainer_state(ckpt) -> dict:
+    return json.loads((Path(ckpt) / STATE_FILE).read_text())

@@ -1,0 +1,329 @@
+"""Training configuration: a YAML file -> nested dataclasses, validated with clear errors.
+
+A file has the sections ``stage``, ``model``, ``data``, ``optim``, ``loss``, ``init`` and
+``train`` (see ``train/configs/paper_stage1.yaml`` for every key with a comment). Unknown
+keys, wrong types and inconsistent values raise :class:`ConfigError` naming the key and the
+file. Command-line overrides use dotted keys: ``train.max_steps=10``, values parsed as YAML.
+
+Numbers written like ``1e-4`` (which YAML 1.1 reads as a string) are accepted for float
+fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+__all__ = ["ConfigError", "ModelSection", "SyntheticSection", "DataSection", "OptimSection", "LossSection",
+           "InitSection", "TrainSection", "TrainConfig", "load_config", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A training configuration is malformed or inconsistent."""
+
+
+@dataclass
+class ModelSection:
+    """Architecture: an :class:`frfsr.FRFSRConfig` preset plus field overrides (stage 1 only;
+    stage 2 takes the architecture of its stage-1 export)."""
+
+    preset: str = "paper"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class SyntheticSection:
+    """Generate a small CUFED-layout dataset of smooth random textures (tests, smoke runs)."""
+
+    num_images: int = 8
+    size: int = 96
+    seed: int = 0
+
+
+@dataclass
+class DataSection:
+    """CUFED training data (C2-Matching protocol: 160x160 HR patches, PIL-bicubic x1/4 LR)."""
+
+    root: Optional[str] = None          # CUFED folder with input/ and ref/; None with `synthetic` -> <output_dir>/data
+    patch: int = 160                    # HR patch side (multiple of 4; patch/4 >= 15)
+    batch_size: int = 9                 # per process and micro-batch
+    num_workers: int = 4
+    augment: bool = True                # random flips and 90-degree rotations
+    shuffle_level: Union[str, int, None] = None   # Ref block shuffle: easy | medium | hard | n | null
+    ref_jitter: Union[bool, dict] = False
+    synthetic: Optional[SyntheticSection] = None
+
+
+@dataclass
+class OptimSection:
+    """Adam for the generator (base lr + three offset-branch groups), Adam for the discriminator,
+    MultiStep schedule counted in optimiser steps."""
+
+    lr: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])    # the paper writes (0.99, 0.999)
+    weight_decay: float = 0.0
+    lr_offset_large: float = 1e-4       # offset branches at HR scale (stages 0 and 4)
+    lr_offset_medium: float = 1e-5      # at HR/2 (stages 1 and 3)
+    lr_offset_small: float = 1e-6       # at LR scale (stage 2)
+    milestones: list = field(default_factory=lambda: [72545, 211040])
+    gamma: float = 0.1
+    lr_d: float = 1e-4
+    betas_d: list = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: Optional[float] = None
+
+
+@dataclass
+class LossSection:
+    """Stage 1 uses ``pixel`` alone; stage 2 adds perceptual and WGAN-GP after the L1 warm-up."""
+
+    pixel: float = 1.0
+    perceptual: float = 1e-4
+    perceptual_layer: str = "relu5_1"
+    perceptual_criterion: str = "fro"
+    vgg19_weights: Optional[str] = None     # torchvision vgg19 state dict (.pth / .safetensors) for the perceptual loss
+    adversarial: float = 1e-6
+    gradient_penalty: float = 10.0
+    l1_warmup_steps: int = 10000            # stage 2: the first steps use L1 only (no discriminator)
+    disc_ndf: int = 32
+
+
+@dataclass
+class InitSection:
+    """Where the weights come from."""
+
+    pretrained: Optional[str] = None    # stage 1: a whole FRFSR export (config.json + model.safetensors) to start from
+    sife: Optional[str] = None          # stage 1: ESRGAN RRDB_PSNR_x4 .pth for the SIFE trunk
+    encoder: Optional[str] = None       # stage 1: contrastively pre-trained texture encoder state dict
+    vgg19: Optional[str] = None         # stage 1: torchvision vgg19 weights for the Ref feature extractor
+    stage1: Optional[str] = None        # stage 2: the stage-1 export directory (required)
+    from_stage1: bool = True            # stage 2: start the stage-2 net from the stage-1 weights where shapes match
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 255000             # optimiser steps
+    grad_accum: int = 1                 # micro-batches per optimiser step
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3           # 0 keeps all
+    log_every: int = 100
+    seed: int = 0
+    output_dir: str = "runs/frfsr"
+    deterministic: bool = False
+    mixed_precision: Optional[str] = None   # no | fp16 | bf16; None: from `accelerate launch` / accelerate config
+    log_with: list = field(default_factory=lambda: ["csv"])   # csv, tensorboard, wandb, ...
+    ops_backend: Optional[str] = None   # frfsr.ops backend: auto | reference | fused
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run (stage 1 or stage 2)."""
+
+    stage: int = 1
+    model: Optional[ModelSection] = None
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    init: InitSection = field(default_factory=InitSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    source: Optional[str] = None        # the YAML file it came from (for messages)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: dict, source: str | None = None) -> "TrainConfig":
+        where = f" in {source}" if source else ""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training config must be a mapping{where}; got {type(d).__name__}")
+        cfg = _build(cls, {k: v for k, v in d.items() if k != "source"}, "", where)
+        cfg.source = source
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        where = f" (in {self.source})" if self.source else ""
+
+        def fail(msg):
+            raise ConfigError(msg + where)
+
+        if self.stage not in (1, 2):
+            fail(f"stage must be 1 or 2, got {self.stage!r}")
+        d, o, l, t, i = self.data, self.optim, self.loss, self.train, self.init
+        if self.stage == 1:
+            if self.model is None:
+                self.model = ModelSection()
+            from ..config import PRESETS, FRFSRConfig
+            if self.model.preset not in PRESETS:
+                fail(f"model.preset must be one of {', '.join(sorted(PRESETS))}; got {self.model.preset!r}")
+            if self.model.overrides.get("stage", 1) != 1:
+                fail("model.overrides.stage must be 1 in a stage-1 config")
+            try:
+                FRFSRConfig.preset(self.model.preset, **self.model.overrides)
+            except (TypeError, ValueError) as e:
+                fail(f"model: {e}")
+            if i.stage1 is not None:
+                fail("init.stage1 is a stage-2 key; remove it from a stage-1 config")
+        else:
+            if self.model is not None:
+                fail("stage 2 takes its architecture from init.stage1's config.json; remove the model section")
+            if not i.stage1:
+                fail("stage 2 needs init.stage1: the directory of the stage-1 export (config.json + model.safetensors)")
+            for k in ("pretrained", "sife", "encoder", "vgg19"):
+                if getattr(i, k) is not None:
+                    fail(f"init.{k} is a stage-1 key; stage 2 takes those weights from init.stage1")
+        if d.patch < 60 or d.patch % 4:
+            fail(f"data.patch must be a multiple of 4 and >= 60 (LR side >= 15 px); got {d.patch}")
+        for k, v in (("data.batch_size", d.batch_size), ("train.max_steps", t.max_steps),
+                     ("train.grad_accum", t.grad_accum), ("train.checkpoint_every", t.checkpoint_every),
+                     ("train.log_every", t.log_every)):
+            if v < 1:
+                fail(f"{k} must be >= 1; got {v}")
+        if d.num_workers < 0 or t.keep_checkpoints < 0 or l.l1_warmup_steps < 0 or l.disc_ndf < 1:
+            fail("data.num_workers, train.keep_checkpoints and loss.l1_warmup_steps must be >= 0, loss.disc_ndf >= 1")
+        if d.root is None and d.synthetic is None:
+            fail("data.root is required (a CUFED folder with input/ and ref/), or set data.synthetic")
+        from ..data import SHUFFLE_LEVELS
+        if isinstance(d.shuffle_level, str) and d.shuffle_level not in SHUFFLE_LEVELS:
+            fail(f"data.shuffle_level must be null, {', '.join(SHUFFLE_LEVELS)} or a positive int; got {d.shuffle_level!r}")
+        if isinstance(d.shuffle_level, int) and d.shuffle_level < 1:
+            fail(f"data.shuffle_level must be a positive int; got {d.shuffle_level}")
+        for name in ("betas", "betas_d"):
+            b = getattr(o, name)
+            if len(b) != 2 or not all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b):
+                fail(f"optim.{name} must be two numbers in [0, 1); got {b!r}")
+            setattr(o, name, [float(x) for x in b])
+        if list(o.milestones) != sorted(set(o.milestones)) or not all(isinstance(m, int) and m > 0 for m in o.milestones):
+            fail(f"optim.milestones must be strictly increasing positive ints; got {o.milestones!r}")
+        for k in ("lr", "lr_offset_large", "lr_offset_medium", "lr_offset_small", "lr_d", "gamma"):
+            if getattr(o, k) <= 0:
+                fail(f"optim.{k} must be > 0; got {getattr(o, k)}")
+        if l.perceptual_criterion not in ("fro", "l1", "l2"):
+            fail(f"loss.perceptual_criterion must be fro, l1 or l2; got {l.perceptual_criterion!r}")
+        if t.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
+            fail(f"train.mixed_precision must be null, no, fp16, bf16 or fp8; got {t.mixed_precision!r}")
+        if t.ops_backend not in (None, "auto", "reference", "fused"):
+            fail(f"train.ops_backend must be null, auto, reference or fused; got {t.ops_backend!r}")
+        if not all(isinstance(x, str) for x in t.log_with):
+            fail(f"train.log_with must be a list of tracker names; got {t.log_with!r}")
+
+
+# ---------------------------------------------------------------------- loading
+def parse_overrides(items) -> dict:
+    """``["train.max_steps=4", "data.root=/x"]`` -> nested dict; values parsed as YAML."""
+    out: dict = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path, overrides=None) -> TrainConfig:
+    """Read a YAML training config and apply overrides (a dict or ``key=value`` strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections; got {type(d).__name__}")
+    if overrides:
+        d = _merge(d, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return TrainConfig.from_dict(d, source=str(path))
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str, where: str):
+    """Check / convert ``value`` to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key} must not be null{where}")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError as e:
+                errors.append(e)
+        names = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{key} must be {names}{where}; got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            raise ConfigError(f"{key} must be a mapping{where}; got null")
+        return _build(tp, value, key + ".", where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp in (list, dict):
+        if isinstance(value, tp):
+            return value
+        if tp is list and isinstance(value, tuple):
+            return list(value)
+        if tp is list and isinstance(value, str):
+            return [value]
+    raise ConfigError(f"{key} must be {_type_name(tp)}{where}; got {value!r}")
+
+
+def _build(cls, d, prefix: str, where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping{where}; got {d!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}{where}; "
+                          f"known keys{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(known)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in d.items()}
+    return cls(**kwargs)

@@ -1,0 +1,379 @@
+"""The training loop shared by stage 1 and stage 2, on Accelerate.
+
+One optimiser step = ``train.grad_accum`` micro-batches of ``data.batch_size`` per process
+(global batch ``batch_size x grad_accum x processes``). Stage 1 minimises the L1
+reconstruction loss. Stage 2 feeds the frozen stage-1 net's HR feature to the stage-2 net
+and, after ``loss.l1_warmup_steps`` L1-only steps, adds the VGG19 perceptual loss and the
+WGAN-GP adversarial loss with a discriminator step per generator step (C2-Matching's
+schedule). Learning rates follow MultiStep milestones counted in optimiser steps.
+
+Reproducibility: the data order and augmentations are a function of (seed, epoch, index)
+only (each epoch's dataset is seeded and its permutation drawn from a seeded generator), so
+a resumed run sees exactly the batches an uninterrupted one would; the gradient penalty's
+interpolation weights come from a generator seeded by (seed, step, rank).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .build import GeneratorNet, build_stage1_model, generator_param_groups
+from .checkpoint import CKPT_DIR, read_trainer_state, remove_stale, resolve_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .export import export_pretrained
+from .trackers import CSVTracker
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "collate_train", "state_hash"]
+
+_KEYS = ("hr", "lr", "ref")
+
+
+def collate_train(items: list[dict]) -> dict:
+    """Stack the tensors a training step needs (HR, LR, Ref)."""
+    return {k: torch.stack([it[k] for it in items]) for k in _KEYS}
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state dict (names and exact bytes)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _mix(*ints: int) -> int:
+    """A deterministic 63-bit seed from integers."""
+    h = hashlib.sha256(",".join(str(i) for i in ints).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+class Trainer:
+    """Builds the model, optimisers, schedulers and data of a :class:`TrainConfig` and runs
+    :meth:`fit`. :meth:`train_step` runs one optimiser step on given micro-batches (used by
+    the benchmark)."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None):
+        self.cfg = cfg
+        t = cfg.train
+        self.stage = cfg.stage
+        self.out = Path(t.output_dir)
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        if t.ops_backend:
+            from .. import ops
+            ops.use_backend(t.ops_backend)
+        self.csv = None
+        trackers = []
+        for name in t.log_with:
+            if name == "csv":
+                self.csv = CSVTracker(f"frfsr_stage{self.stage}", self.out)
+                trackers.append(self.csv)
+            else:
+                trackers.append(name)
+        self.acc = accelerator or Accelerator(mixed_precision=t.mixed_precision, log_with=trackers or None,
+                                              project_dir=str(self.out))
+        acc = self.acc
+        if (acc.num_processes == 1 and "MASTER_ADDR" in os.environ and "RANK" not in os.environ
+                and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")):
+            logger.warning("`accelerate launch --cpu --num_processes N` started ONE process: this accelerate "
+                           "starts several CPU processes only under mpirun. For N CPU processes run "
+                           "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...` or "
+                           "`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`")
+        set_seed(t.seed)                    # identical initialisation on every process
+        self._build_models()
+        if self.stage == 1:
+            self.net, self.opt_g = acc.prepare(self.net, self.opt_g)
+        else:
+            self.net, self.disc, self.opt_g, self.opt_d = acc.prepare(self.net, self.disc, self.opt_g, self.opt_d)
+            self.perceptual.to(acc.device)
+        acc.register_for_checkpointing(*self.schedulers)
+        set_seed(t.seed, device_specific=True)
+        self.step = 0                       # optimiser steps done
+        self.micro = 0                      # micro-batches consumed per process
+        self._data_ready = False
+
+    # ------------------------------------------------------------------ construction
+    def _build_models(self) -> None:
+        cfg, o, l = self.cfg, self.cfg.optim, self.cfg.loss
+        if self.stage == 1:
+            model = build_stage1_model(cfg)
+        else:
+            from .stage2 import build_stage2_model
+            model = build_stage2_model(cfg.init.stage1, cfg.init.from_stage1)
+        model.check_inputs = False          # no host syncs for NaN checks in the hot loop
+        self.model = model
+        self.net = GeneratorNet(model).train()
+        groups = generator_param_groups(model, o)
+        self.opt_g = torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, o.milestones, o.gamma)
+        self.schedulers = [self.sched_g]
+        if self.stage == 2:
+            from ..losses import ImageDiscriminator, PerceptualLoss
+            self.disc = ImageDiscriminator(ndf=l.disc_ndf).train()
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_d, betas=tuple(o.betas_d))
+            self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, o.milestones, o.gamma)
+            self.schedulers.append(self.sched_d)
+            self.perceptual = PerceptualLoss(l.perceptual_layer, weight=l.perceptual, criterion=l.perceptual_criterion,
+                                             vgg_weights=l.vgg19_weights)
+
+    # ------------------------------------------------------------------ data
+    def _data_root(self) -> Path:
+        d = self.cfg.data
+        root = Path(d.root) if d.root else self.out / "data"
+        if d.synthetic is not None and not (root / "input").is_dir():
+            if self.acc.is_main_process:
+                from .synthetic import make_cufed_train
+                s = d.synthetic
+                make_cufed_train(root, s.num_images, s.size, s.seed)
+            self.acc.wait_for_everyone()
+        return root
+
+    def _epoch_seed(self, epoch: int) -> int:
+        return _mix(self.cfg.train.seed, epoch) % (2 ** 31)
+
+    def _dataset(self, epoch: int):
+        from ..data import CUFEDTrainDataset
+        d = self.cfg.data
+        return CUFEDTrainDataset(self.root, patch=d.patch, augment=d.augment, shuffle_level=d.shuffle_level,
+                                 ref_jitter=d.ref_jitter, seed=self._epoch_seed(epoch))
+
+    def _setup_data(self) -> None:
+        if self._data_ready:
+            return
+        self.root = self._data_root()
+        n = len(self._dataset(0))
+        world, bs = self.acc.num_processes, self.cfg.data.batch_size
+        self.batches_per_epoch = (n // world) // bs
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"{self.root} has {n} training pairs, fewer than batch_size={bs} x {world} processes")
+        self._data_ready = True
+
+    def _rank_indices(self, epoch: int, n: int) -> list[int]:
+        world, bs = self.acc.num_processes, self.cfg.data.batch_size
+        g = torch.Generator().manual_seed(self._epoch_seed(epoch))
+        perm = torch.randperm(n, generator=g)[: (n // world) * world]
+        return perm[self.acc.process_index::world][: self.batches_per_epoch * bs].tolist()
+
+    def _batches(self, start_micro: int):
+        """Micro-batches of this process from micro-batch ``start_micro`` on, forever."""
+        self._setup_data()
+        d = self.cfg.data
+        epoch, offset = divmod(start_micro, self.batches_per_epoch)
+        while True:
+            ds = self._dataset(epoch)
+            indices = self._rank_indices(epoch, len(ds))[offset * d.batch_size:]
+            loader = DataLoader(ds, batch_size=d.batch_size, sampler=indices, num_workers=d.num_workers,
+                                collate_fn=collate_train, drop_last=True,
+                                pin_memory=self.acc.device.type == "cuda")
+            for batch in loader:
+                yield {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
+            epoch, offset = epoch + 1, 0
+
+    # ------------------------------------------------------------------ one step
+    def _generator_losses(self, sr, hr, full: bool) -> dict[str, torch.Tensor]:
+        l = self.cfg.loss
+        losses = {"l1": l.pixel * F.l1_loss(sr, hr)}
+        if full:
+            from ..losses import wgan_generator_loss
+            losses["perceptual"] = self.perceptual(sr, hr)
+            losses["adversarial"] = l.adversarial * wgan_generator_loss(self.acc.unwrap_model(self.disc)(sr))
+        return losses
+
+    def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
+        """One optimiser step over the given micro-batches (dicts of device tensors ``hr``,
+        ``lr``, ``ref``); returns the step's losses averaged over the micro-batches."""
+        acc, o = self.acc, self.cfg.optim
+        step = self.step + 1
+        full = self.stage == 2 and step > self.cfg.loss.l1_warmup_steps
+        k = len(batches)
+        logs: dict[str, torch.Tensor] = {}
+
+        def add(name, value):
+            logs[name] = logs.get(name, 0.0) + value.detach().float() / k
+
+        self.net.train()
+        if full:
+            self.disc.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        fakes = []
+        for i, b in enumerate(batches):
+            with acc.no_sync(self.net) if i < k - 1 else nullcontext():
+                with acc.autocast():
+                    sr = self.net(b["lr"], b["ref"])
+                    losses = self._generator_losses(sr, b["hr"], full)
+                    total = sum(losses.values())
+                acc.backward(total / k)
+            for name, v in losses.items():
+                add(name, v)
+            add("g_total", total)
+            if full:
+                fakes.append(sr.detach())
+        if o.max_grad_norm:
+            acc.clip_grad_norm_(self.net.parameters(), o.max_grad_norm)
+        self.opt_g.step()
+        self.sched_g.step()
+
+        if self.stage == 2:
+            if full:
+                from ..losses import wgan_gp_losses
+                self.disc.requires_grad_(True)
+                self.opt_d.zero_grad(set_to_none=True)
+                g = torch.Generator().manual_seed(_mix(self.cfg.train.seed, step, acc.process_index))
+                for i, (b, fake) in enumerate(zip(batches, fakes)):
+                    with acc.no_sync(self.disc) if i < k - 1 else nullcontext():
+                        with acc.autocast():
+                            d = wgan_gp_losses(self.disc, b["hr"], fake, gp_weight=self.cfg.loss.gradient_penalty,
+                                               generator=g)
+                        acc.backward(d["d_loss"] / k)
+                    for name in ("d_loss", "d_wgan", "gp", "d_real", "d_fake"):
+                        add(name, d[name])
+                self.opt_d.step()
+                self._sync_disc_buffers()
+            with warnings.catch_warnings():     # during the warm-up the scheduler steps without the optimiser
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                self.sched_d.step()             # the schedule counts iterations, warm-up included
+        self.step = step
+        return logs
+
+    def _sync_disc_buffers(self) -> None:
+        """Give every process rank 0's BatchNorm running statistics of the discriminator (DDP
+        broadcasts them only at the start of its own forwards)."""
+        if self.acc.num_processes > 1:
+            for buf in self.acc.unwrap_model(self.disc).buffers():
+                torch.distributed.broadcast(buf.data, src=0)
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "micro_batches": self.micro, "stage": self.stage,
+                "num_processes": self.acc.num_processes, "batch_size": self.cfg.data.batch_size,
+                "grad_accum": self.cfg.train.grad_accum}
+
+    def save(self) -> Path:
+        return save_checkpoint(self.acc, self.out, self.step, self.trainer_state(), self.cfg.train.keep_checkpoints)
+
+    def load(self, ckpt) -> None:
+        """Restore models, optimisers, schedulers, RNG states and the step counter."""
+        self.acc.load_state(str(ckpt))
+        st = read_trainer_state(ckpt)
+        if st.get("stage", self.stage) != self.stage:
+            raise ValueError(f"{ckpt} is a stage-{st['stage']} checkpoint; this is a stage-{self.stage} run")
+        self.step = int(st["step"])
+        self.micro = int(st["micro_batches"])
+        same = (st.get("num_processes"), st.get("batch_size")) == (self.acc.num_processes, self.cfg.data.batch_size)
+        if not same:                        # keep the number of samples seen, not the per-process count
+            seen = self.micro * st["batch_size"] * st["num_processes"]
+            self.micro = seen // (self.cfg.data.batch_size * self.acc.num_processes)
+            logger.warning("resuming with a different batch size or number of processes: the data order "
+                           "differs from an uninterrupted run")
+        logger.info("resumed from %s at step %d", ckpt, self.step)
+
+    def unwrapped_model(self):
+        """The :class:`FRFSR` being trained (no DDP wrapper)."""
+        return self.acc.unwrap_model(self.net).model
+
+    def dump_rank_state(self, path=None) -> Path:
+        """Write this process's weight hashes to ``<output_dir>/rank_state/rank<i>.json`` (tests)."""
+        p = Path(path or self.out / "rank_state")
+        p.mkdir(parents=True, exist_ok=True)
+        info = {"step": self.step, "rank": self.acc.process_index, "generator": state_hash(self.unwrapped_model())}
+        if self.stage == 2:
+            info["discriminator"] = state_hash(self.acc.unwrap_model(self.disc))
+        f = p / f"rank{self.acc.process_index}.json"
+        f.write_text(json.dumps(info, indent=2) + "\n")
+        return f
+
+    # ------------------------------------------------------------------ the loop
+    def _lrs(self) -> dict[str, float]:
+        out = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.opt_g.param_groups)}
+        if self.stage == 2:
+            out["lr_d"] = self.opt_d.param_groups[0]["lr"]
+        return out
+
+    def fit(self, resume: str | None = None, stop_after: int | None = None) -> bool:
+        """Train to ``train.max_steps``, checkpointing every ``train.checkpoint_every`` steps
+        and at the end, then export the weights to ``<output_dir>/final``. ``resume``:
+        ``'latest'`` or a checkpoint folder. ``stop_after``: return after that step (and
+        its checkpoint, if one falls due) without exporting, as a killed run would. Returns
+        True when the run completed."""
+        acc, t = self.acc, self.cfg.train
+        ckpt_root = self.out / CKPT_DIR
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale(ckpt_root)
+            (self.out / f"config_stage{self.stage}.yaml").write_text(self.cfg.to_yaml())
+        acc.wait_for_everyone()
+        if resume:
+            ckpt = resolve_checkpoint(self.out, resume)
+            if ckpt is None:
+                logger.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_root)
+            else:
+                self.load(ckpt)
+        acc.init_trackers(f"frfsr_stage{self.stage}", config=_flat(self.cfg.to_dict()))
+        if self.csv is not None and acc.is_main_process:
+            self.csv.truncate_after(self.step)
+        self._setup_data()
+        batches = self._batches(self.micro)
+        k, bs = t.grad_accum, self.cfg.data.batch_size
+        bar = tqdm(total=t.max_steps, initial=self.step, desc=f"stage {self.stage}", dynamic_ncols=True,
+                   disable=not acc.is_local_main_process)
+        tick, tick_step = time.perf_counter(), self.step
+        completed = True
+        while self.step < t.max_steps:
+            micro = [next(batches) for _ in range(k)]
+            self.micro += k
+            logs = self.train_step(micro)
+            step = self.step
+            if step % t.log_every == 0 or step == t.max_steps or step == 1:
+                values = {name: acc.reduce(v.to(acc.device), reduction="mean").item() for name, v in logs.items()}
+                now = time.perf_counter()
+                values["samples_per_s"] = (step - tick_step) * k * bs * acc.num_processes / max(now - tick, 1e-9)
+                values["epoch"] = self.micro // self.batches_per_epoch
+                values.update(self._lrs())
+                tick, tick_step = now, step
+                acc.log(values, step=step)
+                bar.set_postfix({n: f"{values[n]:.4g}" for n in ("l1", "perceptual", "adversarial", "d_loss")
+                                 if n in values})
+            bar.update(1)
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                self.save()
+            if stop_after is not None and step >= stop_after and step < t.max_steps:
+                completed = False
+                break
+        bar.close()
+        if completed:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                path = export_pretrained(self.unwrapped_model(), self.out / "final")
+                logger.info("final weights exported to %s", path)
+            acc.wait_for_everyone()
+        acc.end_training()
+        return completed
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {'section.key': scalar} (trackers take scalars only)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
