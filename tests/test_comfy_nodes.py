@@ -1,0 +1,478 @@
+"""The repository as a ComfyUI custom-node pack, without ComfyUI.
+
+The pack is imported the way ComfyUI imports ``custom_nodes/<folder>/__init__.py``; node
+definitions are checked against ComfyUI's rules for V1 nodes; model names and Hub repo ids
+are checked for safety. Helpers here are shared with test_comfy_workflows.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from frfsr import FRFSR, FRFSRConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACK_CLASSES = {"LoadFRFSR", "LoadFRFSRFromHub", "FRFSRMatchReference", "FRFSRAlignTextures", "FRFSRSuperResolve"}
+PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+MODEL_NAME = "frfsr-paper/model.safetensors"      # the name the bundled workflows use
+
+
+# ---------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and a busy CI box does not oversubscribe)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def load_pack(name: str):
+    """Import the repository root as ComfyUI's ``load_custom_node`` does: by the path of its
+    ``__init__.py``, as a package called ``name``."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The pack imported once, under the name today's ComfyUI gives it (its path, '.' -> '_x_')."""
+    name = str(REPO_ROOT).replace(".", "_x_")
+    before = set(sys.modules)
+    module = load_pack(name)
+    yield module
+    for key in set(sys.modules) - before:
+        if key == name or key.startswith(name + "."):
+            del sys.modules[key]
+
+
+def pack_modules(pack):
+    """(nodes module, comfy_compat module) of the imported pack."""
+    return sys.modules[pack.__name__ + ".frfsr_nodes.nodes"], sys.modules[pack.__name__ + ".frfsr_nodes.comfy_compat"]
+
+
+def save_tiny_model(folder: Path, seed: int = 0) -> FRFSR:
+    """A tiny FRFSR saved by the pipeline (config.json + model.safetensors) in ``folder``."""
+    from frfsr.pipeline import FRFSRPipeline
+
+    torch.manual_seed(seed)
+    model = FRFSR(FRFSRConfig.tiny()).eval()
+    FRFSRPipeline(model).save_pretrained(folder)
+    return model
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch, pack):
+    """A models folder (``.root``) holding MODEL_NAME, a tiny model (``.model``); LoadFRFSR looks only there."""
+    root = tmp_path / "models" / "frfsr"
+    model = save_tiny_model(root / Path(MODEL_NAME).parent)
+    _, cc = pack_modules(pack)
+    monkeypatch.setattr(cc, "models_dirs", lambda: [root])
+    return types.SimpleNamespace(root=root, model=model)
+
+
+def widget_inputs(cls) -> list[tuple[str, tuple]]:
+    """The inputs the UI shows as widgets (primitives and combos), in widgets_values order."""
+    spec = cls.INPUT_TYPES()
+    out = []
+    for section in ("required", "optional"):
+        for name, s in spec.get(section, {}).items():
+            if isinstance(s[0], (list, tuple)) or s[0] in PRIMITIVES:
+                out.append((name, s))
+    return out
+
+
+def value_error(name: str, spec: tuple, value, dynamic: bool = False) -> str | None:
+    """Why ``value`` is not valid for a widget input, as ComfyUI's validation sees it (None if valid)."""
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+    if isinstance(kind, (list, tuple)):
+        if dynamic:
+            return None if isinstance(value, str) and value else f"{name}: {value!r} is not a file name"
+        return None if value in kind else f"{name}: {value!r} not in {list(kind)}"
+    if kind == "INT":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name}: {value!r} is not an int"
+    elif kind == "FLOAT":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name}: {value!r} is not a number"
+    elif kind == "STRING":
+        return None if isinstance(value, str) else f"{name}: {value!r} is not a string"
+    elif kind == "BOOLEAN":
+        return None if isinstance(value, bool) else f"{name}: {value!r} is not a bool"
+    if "min" in opts and value < opts["min"]:
+        return f"{name}: {value} < min {opts['min']}"
+    if "max" in opts and value > opts["max"]:
+        return f"{name}: {value} > max {opts['max']}"
+    return None
+
+
+def check_v1_node(node_id: str, cls) -> list[str]:
+    """ComfyUI's rules for a V1 node class (what nodes.py / server.py / execution.py rely on)."""
+    errors = []
+    spec = cls.INPUT_TYPES()
+    if not isinstance(spec, dict) or "required" not in spec or set(spec) - {"required", "optional", "hidden"}:
+        return [f"{node_id}: INPUT_TYPES must be a dict with 'required' (and optional 'optional'/'hidden')"]
+    try:
+        json.dumps(spec)                   # /object_info serialises it
+    except TypeError as e:
+        errors.append(f"{node_id}: INPUT_TYPES is not JSON-serialisable: {e}")
+    for attr in ("RETURN_TYPES", "FUNCTION", "CATEGORY"):
+        if not hasattr(cls, attr):
+            errors.append(f"{node_id}: missing {attr}")
+    if errors:
+        return errors
+    if not isinstance(cls.RETURN_TYPES, tuple) or not all(isinstance(t, str) for t in cls.RETURN_TYPES):
+        errors.append(f"{node_id}: RETURN_TYPES must be a tuple of type names")
+    for attr in ("RETURN_NAMES", "OUTPUT_TOOLTIPS", "OUTPUT_IS_LIST"):
+        if hasattr(cls, attr) and len(getattr(cls, attr)) != len(cls.RETURN_TYPES):
+            errors.append(f"{node_id}: {attr} has {len(getattr(cls, attr))} entries for {len(cls.RETURN_TYPES)} outputs")
+    if cls.CATEGORY != "FRFSR":
+        errors.append(f"{node_id}: CATEGORY is {cls.CATEGORY!r}, expected 'FRFSR'")
+    fn = getattr(cls, cls.FUNCTION, None)
+    if not callable(fn):
+        return errors + [f"{node_id}: FUNCTION {cls.FUNCTION!r} is not a method"]
+    params = inspect.signature(fn).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for section in ("required", "optional"):
+        for name, s in spec.get(section, {}).items():
+            if not name.isidentifier():
+                errors.append(f"{node_id}.{name}: input names are passed as keyword arguments")
+            if name not in params and not takes_kwargs:
+                errors.append(f"{node_id}.{name}: not a parameter of {cls.FUNCTION}()")
+            elif section == "optional" and name in params and params[name].default is inspect.Parameter.empty:
+                errors.append(f"{node_id}.{name}: optional input needs a default in {cls.FUNCTION}()")
+            if not isinstance(s, tuple) or len(s) not in (1, 2) or (len(s) == 2 and not isinstance(s[1], dict)):
+                errors.append(f"{node_id}.{name}: spec must be (type,) or (type, options)")
+                continue
+            kind, opts = s[0], (s[1] if len(s) == 2 else {})
+            if isinstance(kind, (list, tuple)):
+                if "default" in opts and opts["default"] not in kind:
+                    errors.append(f"{node_id}.{name}: default {opts['default']!r} not among the choices")
+            elif not isinstance(kind, str) or not kind or kind != kind.upper():
+                errors.append(f"{node_id}.{name}: type {kind!r} must be an upper-case type name")
+            elif kind in ("INT", "FLOAT"):
+                lo, hi, d = opts.get("min"), opts.get("max"), opts.get("default")
+                if None in (lo, hi, d) or not lo <= d <= hi or opts.get("step", 1) <= 0:
+                    errors.append(f"{node_id}.{name}: needs min <= default <= max and a positive step")
+            if "default" in opts and isinstance(kind, str) and kind in PRIMITIVES and value_error(name, s, opts["default"]):
+                errors.append(f"{node_id}.{name}: default {opts['default']!r} is not a valid {kind}")
+    return errors
+
+
+# ---------------------------------------------------------------------- import as ComfyUI does
+def test_pack_exports_node_mappings_without_comfyui(pack):
+    assert set(pack.NODE_CLASS_MAPPINGS) == PACK_CLASSES
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == PACK_CLASSES
+    assert not hasattr(pack, "WEB_DIRECTORY")
+    assert "folder_paths" not in sys.modules and "comfy" not in sys.modules
+    _, cc = pack_modules(pack)
+    assert not cc.in_comfyui()
+
+
+def test_pack_imports_by_folder_name(pack):
+    """Older ComfyUI names the package after its folder (here the checkout's folder name)."""
+    name = REPO_ROOT.name
+    saved = {k: sys.modules[k] for k in list(sys.modules) if k == name or k.startswith(name + ".")}
+    try:
+        module = load_pack(name)
+        assert module.NODE_CLASS_MAPPINGS.keys() == pack.NODE_CLASS_MAPPINGS.keys()
+    finally:
+        for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+_LOADER = textwrap.dedent("""
+    import importlib.util, sys
+    path, name = sys.argv[1], sys.argv[2]
+    spec = importlib.util.spec_from_file_location(name, path + "/__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    import frfsr
+    assert hasattr(frfsr, "FRFSR"), frfsr
+    print(sorted(module.NODE_CLASS_MAPPINGS))
+""")
+
+
+@pytest.mark.parametrize("folder", ["frfsr", "ComfyUI-FRFSR"])
+def test_pack_imports_from_custom_nodes_when_not_pip_installed(tmp_path, folder):
+    """A fresh interpreter with the clone only in custom_nodes/ (not on sys.path, not
+    installed), named as ComfyUI names it; a folder called 'frfsr' must not shadow the library."""
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    (custom_nodes / folder).symlink_to(REPO_ROOT, target_is_directory=True)
+    names = {"frfsr": "frfsr", "ComfyUI-FRFSR": str(custom_nodes / folder).replace(".", "_x_")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", _LOADER, str(custom_nodes / folder), names[folder]],
+                         cwd=custom_nodes, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == repr(sorted(PACK_CLASSES))
+
+
+# ---------------------------------------------------------------------- node definitions
+def test_node_definitions_follow_comfyui_rules(pack):
+    errors = [e for node_id, cls in pack.NODE_CLASS_MAPPINGS.items() for e in check_v1_node(node_id, cls)]
+    assert not errors, "\n".join(errors)
+
+
+def test_custom_types_flow_from_producers_to_consumers(pack):
+    produced = {t for cls in pack.NODE_CLASS_MAPPINGS.values() for t in cls.RETURN_TYPES}
+    consumed = {s[0] for cls in pack.NODE_CLASS_MAPPINGS.values()
+                for sec in cls.INPUT_TYPES().values() for s in sec.values() if isinstance(s[0], str)}
+    custom = {t for t in produced | consumed if t.startswith("FRFSR_")}
+    assert custom == {"FRFSR_MODEL", "FRFSR_MATCH", "FRFSR_TEXTURES"}
+    assert custom <= produced and custom <= consumed
+
+
+def test_signatures_of_the_five_nodes(pack):
+    m = pack.NODE_CLASS_MAPPINGS
+    assert m["LoadFRFSR"].RETURN_TYPES == ("FRFSR_MODEL",)
+    assert m["LoadFRFSRFromHub"].RETURN_TYPES == ("FRFSR_MODEL",)
+    assert m["FRFSRMatchReference"].RETURN_TYPES == ("FRFSR_MATCH", "IMAGE")
+    assert m["FRFSRAlignTextures"].RETURN_TYPES == ("FRFSR_TEXTURES", "IMAGE")
+    assert m["FRFSRSuperResolve"].RETURN_TYPES == ("IMAGE",)
+    assert {"repo_id", "revision"} <= set(m["LoadFRFSRFromHub"].INPUT_TYPES()["required"])
+    assert "file" in m["LoadFRFSRFromHub"].INPUT_TYPES()["optional"]
+    assert "tile_size" in m["FRFSRSuperResolve"].INPUT_TYPES()["required"]
+
+
+# ---------------------------------------------------------------------- model folder safety
+def test_models_are_listed_from_the_models_folder(pack, models_dir):
+    save_tiny_model(models_dir.root / "other")
+    (models_dir.root / "notes.txt").write_text("not a model")
+    (models_dir.root / "old.ckpt").write_bytes(b"pickle")
+    assert pack.NODE_CLASS_MAPPINGS["LoadFRFSR"].INPUT_TYPES()["required"]["model_name"][0] == [
+        MODEL_NAME, "other/model.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "frfsr-paper/../../outside.safetensors",
+                                  "..\\outside.safetensors", "/abs/outside.safetensors", "C:\\models\\x.safetensors"])
+def test_path_traversal_is_refused(pack, models_dir, name):
+    (models_dir.root.parent / "outside.safetensors").write_bytes(b"")      # exists, but outside the folder
+    nodes, cc = pack_modules(pack)
+    with pytest.raises(ValueError, match=r"absolute path|leaves the models/frfsr folder|not in the models/frfsr"):
+        nodes.LoadFRFSR().load(name)
+
+
+def test_absolute_path_to_a_listed_file_is_refused(pack, models_dir):
+    nodes, _ = pack_modules(pack)
+    with pytest.raises(ValueError, match="absolute path"):
+        nodes.LoadFRFSR().load(str(models_dir.root / MODEL_NAME))
+
+
+def test_unknown_model_name_lists_what_is_available(pack, models_dir):
+    nodes, _ = pack_modules(pack)
+    with pytest.raises(ValueError, match=f"'missing.safetensors' is not in .*available: {MODEL_NAME}"):
+        nodes.LoadFRFSR().load("missing.safetensors")
+
+
+def test_load_frfsr_matches_the_saved_model(pack, models_dir):
+    nodes, _ = pack_modules(pack)
+    (handle,) = nodes.LoadFRFSR().load(MODEL_NAME, "cpu", "float32")
+    ref_state = models_dir.model.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in handle.model.state_dict().items())
+    assert handle.device == torch.device("cpu") and not handle.model.training
+
+
+def test_a_file_that_is_not_a_model_folder_is_refused(pack, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    nodes, cc = pack_modules(pack)
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
+    monkeypatch.setattr(cc, "models_dirs", lambda: [tmp_path])
+    assert "bare.safetensors" in pack.NODE_CLASS_MAPPINGS["LoadFRFSR"].INPUT_TYPES()["required"]["model_name"][0]
+    with pytest.raises(ValueError, match="not an FRFSR model folder: put config.json and model.safetensors"):
+        nodes.LoadFRFSR().load("bare.safetensors")
+
+
+def test_load_in_half_precision(pack, models_dir):
+    nodes, _ = pack_modules(pack)
+    (handle,) = nodes.LoadFRFSR().load(MODEL_NAME, "cpu", "float16")
+    assert handle.dtype == torch.float16
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(pack, tmp_path, monkeypatch):
+    nodes, cc = pack_modules(pack)
+    save_tiny_model(tmp_path / "bad")
+    FRFSRConfig.tiny(ngf=32).to_json(tmp_path / "bad" / "config.json")
+    monkeypatch.setattr(cc, "models_dirs", lambda: [tmp_path])
+    with pytest.raises(ValueError, match="does not fit the config"):
+        nodes.LoadFRFSR().load("bad/model.safetensors")
+
+
+# ---------------------------------------------------------------------- Hub ids
+BAD_REPO_IDS = ["", " ", "../etc/passwd", "owner/../x", "a/b/c", "/abs/path", "https://huggingface.co/a/b",
+                "owner/na me", "owner--x/y", "owner/.hidden", "owner/x.git", "-owner/x", "C:\\models", "x" * 200]
+
+
+@pytest.mark.parametrize("repo_id", BAD_REPO_IDS)
+def test_malformed_repo_ids_are_refused_before_any_request(pack, monkeypatch, repo_id):
+    nodes, _ = pack_modules(pack)
+    calls = []
+    monkeypatch.setattr(nodes, "download_from_hub", lambda *a: calls.append(a))
+    cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
+    message = cls.VALIDATE_INPUTS(repo_id=repo_id, revision="main")
+    assert isinstance(message, str) and "invalid Hugging Face repo id" in message
+    with pytest.raises(ValueError, match="invalid Hugging Face repo id"):
+        cls().load(repo_id, "main", "cpu", "float32")
+    assert calls == []
+
+
+@pytest.mark.parametrize("field,value", [("revision", "main; rm -rf"), ("revision", "../x"),
+                                         ("file", "../model.safetensors"), ("file", "/etc/model.safetensors"),
+                                         ("file", "weights.pt"), ("file", "other.safetensors")])
+def test_bad_revision_or_file_is_refused(pack, field, value):
+    cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
+    kwargs = {"repo_id": "owner/frfsr", "revision": "main", "file": ""} | {field: value}
+    assert isinstance(cls.VALIDATE_INPUTS(**kwargs), str)
+
+
+def test_hub_loader_downloads_weights_and_config(pack, tmp_path, monkeypatch):
+    nodes, _ = pack_modules(pack)
+    save_tiny_model(tmp_path / "snap" / "stage2")
+    requests = []
+
+    def fake_download(repo_id, filename, *, revision=None, **kw):     # what frfsr.hub calls
+        requests.append((repo_id, filename, revision))
+        return str(tmp_path / "snap" / filename)
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
+    assert cls.VALIDATE_INPUTS(repo_id="owner/frfsr-x4", revision="v1.0", file="stage2/model.safetensors") is True
+    (handle,) = cls().load("owner/frfsr-x4", "v1.0", "cpu", "float32", file="stage2/model.safetensors")
+    assert ("owner/frfsr-x4", "stage2/model.safetensors", "v1.0") in requests
+    assert ("owner/frfsr-x4", "stage2/config.json", "v1.0") in requests
+    assert handle.name == "owner/frfsr-x4@v1.0:stage2/model.safetensors"
+
+
+# ---------------------------------------------------------------------- running the steps
+def _images(b, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, h, w, 3, generator=g)
+
+
+@pytest.fixture
+def handle(pack, models_dir):
+    nodes, _ = pack_modules(pack)
+    return nodes.LoadFRFSR().load(MODEL_NAME, "cpu", "float32")[0]
+
+
+def test_steps_match_the_model_and_take_any_channel_count(pack, handle):
+    m = pack.NODE_CLASS_MAPPINGS
+    lr, ref = _images(1, 16, 20, 1), _images(1, 16, 16, 2)
+    match, conf = m["FRFSRMatchReference"]().match(handle, lr, ref)
+    tex, warped = m["FRFSRAlignTextures"]().align(handle, match)
+    (sr,) = m["FRFSRSuperResolve"]().upscale(handle, lr, tex, 0, 16)
+    assert sr.shape == (1, 64, 80, 3) and conf.shape == (1, 16, 20, 3) and warped.shape == (1, 64, 80, 3)
+    assert sr.dtype == torch.float32 and 0 <= float(sr.min()) and float(sr.max()) <= 1
+    with torch.no_grad():
+        direct = handle.model(lr.permute(0, 3, 1, 2), ref.permute(0, 3, 1, 2)).clamp(0, 1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(sr, direct, atol=1e-5, rtol=0)
+    # RGBA LR and grayscale Ref are accepted (alpha dropped, gray repeated)
+    rgba = torch.cat([lr, torch.ones(1, 16, 20, 1)], -1)
+    match2, _ = m["FRFSRMatchReference"]().match(handle, rgba, ref[..., :1])
+    assert match2.confidence.shape == (1, 1, 16, 20)
+
+
+def test_reference_modes(pack, handle):
+    match = pack.NODE_CLASS_MAPPINGS["FRFSRMatchReference"]().match
+    lr = _images(2, 16, 16, 3)
+    corr, _ = match(handle, lr, _images(3, 16, 16, 4))            # 3 Refs for 2 LRs: every Ref for every LR
+    assert len(corr.refs.images) == 3
+    corr, _ = match(handle, lr, _images(2, 16, 16, 4), "all")
+    assert len(corr.refs.images) == 2 and corr.refs.batch_size == 1
+    corr, _ = match(handle, lr, _images(2, 16, 16, 4), "auto")    # paired
+    assert len(corr.refs.images) == 1 and corr.refs.batch_size == 2
+    with pytest.raises(ValueError, match="'pair' needs one Reference per image"):
+        match(handle, lr, _images(3, 16, 16, 4), "pair")
+
+
+def test_superresolve_refuses_textures_of_another_image(pack, handle):
+    m = pack.NODE_CLASS_MAPPINGS
+    match, _ = m["FRFSRMatchReference"]().match(handle, _images(1, 16, 16, 1), _images(1, 16, 16, 2))
+    tex, _ = m["FRFSRAlignTextures"]().align(handle, match)
+    with pytest.raises(ValueError, match="connect the same image"):
+        m["FRFSRSuperResolve"]().upscale(handle, _images(1, 16, 24, 1), tex, 0, 16)
+    with pytest.raises(ValueError, match=r"ComfyUI IMAGE of shape \[B, H, W, C\]"):
+        m["FRFSRMatchReference"]().match(handle, torch.rand(16, 16, 3), _images(1, 16, 16, 2))
+
+
+class _FakeProgressBar:
+    instances: list = []
+
+    def __init__(self, total):
+        self.total, self.current = total, 0
+        _FakeProgressBar.instances.append(self)
+
+    def update_absolute(self, value, total=None, preview=None):
+        self.current, self.total = value, total if total is not None else self.total
+
+    def update(self, value):
+        self.update_absolute(self.current + value)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_progress_per_tile_and_cancel_between_tiles(pack, handle, monkeypatch):
+    """Inside ComfyUI: comfy.utils.ProgressBar advances once per tile, and the interrupt
+    check runs before every tile (pressing cancel stops the node)."""
+    nodes, cc = pack_modules(pack)
+    checks = {"n": 0, "stop_at": None}
+
+    def throw_exception_if_processing_interrupted():
+        checks["n"] += 1
+        if checks["stop_at"] is not None and checks["n"] >= checks["stop_at"]:
+            raise _Interrupted()
+
+    monkeypatch.setattr(cc, "comfy_utils", types.SimpleNamespace(ProgressBar=_FakeProgressBar))
+    monkeypatch.setattr(cc, "model_management", types.SimpleNamespace(
+        throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted))
+    m = pack.NODE_CLASS_MAPPINGS
+    lr = _images(1, 24, 24, 1)
+    match, _ = m["FRFSRMatchReference"]().match(handle, lr, _images(1, 16, 16, 2))
+    tex, _ = m["FRFSRAlignTextures"]().align(handle, match)
+    _FakeProgressBar.instances.clear()
+    checks["n"] = 0
+    (sr,) = m["FRFSRSuperResolve"]().upscale(handle, lr, tex, 16, 4)     # 2 x 2 tiles
+    assert sr.shape == (1, 96, 96, 3)
+    bar = _FakeProgressBar.instances[-1]
+    assert (bar.current, bar.total) == (4, 4) and checks["n"] == 4
+    checks.update(n=0, stop_at=3)
+    with pytest.raises(_Interrupted):
+        m["FRFSRSuperResolve"]().upscale(handle, lr, tex, 16, 4)
+    assert _FakeProgressBar.instances[-1].current == 2
+
+
+def test_tile_widgets_map_to_the_tiler(pack):
+    nodes, _ = pack_modules(pack)
+    assert nodes.tile_args(0, 16) == ("auto", 16)
+    assert nodes.tile_args(8, 16) == (15, 7)            # raised to the minimum, overlap capped at half
+    assert nodes.tile_args(128, 16) == (128, 16)
+
+
+def test_device_choices_outside_comfyui(pack):
+    _, cc = pack_modules(pack)
+    assert cc.compute_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            cc.compute_device("cuda")
+    with pytest.raises(ValueError, match="device must be one of"):
+        cc.compute_device("tpu")
+
