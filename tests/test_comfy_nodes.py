@@ -47,16 +47,20 @@ def load_pack(name: str):
     return module
 
 
-@pytest.fixture(scope="session")
+_PACK = {}
+
+
+def get_pack():
+    """The pack imported once per test session, under the name today's ComfyUI gives it:
+    its path with '.' -> '_x_'."""
+    if "module" not in _PACK:
+        _PACK["module"] = load_pack(str(REPO_ROOT).replace(".", "_x_"))
+    return _PACK["module"]
+
+
+@pytest.fixture
 def pack():
-    """The pack imported once, under the name today's ComfyUI gives it (its path, '.' -> '_x_')."""
-    name = str(REPO_ROOT).replace(".", "_x_")
-    before = set(sys.modules)
-    module = load_pack(name)
-    yield module
-    for key in set(sys.modules) - before:
-        if key == name or key.startswith(name + "."):
-            del sys.modules[key]
+    return get_pack()
 
 
 def pack_modules(pack):
