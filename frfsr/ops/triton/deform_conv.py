@@ -168,6 +168,23 @@ def _dcn_fwd_kernel(
 # backward: x, offset, mask
 # --------------------------------------------------------------------------------------
 @triton.jit
+def _corner_bwd(x_base, gx_base, offs, valid, cm, gcol, gm, bw, NEED_X: tl.constexpr, NEED_T: tl.constexpr):
+    """One bilinear corner of the input backward for a [pixels, channels] tile.
+
+    ``gx`` shares the strides of ``x`` so one offset tile serves the load and the atomic
+    add. Returns sum_c gcol * x_corner (zeros when NEED_T is false)."""
+    ptr_off = offs[:, None] + cm
+    msk = valid[:, None] & (cm >= 0)
+    t = tl.zeros_like(bw)
+    if NEED_X:
+        tl.atomic_add(gx_base + ptr_off, gm * bw[:, None], mask=msk)
+    if NEED_T:
+        a = tl.load(x_base + ptr_off, mask=msk, other=0.0).to(tl.float32)
+        t = tl.sum(gcol * a, axis=1)
+    return t
+
+
+@triton.jit
 def _dcn_bwd_input_kernel(
     x_ptr, off_ptr, msk_ptr, w_ptr, go_ptr,
     gx_ptr, goff_ptr, gmsk_ptr,
@@ -176,13 +193,13 @@ def _dcn_bwd_input_kernel(
     s_ob, s_oc, s_oh, s_ow,
     s_mb, s_mc, s_mh, s_mw,
     s_gb, s_gc, s_gh, s_gw,
-    s_gxb, s_gxc, s_gxh, s_gxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KW: tl.constexpr,
     NEED_X: tl.constexpr, NEED_OFF: tl.constexpr, NEED_MASK: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    NEED_T: tl.constexpr = NEED_OFF or NEED_MASK
     pid_p = tl.program_id(0)
     g = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -194,6 +211,8 @@ def _dcn_bwd_input_kernel(
     ar_c = tl.arange(0, BLOCK_C)
     ar_o = tl.arange(0, BLOCK_O)
     go_base = go_ptr + b * s_gb + (yo * s_gh + xo * s_gw)[:, None]
+    x_base = x_ptr + b * s_xb
+    gx_base = gx_ptr + b * s_xb
     P = Ho * Wo
 
     for k in range(K):
@@ -205,13 +224,20 @@ def _dcn_bwd_input_kernel(
         b01 = (1.0 - ly) * lx
         b10 = ly * (1.0 - lx)
         b11 = ly * lx
-        g_dy = tl.zeros([BLOCK_P], tl.float32)
-        g_dx = tl.zeros([BLOCK_P], tl.float32)
-        g_m = tl.zeros([BLOCK_P], tl.float32)
+        o00 = y0 * s_xh + x0 * s_xw
+        o01 = y0 * s_xh + x1 * s_xw
+        o10 = y1 * s_xh + x0 * s_xw
+        o11 = y1 * s_xh + x1 * s_xw
+        # per-corner channel sums  t_ab = sum_c gcol * x[corner ab]
+        t00 = tl.zeros([BLOCK_P], tl.float32)
+        t01 = tl.zeros([BLOCK_P], tl.float32)
+        t10 = tl.zeros([BLOCK_P], tl.float32)
+        t11 = tl.zeros([BLOCK_P], tl.float32)
         for c0 in range(0, Cg, BLOCK_C):
             offs_c = c0 + ar_c
             c_mask = offs_c < Cg
-            cc = g * Cg + offs_c
+            # channel offsets; -1 marks padding lanes (masked out in _corner_bwd)
+            cm = tl.where(c_mask, (g * Cg + offs_c) * s_xc, -1)[None, :]
             # gcol[p, c] = sum_o grad_out[p, o] * weight[o, c, k]
             gcol = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
             w_rows = (g * K + k) * Cg + offs_c
@@ -223,36 +249,22 @@ def _dcn_bwd_input_kernel(
                 gt = tl.load(go_base + offs_o[None, :] * s_gc,
                              mask=p_mask[:, None] & o_mask[None, :], other=0.0)
                 gcol = tl.dot(gt.to(wt.dtype), wt, gcol, input_precision=PRECISION)
-            if NEED_X:
-                gm = gcol * m[:, None]
-                cm = c_mask[None, :]
-                gx_base = gx_ptr + b * s_gxb + cc[None, :] * s_gxc
-                tl.atomic_add(gx_base + (y0 * s_gxh + x0 * s_gxw)[:, None], gm * b00[:, None],
-                              mask=v00[:, None] & cm)
-                tl.atomic_add(gx_base + (y0 * s_gxh + x1 * s_gxw)[:, None], gm * b01[:, None],
-                              mask=v01[:, None] & cm)
-                tl.atomic_add(gx_base + (y1 * s_gxh + x0 * s_gxw)[:, None], gm * b10[:, None],
-                              mask=v10[:, None] & cm)
-                tl.atomic_add(gx_base + (y1 * s_gxh + x1 * s_gxw)[:, None], gm * b11[:, None],
-                              mask=v11[:, None] & cm)
-            if NEED_OFF or NEED_MASK:
-                a00, a01, a10, a11 = _gather4(x_ptr, b, cc, c_mask, y0, x0, y1, x1,
-                                              v00, v01, v10, v11, s_xb, s_xc, s_xh, s_xw)
-                if NEED_MASK:
-                    val = b00[:, None] * a00 + b01[:, None] * a01 + b10[:, None] * a10 + b11[:, None] * a11
-                    g_m += tl.sum(gcol * val, axis=1)
-                if NEED_OFF:
-                    d_ly = (1.0 - lx)[:, None] * (a10 - a00) + lx[:, None] * (a11 - a01)
-                    d_lx = (1.0 - ly)[:, None] * (a01 - a00) + ly[:, None] * (a11 - a10)
-                    g_dy += tl.sum(gcol * d_ly, axis=1)
-                    g_dx += tl.sum(gcol * d_lx, axis=1)
+            gm = gcol * m[:, None]
+            t00 += _corner_bwd(x_base, gx_base, o00, v00, cm, gcol, gm, b00, NEED_X, NEED_T)
+            t01 += _corner_bwd(x_base, gx_base, o01, v01, cm, gcol, gm, b01, NEED_X, NEED_T)
+            t10 += _corner_bwd(x_base, gx_base, o10, v10, cm, gcol, gm, b10, NEED_X, NEED_T)
+            t11 += _corner_bwd(x_base, gx_base, o11, v11, cm, gcol, gm, b11, NEED_X, NEED_T)
         ch = g * K + k
         if NEED_OFF:
+            # d sample / d ly and d sample / d lx, channel sums folded in
+            g_dy = (1.0 - lx) * (t10 - t00) + lx * (t11 - t01)
+            g_dx = (1.0 - ly) * (t01 - t00) + ly * (t11 - t10)
             # grad_offset / grad_mask buffers are contiguous (B, 2GK, Ho, Wo) / (B, GK, Ho, Wo)
             ob = goff_ptr + b * (2 * G * K * P) + offs_p
             tl.store(ob + (2 * ch) * P, g_dy * m, mask=p_mask)
             tl.store(ob + (2 * ch + 1) * P, g_dx * m, mask=p_mask)
         if NEED_MASK:
+            g_m = b00 * t00 + b01 * t01 + b10 * t10 + b11 * t11
             tl.store(gmsk_ptr + b * (G * K * P) + ch * P + offs_p, g_m, mask=p_mask)
 
 
@@ -332,8 +344,11 @@ def _pair(v):
     return int(v), int(v)
 
 
-def _np2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+# (BLOCK_P, BLOCK_C, BLOCK_O) and num_warps, checked offline for sm_90 (compiled to cubin):
+# at most a few bytes of register spill for fp32 "ieee" dots, none for tf32 / half.
+_FWD_BLOCKS, _FWD_WARPS = (64, 16, 64), 8
+_BWD_INPUT_BLOCKS, _BWD_INPUT_WARPS = (64, 16, 32), 8
+_BWD_WEIGHT_BLOCKS, _BWD_WEIGHT_WARPS = (64, 16, 64), 8
 
 
 def _dot_precision(device: torch.device, dtype: torch.dtype) -> str:
@@ -393,9 +408,7 @@ def _forward(x, offset, mask, weight, bias, st, pd, dl):
     if B * Ho * Wo == 0 or Cout == 0:
         return out.zero_() if bias is None else out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
     P = Ho * Wo
-    BLOCK_P = _np2(P, 16, 64)
-    BLOCK_O = _np2(Cout, 16, 64)
-    BLOCK_C = _np2(Cg, 16, 32)
+    BLOCK_P, BLOCK_C, BLOCK_O = _FWD_BLOCKS
     grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(Cout, BLOCK_O), B)
     has_bias = bias is not None
     with _device_ctx(x):
@@ -407,7 +420,7 @@ def _forward(x, offset, mask, weight, bias, st, pd, dl):
             KW=kw, HAS_BIAS=has_bias,
             BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O,
             PRECISION=_dot_precision(x.device, w_r.dtype),
-            num_warps=4,
+            num_warps=_FWD_WARPS,
         )
     return out
 
@@ -424,26 +437,25 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
     prec = _dot_precision(dev, w_r.dtype)
     gx = goff = gmsk = gw = gb = None
     if need_x or need_off or need_mask:
-        gx32 = (torch.zeros(B, Cin, Hin, Win, device=dev, dtype=torch.float32)
-                .contiguous(memory_format=torch.channels_last) if need_x else None)
+        # fp32 accumulation buffer with exactly the strides of xc (one offset for load and atomic)
+        gx32 = torch.zeros_like(xc, dtype=torch.float32) if need_x else None
+        if need_x and gx32.stride() != xc.stride():
+            raise RuntimeError("internal error: grad_x buffer strides differ from x")
         goff32 = torch.empty(B, 2 * G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_off else None
         gmsk32 = torch.empty(B, G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_mask else None
         dummy = w_r
-        BLOCK_P = _np2(P, 16, 64)
-        BLOCK_C = _np2(Cg, 16, 32)
-        BLOCK_O = _np2(Cout, 16, 64)
+        BLOCK_P, BLOCK_C, BLOCK_O = _BWD_INPUT_BLOCKS
         grid = (triton.cdiv(P, BLOCK_P), G, B)
-        gx_strides = gx32.stride() if need_x else (0, 0, 0, 0)
         with _device_ctx(x):
             _dcn_bwd_input_kernel[grid](
                 xc, offset, mask, w_r, grad_out,
                 gx32 if need_x else dummy, goff32 if need_off else dummy, gmsk32 if need_mask else dummy,
                 Hin, Win, Ho, Wo, Cout, G, Cg, K,
-                *xc.stride(), *offset.stride(), *mask.stride(), *grad_out.stride(), *gx_strides,
+                *xc.stride(), *offset.stride(), *mask.stride(), *grad_out.stride(),
                 st[0], st[1], pd[0], pd[1], dl[0], dl[1],
                 KW=kw, NEED_X=need_x, NEED_OFF=need_off, NEED_MASK=need_mask,
                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O, PRECISION=prec,
-                num_warps=4,
+                num_warps=_BWD_INPUT_WARPS,
             )
         if need_x:
             gx = gx32.to(x.dtype).contiguous()
@@ -454,9 +466,7 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
     if need_w or need_b:
         gw32 = torch.zeros(G, K, Cg, Cout, device=dev, dtype=torch.float32)
         gb32 = torch.zeros(Cout, device=dev, dtype=torch.float32)
-        BLOCK_P = _np2(P, 16, 64)
-        BLOCK_C = _np2(Cg, 16, 32)
-        BLOCK_O = _np2(Cout, 16, 64)
+        BLOCK_P, BLOCK_C, BLOCK_O = _BWD_WEIGHT_BLOCKS
         n_cblk = triton.cdiv(Cg, BLOCK_C)
         n_oblk = triton.cdiv(Cout, BLOCK_O)
         tiles_per_img = triton.cdiv(P, BLOCK_P)
@@ -478,7 +488,7 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
                 st[0], st[1], pd[0], pd[1], dl[0], dl[1],
                 KW=kw, NEED_BIAS=bool(need_b),
                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O, PRECISION=prec,
-                num_warps=4,
+                num_warps=_BWD_WEIGHT_WARPS,
             )
         if need_w:
             # (G, K, Cg, Cout) -> (Cout, Cin, kh, kw)
@@ -513,7 +523,14 @@ def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilatio
     See the module docstring for the exact semantics; the output grid is
     ``offset.shape[-2:]`` whatever the size of ``x``.
     """
+    for name, t in (("x", x), ("offset", offset), ("mask", mask), ("weight", weight)):
+        if t.dim() != 4:
+            raise ValueError(f"deform_conv expects 4-D {name}, got shape {tuple(t.shape)}")
     _check_device(x, offset, mask, weight, bias)
     st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
     _geometry(x, offset, mask, weight)
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"deform_conv bias shape {tuple(bias.shape)} is not ({weight.shape[0]},)")
+    if min(st) < 1 or min(dl) < 1:
+        raise ValueError(f"deform_conv stride and dilation must be >= 1, got {stride} and {dilation}")
     return _DeformConvFn.apply(x, offset, mask, weight, bias, st, pd, dl)

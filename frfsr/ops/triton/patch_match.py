@@ -76,19 +76,29 @@ def _patch_match_kernel(
     tl.store(index_ptr + b * s_ib + offs_m, best_idx.to(tl.int64), mask=m_mask)
 
 
-_CUDA_CONFIGS = [
+# Configs checked offline for sm_90 (triton.compile to cubin): no register spills.
+_CUDA_CONFIGS_BF16 = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4, num_stages=2),
 ]
+_CUDA_CONFIGS_FP32 = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 16}, num_warps=4, num_stages=3),
+]
 
 if _is_interpreted(_patch_match_kernel):
-    _patch_match_autotuned = None
+    _AUTOTUNED = {}
 else:  # pragma: no cover - needs a GPU
-    _patch_match_autotuned = triton.autotune(configs=_CUDA_CONFIGS, key=["Nq", "Nk", "D", "PRECISION"])(
-        _patch_match_kernel)
+    _AUTOTUNED = {
+        "bf16": triton.autotune(configs=_CUDA_CONFIGS_BF16, key=["Nq", "Nk", "D"])(_patch_match_kernel),
+        "fp32": triton.autotune(configs=_CUDA_CONFIGS_FP32, key=["Nq", "Nk", "D", "PRECISION"])(_patch_match_kernel),
+    }
 
 
 def _default_precision(device: torch.device) -> str:
@@ -159,7 +169,7 @@ def patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     else:  # pragma: no cover - needs a GPU
         grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B)  # noqa: E731
         with torch.cuda.device(query.device):
-            _patch_match_autotuned[grid](*args, PRECISION=dot_precision)
+            _AUTOTUNED["bf16" if precision == "bf16" else "fp32"][grid](*args, PRECISION=dot_precision)
     score = score.view(B, hq, wq)
     index = index.view(B, hq, wq)
     if query.is_floating_point() and query.dtype != torch.float32:
