@@ -75,11 +75,16 @@ def list_models() -> list[str]:
     """Every ``.safetensors`` file under the model folders, as sorted POSIX paths relative to
     its folder (``paper/model.safetensors``, ``frfsr_x4.safetensors``). This list is the
     whitelist LoadFRFSR accepts."""
-    names = set()
+    names, seen = set(), set()
     for root in models_dirs():
         if not root.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:                   # a symlink loop, or a folder reached twice
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for f in filenames:
                 if f.lower().endswith(MODEL_EXTENSIONS) and not f.startswith("."):

@@ -265,10 +265,10 @@ class LoadFRFSRFromHub:
     @classmethod
     def VALIDATE_INPUTS(cls, repo_id, revision, file=""):
         """Checked by ComfyUI when the prompt is queued, before anything runs or downloads."""
-        try:
-            validate_repo_id(repo_id)
-            validate_revision(revision)
-            validate_repo_file(file)
+        try:       # a value linked from another node is None here; load() checks it when it arrives
+            for check, value in ((validate_repo_id, repo_id), (validate_revision, revision), (validate_repo_file, file)):
+                if value is not None:
+                    check(value)
         except ValueError as e:
             return str(e)
         return True

@@ -263,6 +263,12 @@ def test_models_are_listed_from_the_models_folder(pack, models_dir):
         MODEL_NAME, "other/model.safetensors"]
 
 
+def test_model_listing_survives_a_symlink_loop(pack, models_dir):
+    (models_dir.root / "frfsr-paper" / "loop").symlink_to(models_dir.root, target_is_directory=True)
+    _, cc = pack_modules(pack)
+    assert MODEL_NAME in cc.list_models()
+
+
 @pytest.mark.parametrize("name", ["../outside.safetensors", "frfsr-paper/../../outside.safetensors",
                                   "..\\outside.safetensors", "/abs/outside.safetensors", "C:\\models\\x.safetensors"])
 def test_path_traversal_is_refused(pack, models_dir, name):
@@ -334,6 +340,12 @@ def test_malformed_repo_ids_are_refused_before_any_request(pack, monkeypatch, re
     with pytest.raises(ValueError, match="invalid Hugging Face repo id"):
         cls().load(repo_id, "main", "cpu", "float32")
     assert calls == []
+
+
+def test_hub_inputs_linked_from_other_nodes_are_checked_at_run_time(pack):
+    """At queue time ComfyUI passes None for an input that another node will compute."""
+    cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
+    assert cls.VALIDATE_INPUTS(repo_id=None, revision="main", file=None) is True
 
 
 @pytest.mark.parametrize("field,value", [("revision", "main; rm -rf"), ("revision", "../x"),
