@@ -83,6 +83,8 @@ DEFAULT_CONFIG: dict = {
         "eval_every": 250,
         "max_minutes": None,         # stop (and save) after this much wall time
         "init": None,                # optional safetensors of texture_encoder.* keys to start from
+        "tie_init": True,            # start the Ref trunk as a copy of the LR trunk (C2-Matching starts
+                                     # both from one VGG16); ignored with `init`
     },
     "eval": {"kinds": ["relevant", "medium", "unrelated"], "n": 12, "patch": 96, "seed": 0},
 }
@@ -303,6 +305,8 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
     encoder = TextureEncoder(mcfg.vgg_widths)
     if tc["init"]:
         load_encoder_weights(encoder, tc["init"])
+    elif tc["tie_init"]:
+        encoder.ref_trunk.load_state_dict(encoder.lr_trunk.state_dict())
     if photos is None:
         photos = load_skimage_photos(dc["photos"] or TRAIN_PHOTOS)
     leaked = set(photos) & set(HELDOUT_PHOTOS + ("cat",))
@@ -373,9 +377,9 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
         optim.step()
         sched.step()
         step += 1
-        history.append(float(loss))
+        history.append(loss.item())
         if accelerator.is_main_process and (step % int(tc["log_every"]) == 0 or step == 1):
-            rec = {"step": step, "loss": float(loss), "top1": stats["top1"], "lr": sched.get_last_lr()[0],
+            rec = {"step": step, "loss": history[-1], "top1": stats["top1"], "lr": sched.get_last_lr()[0],
                    "minutes": (time.time() - start) / 60}
             logf.write(json.dumps(rec) + "\n")
             logf.flush()

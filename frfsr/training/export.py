@@ -15,9 +15,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def export_pretrained(model: FRFSR, out_dir) -> Path:
-    """Write ``model`` so that ``FRFSRPipeline.from_pretrained(out_dir)`` loads it; uses the
-    pipeline's ``save_pretrained`` when :mod:`frfsr.pipeline` provides one."""
+def export_pretrained(model: FRFSR, out_dir, description: str | None = None) -> Path:
+    """Write ``model`` so that ``FRFSRPipeline.from_pretrained(out_dir)`` loads it, through the
+    pipeline's ``save_pretrained`` (config.json, model.safetensors, model card) when
+    :mod:`frfsr.pipeline` is available, else config.json + model.safetensors directly."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -25,11 +26,13 @@ def export_pretrained(model: FRFSR, out_dir) -> Path:
     except ImportError:
         FRFSRPipeline = None
     if FRFSRPipeline is not None and hasattr(FRFSRPipeline, "save_pretrained"):
+        modes = [(m, m.training) for m in model.modules()]
         try:
-            FRFSRPipeline(model).save_pretrained(out)
+            FRFSRPipeline(model).save_pretrained(out, description=description)
             return out
-        except TypeError:       # a pipeline constructor that does not take a bare model
-            pass
+        finally:
+            for m, mode in modes:               # the pipeline puts the model in eval mode
+                m.training = mode
     from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -48,7 +51,14 @@ def read_export(path) -> tuple[FRFSRConfig, dict[str, torch.Tensor]]:
 
 
 def load_pretrained(path, device=None) -> FRFSR:
-    """An :class:`FRFSR` model from an exported folder, in eval mode."""
+    """An :class:`FRFSR` model from an exported folder, in eval mode (through
+    ``FRFSRPipeline.from_pretrained`` when the pipeline is available)."""
+    try:
+        from ..pipeline import FRFSRPipeline
+    except ImportError:
+        FRFSRPipeline = None
+    if FRFSRPipeline is not None:
+        return FRFSRPipeline.from_pretrained(str(path), device=device or "cpu").model.eval()
     cfg, state = read_export(path)
     model = FRFSR(cfg)
     model.load_state_dict(state, strict=True)

@@ -361,7 +361,9 @@ class Trainer:
         if completed:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                path = export_pretrained(self.unwrapped_model(), self.out / "final")
+                path = export_pretrained(self.unwrapped_model(), self.out / "final",
+                                         description=f"FRFSR stage-{self.stage} weights trained with frfsr.training "
+                                                     f"({self.step} steps)")
                 logger.info("final weights exported to %s", path)
             acc.wait_for_everyone()
         acc.end_training()

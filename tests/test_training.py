@@ -1,0 +1,323 @@
+"""Two-stage training: 2-process launch, kill/resume equality, atomic checkpoints, stage 2.
+
+Everything runs the tiny model on a generated dataset on the CPU (train/configs/tiny.yaml).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from frfsr import FRFSR, FRFSRConfig
+from frfsr.training import checkpoint as ckpt_mod
+from frfsr.training import load_config
+from frfsr.training.checkpoint import resolve_checkpoint
+from frfsr.training.export import load_pretrained
+from frfsr.training.trackers import read_csv_log
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "train" / "configs" / "tiny.yaml"
+TINY2 = REPO / "train" / "configs" / "tiny_stage2.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_accelerate():
+    """Each in-process run gets a fresh Accelerate state; restore global torch flags."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def _env(tmp):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["HF_HOME"] = str(tmp / "hf_home")       # no user accelerate config
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _trainer(config, out, **overrides):
+    from frfsr.training import Trainer
+    over = {"train": {"output_dir": str(out)}}
+    for k, v in overrides.items():
+        sec, key = k.split("__")
+        over.setdefault(sec, {})[key] = v
+    return Trainer(load_config(config, over))
+
+
+def _ckpt_tensors(path):
+    opt = torch.load(path / "optimizer.bin", map_location="cpu", weights_only=False)
+    sched = torch.load(path / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
+    return load_file(str(path / "model.safetensors")), opt, sched, json.loads((path / "trainer_state.json").read_text())
+
+
+def _assert_same_nested(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_nested(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_nested(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+# ---------------------------------------------------------------------- a reference run
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """4 steps of tiny stage 1 in one go, checkpoints at 2 and 4, exported to final/."""
+    out = tmp_path_factory.mktemp("run_a")
+    tr = _trainer(TINY, out)
+    assert tr.fit() is True
+    state = {k: v.detach().clone() for k, v in tr.unwrapped_model().state_dict().items()}
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return out, state
+
+
+# ---------------------------------------------------------------------- Done 1: two processes
+def test_two_process_launch_identical_weights_and_checkpoint(tmp_path):
+    # `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate >= 1.x unless
+    # run under mpirun; ACCELERATE_USE_CPU=1 with the multi-process launcher gives two gloo ranks.
+    out = tmp_path / "run"
+    env = _env(tmp_path)
+    env["ACCELERATE_USE_CPU"] = "1"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(REPO / "train" / "stage1.py"), "--config", str(TINY), "--output_dir", str(out), "--max_steps", "3",
+           "--dump_rank_hashes"]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    ranks = [json.loads((out / "rank_state" / f"rank{i}.json").read_text()) for i in range(2)]
+    assert [x["rank"] for x in ranks] == [0, 1]
+    assert ranks[0]["step"] == ranks[1]["step"] == 3
+    assert ranks[0]["generator"] == ranks[1]["generator"]
+    latest = resolve_checkpoint(out)
+    assert latest is not None and latest.name == "ckpt-000003"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "ckpt-000003"
+    assert (out / "checkpoints" / "ckpt-000002" / "model.safetensors").is_file()
+    state = json.loads((latest / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["num_processes"] == 2
+    # the exported weights are the ranks' weights and load through the pipeline format
+    from frfsr.training.loop import state_hash
+    assert state_hash(load_pretrained(out / "final")) == ranks[0]["generator"]
+    rows = read_csv_log(out / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------- Done 2: kill / resume
+def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
+    from frfsr.training.run import main
+    ref_out, ref_state = uninterrupted
+    out = tmp_path / "run_b"
+    assert main(["--config", str(TINY), "--output_dir", str(out), "--stop_after", "2"], stage=1) == 0
+    assert resolve_checkpoint(out).name == "ckpt-000002"
+    assert not (out / "final").exists()                 # a killed run exports nothing
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert main(["--config", str(TINY), "--output_dir", str(out), "--resume"], stage=1) == 0
+
+    a = _ckpt_tensors(ref_out / "checkpoints" / "ckpt-000004")
+    b = _ckpt_tensors(out / "checkpoints" / "ckpt-000004")
+    _assert_same_nested(a[0], b[0], "weights")
+    _assert_same_nested(a[1], b[1], "optimizer")
+    _assert_same_nested(a[2], b[2], "scheduler")
+    assert a[3] == b[3] and b[3]["step"] == 4
+    assert b[2]["last_epoch"] == 4 and b[2]["_last_lr"][0] == pytest.approx(5e-5)   # milestone 3, gamma 0.5
+    final = load_pretrained(out / "final").state_dict()
+    for k, v in ref_state.items():
+        assert torch.equal(final[k], v), k
+    rows_a, rows_b = read_csv_log(ref_out / "train_log.csv"), read_csv_log(out / "train_log.csv")
+    assert [r["step"] for r in rows_b] == ["1", "2", "3", "4"]
+    assert [r["l1"] for r in rows_a] == [r["l1"] for r in rows_b]
+
+
+def test_crash_during_save_keeps_latest_and_resumes(uninterrupted, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+    ref_out, ref_state = uninterrupted
+    out = tmp_path / "run_c"
+    original = Accelerator.save_state
+
+    def save_then_die(self, output_dir=None, **kw):
+        if "ckpt-000004" in str(output_dir):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+            raise RuntimeError("killed during save")
+        return original(self, output_dir, **kw)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_die)
+    with pytest.raises(RuntimeError, match="killed during save"):
+        _trainer(TINY, out).fit()
+    root = out / "checkpoints"
+    assert (root / "latest").read_text().strip() == "ckpt-000002"
+    assert not (root / "ckpt-000004").exists() and (root / "ckpt-000004.tmp").exists()
+    assert resolve_checkpoint(out).name == "ckpt-000002"
+
+    monkeypatch.setattr(Accelerator, "save_state", original)
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    tr = _trainer(TINY, out)
+    assert tr.fit(resume="latest") is True
+    assert not (root / "ckpt-000004.tmp").exists()
+    assert tr.step == 4
+    for k, v in tr.unwrapped_model().state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+
+
+class _FakeAccelerator:
+    """Enough of Accelerator for save_checkpoint: one process, save_state writes two files."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, output_dir):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"weights")
+        (Path(output_dir) / "optimizer.bin").write_bytes(b"optimizer")
+
+
+def test_latest_pointer_survives_crash_before_pointer_update(tmp_path, monkeypatch):
+    acc = _FakeAccelerator()
+    ckpt_mod.save_checkpoint(acc, tmp_path, 10, {"step": 10, "micro_batches": 10})
+    real_replace = os.replace
+
+    def die(src, dst):
+        if Path(dst).name == "latest":
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_mod.save_checkpoint(acc, tmp_path, 20, {"step": 20, "micro_batches": 20})
+    root = tmp_path / "checkpoints"
+    assert (root / "latest").read_text().strip() == "ckpt-000010"
+    assert resolve_checkpoint(tmp_path).name == "ckpt-000010"
+    monkeypatch.setattr(ckpt_mod.os, "replace", real_replace)
+    ckpt_mod.remove_stale(root)
+    for step in (30, 40, 50):
+        ckpt_mod.save_checkpoint(acc, tmp_path, step, {"step": step, "micro_batches": step}, keep=2)
+    assert [p.name for _, p in ckpt_mod.list_checkpoints(root)] == ["ckpt-000040", "ckpt-000050"]
+    assert resolve_checkpoint(tmp_path).name == "ckpt-000050"
+    assert not list(root.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------- Done 3: stage 2
+def test_stage2_model_from_stage1_export(uninterrupted):
+    from frfsr.training.export import read_export
+    from frfsr.training.stage2 import build_stage2_model
+    export = uninterrupted[0] / "final"
+    _, s1 = read_export(export)
+    m = build_stage2_model(export, from_stage1=True)
+    sd = m.state_dict()
+    for k, v in s1.items():
+        if k.startswith("restoration."):
+            assert torch.equal(sd["reuse_net." + k[len("restoration."):]], v), k
+            assert torch.equal(sd[k], v), k
+        else:
+            assert torch.equal(sd[k], v), k
+    trainable = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"restoration"}
+    assert any("reuse_down" in n for n, p in m.named_parameters() if p.requires_grad)
+    fresh = build_stage2_model(export, from_stage1=False)
+    assert not torch.equal(fresh.state_dict()["restoration.head.weight"], s1["restoration.head.weight"])
+    assert torch.equal(fresh.state_dict()["reuse_net.head.weight"], s1["restoration.head.weight"])
+
+
+def test_reused_feature_changes_stage2_output():
+    torch.manual_seed(0)
+    m = FRFSR(FRFSRConfig.tiny(stage=2)).eval()
+    g = torch.Generator().manual_seed(1)
+    lr, ref = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        tex = m.align(m.match(lr, ref))
+        feat = m.reuse_feature(lr, tex)
+        own = m.restore(lr, tex).sr
+        same = m.restore(lr, tex, reuse_feature=feat).sr
+        other = m.restore(lr, tex, reuse_feature=torch.randn(feat.shape, generator=g)).sr
+    assert feat.shape == (1, m.config.ngf, 64, 64)
+    assert torch.equal(own, same)
+    assert (own - other).abs().max() > 1e-4
+
+
+def test_stage2_training_frozen_reuse_net_and_all_losses(uninterrupted, tmp_path):
+    export = uninterrupted[0] / "final"
+    tr = _trainer(TINY2, tmp_path / "s2", init__stage1=str(export))
+    model = tr.unwrapped_model()
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("restoration.")}
+    restoration_before = {k: v.clone() for k, v in model.restoration.state_dict().items()}
+    disc_before = {k: v.clone() for k, v in tr.acc.unwrap_model(tr.disc).state_dict().items()}
+    assert tr.fit() is True and tr.step == 3
+    after = model.state_dict()
+    for k, v in frozen_before.items():          # reuse net, SIFE, texture encoder, extractor
+        assert torch.equal(after[k], v), k
+    for n, p in model.named_parameters():
+        if not n.startswith("restoration."):
+            assert p.grad is None and not p.requires_grad, n
+    assert not model.reuse_net.training
+    assert any(not torch.equal(model.restoration.state_dict()[k], v) for k, v in restoration_before.items())
+    assert any(not torch.equal(tr.acc.unwrap_model(tr.disc).state_dict()[k], v) for k, v in disc_before.items())
+    rows = read_csv_log(tmp_path / "s2" / "train_log.csv")
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert rows[0]["l1"] and not rows[0]["perceptual"] and not rows[0]["d_loss"]     # L1-only warm-up
+    for r in rows[1:]:
+        for key in ("l1", "perceptual", "adversarial", "d_loss", "gp"):
+            assert r[key] and torch.isfinite(torch.tensor(float(r[key]))), (r["step"], key)
+    exported = load_pretrained(tmp_path / "s2" / "final")
+    assert exported.config.stage == 2
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, after[k]), k
+
+
+# ---------------------------------------------------------------------- config and optimiser
+def test_config_errors_are_clear(tmp_path):
+    from frfsr.training import ConfigError
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) data.pach"):
+        load_config(TINY, {"data": {"pach": 64}})
+    with pytest.raises(ConfigError, match="train.max_steps must be int"):
+        load_config(TINY, ["train.max_steps=abc"])
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        load_config(TINY, {"data": {"patch": 62}})
+    with pytest.raises(ConfigError, match="needs init.stage1"):
+        load_config(TINY2, {"init": {"stage1": None}})
+    with pytest.raises(ConfigError, match="remove the model section"):
+        load_config(TINY2, {"model": {"preset": "tiny"}})
+    p = tmp_path / "c.yaml"
+    p.write_text("stage: 1\nmodel: {preset: tiny}\ndata: {root: x}\noptim: {lr: 2e-4}\n")
+    cfg = load_config(p)
+    assert cfg.optim.lr == 2e-4 and cfg.optim.betas == [0.9, 0.999]
+    for name in ("paper_stage1.yaml", "paper_stage2.yaml"):
+        c = load_config(REPO / "train" / "configs" / name)
+        assert c.data.patch == 160 and c.data.batch_size == 9 and c.optim.milestones == [72545, 211040]
+    c2 = load_config(REPO / "train" / "configs" / "paper_stage2.yaml")
+    assert (c2.loss.perceptual, c2.loss.adversarial, c2.loss.gradient_penalty, c2.loss.l1_warmup_steps) == (
+        1e-4, 1e-6, 10.0, 10000)
+
+
+def test_offset_branches_get_their_learning_rates():
+    from frfsr.training.build import generator_param_groups
+    cfg = load_config(REPO / "train" / "configs" / "paper_stage1.yaml")
+    m = FRFSR(FRFSRConfig.tiny())
+    m.texture_encoder.requires_grad_(False)
+    groups = {g["name"]: g for g in generator_param_groups(m, cfg.optim)}
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert {k: g["lr"] for k, g in groups.items()} == {"base": 1e-4, "large": 1e-4, "medium": 1e-5, "small": 1e-6}
+    stages = {k: sorted({names[id(p)].split(".")[2] for p in g["params"]}) for k, g in groups.items() if k != "base"}
+    assert stages == {"large": ["0", "4"], "medium": ["1", "3"], "small": ["2"]}
+    for k in ("large", "medium", "small"):
+        kinds = {names[id(p)].split(".align.")[1].rsplit(".", 1)[0] for p in groups[k]["params"]}
+        assert kinds == {"offset_conv1", "offset_conv2", "dcn.offset_mask"}
+    base = {names[id(p)] for p in groups["base"]["params"]}
+    assert "restoration.stages.0.align.dcn.weight" in base and "sife.conv_first.weight" in base
+    assert not any(n.startswith("texture_encoder.") for n in base)
