@@ -37,7 +37,19 @@ def _is_interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
 
 
-@triton.jit
+# Sizes and batch/channel/row strides change with the input: do not let Triton specialise on
+# them (value 1 / divisibility by 16), or every new size would recompile. Pixel and tap
+# strides stay specialised.
+_DNS = ["B", "C", "H", "W", "dil", "s_xb", "s_xc", "s_xh", "s_cb", "s_cc", "s_sb", "s_st", "s_sh",
+        "s_yb", "s_yc", "s_yh", "s_gb", "s_gc", "s_gh"]
+
+
+def _jit(fn):
+    names = set(fn.__code__.co_varnames[:fn.__code__.co_argcount])
+    return triton.jit(fn, do_not_specialize=[n for n in _DNS if n in names])
+
+
+@_jit
 def _ddf_fwd_kernel(
     x_ptr, cf_ptr, sf_ptr, out_ptr,
     C, H, W, dil,
@@ -71,7 +83,7 @@ def _ddf_fwd_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & p_mask[None, :])
 
 
-@triton.jit
+@_jit
 def _ddf_bwd_x_kernel(
     go_ptr, cf_ptr, sf_ptr, gx_ptr,
     C, H, W, dil,
@@ -106,7 +118,7 @@ def _ddf_bwd_x_kernel(
              acc.to(gx_ptr.dtype.element_ty), mask=c_mask[:, None] & p_mask[None, :])
 
 
-@triton.jit
+@_jit
 def _ddf_bwd_filters_kernel(
     go_ptr, x_ptr, cf_ptr, sf_ptr, gsf_ptr, gcf_part_ptr,
     B, C, H, W, dil,

@@ -56,6 +56,20 @@ def _is_interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
 
 
+# Sizes, batch/row strides and conv geometry change with the image size: do not let Triton
+# specialise on them (value 1 / divisibility by 16), or every new size would recompile.
+# Channel and pixel strides (1 for the layouts used here) stay specialised.
+_DNS = ["Hin", "Win", "Ho", "Wo", "Cout", "G", "Cg", "K", "n_cblk", "tiles_per_img", "total_tiles",
+        "tiles_per_split", "s_xb", "s_xh", "s_ob", "s_oc", "s_oh", "s_mb", "s_mc", "s_mh",
+        "s_yb", "s_yc", "s_yh", "s_gb", "s_gc", "s_gh",
+        "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"]
+
+
+def _jit(fn):
+    names = set(fn.__code__.co_varnames[:fn.__code__.co_argcount])
+    return triton.jit(fn, do_not_specialize=[n for n in _DNS if n in names])
+
+
 # --------------------------------------------------------------------------------------
 # shared device helpers
 # --------------------------------------------------------------------------------------
@@ -109,7 +123,7 @@ def _gather4(x_ptr, b, cc, c_mask, y0, x0, y1, x1, v00, v01, v10, v11,
 # --------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------
-@triton.jit
+@_jit
 def _dcn_fwd_kernel(
     x_ptr, off_ptr, msk_ptr, w_ptr, bias_ptr, out_ptr,
     Hin, Win, Ho, Wo, Cout, G, Cg, K,
@@ -184,7 +198,7 @@ def _corner_bwd(x_base, gx_base, offs, valid, cm, gcol, gm, bw, NEED_X: tl.const
     return t
 
 
-@triton.jit
+@_jit
 def _dcn_bwd_input_kernel(
     x_ptr, off_ptr, msk_ptr, w_ptr, go_ptr,
     gx_ptr, goff_ptr, gmsk_ptr,
@@ -271,7 +285,7 @@ def _dcn_bwd_input_kernel(
 # --------------------------------------------------------------------------------------
 # backward: weight, bias
 # --------------------------------------------------------------------------------------
-@triton.jit
+@_jit
 def _dcn_bwd_weight_kernel(
     x_ptr, off_ptr, msk_ptr, go_ptr, gw_ptr, gb_ptr,
     Hin, Win, Ho, Wo, Cout, G, Cg, K, n_cblk, tiles_per_img, total_tiles, tiles_per_split,
