@@ -28,7 +28,12 @@ Kernels
     * grad_x: ``tl.atomic_add`` of ``gcol * mask * bilinear weight`` into the four corners
       (fp32 accumulation buffer, channels-last, ``B*Hin*Win*Cin*4`` bytes);
     * grad_mask: ``sum_c gcol * sample`` and grad_offset: ``sum_c gcol * mask * d sample /
-      d(dy, dx)``, reduced over the group's channels in registers (no atomics).
+      d(dy, dx)``. Both are linear in the four corner values with per-pixel coefficients,
+      so the kernel only keeps the four channel sums ``t_corner = sum_c gcol * x[corner]``
+      (one corner tile live at a time, the same offsets serve the load and the atomic add)
+      and combines them after the channel loop: reduced in registers, no atomics.
+    Memory besides the outputs: the fp32 grad_x buffer and fp32 grad_offset / grad_mask
+    buffers (cast to the input dtypes at the end).
 
 ``_dcn_bwd_weight_kernel``  (grad_weight, grad_bias)
     A program owns a ``BLOCK_C x BLOCK_O`` tile of the weight for one (group, tap) and a
@@ -41,7 +46,10 @@ Kernels
     grad_out tiles). Atomic accumulation makes grad_x / grad_weight / grad_bias
     run-to-run nondeterministic in the last bits.
 
-Precision: sampling and bilinear arithmetic in fp32; ``tl.dot`` gets fp32 operands
+Launch configurations (block sizes, warps) were checked by compiling for sm_90 offline
+(see tests/test_ops_fused.py::test_kernels_compile_for_sm90); they are not autotuned.
+
+Precision: sampling and bilinear arithmetic in fp32 (float64 inputs are computed in fp32); ``tl.dot`` gets fp32 operands
 ("ieee", or "tf32" on CUDA when ``torch.backends.cuda.matmul.allow_tf32`` is set) or the
 weight's half dtype (fp32 accumulation). Double backward is not supported.
 """
