@@ -1,0 +1,236 @@
+"""FRFSRPipeline: images in, a 4x image out.
+
+>>> from frfsr import FRFSRPipeline
+>>> pipe = FRFSRPipeline.from_pretrained()            # bundled "frfsr-default", a folder or a Hub repo id
+>>> sr = pipe(lr_image, ref_image)                     # PIL in, PIL out
+>>> out = pipe(lr, [ref1, ref2], return_details=True)  # images, confidence, warped_ref, relevance
+
+Inputs may be PIL images, numpy arrays (H, W[, C]; uint8, uint16 or float in [0, 1]) or
+tensors (C, H, W) / (B, C, H, W); grayscale is expanded to RGB for the model and given
+back as grayscale, an alpha channel is upscaled separately (bicubic) and put back. The
+result has the input's kind and bit depth unless ``output_type`` / ``output_dtype`` say
+otherwise. Large LRs are processed in tiles (:mod:`frfsr.tiling`).
+
+Relevance: the mean match confidence (cosine similarity of the best Ref texture patch per
+LR position, :attr:`Correspondence.relevance`). Below :data:`RELEVANCE_THRESHOLD` the Ref
+hardly matches the LR and the output is mostly the model's own reconstruction; the
+pipeline then warns with :class:`FRFSRWarning`.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .checks import MIN_LR_SIZE, MIN_REF_SIZE
+from .image_io import from_model_output, map_to_output, to_model_input, upscale_alpha
+from .tiling import DEFAULT_OVERLAP, upscale_tiled
+
+RELEVANCE_THRESHOLD = 0.3       # mean match confidence below which the pipeline warns
+
+
+class FRFSRWarning(UserWarning):
+    """Something about the inputs makes the result less useful than it could be (e.g. a Ref
+    that hardly matches the LR)."""
+
+
+@dataclass
+class FRFSRPipelineOutput:
+    """``pipe(..., return_details=True)``. For one input image: the SR image, the match
+    confidence on the LR grid (tensor / float32 array kept raw, PIL clamped to [0, 1]),
+    the Ref warped onto the HR grid (an image like ``images``) and the relevance (float).
+    For a list of inputs, lists of those; for a (B, C, H, W) tensor, batched tensors and a
+    list of B relevances."""
+
+    images: Any
+    confidence: Any
+    warped_ref: Any
+    relevance: float | list[float]
+
+
+class _ProgressBar:
+    """tqdm over tiles, opened on the first report of more than one tile."""
+
+    def __init__(self, enabled: bool, config: dict):
+        self.enabled, self.config, self.bar = enabled, config, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 1:
+            return
+        if self.bar is None or self.bar.total != total:
+            self.close()
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc="FRFSR tiles", unit="tile", **self.config)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class FRFSRPipeline:
+    """Reference-based 4x super-resolution from images (see the module docstring)."""
+
+    def __init__(self, model, *, description: str | None = None, source: str | None = None,
+                 commit: str | None = None):
+        from .models import FRFSR
+        if not isinstance(model, FRFSR):
+            raise TypeError(f"FRFSRPipeline needs an frfsr.FRFSR model, got {type(model).__name__}")
+        self.model = model.eval()
+        self.description = description
+        self.source = source
+        self.commit = commit
+        self.relevance_threshold: float | None = RELEVANCE_THRESHOLD
+        self._progress_config: dict = {}
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *, revision: str | None = None, torch_dtype=None,
+                        device=None, local_files_only: bool = False, cache_dir=None, token=None,
+                        force_download: bool = False) -> "FRFSRPipeline":
+        """Load weights: a local folder, ``"frfsr-default"`` / None (bundled weights) or a Hub
+        repo id (``revision`` pins a branch, tag or commit). ``torch_dtype``: None (float32),
+        "auto" (as stored), a dtype or its name; ``device``: "cpu" (default), "cuda", "auto", ...
+        Downloads are cached (``cache_dir``), verified, and skipped when ``local_files_only``
+        or ``HF_HUB_OFFLINE=1``."""
+        from .hub import load_pretrained
+        model, files, description = load_pretrained(
+            pretrained_model_name_or_path, revision=revision, torch_dtype=torch_dtype, device=device,
+            cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download)
+        return cls(model, description=description, source=files.source, commit=files.commit)
+
+    def save_pretrained(self, save_directory, *, description: str | None = None):
+        """Write config.json, model.safetensors and a model card (README.md)."""
+        from .hub import save_pretrained
+        return save_pretrained(self.model, save_directory, description=description or self.description)
+
+    def push_to_hub(self, repo_id: str, *, token=None, private: bool | None = None, revision: str | None = None,
+                    commit_message: str = "Upload FRFSR weights", create_pr: bool = False,
+                    description: str | None = None):
+        """Upload the weights, config and model card to a Hub repository (created if needed)."""
+        from .hub import push_to_hub
+        return push_to_hub(self.model, repo_id, token=token, private=private, revision=revision,
+                           commit_message=commit_message, create_pr=create_pr,
+                           description=description or self.description)
+
+    # ------------------------------------------------------------------ device, dtype, progress
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def to(self, device=None, dtype=None) -> "FRFSRPipeline":
+        """Move the model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``, ``pipe.to("cuda", "fp16")``."""
+        from .hub import parse_device, parse_dtype
+        if isinstance(device, torch.dtype) or (isinstance(device, str) and dtype is None and _is_dtype_name(device)):
+            device, dtype = None, device
+        kw = {}
+        if device is not None:
+            kw["device"] = parse_device(device)
+        if dtype is not None:
+            kw["dtype"] = parse_dtype(dtype)
+        self.model.to(**kw)
+        return self
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """Options for the tqdm bar shown over tiles (e.g. ``disable=True``, ``leave=False``)."""
+        self._progress_config = dict(kwargs)
+
+    def __repr__(self) -> str:
+        src = f", source={self.source!r}" if self.source else ""
+        return f"FRFSRPipeline(config={self.config.name!r}, stage={self.config.stage}, device={self.device}, dtype={self.dtype}{src})"
+
+    # ------------------------------------------------------------------ refs
+    def encode_refs(self, ref_or_refs, batch_size: int = 1):
+        """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, encoded)``."""
+        from .models import EncodedRefs
+        if isinstance(ref_or_refs, EncodedRefs):
+            return ref_or_refs
+        refs = list(ref_or_refs) if isinstance(ref_or_refs, (list, tuple)) else [ref_or_refs]
+        if not refs:
+            raise ValueError("at least one Ref image is required")
+        tensors = []
+        for i, r in enumerate(refs):
+            name = "ref" if len(refs) == 1 else f"ref[{i}]"
+            t = to_model_input(r, name)[0]
+            if min(t.shape[-2:]) < MIN_REF_SIZE:
+                raise ValueError(f"{name} is {t.shape[-2]}x{t.shape[-1]}; the minimum Ref size is {MIN_REF_SIZE}x{MIN_REF_SIZE}")
+            if t.shape[0] not in (1, batch_size):
+                raise ValueError(f"{name} is a batch of {t.shape[0]} but the LR batch is {batch_size}; give one Ref per "
+                                 "LR or one for all")
+            tensors.append(t.to(self.device, self.dtype))
+        with torch.no_grad():
+            return self.model.encode_refs(tensors, batch_size)
+
+    # ------------------------------------------------------------------ inference
+    def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,
+                 output_dtype=None, return_details: bool = False, progress: bool = True, interrupt=None):
+        """4x SR of ``lr`` (an image, a (B, C, H, W) tensor, or a list of images) using
+        ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`encode_refs`).
+
+        ``tile``: LR tile side, "auto" (from free memory) or None (whole image);
+        ``overlap``: LR pixels shared by tiles; ``output_type``: "pil", "np", "pt" or None
+        (like the input); ``output_dtype``: e.g. "uint16" (None: like the input);
+        ``progress``: a tqdm bar over tiles; ``interrupt``: called before each tile, return
+        True to stop. Returns the image(s), or :class:`FRFSRPipelineOutput` with
+        ``return_details=True``."""
+        if isinstance(lr, (list, tuple)):
+            if not lr:
+                raise ValueError("lr is an empty list; give at least one image")
+            outs = [self._one(x, ref_or_refs, f"lr[{i}]", tile, overlap, output_type, output_dtype, progress, interrupt,
+                              return_details) for i, x in enumerate(lr)]
+            if not return_details:
+                return [o.images for o in outs]
+            return FRFSRPipelineOutput([o.images for o in outs], [o.confidence for o in outs],
+                                       [o.warped_ref for o in outs], [o.relevance for o in outs])
+        out = self._one(lr, ref_or_refs, "lr", tile, overlap, output_type, output_dtype, progress, interrupt,
+                        return_details)
+        return out if return_details else out.images
+
+    def _one(self, lr, refs, name, tile, overlap, output_type, output_dtype, progress, interrupt, details):
+        rgb, alpha, info = to_model_input(lr, name)
+        h, w = rgb.shape[-2:]
+        if h < MIN_LR_SIZE or w < MIN_LR_SIZE:
+            raise ValueError(f"{name} is {h}x{w}; the minimum LR size is {MIN_LR_SIZE}x{MIN_LR_SIZE}")
+        encoded = self.encode_refs(refs, rgb.shape[0])
+        bar = _ProgressBar(progress and not self._progress_config.get("disable", False),
+                           {k: v for k, v in self._progress_config.items() if k != "disable"})
+        try:
+            res = upscale_tiled(self.model, rgb, encoded, tile=tile, overlap=overlap, progress=bar,
+                                interrupt=interrupt, return_details=True, keep_warped_ref=details)
+        finally:
+            bar.close()
+        relevance = [float(r) for r in res.confidence[:, :, 1:-1, 1:-1].flatten(1).mean(1)]
+        self._warn_relevance(relevance, name)
+        alpha_hr = upscale_alpha(alpha.to(res.sr.device)) if alpha is not None else None
+        images = from_model_output(res.sr, alpha_hr, info, output_type, output_dtype)
+        if not details:
+            return FRFSRPipelineOutput(images, None, None, None)
+        otype = info.kind if output_type is None else output_type
+        ref_info = type(info)(info.kind, False, False, info.dtype, info.batched, False, info.torch_dtype, info.device)
+        warped = from_model_output(res.warped_ref, None, ref_info, output_type, output_dtype)
+        confidence = map_to_output(res.confidence, otype, info.batched)
+        return FRFSRPipelineOutput(images, confidence, warped, relevance if info.batched else relevance[0])
+
+    def _warn_relevance(self, relevance: list[float], name: str) -> None:
+        t = self.relevance_threshold
+        low = [r for r in relevance if t is not None and r < t]
+        if low:
+            warnings.warn(f"the Ref hardly matches {name} (relevance {min(low):.2f} < {t}); the output is mostly the "
+                          "model's own reconstruction, not detail transferred from the Ref. A Ref showing the same "
+                          "scene or content helps", FRFSRWarning, stacklevel=4)
+
+
+def _is_dtype_name(s: str) -> bool:
+    from .hub import _DTYPES
+    return s.lower().replace("torch.", "") in _DTYPES

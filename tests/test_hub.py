@@ -1,0 +1,237 @@
+"""save_pretrained / from_pretrained / push_to_hub, and Hub downloads against a real HTTP
+server on loopback (tests/hub_server.py) that huggingface_hub reaches through HF_ENDPOINT."""
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline
+from frfsr import hub as frfsr_hub
+
+from hub_server import FakeHub
+
+REPO = "frfsr-test/tiny"
+COMMIT_A = hashlib.sha1(b"A").hexdigest()      # main
+COMMIT_B = hashlib.sha1(b"B").hexdigest()      # an older commit, reachable by its sha only
+
+
+def _model(seed: int, **cfg) -> FRFSR:
+    torch.manual_seed(seed)
+    return FRFSR(FRFSRConfig.tiny(**cfg)).eval()
+
+
+def _same_weights(a: FRFSR, b: FRFSR) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Two saved tiny models: A (seed 0) and B (seed 1)."""
+    root = tmp_path_factory.mktemp("models")
+    models = {name: _model(seed) for name, seed in (("A", 0), ("B", 1))}
+    for name, m in models.items():
+        frfsr_hub.save_pretrained(m, root / name, description=f"tiny test model {name}")
+    return root, models
+
+
+@pytest.fixture
+def hub(saved, monkeypatch):
+    root, _ = saved
+    server = FakeHub()
+    server.add(REPO, COMMIT_A, root / "A", branches=("main",))
+    server.add(REPO, COMMIT_B, root / "B", branches=())
+    server.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    yield server
+    server.stop()
+
+
+# ---------------------------------------------------------------- Hub downloads
+def test_first_download_then_cache_reuse_without_transfer(hub, saved, tmp_path, monkeypatch):
+    _, models = saved
+    pipe = FRFSRPipeline.from_pretrained(REPO, cache_dir=tmp_path)
+    assert _same_weights(pipe.model, models["A"])
+    assert pipe.commit == COMMIT_A and pipe.source == REPO
+    assert pipe.description == "tiny test model A"
+    assert hub.count("GET") == 2                       # config.json + model.safetensors
+    FRFSRPipeline.from_pretrained(REPO, cache_dir=tmp_path)
+    assert hub.count("GET") == 2                       # cached: metadata checks only, no second transfer
+    # offline, from the cache: not a single request
+    n = len(hub.file_requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    again = FRFSRPipeline.from_pretrained(REPO, cache_dir=tmp_path)
+    assert len(hub.file_requests) == n and _same_weights(again.model, models["A"])
+
+
+def test_pinned_revision(hub, saved, tmp_path):
+    _, models = saved
+    old = FRFSRPipeline.from_pretrained(REPO, revision=COMMIT_B, cache_dir=tmp_path)
+    assert _same_weights(old.model, models["B"]) and old.commit == COMMIT_B
+    new = FRFSRPipeline.from_pretrained(REPO, revision="main", cache_dir=tmp_path)
+    assert _same_weights(new.model, models["A"])
+    n = len(hub.file_requests)
+    FRFSRPipeline.from_pretrained(REPO, revision=COMMIT_B, cache_dir=tmp_path)
+    assert len(hub.file_requests) == n                      # a cached commit needs no request at all
+
+
+@pytest.mark.parametrize("how", ["env", "argument"])
+def test_offline_and_not_cached_is_a_clear_error(hub, tmp_path, monkeypatch, how):
+    kw = {}
+    if how == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        kw["local_files_only"] = True
+    with pytest.raises(FileNotFoundError, match="not in the local Hub cache and downloads are off"):
+        FRFSRPipeline.from_pretrained(REPO, cache_dir=tmp_path, **kw)
+    assert hub.file_requests == []
+
+
+def test_corrupted_download_is_refused_and_not_cached(hub, saved, tmp_path):
+    hub.corrupt = True
+    with pytest.raises(ValueError, match="model.safetensors .* is corrupt"):
+        FRFSRPipeline.from_pretrained(REPO, cache_dir=tmp_path)
+    hub.corrupt = False
+    pipe = FRFSRPipeline.from_pretrained(REPO, cache_dir=tmp_path)      # the bad blob was dropped: downloads again
+    assert _same_weights(pipe.model, saved[1]["A"])
+
+
+def test_token_is_sent(hub, tmp_path):
+    FRFSRPipeline.from_pretrained(REPO, cache_dir=tmp_path, token="hf_testtoken")
+    assert {auth for _, _, auth in hub.file_requests} == {"Bearer hf_testtoken"}
+
+
+def test_hub_errors_are_clear(hub, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a Hub model repository"):
+        FRFSRPipeline.from_pretrained("frfsr-test/nope", cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="revision 'v9' does not exist"):
+        FRFSRPipeline.from_pretrained(REPO, revision="v9", cache_dir=tmp_path)
+    n = len(hub.file_requests)
+    with pytest.raises(ValueError, match="nor a valid Hub repo id"):
+        FRFSRPipeline.from_pretrained("bad--name", cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        FRFSRPipeline.from_pretrained("./missing/folder", cache_dir=tmp_path)
+    with pytest.raises(TypeError, match="folder path"):
+        FRFSRPipeline.from_pretrained(42)
+    assert len(hub.file_requests) == n                      # refused before any request
+
+
+# ---------------------------------------------------------------- local folders and the bundled default
+def test_round_trip_gives_bit_identical_outputs(tmp_path):
+    torch.manual_seed(3)
+    pipe = FRFSRPipeline(_model(0))
+    lr, ref = torch.rand(1, 3, 16, 20), torch.rand(1, 3, 48, 40)
+    before = pipe(lr, ref, output_type="pt")
+    pipe.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    after = FRFSRPipeline.from_pretrained(tmp_path / "m")(lr, ref, output_type="pt")
+    assert torch.equal(before, after)
+
+
+def test_stage2_model_carries_its_stage1_net(tmp_path):
+    model = _model(0, stage=2)
+    frfsr_hub.save_pretrained(model, tmp_path)
+    keys = load_file(str(tmp_path / "model.safetensors")).keys()
+    assert any(k.startswith("reuse_net.") for k in keys)
+    loaded = FRFSRPipeline.from_pretrained(str(tmp_path)).model
+    assert loaded.config.stage == 2 and _same_weights(model, loaded)
+    assert "stage-2" in (tmp_path / "README.md").read_text()
+
+
+def test_model_card_says_what_the_weights_are(tmp_path):
+    frfsr_hub.save_pretrained(_model(0), tmp_path, description="Converted from the authors' release.")
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: frfsr\n") and "pipeline_tag: image-to-image" in card
+    assert "Converted from the authors' release." in card
+    sha = hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    assert sha in card and "stage-1" in card and "`tiny`" in card
+
+
+def _edit_config(folder, **changes):
+    p = folder / "config.json"
+    d = json.loads(p.read_text())
+    d.update(changes)
+    p.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"version": 2}, "config version 2"),
+    ({"ngf": 32}, "does not fit the config.*wrong shapes.*restoration"),
+    ({"sife_blocks": 2}, "does not fit the config.*missing.*sife.body.1"),
+    ({"colour": "blue"}, "unknown FRFSR config field"),
+    ({"_class_name": "UNet2DModel"}, "not an FRFSR model"),
+    ({"ngf": 10}, "ngf must be a multiple of 4"),
+])
+def test_config_is_validated_on_load(tmp_path, changes, message):
+    frfsr_hub.save_pretrained(_model(0), tmp_path)
+    _edit_config(tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):
+        FRFSRPipeline.from_pretrained(tmp_path)
+
+
+def test_broken_weights_file_is_refused(tmp_path):
+    frfsr_hub.save_pretrained(_model(0), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        FRFSRPipeline.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors missing"):
+        FRFSRPipeline.from_pretrained(tmp_path)
+
+
+def test_bundled_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(frfsr_hub, "BUNDLED_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="bundled default weights .* not installed.*Hub repo id"):
+        FRFSRPipeline.from_pretrained()
+    frfsr_hub.save_pretrained(_model(0), tmp_path / "default")
+    monkeypatch.setattr(frfsr_hub, "BUNDLED_DIR", tmp_path / "default")
+    for name in (None, "frfsr-default"):
+        pipe = FRFSRPipeline.from_pretrained(name)
+        assert pipe.source == "frfsr-default" and _same_weights(pipe.model, _model(0))
+
+
+def test_dtype_and_device_options(tmp_path):
+    frfsr_hub.save_pretrained(_model(0).to(torch.bfloat16), tmp_path)
+    assert FRFSRPipeline.from_pretrained(tmp_path).dtype == torch.float32
+    assert FRFSRPipeline.from_pretrained(tmp_path, torch_dtype="auto").dtype == torch.bfloat16
+    pipe = FRFSRPipeline.from_pretrained(tmp_path, torch_dtype="fp16", device="cpu")
+    assert pipe.dtype == torch.float16 and pipe.device.type == "cpu"
+    assert pipe.to(torch.float32).dtype == torch.float32 and pipe.to("cpu", "bf16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        FRFSRPipeline.from_pretrained(tmp_path, torch_dtype="float8")
+    with pytest.raises(ValueError, match="unknown device"):
+        FRFSRPipeline.from_pretrained(tmp_path, device="gpu7")
+
+
+# ---------------------------------------------------------------- push_to_hub
+def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, endpoint=None, token=None):
+            calls["init"] = (endpoint, token)
+
+        def create_repo(self, repo_id, **kw):
+            calls["create_repo"] = (repo_id, kw)
+
+        def upload_folder(self, *, repo_id, folder_path, **kw):
+            from pathlib import Path
+            files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+            calls["upload_folder"] = (repo_id, files, kw)
+            return "commit-info"
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    pipe = FRFSRPipeline(_model(0))
+    assert pipe.push_to_hub("me/frfsr-tiny", token="hf_x", private=True, description="test push") == "commit-info"
+    assert calls["init"][1] == "hf_x"
+    assert calls["create_repo"] == ("me/frfsr-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
+    repo_id, files, kw = calls["upload_folder"]
+    assert repo_id == "me/frfsr-tiny" and set(files) == {"config.json", "model.safetensors", "README.md"}
+    assert b'pipeline_tag: image-to-image' in files["README.md"] and b"me/frfsr-tiny" in files["README.md"]
+    assert json.loads(files["config.json"])["_class_name"] == "FRFSR"
+    with pytest.raises(ValueError, match="not a valid Hub repo id"):
+        pipe.push_to_hub("a/b/c")
