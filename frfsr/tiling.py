@@ -199,7 +199,8 @@ def _run(h: int, w: int, tile, overlap: int, step, progress, interrupt, oom_fall
             del err
             _release_memory(device)
             tile = max(MIN_LR_SIZE, current // 2)
-            warnings.warn(f"out of memory with tile {current}; retrying with tile {tile}", RuntimeWarning, stacklevel=3)
+            what = f"tile {plan.tile}" if plan.tile else f"the whole {h}x{w} image"
+            warnings.warn(f"out of memory with {what}; retrying with tile {tile}", RuntimeWarning, stacklevel=4)
 
 
 def _blend(plan: TilePlan, step, progress, interrupt) -> dict:
