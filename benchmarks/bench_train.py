@@ -1,0 +1,128 @@
+"""Training-step throughput of frfsr's stage-1 (or stage-2) step, as ``train/stage1.py`` runs it.
+
+Times :meth:`frfsr.training.Trainer.train_step` (forward: match -> align -> restore, L1
+loss, backward, Adam step, scheduler step) on random batches of ``--batch`` HR patches of
+``--patch`` pixels (LR = patch/4, Ref = patch), after ``--warmup`` steps; reports the median
+step time and samples/s (x processes when run under ``accelerate launch``) and the peak
+GPU memory. The paper's setting is batch 9, 160x160:
+
+    python benchmarks/bench_train.py                                  # paper preset, batch 9, 160x160, fp32
+    python benchmarks/bench_train.py --precision bf16
+    python benchmarks/bench_train.py --smoke                          # tiny model on the CPU, 2 steps
+    python benchmarks/bench_train.py --stage 2                        # the feature-reuse step with all losses
+
+Stage 2 builds a random stage-1 export of the same preset first and times steps past the
+L1 warm-up (perceptual + WGAN-GP + discriminator step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from frfsr import FRFSR, FRFSRConfig  # noqa: E402
+from frfsr.training.config import TrainConfig  # noqa: E402
+
+
+def make_config(args, out: Path, stage1_dir: Path | None) -> TrainConfig:
+    d = {"stage": args.stage,
+         "data": {"root": "unused", "patch": args.patch, "batch_size": args.batch, "num_workers": 0},
+         "loss": {"l1_warmup_steps": 0},
+         "train": {"output_dir": str(out), "log_with": [], "max_steps": 10 ** 9, "ops_backend": args.ops_backend}}
+    if args.stage == 1:
+        d["model"] = {"preset": args.preset}
+    else:
+        d["init"] = {"stage1": str(stage1_dir)}
+    return TrainConfig.from_dict(d)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="paper", choices=["paper", "tiny"])
+    p.add_argument("--stage", type=int, default=1, choices=[1, 2])
+    p.add_argument("--batch", type=int, default=9)
+    p.add_argument("--patch", type=int, default=160, help="HR patch side (multiple of 4, >= 60)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="Accelerate mixed precision")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--no-tf32", dest="tf32", action="store_false", help="fp32 matmuls/convs without TF32 on CUDA")
+    p.add_argument("--ops-backend", choices=["auto", "reference", "fused"], help="frfsr.ops backend")
+    p.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 64x64, 2 steps, CPU")
+    p.add_argument("--json", help="also write the result to this JSON file")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.preset, args.batch, args.patch, args.steps, args.warmup, args.device = "tiny", 2, 64, 2, 1, "cpu"
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = True
+
+    import logging
+    import warnings
+    logging.getLogger("frfsr.training.build").setLevel(logging.ERROR)     # random-weight notices
+    warnings.filterwarnings("ignore", message="PerceptualLoss uses a VGG19 with random weights")
+    from accelerate import Accelerator
+    from frfsr.training import Trainer
+    from frfsr.training.export import export_pretrained
+
+    with tempfile.TemporaryDirectory(prefix="frfsr-bench-") as tmp:
+        tmp = Path(tmp)
+        stage1 = None
+        if args.stage == 2:
+            stage1 = export_pretrained(FRFSR(FRFSRConfig.preset(args.preset)), tmp / "stage1")
+        cfg = make_config(args, tmp / "run", stage1)
+        acc = Accelerator(cpu=args.device == "cpu", mixed_precision=args.precision)
+        trainer = Trainer(cfg, accelerator=acc)
+        dev = acc.device
+        g = torch.Generator().manual_seed(0)
+        hr = torch.rand(args.batch, 3, args.patch, args.patch, generator=g)
+        batch = {"hr": hr.to(dev), "lr": torch.nn.functional.avg_pool2d(hr, 4).to(dev),
+                 "ref": torch.rand(args.batch, 3, args.patch, args.patch, generator=g).to(dev)}
+
+        def sync():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        for _ in range(args.warmup):
+            trainer.train_step([batch])
+        sync()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            logs = trainer.train_step([batch])
+            sync()
+            times.append(time.perf_counter() - t)
+        assert all(torch.isfinite(v).all() for v in logs.values()), logs
+        step_s = statistics.median(times)
+        result = {
+            "stage": args.stage, "preset": args.preset, "batch": args.batch, "patch": args.patch,
+            "precision": args.precision, "tf32": bool(args.tf32 and dev.type == "cuda"),
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+            "processes": acc.num_processes, "steps": args.steps, "median_step_ms": step_s * 1e3,
+            "samples_per_s": args.batch * acc.num_processes / step_s,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else None,
+            "torch": torch.__version__,
+        }
+    if acc.is_main_process:
+        print(f"stage-{args.stage} training step, {args.preset} preset, batch {args.batch} x {args.patch}x{args.patch}, "
+              f"{args.precision} on {result['device']} x{result['processes']}: "
+              f"{result['median_step_ms']:.1f} ms/step, {result['samples_per_s']:.2f} samples/s"
+              + (f", peak {result['peak_mem_gib']:.2f} GiB" if result["peak_mem_gib"] is not None else ""))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
