@@ -1,0 +1,349 @@
+"""Ref/LR training pairs made from single photographs ("two views of one scene").
+
+Real Ref-based SR pairs an LR image with a Ref photo of the same scene taken from elsewhere,
+at another zoom, in other light. :class:`ViewPairDataset` imitates that from one photo:
+
+* ``hr``: a random ``patch`` x ``patch`` crop of the photo (flat crops are redrawn a few
+  times); both views then get the same random flip / 90-degree rotation;
+* ``ref``: another view of the same scene, a ``ref_patch`` x ``ref_patch`` image resampled
+  from the photo by one affine warp (bilinear ``grid_sample``): centred on the HR centre
+  plus a random offset (up to ``max_offset * patch`` per axis), at a random zoom in
+  ``scale_range`` (Ref pixels per photo pixel) and rotated by up to ``max_rotation``
+  degrees; then colour-changed (:func:`frfsr.data.color_jitter`, brightness / contrast /
+  saturation), quantised to 8 bits, and with probability ``p_shuffle`` cut into n x n
+  blocks that are shuffled (:func:`frfsr.data.shuffle_blocks`, n drawn from
+  ``shuffle_choices``);
+* with probability ``p_unrelated`` the Ref is a view of a *different* photo instead
+  (``related=False``), so that a model learns to ignore irrelevant Refs;
+* ``lr``: ``bicubic_downsample(hr)`` (PIL bicubic on the 8-bit crop, the CUFED protocol).
+
+Because the Ref is made by a known warp, every item also carries the ground-truth
+correspondence: ``ref_coords`` (2, P, P), for every HR pixel its (x, y) position in the Ref
+(pixel centres at integer coordinates, block shuffling included), NaN where it falls outside
+the Ref or the Ref is unrelated, and ``ref_valid`` (1, P, P), the mask of finite entries.
+This is what the contrastive texture-encoder training (:mod:`frfsr.training.contrastive`)
+learns from.
+
+Photos: :func:`load_skimage_photos` reads the photographs bundled with scikit-image
+(``skimage.data``, no download). :data:`TRAIN_PHOTOS` are for training,
+:data:`HELDOUT_PHOTOS` are never trained on and feed :func:`heldout_pairs`, a fixed
+evaluation set.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .augment import SHUFFLE_LEVELS, color_jitter, flip_rot, sample_flip_rot, shuffle_blocks
+from .degrade import bicubic_downsample
+
+__all__ = ["TRAIN_PHOTOS", "HELDOUT_PHOTOS", "DEFAULT_VIEW_JITTER", "HELDOUT_KINDS",
+           "load_skimage_photos", "ViewPairDataset", "heldout_pairs"]
+
+#: Photos of ``skimage.data`` used for training (all load offline from scikit-image's own
+#: files). Colour: astronaut, immunohistochemistry, hubble_deep_field, retina, colorwheel,
+#: logo (RGBA -> RGB), the left view of stereo_motorcycle; grayscale (-> RGB): camera,
+#: brick, grass, gravel, coins, moon, clock, cell, page, text.
+TRAIN_PHOTOS = ("astronaut", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel", "logo",
+                "stereo_motorcycle", "camera", "brick", "grass", "gravel", "coins", "moon", "clock", "cell",
+                "page", "text")
+
+#: Photos never trained on: an evaluation set of natural colour photos with textures
+#: (coffee cup and beans, a rocket on its launch pad, a cat's fur). ``skimage.data.cat`` is
+#: the same image as ``chelsea``, so it is excluded from training too.
+HELDOUT_PHOTOS = ("coffee", "rocket", "chelsea")
+
+#: Colour change of the Ref view (:func:`frfsr.data.color_jitter` strengths).
+DEFAULT_VIEW_JITTER = {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25}
+
+#: Kinds of :func:`heldout_pairs`: a relevant Ref, an unrelated Ref, and the relevant Ref
+#: block-shuffled 2x2 / 4x4 / 8x8 (:data:`frfsr.data.SHUFFLE_LEVELS`).
+HELDOUT_KINDS = ("relevant", "unrelated", "easy", "medium", "hard")
+
+_SKIMAGE_ALIASES = {"cat": "chelsea"}
+_photo_cache: dict[str, np.ndarray] = {}
+
+
+def load_skimage_photos(names=None) -> dict[str, np.ndarray]:
+    """Load ``skimage.data`` photographs as ``name -> (H, W, 3) uint8`` arrays.
+
+    ``names`` defaults to :data:`TRAIN_PHOTOS` + :data:`HELDOUT_PHOTOS`. Grayscale images are
+    repeated to RGB, RGBA drops alpha, ``stereo_motorcycle`` gives its left view. Results are
+    cached (read-only arrays). Names that scikit-image cannot provide offline (some need a
+    download) raise ``ValueError`` naming them.
+    """
+    try:
+        import skimage.data as skdata
+    except ImportError as e:  # scikit-image is a test / training extra, not a core dependency
+        raise ImportError("load_skimage_photos needs scikit-image (pip install scikit-image)") from e
+    names = list(TRAIN_PHOTOS + HELDOUT_PHOTOS) if names is None else list(names)
+    out, failed = {}, []
+    for name in names:
+        if name not in _photo_cache:
+            fn = getattr(skdata, _SKIMAGE_ALIASES.get(name, name), None)
+            try:
+                if fn is None or not callable(fn):
+                    raise AttributeError(name)
+                img = fn()
+            except Exception as e:  # noqa: BLE001 - missing files, pooch downloads without internet, ...
+                failed.append(f"{name} ({type(e).__name__})")
+                continue
+            if isinstance(img, tuple):          # stereo_motorcycle: (left, right, disparity)
+                img = img[0]
+            img = np.asarray(img)
+            if img.dtype == bool:
+                img = img.astype(np.uint8) * 255
+            if img.dtype != np.uint8:
+                raise ValueError(f"skimage.data.{name} is {img.dtype}, expected uint8")
+            if img.ndim == 2:
+                img = np.repeat(img[:, :, None], 3, axis=2)
+            elif img.shape[2] == 4:
+                img = img[:, :, :3]
+            img = np.ascontiguousarray(img)
+            img.setflags(write=False)
+            _photo_cache[name] = img
+        if name in _photo_cache:
+            out[name] = _photo_cache[name]
+    if failed:
+        raise ValueError(f"skimage.data photo(s) not available offline: {', '.join(failed)}")
+    return out
+
+
+def _rotation(theta: float) -> np.ndarray:
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def _flip_matrix(size: int, hflip: bool, vflip: bool, rot90: int) -> np.ndarray:
+    """3x3 matrix sending pixel (x, y, 1) of a ``size`` x ``size`` image to its place after
+    :func:`frfsr.data.flip_rot` (h-flip, then v-flip, then ``rot90`` quarter turns CCW)."""
+    n = size - 1
+    m = np.eye(3)
+    if hflip:
+        m = np.array([[-1.0, 0, n], [0, 1, 0], [0, 0, 1]]) @ m
+    if vflip:
+        m = np.array([[1.0, 0, 0], [0, -1, n], [0, 0, 1]]) @ m
+    for _ in range(rot90 % 4):                                # torch.rot90: new (x, y) = (y, n - x)
+        m = np.array([[0.0, 1, 0], [-1, 0, n], [0, 0, 1]]) @ m
+    return m
+
+
+def _shuffle_with_coords(ref: torch.Tensor, coords: torch.Tensor, n: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-shuffle ``ref`` (3, R, R) and move ``coords`` (2, P, P; Ref (x, y), NaN = none)
+    with it: the same blocks are permuted in a map of Ref pixel positions, whose inverse
+    sends each old Ref pixel to its new place (sub-pixel parts are kept)."""
+    _, rh, rw = ref.shape
+    gy, gx = torch.meshgrid(torch.arange(rh, dtype=torch.float32), torch.arange(rw, dtype=torch.float32), indexing="ij")
+    mixed = shuffle_blocks(torch.cat([ref, gx[None], gy[None]]), n, generator=generator)
+    ref, src = mixed[:3], mixed[3:].round().long()                  # src[:, y, x]: old position of new pixel (x, y)
+    new_pos = torch.empty(2, rh, rw)
+    new_pos[0, src[1], src[0]] = gx
+    new_pos[1, src[1], src[0]] = gy
+    valid = torch.isfinite(coords).all(0)
+    xi = coords[0].nan_to_num(0).round().clamp(0, rw - 1).long()
+    yi = coords[1].nan_to_num(0).round().clamp(0, rh - 1).long()
+    moved = new_pos[:, yi, xi] + coords - torch.stack([xi, yi]).float()
+    return ref, torch.where(valid[None], moved, torch.full_like(coords, float("nan")))
+
+
+class ViewPairDataset(Dataset):
+    """Ref/LR pairs made from photos: see the module docstring for what an item holds.
+
+    Args:
+        photos: ``name -> (H, W, 3) uint8`` array (e.g. from :func:`load_skimage_photos`);
+            every photo must be at least ``patch`` pixels on each side; two or more photos are
+            needed when ``p_unrelated > 0``. Item ``i`` is cut from photo ``i % len(photos)``.
+        patch: HR size (a multiple of 4); ``ref_patch``: Ref size (default ``patch``).
+        length: number of items (the photos are sampled afresh for every index).
+        scale_range: Ref zoom range, Ref pixels per photo pixel (drawn log-uniformly).
+        max_rotation: Ref rotation bound in degrees; ``max_offset``: Ref centre offset bound,
+            as a fraction of ``patch``, per axis.
+        color: colour-change the Ref (``True`` for :data:`DEFAULT_VIEW_JITTER`, a dict of
+            :func:`color_jitter` strengths, or ``False``).
+        p_shuffle, shuffle_choices: probability of block-shuffling the Ref and the numbers of
+            blocks per side to draw from.
+        p_unrelated: probability of a Ref cut from another photo.
+        flip: random flips / 90-degree rotations of both views (the same draw: as if the
+            photo had been flipped).
+        min_std: redraw HR crops (up to 10 times) whose standard deviation is below this.
+        seed: ``None`` uses the global torch RNG; an int makes every item a fixed function of
+            ``(seed, index)``.
+
+    Item keys: ``hr`` (3, P, P), ``lr`` (3, P/4, P/4), ``ref`` (3, R, R), float32 in [0, 1];
+    ``related`` (bool); ``ref_coords`` (2, P, P) float32, (x, y) in Ref pixels or NaN;
+    ``ref_valid`` (1, P, P) bool; ``ref_affine`` (2, 3) float32, HR pixel (x, y, 1) -> Ref
+    pixel of the *unshuffled* Ref (NaN when unrelated); ``shuffle`` (int, 1 = none);
+    ``photo`` and ``ref_photo`` (names).
+    """
+
+    def __init__(self, photos: dict[str, np.ndarray], patch: int = 96, ref_patch: int | None = None,
+                 length: int = 1000, scale_range=(0.8, 1.25), max_rotation: float = 10.0,
+                 max_offset: float = 0.25, color=True, p_shuffle: float = 0.0, shuffle_choices=(2, 4, 8),
+                 p_unrelated: float = 0.2, flip: bool = True, min_std: float = 0.04, seed: int | None = None):
+        if not photos:
+            raise ValueError("ViewPairDataset needs at least one photo")
+        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 16 or patch % 4:
+            raise ValueError(f"patch must be a multiple of 4 and >= 16; got {patch!r}")
+        ref_patch = patch if ref_patch is None else ref_patch
+        if isinstance(ref_patch, bool) or not isinstance(ref_patch, int) or ref_patch < 16 or ref_patch % 4:
+            raise ValueError(f"ref_patch must be a multiple of 4 and >= 16; got {ref_patch!r}")
+        lo, hi = (float(v) for v in scale_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi; got {scale_range!r}")
+        if not 0 <= p_unrelated <= 1 or not 0 <= p_shuffle <= 1:
+            raise ValueError("p_unrelated and p_shuffle must be probabilities in [0, 1]")
+        if p_unrelated > 0 and len(photos) < 2:
+            raise ValueError("p_unrelated > 0 needs at least two photos")
+        shuffle_choices = tuple(SHUFFLE_LEVELS.get(n, n) for n in shuffle_choices)
+        if not shuffle_choices or any(not isinstance(n, int) or n < 1 for n in shuffle_choices):
+            raise ValueError(f"shuffle_choices must be positive ints or level names; got {shuffle_choices!r}")
+        if color is True:
+            color = dict(DEFAULT_VIEW_JITTER)
+        self.color = dict(color) if color else None
+        self.names = sorted(photos)
+        self.photos = []
+        for name in self.names:
+            arr = np.asarray(photos[name])
+            if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                raise ValueError(f"photo {name!r} must be an (H, W, 3) uint8 array; got {arr.shape} {arr.dtype}")
+            if min(arr.shape[:2]) < patch:
+                raise ValueError(f"photo {name!r} is {arr.shape[0]}x{arr.shape[1]}, smaller than patch={patch}")
+            self.photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+        self.patch, self.ref_patch, self.length = patch, ref_patch, int(length)
+        self.log_scale = (math.log(lo), math.log(hi))
+        self.max_rotation, self.max_offset = float(max_rotation), float(max_offset)
+        self.p_shuffle, self.shuffle_choices = float(p_shuffle), shuffle_choices
+        self.p_unrelated, self.flip, self.min_std, self.seed = float(p_unrelated), bool(flip), float(min_std), seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    # ------------------------------------------------------------------ pieces
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        return torch.Generator().manual_seed((int(self.seed) * 1_000_003 + index * 7919 + 17) % (2 ** 63))
+
+    @staticmethod
+    def _uniform(g, lo: float = 0.0, hi: float = 1.0) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+    def _crop_hr(self, img: torch.Tensor, g) -> tuple[torch.Tensor, int, int]:
+        p = self.patch
+        h, w = img.shape[-2:]
+        for _ in range(10):
+            y0 = int(torch.randint(0, h - p + 1, (), generator=g))
+            x0 = int(torch.randint(0, w - p + 1, (), generator=g))
+            hr = img[:, y0:y0 + p, x0:x0 + p]
+            if hr.float().div(255).std() >= self.min_std:
+                break
+        return hr, y0, x0
+
+    def _view(self, img: torch.Tensor, center: tuple[float, float], g) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Resample a Ref view of ``img`` (3, H, W uint8) around photo point ``center`` (x, y).
+        Returns the float view and ``(A, t)``: photo point = A @ ref pixel + t."""
+        zoom = math.exp(self._uniform(g, *self.log_scale))
+        theta = math.radians(self._uniform(g, -self.max_rotation, self.max_rotation))
+        r = self.ref_patch
+        A = _rotation(theta) / zoom
+        half = (r - 1) / 2
+        ext = np.abs(A).sum(1) * half                        # half extent of the view's footprint (x, y)
+        h, w = img.shape[-2:]
+        c = np.array(center, dtype=np.float64)
+        for i, size in enumerate((w, h)):                    # keep the footprint inside the photo if it fits
+            c[i] = (size - 1) / 2 if 2 * ext[i] > size - 1 else float(np.clip(c[i], ext[i], size - 1 - ext[i]))
+        t = c - A @ np.array([half, half])
+        # crop the footprint's bounding box, then sample it (no float copy of the whole photo)
+        x0, x1 = max(0, int(math.floor(c[0] - ext[0])) - 2), min(w, int(math.ceil(c[0] + ext[0])) + 3)
+        y0, y1 = max(0, int(math.floor(c[1] - ext[1])) - 2), min(h, int(math.ceil(c[1] + ext[1])) + 3)
+        box = img[:, y0:y1, x0:x1].float().div(255)
+        gy, gx = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64), indexing="ij")
+        px = A[0, 0] * gx + A[0, 1] * gy + t[0] - x0
+        py = A[1, 0] * gx + A[1, 1] * gy + t[1] - y0
+        bw, bh = x1 - x0, y1 - y0
+        grid = torch.stack([2 * px / max(bw - 1, 1) - 1, 2 * py / max(bh - 1, 1) - 1], -1).float()
+        view = F.grid_sample(box[None], grid[None], mode="bilinear", padding_mode="reflection", align_corners=True)[0]
+        return view.clamp(0, 1), A, t
+
+    # ------------------------------------------------------------------ item
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} items")
+        g = self._generator(index)
+        k = index % len(self.photos)
+        unrelated = self._uniform(g) < self.p_unrelated
+        other = (k + 1 + int(torch.randint(0, len(self.photos) - 1, (), generator=g))) % len(self.photos) \
+            if len(self.photos) > 1 else k
+        do_shuffle = self._uniform(g) < self.p_shuffle
+        n_blocks = self.shuffle_choices[int(torch.randint(0, len(self.shuffle_choices), (), generator=g))]
+        flips = sample_flip_rot(g) if self.flip else {"hflip": False, "vflip": False, "rot90": 0}
+        color, p, r = self.color, self.patch, self.ref_patch
+
+        img = self.photos[k]
+        hr, y0, x0 = self._crop_hr(img, g)
+        off = [self._uniform(g, -self.max_offset, self.max_offset) * p for _ in range(2)]
+        center = (x0 + (p - 1) / 2 + off[0], y0 + (p - 1) / 2 + off[1])
+        if unrelated:
+            sh, sw = self.photos[other].shape[-2:]
+            center = (self._uniform(g, 0, sw - 1), self._uniform(g, 0, sh - 1))
+        ref, A, t = self._view(self.photos[other if unrelated else k], center, g)
+        # flips / quarter turns of both views (as if the photo had been flipped), cheaper
+        # on the crops than on the photo; the correspondence is conjugated accordingly
+        hr, ref = flip_rot(hr, **flips), flip_rot(ref, **flips)
+
+        if unrelated:
+            affine = np.full((2, 3), np.nan)
+            coords = torch.full((2, p, p), float("nan"))
+        else:
+            inv = np.linalg.inv(A)                           # ref pixel = inv @ (photo point - t)
+            hr_to_ref = np.eye(3)
+            hr_to_ref[:2] = np.concatenate([inv, (inv @ (np.array([x0, y0]) - t))[:, None]], 1)
+            affine = (_flip_matrix(r, **flips) @ hr_to_ref @ np.linalg.inv(_flip_matrix(p, **flips)))[:2]
+            gy, gx = torch.meshgrid(torch.arange(p, dtype=torch.float64), torch.arange(p, dtype=torch.float64), indexing="ij")
+            coords = torch.stack([affine[0, 0] * gx + affine[0, 1] * gy + affine[0, 2],
+                                  affine[1, 0] * gx + affine[1, 1] * gy + affine[1, 2]])
+            inside = ((coords >= 0) & (coords <= r - 1)).all(0)
+            coords = torch.where(inside[None], coords, torch.full_like(coords, float("nan"))).float()
+        if color:
+            ref = color_jitter(ref, generator=g, **color)
+        ref = ref.mul(255).round().div(255)                  # an 8-bit image, like a real Ref
+        shuffle = 1
+        if do_shuffle and n_blocks > 1:
+            ref, coords = _shuffle_with_coords(ref, coords, n_blocks, g)
+            shuffle = n_blocks
+        return {
+            "hr": hr.float().div(255),
+            "lr": bicubic_downsample(hr.contiguous(), 4).float().div(255),
+            "ref": ref.contiguous(),
+            "related": not unrelated,
+            "ref_coords": coords.contiguous(),
+            "ref_valid": torch.isfinite(coords).all(0, keepdim=True),
+            "ref_affine": torch.from_numpy(affine).float(),
+            "shuffle": shuffle,
+            "photo": self.names[k],
+            "ref_photo": self.names[other if unrelated else k],
+        }
+
+
+def heldout_pairs(kind: str = "relevant", patch: int = 96, n: int = 12, seed: int = 0,
+                  ref_patch: int | None = None, photos: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """A fixed evaluation set of ``n`` items (dicts as :class:`ViewPairDataset` gives) cut
+    from :data:`HELDOUT_PHOTOS` only (or ``photos``), the same for the same arguments.
+
+    ``kind``: ``'relevant'`` (a colour-changed, zoomed, rotated view of the same scene),
+    ``'unrelated'`` (the Ref comes from another held-out photo), or ``'easy'`` / ``'medium'``
+    / ``'hard'`` (the relevant Ref of the same item cut into 2x2 / 4x4 / 8x8 shuffled
+    blocks). For one ``seed`` all kinds share their HR crops.
+    """
+    if kind not in HELDOUT_KINDS:
+        raise ValueError(f"unknown held-out kind {kind!r}; accepted: {', '.join(HELDOUT_KINDS)}")
+    photos = load_skimage_photos(HELDOUT_PHOTOS) if photos is None else photos
+    shuffle = SHUFFLE_LEVELS.get(kind)
+    ds = ViewPairDataset(photos, patch=patch, ref_patch=ref_patch, length=n, seed=seed,
+                         p_unrelated=1.0 if kind == "unrelated" else 0.0,
+                         p_shuffle=1.0 if shuffle else 0.0, shuffle_choices=(shuffle or 2,))
+    return [ds[i] for i in range(n)]

@@ -1,0 +1,148 @@
+"""Ref/LR view pairs from skimage photos: determinism, exact correspondence, unrelated Refs,
+held-out photos kept out of training."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("skimage")
+
+from frfsr.data import bicubic_downsample  # noqa: E402
+from frfsr.data.views import (HELDOUT_KINDS, HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset,  # noqa: E402
+                              heldout_pairs, load_skimage_photos)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return load_skimage_photos()
+
+
+@pytest.fixture(scope="module")
+def train_photos(photos):
+    return {k: photos[k] for k in ("astronaut", "brick", "camera", "immunohistochemistry", "retina")}
+
+
+def _bilinear(img, x, y):
+    """Sample (C, H, W) at pixel coordinates x, y (same shape), align_corners convention."""
+    h, w = img.shape[-2:]
+    grid = torch.stack([2 * x / (w - 1) - 1, 2 * y / (h - 1) - 1], -1)[None].float()
+    return F.grid_sample(img[None], grid, mode="bilinear", align_corners=True)[0]
+
+
+def test_photos_load_offline_as_rgb_uint8(photos):
+    assert set(photos) == set(TRAIN_PHOTOS) | set(HELDOUT_PHOTOS)
+    for name, arr in photos.items():
+        assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3, name
+        assert min(arr.shape[:2]) >= 160, name
+    with pytest.raises(ValueError, match="not available"):
+        load_skimage_photos(["no_such_photo"])
+
+
+def test_heldout_photos_never_in_training(photos):
+    assert not set(TRAIN_PHOTOS) & set(HELDOUT_PHOTOS)
+    assert "cat" not in TRAIN_PHOTOS                          # skimage's cat is chelsea
+    held = [photos[k] for k in HELDOUT_PHOTOS]
+    for name in TRAIN_PHOTOS:                                  # no held-out image under another name
+        assert not any(a.shape == photos[name].shape and np.array_equal(a, photos[name]) for a in held), name
+    ds = ViewPairDataset({k: photos[k] for k in TRAIN_PHOTOS}, patch=64, length=40, p_unrelated=0.5, seed=1)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["photo"] in TRAIN_PHOTOS and item["ref_photo"] in TRAIN_PHOTOS
+    for kind in HELDOUT_KINDS:
+        for item in heldout_pairs(kind, patch=48, n=4):
+            assert item["photo"] in HELDOUT_PHOTOS and item["ref_photo"] in HELDOUT_PHOTOS
+
+
+def test_views_deterministic_with_seed(train_photos):
+    kw = dict(patch=64, ref_patch=80, length=6, p_shuffle=0.5, p_unrelated=0.3)
+    a, b = ViewPairDataset(train_photos, seed=3, **kw), ViewPairDataset(train_photos, seed=3, **kw)
+    c = ViewPairDataset(train_photos, seed=4, **kw)
+    for i in range(6):
+        x, y = a[i], b[i]
+        for key in ("hr", "lr", "ref", "ref_coords", "ref_affine"):
+            assert torch.equal(x[key].nan_to_num(-7), y[key].nan_to_num(-7)), key
+    assert not torch.equal(a[0]["hr"], c[0]["hr"])
+    item = a[0]
+    assert item["hr"].shape == (3, 64, 64) and item["lr"].shape == (3, 16, 16) and item["ref"].shape == (3, 80, 80)
+    assert item["ref_coords"].shape == (2, 64, 64) and item["ref_valid"].shape == (1, 64, 64)
+    hr_u8 = (item["hr"] * 255).round().to(torch.uint8)
+    assert torch.equal(item["lr"], bicubic_downsample(hr_u8, 4).float() / 255)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ref_is_the_hr_warped_by_the_known_transform(train_photos, seed):
+    """Without colour change, the Ref equals the HR bilinearly sampled at the inverse of
+    ``ref_affine`` wherever that sample lies inside the HR (up to 8-bit rounding), and
+    ``ref_coords`` is ``ref_affine`` applied to the HR pixel grid."""
+    ds = ViewPairDataset(train_photos, patch=64, ref_patch=72, length=10, color=False, p_unrelated=0.0, seed=seed)
+    for i in range(len(ds)):
+        item = ds[i]
+        m = item["ref_affine"].double()
+        p, r = 64, 72
+        # Ref pixel v -> HR pixel u = M^-1 (v - t)
+        gy, gx = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64), indexing="ij")
+        inv = torch.linalg.inv(m[:, :2])
+        vx, vy = gx - m[0, 2], gy - m[1, 2]
+        ux, uy = inv[0, 0] * vx + inv[0, 1] * vy, inv[1, 0] * vx + inv[1, 1] * vy
+        inside = (ux >= 0) & (ux <= p - 1) & (uy >= 0) & (uy <= p - 1)
+        assert inside.float().mean() > 0.3
+        warped = _bilinear(item["hr"], ux, uy)
+        err = (warped - item["ref"]).abs()[:, inside]
+        assert err.max() <= 1.0 / 255 + 1e-4, (i, float(err.max()))
+        # ref_coords follows the affine map, NaN exactly outside the Ref
+        hy, hx = torch.meshgrid(torch.arange(p, dtype=torch.float64), torch.arange(p, dtype=torch.float64), indexing="ij")
+        cx, cy = m[0, 0] * hx + m[0, 1] * hy + m[0, 2], m[1, 0] * hx + m[1, 1] * hy + m[1, 2]
+        valid = (cx >= 0) & (cx <= r - 1) & (cy >= 0) & (cy <= r - 1)
+        assert torch.equal(item["ref_valid"][0], valid)
+        coords = item["ref_coords"].double()
+        assert torch.allclose(coords[0][valid], cx[valid], atol=1e-3)
+        assert torch.allclose(coords[1][valid], cy[valid], atol=1e-3)
+        assert torch.isnan(coords[:, ~valid]).all()
+
+
+def test_ref_coords_follow_block_shuffling(train_photos):
+    """The same item with and without shuffling: the shuffled Ref at the shuffled coords
+    holds exactly the pixel the plain Ref holds at the plain coords."""
+    kw = dict(patch=64, ref_patch=64, length=6, color=False, p_unrelated=0.0, seed=5)
+    plain = ViewPairDataset(train_photos, p_shuffle=0.0, shuffle_choices=(4,), **kw)
+    shuf = ViewPairDataset(train_photos, p_shuffle=1.0, shuffle_choices=(4,), **kw)
+    for i in range(6):
+        a, b = plain[i], shuf[i]
+        assert b["shuffle"] == 4 and torch.equal(a["hr"], b["hr"])
+        assert not torch.equal(a["ref"], b["ref"])
+        assert torch.equal(a["ref_valid"], b["ref_valid"])
+        valid = a["ref_valid"][0]
+        ca, cb = a["ref_coords"][:, valid], b["ref_coords"][:, valid]
+        fa = ca - ca.round()
+        ok = (fa.abs() < 0.49).all(0)                           # skip exact .5 rounding ties
+        pa = a["ref"][:, ca[1].round().long(), ca[0].round().long()]
+        pb = b["ref"][:, cb[1].round().long(), cb[0].round().long()]
+        assert torch.equal(pa[:, ok], pb[:, ok])
+        assert torch.allclose((cb - cb.round())[:, ok], fa[:, ok], atol=1e-4)
+
+
+def test_unrelated_refs_come_from_another_photo(train_photos):
+    ds = ViewPairDataset(train_photos, patch=64, length=10, p_unrelated=1.0, seed=0)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["related"] is False and item["ref_photo"] != item["photo"]
+        assert torch.isnan(item["ref_coords"]).all() and not item["ref_valid"].any()
+    ds = ViewPairDataset(train_photos, patch=64, length=10, p_unrelated=0.0, seed=0)
+    assert all(ds[i]["related"] and ds[i]["ref_photo"] == ds[i]["photo"] for i in range(len(ds)))
+    with pytest.raises(ValueError, match="two photos"):
+        ViewPairDataset({"brick": train_photos["brick"]}, p_unrelated=0.2)
+
+
+def test_heldout_pairs_fixed_and_kinds():
+    rel = heldout_pairs("relevant", patch=48, n=3, seed=0)
+    again = heldout_pairs("relevant", patch=48, n=3, seed=0)
+    assert all(torch.equal(a["ref"], b["ref"]) for a, b in zip(rel, again))
+    unrel = heldout_pairs("unrelated", patch=48, n=3, seed=0)
+    for a, u in zip(rel, unrel):
+        assert torch.equal(a["hr"], u["hr"]) and u["ref_photo"] != u["photo"] and not u["related"]
+    for kind, n in (("easy", 2), ("medium", 4), ("hard", 8)):
+        for a, s in zip(rel, heldout_pairs(kind, patch=48, n=3, seed=0)):
+            assert s["shuffle"] == n and torch.equal(a["hr"], s["hr"]) and s["related"]
+            assert torch.equal(a["ref"].flatten().sort()[0], s["ref"].flatten().sort()[0])
+    with pytest.raises(ValueError, match="kind"):
+        heldout_pairs("nope")
