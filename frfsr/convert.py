@@ -133,3 +133,285 @@ def official_to_frfsr(state_dict: dict, expected_keys=None) -> tuple[dict, Conve
     if expected_keys is not None:
         report.missing = sorted(set(expected_keys) - set(out))
     return out, report
+
+
+# ====================================================================== loading files
+KINDS = ("official", "c2matching", "esrgan", "vgg16", "vgg19")
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net_g")
+_C2_RESTORATION = re.compile(r"^(?:module\.)?(?:net_g\.)?content_extractor\.")
+_C2_MESSAGE = ("this is C2-Matching's restoration net (RestorationNet: a ContentExtractor with plain residual blocks), "
+               "a different architecture from FRFSR's (SIFE + DDF/ESA aggregation); it cannot be converted. "
+               "Only C2-Matching's feature extractor (net_extractor / ContrasExtractorSep) converts, into the texture encoder")
+
+
+def _is_state_dict(d) -> bool:
+    return isinstance(d, dict) and bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def unwrap_state_dict(obj, key: str | None = None) -> dict:
+    """The tensor dict inside a checkpoint: BasicSR's ``params`` / ``params_ema`` (EMA
+    preferred), ``state_dict``, ``model``; a ``module.`` prefix (DataParallel) is removed.
+    ``key`` picks the wrapper entry explicitly."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"the checkpoint holds a {type(obj).__name__}, not a dict of tensors")
+    if key is not None:
+        if key not in obj:
+            raise ValueError(f"the checkpoint has no entry {key!r}; its top-level keys: {', '.join(map(str, list(obj)[:10]))}")
+        obj = obj[key]
+    else:
+        while not _is_state_dict(obj) and isinstance(obj, dict):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if isinstance(obj, dict):        # training checkpoints may carry counters next to tensors: keep the tensors
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            obj = tensors
+    if not _is_state_dict(obj):
+        raise ValueError("the checkpoint is not a state dict (a dict of parameter names to tensors); wrapper entries "
+                         f"looked into: {', '.join(WRAPPER_KEYS)}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(path, key: str | None = None) -> dict:
+    """Read a foreign checkpoint safely and return its state dict. ``.safetensors`` files
+    are read with safetensors; anything else with ``torch.load(weights_only=True)``, so a
+    pickle that would run code on load is refused (ValueError) instead of executed."""
+    import pickle
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return unwrap_state_dict(load_file(str(p), device="cpu"), key)
+        except SafetensorError as e:
+            raise ValueError(f"{p} is not a valid safetensors file: {e}") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        code = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if code is not None:
+            raise ValueError(f"refused to load {p}: it is not a plain tensor checkpoint, and loading it would run code "
+                             f"or build objects from the file ({code}). Only weights are accepted "
+                             "(torch.load with weights_only=True)") from None
+        detail = next((ln for ln in reversed(lines) if not ln.startswith(("Check the documentation", "Please file"))),
+                      "unpickling failed")
+        raise ValueError(f"{p} is not a readable PyTorch checkpoint (corrupt, or another format): {detail}") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{p} is not a readable PyTorch checkpoint: {str(e).splitlines()[0][:200]}") from None
+    try:
+        return unwrap_state_dict(obj, key)
+    except ValueError as e:
+        raise ValueError(f"{p}: {e}") from None
+
+
+# ====================================================================== recognising layouts
+_TV_CONVS = {0: "conv1_1", 2: "conv1_2", 5: "conv2_1", 7: "conv2_2", 10: "conv3_1"}
+
+
+def _vgg_depth(state_dict: dict) -> int | None:
+    """16 or 19 for a full torchvision VGG ``features`` dict (last conv at index 28 / 34)."""
+    idx = [int(m.group(1)) for k in state_dict if (m := re.fullmatch(r"features\.(\d+)\.weight", k))]
+    if not idx:
+        return None
+    return {28: 16, 34: 19}.get(max(idx))
+
+
+def detect_kind(state_dict: dict) -> str | None:
+    """Best guess of a state dict's layout: "c2matching-restoration", "vgg16", "vgg19",
+    "vgg" (truncated, depth unknown), "vgg-bn", "esrgan", "official" or None."""
+    keys = list(state_dict)
+    if any(_C2_RESTORATION.match(k) for k in keys):
+        return "c2matching-restoration"
+    if "features.0.weight" in state_dict:
+        if any(k.endswith("running_mean") for k in keys):
+            return "vgg-bn"
+        depth = _vgg_depth(state_dict)
+        return f"vgg{depth}" if depth else "vgg"
+    if any(re.match(r"(conv_first|model\.0)\.weight$", k) for k in keys) and \
+            any(re.match(r"(body\.\d+\.rdb|RRDB_trunk\.\d+\.RDB|model\.1\.sub\.\d+\.RDB)", k) for k in keys):
+        return "esrgan"
+    if any(official_key(k) for k in keys):
+        return "official"
+    return None
+
+
+def _describe(state_dict: dict) -> str:
+    names = ", ".join(list(state_dict)[:3])
+    return f"detected layout: {detect_kind(state_dict) or 'unknown'}; first keys: {names}"
+
+
+def _nothing_matched(kind: str, state_dict: dict) -> ValueError:
+    return ValueError(f"this checkpoint is not in the {kind} layout: none of its tensor names belongs to it "
+                      f"({_describe(state_dict)})")
+
+
+# ====================================================================== ESRGAN RRDB -> SIFE
+_ESRGAN_DROPPED = re.compile(r"(conv_up1|conv_up2|conv_hr|conv_last|upconv1|upconv2|HRconv)\.(weight|bias)"
+                             r"|model\.(?:[2-9]|1\d)\.(weight|bias)")
+
+
+def esrgan_key(name: str) -> str | None | bool:
+    """SIFE name for an ESRGAN RRDBNet x4 parameter: BasicSR names (``body.N.rdbK``), the
+    2019 ESRGAN names (``RRDB_trunk.N.RDBK``, ``trunk_conv``) and the original release's
+    ``model.N.*`` names. ``False`` for the upsampler (SIFE has none), None if unknown."""
+    if _ESRGAN_DROPPED.fullmatch(name):
+        return False
+    m = re.fullmatch(r"(conv_first|conv_body)\.(weight|bias)", name)
+    if m:
+        return f"sife.{m.group(1)}.{m.group(2)}"
+    if re.fullmatch(r"trunk_conv\.(weight|bias)", name):
+        return "sife.conv_body." + name.rsplit(".", 1)[1]
+    m = re.fullmatch(r"(?:body|RRDB_trunk)\.(\d+)\.(?:rdb|RDB)([123])\.(conv[1-5])\.(weight|bias)", name)
+    if m:
+        return f"sife.body.{m.group(1)}.rdb{m.group(2)}.{m.group(3)}.{m.group(4)}"
+    m = re.fullmatch(r"model\.0\.(weight|bias)", name)
+    if m:
+        return f"sife.conv_first.{m.group(1)}"
+    m = re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB([123])\.(conv[1-5])\.0\.(weight|bias)", name)
+    if m:
+        return f"sife.body.{m.group(1)}.rdb{m.group(2)}.{m.group(3)}.{m.group(4)}"
+    return None
+
+
+def esrgan_to_sife(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
+    """Convert ESRGAN RRDBNet x4 weights (BasicSR or the older names) to frfsr's SIFE
+    (``sife.*``); the upsampler is dropped. Refuses anything else (ValueError)."""
+    sd = dict(state_dict)
+    # the original release's trunk conv is model.1.sub.<n_blocks>: the one sub-module without RDBs
+    trunk = [k for k in sd if re.fullmatch(r"model\.1\.sub\.\d+\.(weight|bias)", k)]
+    out, report = {}, ConversionReport()
+    for name, t in sd.items():
+        new = f"sife.conv_body.{name.rsplit('.', 1)[1]}" if name in trunk else esrgan_key(name)
+        if new is False:
+            report.dropped.append(name)
+        elif new is None:
+            report.unexpected.append(name)
+        else:
+            out[new] = t
+            report.converted.append(name)
+    if not out:
+        raise _nothing_matched("ESRGAN RRDB", state_dict)
+    first = out.get("sife.conv_first.weight")
+    if first is not None and first.shape[1] != 3:
+        raise ValueError(f"this RRDBNet takes {first.shape[1]} input channels (an x2 or x1 model with pixel-unshuffle); "
+                         "SIFE needs the x4 RRDBNet, which takes 3 (RGB)")
+    if expected_keys is not None:
+        report.missing = sorted(set(expected_keys) - set(out))
+    return out, report
+
+
+# ====================================================================== torchvision VGG
+def _torchvision_vgg(state_dict: dict, depth: int, prefixes: tuple[str, ...], expected_keys) -> tuple[dict, ConversionReport]:
+    name = f"torchvision VGG{depth}"
+    if any(k.endswith("running_mean") for k in state_dict):
+        raise ValueError(f"this is a batch-norm VGG (vgg{depth}_bn), whose layer indices differ; use the plain VGG{depth} weights")
+    found = _vgg_depth(state_dict)
+    if found is not None and found != depth:
+        raise ValueError(f"this is VGG{found} (its last conv is features.{28 if found == 16 else 34}), not {name}")
+    out, report = {}, ConversionReport()
+    for key, t in state_dict.items():
+        m = re.fullmatch(r"features\.(\d+)\.(weight|bias)", key)
+        if m and int(m.group(1)) in _TV_CONVS:
+            layer = _TV_CONVS[int(m.group(1))]
+            for i, prefix in enumerate(prefixes):
+                out[f"{prefix}.{layer}.{m.group(2)}"] = t if i == 0 else t.clone()
+            report.converted.append(key)
+        elif m or key.startswith("classifier."):
+            report.dropped.append(key)           # layers after conv3_1
+        else:
+            report.unexpected.append(key)
+    if not out:
+        raise _nothing_matched(name, state_dict)
+    if expected_keys is not None:
+        report.missing = sorted(set(expected_keys) - set(out))
+    return out, report
+
+
+def torchvision_vgg_to_texture_encoder(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
+    """torchvision ``vgg16`` weights (``features.N.*``) up to conv3_1 into both trunks of the
+    texture encoder (how C2-Matching initialises it before contrastive training)."""
+    return _torchvision_vgg(state_dict, 16, ("texture_encoder.lr_trunk", "texture_encoder.ref_trunk"), expected_keys)
+
+
+def torchvision_vgg19_to_extractor(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
+    """torchvision ``vgg19`` weights up to conv3_1 into the frozen reference extractor."""
+    return _torchvision_vgg(state_dict, 19, ("ref_extractor.vgg",), expected_keys)
+
+
+# ====================================================================== C2-Matching and dispatch
+def c2matching_extractor_to_texture_encoder(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
+    """C2-Matching's contrastive feature extractor (``ContrasExtractorSep``: the same names as
+    the authors' ``net_extractor``) into the texture encoder. Their restoration net is
+    refused: it is a different architecture."""
+    if any(_C2_RESTORATION.match(k) for k in state_dict):
+        raise ValueError(_C2_MESSAGE)
+    sub = {k: v for k, v in state_dict.items() if str(official_key(k) or "").startswith("texture_encoder.")
+           or re.search(r"feature_extraction_image[12]\.(mean|std)$", k)}
+    if not sub:
+        raise _nothing_matched("C2-Matching feature extractor", state_dict)
+    out, report = official_to_frfsr(sub, expected_keys)
+    report.unexpected += [k for k in state_dict if k not in sub]
+    return out, report
+
+
+def _official(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
+    if any(_C2_RESTORATION.match(k) for k in state_dict):
+        raise ValueError(_C2_MESSAGE)
+    out, report = official_to_frfsr(state_dict, expected_keys)
+    if not out:
+        raise _nothing_matched("FRFSR official", state_dict)
+    return out, report
+
+
+CONVERTERS = {
+    "official": (_official, ""),
+    "c2matching": (c2matching_extractor_to_texture_encoder, "texture_encoder."),
+    "esrgan": (esrgan_to_sife, "sife."),
+    "vgg16": (torchvision_vgg_to_texture_encoder, "texture_encoder."),
+    "vgg19": (torchvision_vgg19_to_extractor, "ref_extractor."),
+}
+
+
+def convert_state_dict(state_dict: dict, kind: str = "auto", model=None) -> tuple[dict, ConversionReport]:
+    """Convert a foreign state dict of ``kind`` ("auto" to detect it; see :data:`KINDS`).
+    With ``model``, the report lists the model keys of the converted part left unset, and
+    tensors that do not fit the model (unknown names, other shapes) raise ValueError."""
+    if kind != "auto" and kind not in CONVERTERS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; accepted: auto, {', '.join(KINDS)}")
+    detected = detect_kind(state_dict)
+    if detected == "c2matching-restoration":
+        raise ValueError(_C2_MESSAGE)
+    if kind == "auto":
+        if detected in ("vgg", "vgg-bn"):
+            raise ValueError("this is a torchvision VGG truncated or with batch norm: say which with kind='vgg16' "
+                             "(texture encoder) or kind='vgg19' (reference extractor)")
+        if detected not in CONVERTERS:
+            raise ValueError(f"cannot tell what this checkpoint is: {_describe(state_dict)}; accepted kinds: "
+                             f"{', '.join(KINDS)}")
+        kind = detected
+    convert, prefix = CONVERTERS[kind]
+    ours = model.state_dict() if model is not None else None
+    expected = [k for k in ours if k.startswith(prefix)] if ours is not None else None
+    out, report = convert(state_dict, expected)
+    if ours is not None:
+        extra = sorted(k for k in out if k not in ours)
+        shapes = [f"{k}: {tuple(out[k].shape)} in the checkpoint, {tuple(ours[k].shape)} in the model"
+                  for k in out if k in ours and out[k].shape != ours[k].shape]
+        if extra or shapes:
+            msg = []
+            if shapes:
+                msg.append(f"{len(shapes)} tensors have other shapes ({'; '.join(shapes[:3])})")
+            if extra:
+                msg.append(f"{len(extra)} tensors have no place in the model ({', '.join(extra[:3])})")
+            raise ValueError(f"this {kind} checkpoint does not fit the model's config ({model.config.name}): "
+                             + ", ".join(msg))
+    return out, report
