@@ -1,0 +1,250 @@
+"""The ``frfsr`` command.
+
+    frfsr upscale LR --ref REF [--ref REF2] -o OUT [--model ID_OR_DIR] [--tile N] [--device D]
+                 [--dtype T] [--save-confidence PATH] [--save-warped-ref PATH]
+    frfsr convert CKPT [CKPT ...] -o OUT_DIR [--kind auto|official|c2matching|esrgan|vgg16|vgg19]
+                 [--config paper|tiny|config.json] [--base ID_OR_DIR] [--allow-partial]
+    frfsr info [ID_OR_DIR_OR_CHECKPOINT]
+
+Subcommands live in :data:`SUBCOMMANDS`: a builder per name that adds its arguments to a
+parser and returns the function to run. Adding one is one decorated function::
+
+    @subcommand("demo", "run the bundled demo")
+    def _demo(p: argparse.ArgumentParser):
+        p.add_argument("-o", "--output", default="demo_out")
+        return lambda args: ...          # returns an exit code (or None for 0)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+Builder = Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], "int | None"]]
+SUBCOMMANDS: dict[str, tuple[str, Builder]] = {}
+
+
+def subcommand(name: str, help: str):
+    """Register ``builder(parser) -> run(args)`` as ``frfsr <name>``."""
+    def register(builder: Builder) -> Builder:
+        SUBCOMMANDS[name] = (help, builder)
+        return builder
+    return register
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def _model_args(p: argparse.ArgumentParser, default_model: str | None = "frfsr-default") -> None:
+    p.add_argument("--model", default=default_model,
+                   help="a model folder, 'frfsr-default' (bundled) or a Hub repo id (default: %(default)s)")
+    p.add_argument("--revision", help="Hub branch, tag or commit to pin")
+    p.add_argument("--local-files-only", action="store_true", help="use the Hub cache only, no downloads")
+    p.add_argument("--cache-dir", help="Hub cache folder (default: the huggingface_hub cache)")
+    p.add_argument("--token", help="Hub token (default: the saved login, if any)")
+
+
+def _load_pipeline(args, device="cpu", dtype=None):
+    from .pipeline import FRFSRPipeline
+    return FRFSRPipeline.from_pretrained(args.model, revision=args.revision, torch_dtype=dtype, device=device,
+                                         local_files_only=args.local_files_only, cache_dir=args.cache_dir,
+                                         token=args.token)
+
+
+def _open_image(path: str, what: str):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except FileNotFoundError:
+        raise CLIError(f"{what} image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"cannot read the {what} image {path}: {e}") from None
+
+
+def _tile(value: str):
+    if value.lower() == "auto":
+        return "auto"
+    if value.lower() in ("0", "none", "off"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile takes an integer (LR pixels), 'auto' or 0 (no tiling), got {value!r}")
+
+
+# ---------------------------------------------------------------------- upscale
+@subcommand("upscale", "4x super-resolve an image using reference image(s)")
+def _upscale(p: argparse.ArgumentParser):
+    p.add_argument("lr", help="the low-resolution image")
+    p.add_argument("--ref", action="append", required=True, help="a reference image (repeat for several)")
+    p.add_argument("-o", "--output", required=True, help="where to write the 4x image (format from the extension)")
+    _model_args(p)
+    p.add_argument("--tile", type=_tile, default="auto", help="LR tile size, 'auto' (from free memory) or 0 (none)")
+    p.add_argument("--overlap", type=int, default=16, help="LR pixels shared by neighbouring tiles (default: 16)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    p.add_argument("--save-confidence", metavar="PATH", help="also write the match confidence map (grayscale, LR size)")
+    p.add_argument("--save-warped-ref", metavar="PATH", help="also write the Ref warped onto the output grid")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args):
+        import warnings
+        from .pipeline import FRFSRWarning
+        lr = _open_image(args.lr, "LR")
+        refs = [_open_image(r, "Ref") for r in args.ref]
+        pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FRFSRWarning)
+            out = pipe(lr, refs, tile=args.tile, overlap=args.overlap, output_type="pil",
+                       return_details=True, progress=not args.no_progress)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        _save(out.images, args.output)
+        print(f"wrote {args.output} ({out.images.size[0]}x{out.images.size[1]}), relevance {out.relevance:.3f}")
+        if args.save_confidence:
+            _save(out.confidence, args.save_confidence)
+            print(f"wrote {args.save_confidence} (match confidence)")
+        if args.save_warped_ref:
+            _save(out.warped_ref, args.save_warped_ref)
+            print(f"wrote {args.save_warped_ref} (warped Ref)")
+    return run
+
+
+def _save(img, path: str) -> None:
+    out = Path(path)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in (".jpg", ".jpeg") and img.mode in ("RGBA", "LA"):
+        img = img.convert(img.mode[:-1])        # JPEG has no alpha
+    try:
+        img.save(out)
+    except (ValueError, KeyError) as e:
+        raise CLIError(f"cannot write {out}: {e} (use an image extension such as .png)") from None
+
+
+# ---------------------------------------------------------------------- convert
+@subcommand("convert", "convert foreign checkpoints (authors', C2-Matching, ESRGAN, torchvision VGG) to a model folder")
+def _convert(p: argparse.ArgumentParser):
+    from .convert import KINDS
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files (.pth, .pt, .bin, .safetensors)")
+    p.add_argument("-o", "--output", required=True, help="model folder to write (config.json, model.safetensors)")
+    p.add_argument("--kind", default="auto", choices=("auto",) + KINDS,
+                   help="what the checkpoints are (default: detect from their parameter names)")
+    p.add_argument("--config", default="paper", help="preset (paper, tiny) or a config.json (default: paper)")
+    p.add_argument("--stage", type=int, choices=(1, 2), help="override the config's stage")
+    p.add_argument("--base", help="start from this model (folder or Hub repo id) instead of a fresh init")
+    p.add_argument("--key", help="the checkpoint entry holding the weights (default: params_ema, params, state_dict)")
+    p.add_argument("--allow-partial", action="store_true", help="write even if some tensors stay at their init")
+    p.add_argument("--description", help="what the weights are, for the model card")
+
+    def run(args):
+        import torch
+        from .config import FRFSRConfig
+        from .convert import convert_state_dict, load_checkpoint
+        from .hub import save_pretrained
+        from .models import FRFSR
+        if args.base:
+            from .pipeline import FRFSRPipeline
+            model = FRFSRPipeline.from_pretrained(args.base).model
+        else:
+            cfg_path = Path(args.config)
+            cfg = FRFSRConfig.from_json(cfg_path) if cfg_path.suffix == ".json" else FRFSRConfig.preset(args.config)
+            if args.stage:
+                cfg.stage = args.stage
+                cfg.validate()
+            model = FRFSR(cfg)
+        merged, sources = {}, []
+        for path in args.checkpoints:
+            state = load_checkpoint(path, args.key)
+            try:
+                converted, report = convert_state_dict(state, args.kind, model)
+            except ValueError as e:
+                raise CLIError(f"{path}: {e}") from None
+            print(f"{path}:\n  " + str(report).replace("\n", "\n  "))
+            merged.update(converted)
+            sources.append(Path(path).name)
+        left = sorted(set(model.state_dict()) - set(merged))
+        if left and not args.base and not args.allow_partial:
+            parts = sorted({k.split(".")[0] for k in left})
+            raise CLIError(f"{len(left)} tensors would stay at their random init (in: {', '.join(parts)}); add the "
+                           "checkpoints for those parts, start from a model with --base, or pass --allow-partial")
+        with torch.no_grad():
+            model.load_state_dict(merged, strict=False)
+        desc = args.description or (f"Converted with `frfsr convert` from {', '.join(sources)}"
+                                    + (f"; {len(left)} tensors left at their initial values" if left and not args.base
+                                       else "") + ".")
+        save_pretrained(model, args.output, description=desc)
+        print(f"wrote {args.output}")
+    return run
+
+
+# ---------------------------------------------------------------------- info
+@subcommand("info", "describe a model, a foreign checkpoint, or this installation")
+def _info(p: argparse.ArgumentParser):
+    p.add_argument("target", nargs="?", help="a model folder / Hub repo id / 'frfsr-default', or a checkpoint file")
+    p.add_argument("--revision")
+    p.add_argument("--local-files-only", action="store_true")
+    p.add_argument("--cache-dir")
+    p.add_argument("--token")
+
+    def run(args):
+        import torch
+        from . import __version__, ops
+        print(f"frfsr {__version__}, torch {torch.__version__}, CUDA {'available' if torch.cuda.is_available() else 'not available'}, "
+              f"fused ops {'available' if ops.fused_available() else 'not available'}")
+        if args.target is None:
+            from .hub import BUNDLED_DIR
+            print(f"bundled default weights: {'installed' if BUNDLED_DIR.is_dir() else 'not installed'} ({BUNDLED_DIR})")
+            return 0
+        target = Path(args.target)
+        if target.is_file():
+            from .convert import detect_kind, load_checkpoint
+            state = load_checkpoint(target)
+            n = sum(t.numel() for t in state.values())
+            print(f"{target}: {len(state)} tensors, {n:,} values; layout: {detect_kind(state) or 'unknown'}")
+            return 0
+        args.model = args.target
+        pipe = _load_pipeline(args)
+        cfg = pipe.config
+        print(f"model: {pipe.source}" + (f" (commit {pipe.commit})" if pipe.commit else ""))
+        if pipe.description:
+            print(f"description: {pipe.description}")
+        print(f"stage {cfg.stage}, config {cfg.name!r}, dtype {pipe.dtype}, {pipe.model.num_parameters():,} parameters")
+        for k, v in cfg.to_dict().items():
+            print(f"  {k}: {v}")
+        return 0
+    return run
+
+
+# ---------------------------------------------------------------------- entry
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frfsr", description="Reference-based 4x image super-resolution (FRFSR)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (help_text, builder) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_run=builder(p))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 usage or input error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args._run(args)
+    except CLIError as e:
+        print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The `frfsr` command: upscale, convert, info, and the subcommand registry."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline, cli
+from frfsr.hub import save_pretrained
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = FRFSR(FRFSRConfig.tiny())
+    save_pretrained(model, root / "model", description="tiny CLI test model")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(root / "lr.png")
+    Image.fromarray(rng.integers(0, 256, (16, 20, 4), dtype=np.uint8)).save(root / "lr_rgba.png")
+    Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(root / "ref.png")
+    Image.fromarray(rng.integers(0, 256, (30, 24, 3), dtype=np.uint8)).save(root / "ref2.jpg")
+    sife = {k[len("sife."):]: v for k, v in model.state_dict().items() if k.startswith("sife.")}
+    torch.save({"params_ema": sife}, root / "rrdb.pth")
+    return root, model
+
+
+def test_upscale_writes_the_image_and_the_confidence_map(files, tmp_path, capsys):
+    root, model = files
+    out, conf = tmp_path / "sr.png", tmp_path / "conf.png"
+    code = cli.main(["upscale", str(root / "lr.png"), "--ref", str(root / "ref.png"), "--ref", str(root / "ref2.jpg"),
+                     "-o", str(out), "--model", str(root / "model"), "--device", "cpu", "--tile", "0",
+                     "--save-confidence", str(conf), "--no-progress"])
+    assert code == 0
+    sr = Image.open(out)
+    assert sr.size == (80, 64) and sr.mode == "RGB"
+    c = Image.open(conf)
+    assert c.size == (20, 16) and c.mode == "L"
+    pipe = FRFSRPipeline(model)
+    pipe.relevance_threshold = None
+    expected = pipe(Image.open(root / "lr.png"), [Image.open(root / "ref.png"), Image.open(root / "ref2.jpg")])
+    assert np.array_equal(np.asarray(sr), np.asarray(expected))
+    printed = capsys.readouterr()
+    assert "relevance" in printed.out and "hardly matches" in printed.err
+
+
+def test_upscale_keeps_alpha_and_tiles(files, tmp_path):
+    root, _ = files
+    out = tmp_path / "sr_rgba.png"
+    assert cli.main(["upscale", str(root / "lr_rgba.png"), "--ref", str(root / "ref.png"), "-o", str(out),
+                     "--model", str(root / "model"), "--device", "cpu", "--tile", "15", "--overlap", "4",
+                     "--no-progress"]) == 0
+    assert Image.open(out).mode == "RGBA"
+
+
+def test_upscale_from_a_shell(files, tmp_path):
+    """The real command line: a new Python process running the CLI module."""
+    root, _ = files
+    out = tmp_path / "shell.png"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-m", "frfsr.cli", "upscale", str(root / "lr.png"), "--ref",
+                          str(root / "ref.png"), "-o", str(out), "--model", str(root / "model"), "--device", "cpu",
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert Image.open(out).size == (80, 64)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["upscale", "{root}/absent.png", "--ref", "{root}/ref.png", "-o", "{tmp}/x.png", "--model", "{root}/model"],
+     "LR image not found"),
+    (["upscale", "{root}/lr.png", "--ref", "{root}/ref.png", "-o", "{tmp}/x.png", "--model", "{tmp}/nomodel"],
+     "no such model folder"),
+    (["upscale", "{root}/lr.png", "--ref", "{root}/ref.png", "-o", "{tmp}/x.xyz", "--model", "{root}/model",
+      "--tile", "0", "--no-progress"], "cannot write"),
+    (["convert", "{root}/rrdb.pth", "--kind", "vgg16", "--config", "tiny", "-o", "{tmp}/c"],
+     "not in the torchvision VGG16 layout"),
+    (["convert", "{root}/rrdb.pth", "--config", "tiny", "-o", "{tmp}/c"], "would stay at their random init"),
+    (["convert", "{root}/lr.png", "--config", "tiny", "-o", "{tmp}/c"], "not a readable PyTorch checkpoint"),
+])
+def test_errors_are_reported_without_traceback(files, tmp_path, capsys, args, message):
+    root, _ = files
+    argv = [a.format(root=root, tmp=tmp_path) for a in args]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_convert_then_upscale(files, tmp_path, capsys):
+    root, model = files
+    out = tmp_path / "converted"
+    assert cli.main(["convert", str(root / "rrdb.pth"), "--config", "tiny", "-o", str(out), "--allow-partial"]) == 0
+    n_sife = sum(k.startswith("sife.") for k in model.state_dict())
+    assert f"converted {n_sife} tensors" in capsys.readouterr().out
+    loaded = FRFSRPipeline.from_pretrained(out).model
+    assert torch.equal(loaded.sife.conv_first.weight, model.sife.conv_first.weight)
+    assert "Converted with `frfsr convert` from rrdb.pth" in (out / "README.md").read_text()
+    base = tmp_path / "based"
+    assert cli.main(["convert", str(root / "rrdb.pth"), "--kind", "esrgan", "--base", str(root / "model"),
+                     "-o", str(base)]) == 0
+
+
+def test_info(files, capsys):
+    root, _ = files
+    assert cli.main(["info", str(root / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "tiny CLI test model" in out and "stage 1, config 'tiny'" in out and "ngf: 16" in out
+    assert cli.main(["info", str(root / "rrdb.pth")]) == 0
+    assert "layout: esrgan" in capsys.readouterr().out
+    assert cli.main(["info"]) == 0
+    assert "bundled default weights" in capsys.readouterr().out
+
+
+def test_subcommand_registry_takes_new_commands(capsys):
+    assert {"upscale", "convert", "info"} <= set(cli.SUBCOMMANDS)
+
+    @cli.subcommand("hello", "say hello")
+    def _hello(p):
+        p.add_argument("--name", default="world")
+        return lambda args: print(f"hello {args.name}")
+
+    try:
+        assert cli.main(["hello", "--name", "frfsr"]) == 0
+        assert capsys.readouterr().out == "hello frfsr\n"
+    finally:
+        del cli.SUBCOMMANDS["hello"]
+    with pytest.raises(SystemExit):
+        cli.main(["hello"])
