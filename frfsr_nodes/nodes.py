@@ -119,10 +119,11 @@ def load_model(source, dtype: str) -> FRFSR:
     return FRFSRPipeline.from_pretrained(source, torch_dtype=DTYPES[dtype], device="cpu").model
 
 
-def model_folder(name: str) -> Path | str:
+def model_folder(name: str) -> Path:
     """The model folder for a LoadFRFSR choice (checked against the listing first)."""
     if name == BUNDLED:
-        return BUNDLED
+        from frfsr import hub
+        return hub.BUNDLED_DIR
     weights = cc.resolve_model(name)
     if weights.name != WEIGHTS_NAME or not weights.with_name(CONFIG_NAME).is_file():
         raise ValueError(f"{name} is not an FRFSR model folder: put {CONFIG_NAME} and {WEIGHTS_NAME} together in "
@@ -179,7 +180,10 @@ def download_from_hub(repo_id: str, revision: str, filename: str) -> Path:
     parent = PurePosixPath(filename).parent
     config_name = CONFIG_NAME if str(parent) == "." else f"{parent}/{CONFIG_NAME}"
     kw = dict(revision=revision, cache_dir=None, token=None, local_files_only=False, force_download=False)
-    hub._download(repo_id, config_name, **kw)
+    config = hub._download(repo_id, config_name, **kw)
+    if "snapshots" in config.parts:        # fetch the weights from the same commit, even if the branch moves
+        parts = config.parts
+        kw["revision"] = parts[len(parts) - 1 - parts[::-1].index("snapshots") + 1]
     return hub._download(repo_id, filename, **kw).parent
 
 

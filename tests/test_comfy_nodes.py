@@ -309,6 +309,19 @@ def test_a_file_that_is_not_a_model_folder_is_refused(pack, tmp_path, monkeypatc
         nodes.LoadFRFSR().load("bare.safetensors")
 
 
+def test_bundled_weights_are_offered_when_present(pack, models_dir, tmp_path, monkeypatch):
+    from frfsr import hub
+
+    nodes, _ = pack_modules(pack)
+    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "absent")
+    assert "frfsr-default" not in nodes.model_choices()
+    save_tiny_model(tmp_path / "bundled")
+    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
+    assert nodes.model_choices() == ["frfsr-default", MODEL_NAME]
+    (handle,) = nodes.LoadFRFSR().load("frfsr-default", "cpu", "float32")
+    assert handle.name == "frfsr-default"
+
+
 def test_load_in_half_precision(pack, models_dir):
     nodes, _ = pack_modules(pack)
     (handle,) = nodes.LoadFRFSR().load(MODEL_NAME, "cpu", "float16")
@@ -357,22 +370,24 @@ def test_bad_revision_or_file_is_refused(pack, field, value):
     assert isinstance(cls.VALIDATE_INPUTS(**kwargs), str)
 
 
-def test_hub_loader_downloads_weights_and_config(pack, tmp_path, monkeypatch):
+def test_hub_loader_downloads_weights_and_config_of_one_commit(pack, tmp_path, monkeypatch):
     nodes, _ = pack_modules(pack)
-    save_tiny_model(tmp_path / "snap" / "stage2")
+    snapshot = tmp_path / "models--owner--frfsr-x4" / "snapshots" / "c0ffee"
+    save_tiny_model(snapshot / "stage2")
     requests = []
 
     def fake_download(repo_id, filename, *, revision=None, **kw):     # what frfsr.hub calls
         requests.append((repo_id, filename, revision))
-        return str(tmp_path / "snap" / filename)
+        return str(snapshot / filename)
 
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
     assert cls.VALIDATE_INPUTS(repo_id="owner/frfsr-x4", revision="v1.0", file="stage2/model.safetensors") is True
     (handle,) = cls().load("owner/frfsr-x4", "v1.0", "cpu", "float32", file="stage2/model.safetensors")
-    assert ("owner/frfsr-x4", "stage2/model.safetensors", "v1.0") in requests
-    assert ("owner/frfsr-x4", "stage2/config.json", "v1.0") in requests
+    # the config at the asked revision, then the weights of the very commit the config came from
+    assert requests == [("owner/frfsr-x4", "stage2/config.json", "v1.0"),
+                        ("owner/frfsr-x4", "stage2/model.safetensors", "c0ffee")]
     assert handle.name == "owner/frfsr-x4@v1.0:stage2/model.safetensors"
 
 
