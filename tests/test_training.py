@@ -251,6 +251,7 @@ def test_reused_feature_changes_stage2_output():
     assert (own - other).abs().max() > 1e-4
 
 
+@pytest.mark.filterwarnings("ignore:PerceptualLoss uses a VGG19 with random weights")
 def test_stage2_training_frozen_reuse_net_and_all_losses(uninterrupted, tmp_path):
     export = uninterrupted[0] / "final"
     tr = _trainer(TINY2, tmp_path / "s2", init__stage1=str(export))
@@ -321,3 +322,50 @@ def test_offset_branches_get_their_learning_rates():
     base = {names[id(p)] for p in groups["base"]["params"]}
     assert "restoration.stages.0.align.dcn.weight" in base and "sife.conv_first.weight" in base
     assert not any(n.startswith("texture_encoder.") for n in base)
+
+
+def test_stage1_initialisers(tmp_path):
+    """init.sife (ESRGAN names), init.encoder (C2-Matching extractor names) and init.vgg19
+    (torchvision indices) land in the right modules; encoder and extractor are frozen."""
+    from frfsr.training.build import build_stage1_model
+    torch.manual_seed(1)
+    donor = FRFSR(FRFSRConfig.tiny())
+    esrgan = {k: v for k, v in donor.sife.state_dict().items()}
+    esrgan["conv_up1.weight"] = torch.zeros(1)                      # the upsampler is dropped
+    torch.save({"params_ema": esrgan}, tmp_path / "esrgan.pth")
+    c2 = {f"feature_extraction_image{1 if t == 'lr_trunk' else 2}.model.{k}": v
+          for t in ("lr_trunk", "ref_trunk") for k, v in getattr(donor.texture_encoder, t).state_dict().items()}
+    torch.save(c2, tmp_path / "encoder.pth")
+    idx = {"conv1_1": 0, "conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10}
+    tv = {f"features.{i}.{kind}": getattr(donor.ref_extractor.vgg, n).state_dict()[kind]
+          for n, i in idx.items() for kind in ("weight", "bias")}
+    torch.save(tv, tmp_path / "vgg19.pth")
+    cfg = load_config(TINY, {"init": {"sife": str(tmp_path / "esrgan.pth"), "encoder": str(tmp_path / "encoder.pth"),
+                                      "vgg19": str(tmp_path / "vgg19.pth")}})
+    torch.manual_seed(2)
+    m = build_stage1_model(cfg)
+    for part in ("sife", "texture_encoder", "ref_extractor"):
+        for k, v in getattr(donor, part).state_dict().items():
+            assert torch.equal(getattr(m, part).state_dict()[k], v), f"{part}.{k}"
+    assert not any(p.requires_grad for p in m.texture_encoder.parameters())
+    assert not any(p.requires_grad for p in m.ref_extractor.parameters())
+    assert all(p.requires_grad for p in m.sife.parameters()) and all(p.requires_grad for p in m.restoration.parameters())
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+    """2 micro-batches of 1 give the update of one batch of 2 (same samples, mean L1 loss)."""
+    states = []
+    for name, bs, k in (("big", 2, 1), ("accum", 1, 2)):
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state(reset_partial_state=True)
+        tr = _trainer(TINY, tmp_path / name, data__batch_size=bs, train__grad_accum=k, train__max_steps=1,
+                      train__log_with=[])
+        assert tr.fit() is True
+        states.append(tr.unwrapped_model().state_dict())
+    for key, v in states[0].items():
+        torch.testing.assert_close(states[1][key], v, rtol=1e-4, atol=1e-6, msg=key)
+    from accelerate.utils import set_seed
+    set_seed(0)
+    initial = FRFSR(FRFSRConfig.tiny()).state_dict()            # what the trainer starts from
+    assert not torch.equal(initial["restoration.head.weight"], states[0]["restoration.head.weight"])
+    assert torch.equal(initial["texture_encoder.lr_trunk.conv1_1.weight"], states[0]["texture_encoder.lr_trunk.conv1_1.weight"])

@@ -30,8 +30,8 @@ __all__ = ["load_weights_file", "build_stage1_model", "generator_param_groups", 
 # parameters of the deformable-alignment offset branches (C2-Matching: names containing 'offset')
 _OFFSET = re.compile(r"^restoration\.stages\.(\d+)\.align\.(offset_conv1|offset_conv2|dcn\.offset_mask)\.")
 _LEVEL_NAME = {0: "large", 1: "medium", 2: "small"}
-# torchvision vgg19 `features` indices of conv1_1 .. conv3_1
-_TV_VGG19 = {"conv1_1": 0, "conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10}
+# torchvision vgg16 / vgg19 `features` indices of conv1_1 .. conv3_1 (the same in both)
+_TV_VGG = {"conv1_1": 0, "conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10}
 
 
 def load_weights_file(path) -> dict[str, torch.Tensor]:
@@ -85,6 +85,9 @@ def _init_encoder(model: FRFSR, path) -> None:
     sd = load_weights_file(path)
     if any(k.startswith(("lr_trunk.", "ref_trunk.")) for k in sd):
         enc = sd
+    elif "features.0.weight" in sd:             # torchvision vgg16: both trunks (before contrastive training)
+        enc = {f"{trunk}.{name}.{kind}": sd[f"features.{idx}.{kind}"]
+               for trunk in ("lr_trunk", "ref_trunk") for name, idx in _TV_VGG.items() for kind in ("weight", "bias")}
     else:
         from ..convert import official_to_frfsr
         conv, _ = official_to_frfsr(sd)
@@ -98,7 +101,7 @@ def _init_encoder(model: FRFSR, path) -> None:
 def _init_vgg19(model: FRFSR, path) -> None:
     sd = load_weights_file(path)
     vgg = {}
-    for name, idx in _TV_VGG19.items():
+    for name, idx in _TV_VGG.items():
         for kind in ("weight", "bias"):
             key = f"features.{idx}.{kind}"
             if key not in sd:
