@@ -18,6 +18,7 @@ pipeline then warns with :class:`FRFSRWarning`.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -217,7 +218,7 @@ class FRFSRPipeline:
         if not details:
             return FRFSRPipelineOutput(images, None, None, None)
         otype = info.kind if output_type is None else output_type
-        ref_info = type(info)(info.kind, False, False, info.dtype, info.batched, False, info.torch_dtype, info.device)
+        ref_info = dataclasses.replace(info, gray=False, alpha=False, squeeze_channels=False)
         warped = from_model_output(res.warped_ref, None, ref_info, output_type, output_dtype)
         confidence = map_to_output(res.confidence, otype, info.batched)
         return FRFSRPipelineOutput(images, confidence, warped, relevance if info.batched else relevance[0])
