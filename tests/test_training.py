@@ -42,6 +42,13 @@ def _env(tmp):
     return env
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _trainer(config, out, **overrides):
     from frfsr.training import Trainer
     over = {"train": {"output_dir": str(out)}}
@@ -93,7 +100,7 @@ def test_two_process_launch_identical_weights_and_checkpoint(tmp_path):
     env = _env(tmp_path)
     env["ACCELERATE_USE_CPU"] = "1"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(REPO / "train" / "stage1.py"), "--config", str(TINY), "--output_dir", str(out), "--max_steps", "3",
            "--dump_rank_hashes"]
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -138,11 +138,20 @@ class Trainer:
     def _data_root(self) -> Path:
         d = self.cfg.data
         root = Path(d.root) if d.root else self.out / "data"
-        if d.synthetic is not None and not (root / "input").is_dir():
-            if self.acc.is_main_process:
+        if d.synthetic is not None:         # every process reaches the barrier, whoever generates
+            if self.acc.is_main_process and not (root / "input").is_dir():
+                import shutil
+
                 from .synthetic import make_cufed_train
                 s = d.synthetic
-                make_cufed_train(root, s.num_images, s.size, s.seed)
+                tmp = root.with_name(root.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                make_cufed_train(tmp, s.num_images, s.size, s.seed)
+                root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(root / "ref", ignore_errors=True)
+                os.rename(tmp / "ref", root / "ref")
+                os.rename(tmp / "input", root / "input")      # last: its presence marks complete data
+                shutil.rmtree(tmp, ignore_errors=True)
             self.acc.wait_for_everyone()
         return root
 
