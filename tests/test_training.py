@@ -357,6 +357,14 @@ def test_stage1_initialisers(tmp_path):
     assert not any(p.requires_grad for p in m.texture_encoder.parameters())
     assert not any(p.requires_grad for p in m.ref_extractor.parameters())
     assert all(p.requires_grad for p in m.sife.parameters()) and all(p.requires_grad for p in m.restoration.parameters())
+    # train/encoder.py's output: texture_encoder.* keys in a safetensors file
+    from safetensors.torch import save_file
+    save_file({"texture_encoder." + k: v.contiguous() for k, v in donor.texture_encoder.state_dict().items()},
+              str(tmp_path / "texture_encoder.safetensors"))
+    cfg = load_config(TINY, {"init": {"encoder": str(tmp_path / "texture_encoder.safetensors")}})
+    m = build_stage1_model(cfg)
+    for k, v in donor.texture_encoder.state_dict().items():
+        assert torch.equal(m.texture_encoder.state_dict()[k], v), k
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
