@@ -194,8 +194,9 @@ def _info(p: argparse.ArgumentParser):
     def run(args):
         import torch
         from . import __version__, ops
-        print(f"frfsr {__version__}, torch {torch.__version__}, CUDA {'available' if torch.cuda.is_available() else 'not available'}, "
-              f"fused ops {'available' if ops.fused_available() else 'not available'}")
+        yes = {True: "available", False: "not available"}
+        print(f"frfsr {__version__}, torch {torch.__version__}, CUDA {yes[torch.cuda.is_available()]}, "
+              f"fused ops {yes[ops.fused_available()]}")
         if args.target is None:
             from .hub import BUNDLED_DIR
             print(f"bundled default weights: {'installed' if BUNDLED_DIR.is_dir() else 'not installed'} ({BUNDLED_DIR})")

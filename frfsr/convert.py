@@ -141,7 +141,8 @@ WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model
 _C2_RESTORATION = re.compile(r"^(?:module\.)?(?:net_g\.)?content_extractor\.")
 _C2_MESSAGE = ("this is C2-Matching's restoration net (RestorationNet: a ContentExtractor with plain residual blocks), "
                "a different architecture from FRFSR's (SIFE + DDF/ESA aggregation); it cannot be converted. "
-               "Only C2-Matching's feature extractor (net_extractor / ContrasExtractorSep) converts, into the texture encoder")
+               "Only C2-Matching's feature extractor (net_extractor / ContrasExtractorSep) converts, "
+               "into the texture encoder")
 
 
 def _is_state_dict(d) -> bool:
@@ -156,7 +157,8 @@ def unwrap_state_dict(obj, key: str | None = None) -> dict:
         raise ValueError(f"the checkpoint holds a {type(obj).__name__}, not a dict of tensors")
     if key is not None:
         if key not in obj:
-            raise ValueError(f"the checkpoint has no entry {key!r}; its top-level keys: {', '.join(map(str, list(obj)[:10]))}")
+            top = ", ".join(map(str, list(obj)[:10]))
+            raise ValueError(f"the checkpoint has no entry {key!r}; its top-level keys: {top}")
         obj = obj[key]
     else:
         while not _is_state_dict(obj) and isinstance(obj, dict):
@@ -310,10 +312,12 @@ def esrgan_to_sife(state_dict: dict, expected_keys=None) -> tuple[dict, Conversi
 
 
 # ====================================================================== torchvision VGG
-def _torchvision_vgg(state_dict: dict, depth: int, prefixes: tuple[str, ...], expected_keys) -> tuple[dict, ConversionReport]:
+def _torchvision_vgg(state_dict: dict, depth: int, prefixes: tuple[str, ...],
+                     expected_keys) -> tuple[dict, ConversionReport]:
     name = f"torchvision VGG{depth}"
     if any(k.endswith("running_mean") for k in state_dict):
-        raise ValueError(f"this is a batch-norm VGG (vgg{depth}_bn), whose layer indices differ; use the plain VGG{depth} weights")
+        raise ValueError(f"this is a batch-norm VGG (vgg{depth}_bn), whose layer indices differ; "
+                         f"use the plain VGG{depth} weights")
     found = _vgg_depth(state_dict)
     if found is not None and found != depth:
         raise ValueError(f"this is VGG{found} (its last conv is features.{28 if found == 16 else 34}), not {name}")

@@ -87,7 +87,8 @@ def parse_device(device) -> torch.device:
         try:
             return torch.device(device)
         except RuntimeError as e:
-            raise ValueError(f"unknown device {device!r}: {e}; accepted e.g. 'cpu', 'cuda', 'cuda:0', 'mps', 'auto'") from None
+            raise ValueError(f"unknown device {device!r}: {e}; "
+                             "accepted e.g. 'cpu', 'cuda', 'cuda:0', 'mps', 'auto'") from None
     raise TypeError(f"device must be a torch.device, a string or an int, got {type(device).__name__}")
 
 

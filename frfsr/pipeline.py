@@ -149,7 +149,8 @@ class FRFSRPipeline:
 
     def __repr__(self) -> str:
         src = f", source={self.source!r}" if self.source else ""
-        return f"FRFSRPipeline(config={self.config.name!r}, stage={self.config.stage}, device={self.device}, dtype={self.dtype}{src})"
+        return (f"FRFSRPipeline(config={self.config.name!r}, stage={self.config.stage}, device={self.device}, "
+                f"dtype={self.dtype}{src})")
 
     # ------------------------------------------------------------------ refs
     def encode_refs(self, ref_or_refs, batch_size: int = 1):
@@ -165,7 +166,8 @@ class FRFSRPipeline:
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
             t = to_model_input(r, name)[0]
             if min(t.shape[-2:]) < MIN_REF_SIZE:
-                raise ValueError(f"{name} is {t.shape[-2]}x{t.shape[-1]}; the minimum Ref size is {MIN_REF_SIZE}x{MIN_REF_SIZE}")
+                raise ValueError(f"{name} is {t.shape[-2]}x{t.shape[-1]}; "
+                                 f"the minimum Ref size is {MIN_REF_SIZE}x{MIN_REF_SIZE}")
             if t.shape[0] not in (1, batch_size):
                 raise ValueError(f"{name} is a batch of {t.shape[0]} but the LR batch is {batch_size}; give one Ref per "
                                  "LR or one for all")

@@ -40,7 +40,9 @@ class FakeHub:
     url: str = ""
 
     def add(self, repo_id: str, commit: str, folder: Path | dict, branches=("main",)) -> None:
-        files = folder if isinstance(folder, dict) else {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+        if not isinstance(folder, dict):
+            folder = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+        files = folder
         rev = Revision(commit, files)
         refs = self.repos.setdefault(repo_id, {})
         refs[commit] = rev

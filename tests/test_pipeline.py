@@ -5,7 +5,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline
