@@ -222,6 +222,12 @@ def _info(p: argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------- entry
+@subcommand("evaluate", "PSNR/SSIM (Y channel) per Ref level and shuffle level on CUFED5 or pair folders")
+def _evaluate(p: argparse.ArgumentParser):
+    from .evaluate import configure_parser
+    return configure_parser(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frfsr", description="Reference-based 4x image super-resolution (FRFSR)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
