@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import repeat
 
 from .. import ops
 
@@ -57,10 +58,9 @@ class ModulatedDeformConv(nn.Module):
         """``ref_feat`` (B, C, H', W') any size; ``guide`` (B, C, h, w) on the output grid;
         ``pre_offset`` (B, K, h, w, 2) in (x, y) order, K = kernel taps."""
         o1, o2, mask = torch.chunk(self.offset_mask(guide), 3, dim=1)
-        b, k, h, w, _ = pre_offset.shape
-        # (x, y) -> (dy, dx) per tap, repeated for every deformable group
-        pre = pre_offset.flip(-1).permute(0, 1, 4, 2, 3).repeat(1, self.groups, 1, 1, 1)
-        offset = torch.cat((o1, o2), dim=1) + pre.reshape(b, 2 * self.groups * k, h, w).to(o1.dtype)
+        # (x, y) per tap -> (dy, dx) per tap, the same for every deformable group
+        pre = repeat(pre_offset.flip(-1), "b k h w yx -> b (g k yx) h w", g=self.groups)
+        offset = torch.cat((o1, o2), dim=1) + pre.to(o1.dtype)
         return ops.deform_conv(ref_feat, offset, torch.sigmoid(mask), self.weight, self.bias,
                                stride=1, padding=self.kernel_size // 2, dilation=1)
 
