@@ -94,19 +94,8 @@ def patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     differently in different output columns, so bitwise-identical key patches tie exactly
     only when their correlations are computed exactly (as in the tests).
     """
-    if query.ndim != 4 or key.ndim != 4:
-        raise ValueError(f"patch_match expects 4-D query and key (B, C, H, W), got ndim "
-                         f"{query.ndim} and {key.ndim}")
-    if query.shape[0] != key.shape[0]:
-        raise ValueError(f"patch_match batch sizes differ: query {query.shape[0]} vs key {key.shape[0]}")
-    if query.shape[1] != key.shape[1]:
-        raise ValueError(f"patch_match channel counts differ: query {query.shape[1]} vs key {key.shape[1]}")
-    p = int(patch_size)
-    if p < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    p = check_patch_match_args(query, key, patch_size)
     (B, _, h, w), (H, W) = query.shape, key.shape[-2:]
-    if min(h, w, H, W) < p:
-        raise ValueError(f"patch_size {p} is larger than the query ({h}x{w}) or key ({H}x{W}) spatial size")
 
     dtype = _compute_dtype(query, key)
     qp = F.unfold(query.to(dtype), p).transpose(1, 2)            # (B, Lq, D)
@@ -165,32 +154,10 @@ def deform_conv(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weigh
     contribution from corners outside the image (0 for y <= -1 or y >= Hin). Returns
     (B, Cout, Ho, Wo) in ``x``'s dtype; differentiable w.r.t. every tensor argument.
     """
-    for name, t in (("x", x), ("offset", offset), ("mask", mask), ("weight", weight)):
-        if t.ndim != 4:
-            raise ValueError(f"deform_conv expects 4-D {name}, got shape {tuple(t.shape)}")
+    G = check_deform_conv_args(x, offset, mask, weight, bias, stride, dilation)
     B, cin, h_in, w_in = x.shape
-    cout, w_cin, kh, kw = weight.shape
+    cout, _, kh, kw = weight.shape
     K = kh * kw
-    if w_cin != cin:
-        raise ValueError(f"deform_conv weight input channels {w_cin} do not match x channels {cin} "
-                         "(weight groups are not supported)")
-    if offset.shape[0] != B or mask.shape[0] != B:
-        raise ValueError(f"deform_conv batch sizes differ: x {B}, offset {offset.shape[0]}, mask {mask.shape[0]}")
-    if offset.shape[1] == 0 or offset.shape[1] % (2 * K):
-        raise ValueError(f"deform_conv offset channels {offset.shape[1]} are not 2*G*K for K={K} taps")
-    G = offset.shape[1] // (2 * K)
-    if mask.shape[1] != G * K:
-        raise ValueError(f"deform_conv mask channels {mask.shape[1]} are not G*K = {G * K} "
-                         f"(G={G} deformable groups from offset)")
-    if cin % G:
-        raise ValueError(f"deform_conv input channels {cin} are not divisible by the {G} deformable groups")
-    if offset.shape[-2:] != mask.shape[-2:]:
-        raise ValueError(f"deform_conv offset spatial size {tuple(offset.shape[-2:])} does not match "
-                         f"mask spatial size {tuple(mask.shape[-2:])}")
-    if bias is not None and tuple(bias.shape) != (cout,):
-        raise ValueError(f"deform_conv bias shape {tuple(bias.shape)} is not ({cout},)")
-    if stride < 1 or dilation < 1:
-        raise ValueError(f"deform_conv stride and dilation must be >= 1, got {stride} and {dilation}")
 
     dtype = _compute_dtype(x, offset, mask, weight)
     out_dtype = x.dtype
@@ -297,8 +264,77 @@ def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Ten
     Returns (B, C, H, W) in ``x``'s dtype; differentiable w.r.t. all three tensors.
     """
     k, d = int(kernel_size), int(dilation)
+    cf = check_ddf_args(x, channel_filter, spatial_filter, k, d)
+    dtype = _compute_dtype(x, cf, spatial_filter)
+    out = _DDF.apply(x.to(dtype).contiguous(), cf.to(dtype).contiguous(),
+                     spatial_filter.to(dtype).contiguous(), k, d)
+    return out.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks, shared with the fused kernels
+# --------------------------------------------------------------------------------------
+
+def check_patch_match_args(query: torch.Tensor, key: torch.Tensor, patch_size: int) -> int:
+    """Validate :func:`patch_match` arguments; returns the patch size."""
+    if query.ndim != 4 or key.ndim != 4:
+        raise ValueError(f"patch_match expects 4-D query and key (B, C, H, W), got ndim "
+                         f"{query.ndim} and {key.ndim}")
+    if query.shape[0] != key.shape[0]:
+        raise ValueError(f"patch_match batch sizes differ: query {query.shape[0]} vs key {key.shape[0]}")
+    if query.shape[1] != key.shape[1]:
+        raise ValueError(f"patch_match channel counts differ: query {query.shape[1]} vs key {key.shape[1]}")
+    p = int(patch_size)
+    if p < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    (h, w), (H, W) = query.shape[-2:], key.shape[-2:]
+    if min(h, w, H, W) < p:
+        raise ValueError(f"patch_size {p} is larger than the query ({h}x{w}) or key ({H}x{W}) spatial size")
+    if query.device != key.device:
+        raise ValueError(f"patch_match query and key are on different devices ({query.device}, {key.device})")
+    return p
+
+
+def check_deform_conv_args(x, offset, mask, weight, bias, stride, dilation) -> int:
+    """Validate :func:`deform_conv` arguments; returns the number of deformable groups.
+    ``stride`` and ``dilation`` may be ints or pairs."""
+    for name, t in (("x", x), ("offset", offset), ("mask", mask), ("weight", weight)):
+        if t.ndim != 4:
+            raise ValueError(f"deform_conv expects 4-D {name}, got shape {tuple(t.shape)}")
+    B, cin = x.shape[:2]
+    cout, w_cin, kh, kw = weight.shape
+    K = kh * kw
+    if w_cin != cin:
+        raise ValueError(f"deform_conv weight input channels {w_cin} do not match x channels {cin} "
+                         "(weight groups are not supported)")
+    if offset.shape[0] != B or mask.shape[0] != B:
+        raise ValueError(f"deform_conv batch sizes differ: x {B}, offset {offset.shape[0]}, mask {mask.shape[0]}")
+    if offset.shape[1] == 0 or offset.shape[1] % (2 * K):
+        raise ValueError(f"deform_conv offset channels {offset.shape[1]} are not 2*G*K for K={K} taps")
+    G = offset.shape[1] // (2 * K)
+    if mask.shape[1] != G * K:
+        raise ValueError(f"deform_conv mask channels {mask.shape[1]} are not G*K = {G * K} "
+                         f"(G={G} deformable groups from offset)")
+    if cin % G:
+        raise ValueError(f"deform_conv input channels {cin} are not divisible by the {G} deformable groups")
+    if offset.shape[-2:] != mask.shape[-2:]:
+        raise ValueError(f"deform_conv offset spatial size {tuple(offset.shape[-2:])} does not match "
+                         f"mask spatial size {tuple(mask.shape[-2:])}")
+    if bias is not None and tuple(bias.shape) != (cout,):
+        raise ValueError(f"deform_conv bias shape {tuple(bias.shape)} is not ({cout},)")
+    pairs = [v if isinstance(v, (tuple, list)) else (v, v) for v in (stride, dilation)]
+    if min(pairs[0]) < 1 or min(pairs[1]) < 1:
+        raise ValueError(f"deform_conv stride and dilation must be >= 1, got {stride} and {dilation}")
+    devices = {t.device for t in (x, offset, mask, weight, bias) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"deform_conv tensors are on different devices: {sorted(map(str, devices))}")
+    return G
+
+
+def check_ddf_args(x, channel_filter, spatial_filter, k: int, d: int) -> torch.Tensor:
+    """Validate :func:`ddf` arguments; returns the channel filter as (B, C, k*k)."""
     if k < 1 or d < 1:
-        raise ValueError(f"ddf kernel_size and dilation must be >= 1, got {kernel_size} and {dilation}")
+        raise ValueError(f"ddf kernel_size and dilation must be >= 1, got {k} and {d}")
     if x.ndim != 4:
         raise ValueError(f"ddf expects 4-D x (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
@@ -311,7 +347,6 @@ def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Ten
     if tuple(spatial_filter.shape) != (B, k * k, H, W):
         raise ValueError(f"ddf spatial_filter shape {tuple(spatial_filter.shape)} is not "
                          f"({B}, {k * k}, {H}, {W})")
-    dtype = _compute_dtype(x, cf, spatial_filter)
-    out = _DDF.apply(x.to(dtype).contiguous(), cf.to(dtype).contiguous(),
-                     spatial_filter.to(dtype).contiguous(), k, d)
-    return out.to(x.dtype)
+    if not (x.device == cf.device == spatial_filter.device):
+        raise ValueError("ddf tensors must be on the same device")
+    return cf

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import check_ddf_args
+
 
 def _is_interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
@@ -239,22 +241,7 @@ def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Ten
     the shape that was passed in.
     """
     k, d = int(kernel_size), int(dilation)
-    if k < 1 or d < 1:
-        raise ValueError(f"ddf kernel_size and dilation must be >= 1, got {kernel_size} and {dilation}")
-    if x.ndim != 4:
-        raise ValueError(f"ddf expects 4-D x (B, C, H, W), got shape {tuple(x.shape)}")
-    B, C, H, W = x.shape
-    cf = channel_filter
-    if cf.ndim == 4 and tuple(cf.shape[2:]) == (k, k):
-        cf = cf.flatten(2)
-    if tuple(cf.shape) != (B, C, k * k):
-        raise ValueError(f"ddf channel_filter shape {tuple(channel_filter.shape)} is neither "
-                         f"({B}, {C}, {k * k}) nor ({B}, {C}, {k}, {k})")
-    if tuple(spatial_filter.shape) != (B, k * k, H, W):
-        raise ValueError(f"ddf spatial_filter shape {tuple(spatial_filter.shape)} is not "
-                         f"({B}, {k * k}, {H}, {W})")
-    if not (x.device == cf.device == spatial_filter.device):
-        raise ValueError("ddf tensors must be on the same device")
+    cf = check_ddf_args(x, channel_filter, spatial_filter, k, d)
     if x.device.type != "cuda" and not _is_interpreted(_ddf_fwd_kernel):
         raise RuntimeError("frfsr.ops.triton.ddf needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     return _DDFFn.apply(x, cf, spatial_filter, k, d)

@@ -59,6 +59,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import check_deform_conv_args
+
 
 def _is_interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
@@ -382,28 +384,17 @@ def _dot_precision(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def _geometry(x, offset, mask, weight):
+    """Sizes of a deform_conv call whose arguments passed check_deform_conv_args."""
     B, Cin, Hin, Win = x.shape
-    Cout, Cin_w, kh, kw = weight.shape
+    Cout, _, kh, kw = weight.shape
     K = kh * kw
-    if Cin_w != Cin:
-        raise ValueError(f"weight expects {Cin_w} input channels, x has {Cin}")
-    if offset.dim() != 4 or offset.shape[0] != B or offset.shape[1] % (2 * K) != 0:
-        raise ValueError(f"offset {tuple(offset.shape)} must be (B, 2*G*{K}, Ho, Wo)")
     G = offset.shape[1] // (2 * K)
     Ho, Wo = offset.shape[-2:]
-    if G < 1 or Cin % G != 0:
-        raise ValueError(f"{G} deformable groups do not divide {Cin} input channels")
-    if tuple(mask.shape) != (B, G * K, Ho, Wo):
-        raise ValueError(f"mask {tuple(mask.shape)} must be {(B, G * K, Ho, Wo)}")
     return B, Cin, Hin, Win, Cout, kh, kw, K, G, Cin // G, Ho, Wo
 
 
 def _check_device(*ts):
-    dev = ts[0].device
-    for t in ts:
-        if t is not None and t.device != dev:
-            raise ValueError("all deform_conv tensors must be on the same device")
-    if dev.type != "cuda" and not _is_interpreted(_dcn_fwd_kernel):
+    if ts[0].device.type != "cuda" and not _is_interpreted(_dcn_fwd_kernel):
         raise RuntimeError("frfsr.ops.triton.deform_conv needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
 
 
@@ -545,14 +536,7 @@ def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilatio
     See the module docstring for the exact semantics; the output grid is
     ``offset.shape[-2:]`` whatever the size of ``x``.
     """
-    for name, t in (("x", x), ("offset", offset), ("mask", mask), ("weight", weight)):
-        if t.dim() != 4:
-            raise ValueError(f"deform_conv expects 4-D {name}, got shape {tuple(t.shape)}")
+    check_deform_conv_args(x, offset, mask, weight, bias, stride, dilation)
     _check_device(x, offset, mask, weight, bias)
     st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
-    _geometry(x, offset, mask, weight)
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"deform_conv bias shape {tuple(bias.shape)} is not ({weight.shape[0]},)")
-    if min(st) < 1 or min(dl) < 1:
-        raise ValueError(f"deform_conv stride and dilation must be >= 1, got {stride} and {dilation}")
     return _DeformConvFn.apply(x, offset, mask, weight, bias, st, pd, dl)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..reference import check_patch_match_args
+
 _EPS = 1e-5
 
 
@@ -119,17 +121,9 @@ def patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     operands; the only choice under the interpreter). Not differentiable.
     """
     del max_block_elems
-    if query.dim() != 4 or key.dim() != 4:
-        raise ValueError("patch_match expects 4-D query (B,C,h,w) and key (B,C,H,W)")
+    p = check_patch_match_args(query, key, patch_size)
     B, C, h, w = query.shape
-    Bk, Ck, H, W = key.shape
-    if Bk != B or Ck != C:
-        raise ValueError(f"query {tuple(query.shape)} and key {tuple(key.shape)} disagree in batch/channels")
-    p = int(patch_size)
-    if p < 1 or h < p or w < p or H < p or W < p:
-        raise ValueError(f"patch_size {p} does not fit query {h}x{w} / key {H}x{W}")
-    if query.device != key.device:
-        raise ValueError("query and key must be on the same device")
+    H, W = key.shape[-2:]
     interpreted = _is_interpreted(_patch_match_kernel)
     if query.device.type != "cuda" and not interpreted:
         raise RuntimeError("frfsr.ops.triton.patch_match needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
