@@ -113,7 +113,8 @@ def _init_vgg19(model: FRFSR, path) -> None:
 
 def build_stage1_model(cfg) -> FRFSR:
     """The stage-1 model of a :class:`~frfsr.training.config.TrainConfig`, initialised and
-    with the texture encoder and Ref extractor frozen (trainable: SIFE + restoration)."""
+    with the texture encoder frozen, and the Ref extractor frozen unless
+    ``model.train_ref_extractor`` (trainable: SIFE + restoration [+ Ref extractor])."""
     model = FRFSR(FRFSRConfig.preset(cfg.model.preset, **cfg.model.overrides))
     init = cfg.init
     if init.pretrained:
@@ -128,12 +129,14 @@ def build_stage1_model(cfg) -> FRFSR:
         _init_encoder(model, init.encoder)
     if init.sife:
         _init_sife(model, init.sife)
-    if not (init.pretrained or init.vgg19):
+    if not (init.pretrained or init.vgg19 or cfg.model.train_ref_extractor):
         logger.warning("the Ref feature extractor has random weights (set init.vgg19 or init.pretrained)")
     if not (init.pretrained or init.encoder):
         logger.warning("the texture encoder has random weights (set init.encoder or init.pretrained)")
     freeze(model.texture_encoder)
     freeze(model.ref_extractor)
+    if cfg.model.train_ref_extractor:      # learns through the differentiable warp of its features
+        model.ref_extractor.requires_grad_(True).train()
     return model
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-__all__ = ["ConfigError", "ModelSection", "SyntheticSection", "DataSection", "OptimSection", "LossSection",
+__all__ = ["ConfigError", "ModelSection", "SyntheticSection", "ViewsSection", "DataSection", "OptimSection", "LossSection",
            "InitSection", "TrainSection", "TrainConfig", "load_config", "parse_overrides"]
 
 
@@ -34,6 +34,7 @@ class ModelSection:
 
     preset: str = "paper"
     overrides: dict = field(default_factory=dict)
+    train_ref_extractor: bool = False   # train the VGG19 Ref extractor through the warp (no ImageNet weights)
 
 
 @dataclass
@@ -43,6 +44,24 @@ class SyntheticSection:
     num_images: int = 8
     size: int = 96
     seed: int = 0
+
+
+@dataclass
+class ViewsSection:
+    """Ref/LR pairs made from single photos (:class:`frfsr.data.views.ViewPairDataset`): the Ref
+    is another view of the same scene (offset, zoom, rotation, colour change, optional block
+    shuffle), or with probability ``p_unrelated`` a view of another photo."""
+
+    photos: Optional[list] = None       # skimage.data names; null = frfsr.data.views.TRAIN_PHOTOS
+    ref_patch: Optional[int] = None     # Ref side; null = data.patch
+    length: int = 2000                  # items per epoch (drawn afresh from the photos)
+    scale_range: list = field(default_factory=lambda: [0.8, 1.25])
+    max_rotation: float = 10.0          # degrees
+    max_offset: float = 0.25            # fraction of the patch, per axis
+    color: bool = True                  # brightness / contrast / saturation change of the Ref
+    p_shuffle: float = 0.0
+    shuffle_choices: list = field(default_factory=lambda: [2, 4, 8])
+    p_unrelated: float = 0.2
 
 
 @dataclass
@@ -57,6 +76,7 @@ class DataSection:
     shuffle_level: Union[str, int, None] = None   # Ref block shuffle: easy | medium | hard | n | null
     ref_jitter: Union[bool, dict] = False
     synthetic: Optional[SyntheticSection] = None
+    views: Optional[ViewsSection] = None   # train on views of photos instead of CUFED (root is then unused)
 
 
 @dataclass
@@ -85,6 +105,7 @@ class LossSection:
     perceptual: float = 1e-4
     perceptual_layer: str = "relu5_1"
     perceptual_criterion: str = "fro"
+    perceptual_net: str = "vgg19"           # vgg19 | ref_extractor (the model's own trained VGG19 trunk, frozen)
     vgg19_weights: Optional[str] = None     # torchvision vgg19 state dict (.pth / .safetensors) for the perceptual loss
     adversarial: float = 1e-6
     gradient_penalty: float = 10.0
@@ -102,6 +123,8 @@ class InitSection:
     vgg19: Optional[str] = None         # stage 1: torchvision vgg19 weights for the Ref feature extractor
     stage1: Optional[str] = None        # stage 2: the stage-1 export directory (required)
     from_stage1: bool = True            # stage 2: start the stage-2 net from the stage-1 weights where shapes match
+    reuse: bool = True                  # stage 2: feature reuse; false = a plain stage-1-architecture net
+                                        # trained from stage 1 with the stage-2 losses (the ablation)
 
 
 @dataclass
@@ -192,8 +215,16 @@ class TrainConfig:
                 fail(f"{k} must be >= 1; got {v}")
         if d.num_workers < 0 or t.keep_checkpoints < 0 or l.l1_warmup_steps < 0 or l.disc_ndf < 1:
             fail("data.num_workers, train.keep_checkpoints and loss.l1_warmup_steps must be >= 0, loss.disc_ndf >= 1")
-        if d.root is None and d.synthetic is None:
-            fail("data.root is required (a CUFED folder with input/ and ref/), or set data.synthetic")
+        if d.root is None and d.synthetic is None and d.views is None:
+            fail("data.root is required (a CUFED folder with input/ and ref/), or set data.synthetic or data.views")
+        if d.views is not None:
+            v = d.views
+            if not (0 <= v.p_unrelated <= 1 and 0 <= v.p_shuffle <= 1):
+                fail("data.views.p_unrelated and data.views.p_shuffle must be in [0, 1]")
+            if v.length < 1 or len(v.scale_range) != 2:
+                fail("data.views.length must be >= 1 and data.views.scale_range two numbers")
+        if l.perceptual_net not in ("vgg19", "ref_extractor"):
+            fail(f"loss.perceptual_net must be vgg19 or ref_extractor; got {l.perceptual_net!r}")
         from ..data import SHUFFLE_LEVELS
         if isinstance(d.shuffle_level, str) and d.shuffle_level not in SHUFFLE_LEVELS:
             fail(f"data.shuffle_level must be null, {', '.join(SHUFFLE_LEVELS)} or a positive int; got {d.shuffle_level!r}")

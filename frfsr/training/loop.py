@@ -117,7 +117,7 @@ class Trainer:
             model = build_stage1_model(cfg)
         else:
             from .stage2 import build_stage2_model
-            model = build_stage2_model(cfg.init.stage1, cfg.init.from_stage1)
+            model = build_stage2_model(cfg.init.stage1, cfg.init.from_stage1, reuse=cfg.init.reuse)
         model.check_inputs = False          # no host syncs for NaN checks in the hot loop
         self.model = model
         self.net = GeneratorNet(model).train()
@@ -131,12 +131,19 @@ class Trainer:
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_d, betas=tuple(o.betas_d))
             self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, o.milestones, o.gamma)
             self.schedulers.append(self.sched_d)
-            self.perceptual = PerceptualLoss(l.perceptual_layer, weight=l.perceptual, criterion=l.perceptual_criterion,
-                                             vgg_weights=l.vgg19_weights)
+            if l.perceptual_net == "ref_extractor":
+                from .perceptual import TrunkPerceptualLoss
+                self.perceptual = TrunkPerceptualLoss(model.ref_extractor.vgg, l.perceptual_layer, weight=l.perceptual,
+                                                      criterion=l.perceptual_criterion)
+            else:
+                self.perceptual = PerceptualLoss(l.perceptual_layer, weight=l.perceptual,
+                                                 criterion=l.perceptual_criterion, vgg_weights=l.vgg19_weights)
 
     # ------------------------------------------------------------------ data
-    def _data_root(self) -> Path:
+    def _data_root(self) -> Path | None:
         d = self.cfg.data
+        if d.views is not None:             # photos from scikit-image, no folder
+            return None
         root = Path(d.root) if d.root else self.out / "data"
         if d.synthetic is not None:         # every process reaches the barrier, whoever generates
             if self.acc.is_main_process and not (root / "input").is_dir():
@@ -159,10 +166,28 @@ class Trainer:
         return _mix(self.cfg.train.seed, epoch) % (2 ** 31)
 
     def _dataset(self, epoch: int):
-        from ..data import CUFEDTrainDataset
         d = self.cfg.data
+        if d.views is not None:
+            return self._views_dataset(epoch)
+        from ..data import CUFEDTrainDataset
         return CUFEDTrainDataset(self.root, patch=d.patch, augment=d.augment, shuffle_level=d.shuffle_level,
                                  ref_jitter=d.ref_jitter, seed=self._epoch_seed(epoch))
+
+    def _views_dataset(self, epoch: int):
+        """Ref/LR views of the training photos (never :data:`HELDOUT_PHOTOS`), seeded per epoch."""
+        from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset, load_skimage_photos
+        d, v = self.cfg.data, self.cfg.data.views
+        if getattr(self, "_photos", None) is None:
+            names = list(v.photos or TRAIN_PHOTOS)
+            leaked = sorted(set(names) & set(HELDOUT_PHOTOS + ("cat",)))
+            if leaked:
+                raise ValueError(f"data.views.photos includes held-out photo(s) {leaked}; they are for evaluation only")
+            self._photos = load_skimage_photos(names)
+        return ViewPairDataset(self._photos, patch=d.patch, ref_patch=v.ref_patch, length=v.length,
+                               scale_range=tuple(v.scale_range), max_rotation=v.max_rotation,
+                               max_offset=v.max_offset, color=v.color, p_shuffle=v.p_shuffle,
+                               shuffle_choices=tuple(v.shuffle_choices), p_unrelated=v.p_unrelated,
+                               flip=d.augment, seed=self._epoch_seed(epoch))
 
     def _setup_data(self) -> None:
         if self._data_ready:
@@ -172,7 +197,7 @@ class Trainer:
         world, bs = self.acc.num_processes, self.cfg.data.batch_size
         self.batches_per_epoch = (n // world) // bs
         if self.batches_per_epoch < 1:
-            raise ValueError(f"{self.root} has {n} training pairs, fewer than batch_size={bs} x {world} processes")
+            raise ValueError(f"{self.root or 'data.views'} has {n} training pairs, fewer than batch_size={bs} x {world} processes")
         self._data_ready = True
 
     def _rank_indices(self, epoch: int, n: int) -> list[int]:

@@ -15,8 +15,12 @@ from .export import read_export
 __all__ = ["build_stage2_model", "trainable_names"]
 
 
-def build_stage2_model(stage1_dir, from_stage1: bool = True) -> FRFSR:
+def build_stage2_model(stage1_dir, from_stage1: bool = True, reuse: bool = True) -> FRFSR:
     """A stage-2 :class:`FRFSR` from the stage-1 export in ``stage1_dir``.
+
+    ``reuse=False`` (the ablation of feature reuse): a plain stage-1-architecture model with
+    the stage-1 weights, everything but ``restoration`` frozen, to be trained with the
+    stage-2 losses like the reuse model.
 
     ``from_stage1`` also copies the stage-1 restoration weights into the stage-2 net where
     names and shapes match (the reuse fusion convs ``reuse_down`` / ``reuse_up`` keep their
@@ -24,6 +28,13 @@ def build_stage2_model(stage1_dir, from_stage1: bool = True) -> FRFSR:
     cfg1, state1 = read_export(stage1_dir)
     if cfg1.stage != 1:
         raise ValueError(f"{stage1_dir} holds a stage-{cfg1.stage} model; stage 2 is built from a stage-1 export")
+    if not reuse:
+        model = FRFSR(cfg1)
+        model.load_state_dict(state1, strict=True)
+        for name, child in model.named_children():
+            if name != "restoration":
+                freeze(child)
+        return model
     model = FRFSR(dataclasses.replace(cfg1, stage=2))
     own = model.state_dict()
     state = {}
