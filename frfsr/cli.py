@@ -5,6 +5,7 @@
     frfsr convert CKPT [CKPT ...] -o OUT_DIR [--kind auto|official|c2matching|esrgan|vgg16|vgg19]
                  [--config paper|tiny|config.json] [--base ID_OR_DIR] [--allow-partial]
     frfsr info [ID_OR_DIR_OR_CHECKPOINT]
+    frfsr demo [-o OUT_DIR] [--model ID_OR_DIR] [--device D]
 
 Subcommands live in :data:`SUBCOMMANDS`: a builder per name that adds its arguments to a
 parser and returns the function to run. Adding one is one decorated function::
@@ -226,6 +227,18 @@ def _info(p: argparse.ArgumentParser):
 def _evaluate(p: argparse.ArgumentParser):
     from .evaluate import configure_parser
     return configure_parser(p)
+
+
+@subcommand("demo", "super-resolve the bundled sample with the bundled weights and write a comparison image (offline)")
+def _demo(p: argparse.ArgumentParser):
+    p.add_argument("-o", "--output", default="frfsr_demo", help="output folder (default: %(default)s)")
+    p.add_argument("--model", default=None, help="a model folder or Hub repo id (default: the bundled weights)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto, ... (default: %(default)s)")
+
+    def run(args):
+        from .demo import main as demo_main
+        return demo_main(args)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
