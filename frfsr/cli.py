@@ -231,7 +231,7 @@ def _evaluate(p: argparse.ArgumentParser):
 
 @subcommand("demo", "super-resolve the bundled sample with the bundled weights and write a comparison image (offline)")
 def _demo(p: argparse.ArgumentParser):
-    p.add_argument("-o", "--output", default="frfsr_demo", help="output folder (default: %(default)s)")
+    p.add_argument("-o", "--output", default="demo_out", help="output folder (default: %(default)s)")
     p.add_argument("--model", default=None, help="a model folder or Hub repo id (default: the bundled weights)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, ... (default: %(default)s)")
 

@@ -1,0 +1,72 @@
+"""Trainer on views of scikit-image photos: trainable Ref extractor, stage 2 with and without reuse."""
+import pytest
+import torch
+
+pytest.importorskip("skimage")
+
+from frfsr.training import load_config  # noqa: E402
+from frfsr.training.config import ConfigError  # noqa: E402
+
+VIEWS = {"photos": ["camera", "coins", "brick"], "length": 8, "p_unrelated": 0.5, "p_shuffle": 0.5}
+
+
+@pytest.fixture(autouse=True)
+def _clean_accelerate():
+    yield
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _cfg(tmp_path, stage, **extra):
+    d = {"stage": stage, "data": {"views": VIEWS, "patch": 64, "batch_size": 2, "num_workers": 0},
+         "optim": {"milestones": [10]}, "loss": {"l1_warmup_steps": 1, "disc_ndf": 8},
+         "train": {"max_steps": 2, "checkpoint_every": 2, "log_every": 1, "output_dir": str(tmp_path / f"s{stage}"),
+                   "log_with": []}}
+    if stage == 1:
+        d["model"] = {"preset": "tiny", "train_ref_extractor": True}
+    else:
+        d["init"] = {"stage1": str(tmp_path / "s1" / "final")}
+    for k, v in extra.items():
+        sec, key = k.split("__")
+        d.setdefault(sec, {})[key] = v
+    p = tmp_path / f"cfg{stage}.yaml"
+    import yaml
+    p.write_text(yaml.safe_dump(d))
+    return load_config(p)
+
+
+def test_views_stage1_trains_the_ref_extractor_then_stage2_with_and_without_reuse(tmp_path):
+    from frfsr.training import Trainer
+    t = Trainer(_cfg(tmp_path, 1))
+    before = {k: v.clone() for k, v in t.unwrapped_model().ref_extractor.state_dict().items()}
+    enc_before = {k: v.clone() for k, v in t.unwrapped_model().texture_encoder.state_dict().items()}
+    assert t.fit()
+    m = t.unwrapped_model()
+    assert any(not torch.equal(before[k], v) for k, v in m.ref_extractor.state_dict().items())
+    assert all(torch.equal(enc_before[k], v) for k, v in m.texture_encoder.state_dict().items())
+    from accelerate.state import AcceleratorState
+    for reuse, stage in ((True, 2), (False, 1)):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        cfg = _cfg(tmp_path, 2, init__reuse=reuse, loss__perceptual_net="ref_extractor",
+                   loss__perceptual_layer="relu3_1", loss__perceptual_criterion="l1", loss__perceptual=0.05)
+        cfg.train.output_dir = str(tmp_path / f"s2_{reuse}")
+        t2 = Trainer(cfg)
+        assert t2.unwrapped_model().config.stage == stage
+        trainable = {n.split(".")[0] for n, p in t2.unwrapped_model().named_parameters() if p.requires_grad}
+        assert trainable == {"restoration"}
+        assert t2.fit()
+        assert (tmp_path / f"s2_{reuse}" / "final" / "model.safetensors").is_file()
+
+
+def test_views_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="p_unrelated"):
+        _cfg(tmp_path, 1, data__views={"p_unrelated": 1.5})
+    with pytest.raises(ConfigError, match="perceptual_net"):
+        _cfg(tmp_path, 1, loss__perceptual_net="resnet")
+
+
+def test_heldout_photos_are_refused(tmp_path):
+    from frfsr.training import Trainer
+    t = Trainer(_cfg(tmp_path, 1, data__views={"photos": ["camera", "coffee"]}))
+    with pytest.raises(ValueError, match="held-out"):
+        t.fit()

@@ -1,0 +1,50 @@
+"""Export a trained model folder as the bundled default weights (``frfsr/weights/default``).
+
+    python train/export_default.py outputs/default_stage1/final --card train/default_card.md
+
+Writes config.json, model.safetensors (float32, or ``--fp16``) and README.md (the library's
+model card around the text of ``--card``, which states data, steps, machine and results).
+The weights are checked to load back through ``FRFSRPipeline.from_pretrained()`` offline.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+try:
+    import frfsr  # noqa: F401
+except ImportError:  # a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from frfsr.hub import BUNDLED_DIR, WEIGHTS_NAME, save_pretrained
+from frfsr.pipeline import FRFSRPipeline
+
+MAX_BYTES = 20 * 2 ** 20
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="the trained model folder (e.g. outputs/default_stage1/final)")
+    p.add_argument("--card", required=True, help="markdown file: the model card's description")
+    p.add_argument("--out", default=str(BUNDLED_DIR), help="default: %(default)s")
+    p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
+    args = p.parse_args(argv)
+    model = FRFSRPipeline.from_pretrained(args.model).model.eval()
+    if args.fp16:
+        model = model.to(torch.float16)
+    out = save_pretrained(model, args.out, description=Path(args.card).read_text().strip())
+    size = (out / WEIGHTS_NAME).stat().st_size
+    if size > MAX_BYTES:
+        raise SystemExit(f"{out / WEIGHTS_NAME} is {size / 2 ** 20:.1f} MiB, over the 20 MiB package limit; use --fp16")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    FRFSRPipeline.from_pretrained(str(out))
+    print(f"wrote {out} ({size / 2 ** 20:.1f} MiB {WEIGHTS_NAME})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
