@@ -115,15 +115,13 @@ def _check_norm_buffer(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} is {t.flatten().tolist()}, not the ImageNet normalisation {list(ref)} that frfsr uses")
 
 
-def official_to_frfsr(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
-    """Convert an official (authors' / C2-Matching layout) state dict. ``expected_keys``
-    (e.g. ``model.state_dict().keys()``) fills the report's ``missing`` list."""
+def _rename(state_dict: dict, key_fn, expected_keys=None) -> tuple[dict, ConversionReport]:
+    """Rename every entry with ``key_fn`` (new name, ``False`` = drop on purpose, ``None`` =
+    not recognised) and report what happened."""
     out, report = {}, ConversionReport()
     for name, t in state_dict.items():
-        new = official_key(name)
+        new = key_fn(name)
         if new is False:
-            if name.endswith(("mean", "std")):
-                _check_norm_buffer(name, t)
             report.dropped.append(name)
         elif new is None:
             report.unexpected.append(name)
@@ -133,6 +131,15 @@ def official_to_frfsr(state_dict: dict, expected_keys=None) -> tuple[dict, Conve
     if expected_keys is not None:
         report.missing = sorted(set(expected_keys) - set(out))
     return out, report
+
+
+def official_to_frfsr(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
+    """Convert an official (authors' / C2-Matching layout) state dict. ``expected_keys``
+    (e.g. ``model.state_dict().keys()``) fills the report's ``missing`` list."""
+    for name, t in state_dict.items():
+        if name.endswith(("mean", "std")) and official_key(name) is False:
+            _check_norm_buffer(name, t)
+    return _rename(state_dict, official_key, expected_keys)
 
 
 # ====================================================================== loading files
@@ -290,24 +297,14 @@ def esrgan_to_sife(state_dict: dict, expected_keys=None) -> tuple[dict, Conversi
     sd = dict(state_dict)
     # the original release's trunk conv is model.1.sub.<n_blocks>: the one sub-module without RDBs
     trunk = [k for k in sd if re.fullmatch(r"model\.1\.sub\.\d+\.(weight|bias)", k)]
-    out, report = {}, ConversionReport()
-    for name, t in sd.items():
-        new = f"sife.conv_body.{name.rsplit('.', 1)[1]}" if name in trunk else esrgan_key(name)
-        if new is False:
-            report.dropped.append(name)
-        elif new is None:
-            report.unexpected.append(name)
-        else:
-            out[new] = t
-            report.converted.append(name)
+    out, report = _rename(sd, lambda name: f"sife.conv_body.{name.rsplit('.', 1)[1]}" if name in trunk
+                          else esrgan_key(name), expected_keys)
     if not out:
         raise _nothing_matched("ESRGAN RRDB", state_dict)
     first = out.get("sife.conv_first.weight")
     if first is not None and first.shape[1] != 3:
         raise ValueError(f"this RRDBNet takes {first.shape[1]} input channels (an x2 or x1 model with pixel-unshuffle); "
                          "SIFE needs the x4 RRDBNet, which takes 3 (RGB)")
-    if expected_keys is not None:
-        report.missing = sorted(set(expected_keys) - set(out))
     return out, report
 
 
