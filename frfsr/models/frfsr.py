@@ -113,6 +113,12 @@ class Restoration(_Tensors):
     sife: torch.Tensor                # (B, sife_feat, h, w)
 
 
+def _check_ref_batch(name: str, n: int, b: int) -> None:
+    if n not in (1, b):
+        raise ValueError(f"{name} has batch size {n} but lr has {b}; give one Ref per LR "
+                         f"(batch {b}) or one Ref for all (batch 1)")
+
+
 class FRFSR(nn.Module):
     """Reference-based 4x super-resolution.
 
@@ -165,9 +171,7 @@ class FRFSR(nn.Module):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
             check_image(r, name, MIN_REF_SIZE, self.check_inputs)
             check_dtype(r, name, self.dtype)
-            if r.shape[0] not in (1, b):
-                raise ValueError(f"{name} has batch size {r.shape[0]} but lr has {b}; give one Ref per LR "
-                                 f"(batch {b}) or one Ref for all (batch 1)")
+            _check_ref_batch(name, r.shape[0], b)
             images.append(r)
         layout = MosaicLayout.build([r.shape[-2:] for r in images])
         textures = tuple(self.texture_encoder.encode_ref(r) for r in images)
@@ -182,9 +186,8 @@ class FRFSR(nn.Module):
         lr = self._check_lr(lr)
         refs = self.encode_refs(ref, lr.shape[0])
         b = lr.shape[0]
-        if refs.batch_size not in (1, b):
-            raise ValueError(f"the Refs have batch size {refs.batch_size} but lr has {b}; give one Ref per LR "
-                             f"(batch {b}) or one Ref for all (batch 1)")
+        for i, r in enumerate(refs.images):        # already checked unless an EncodedRefs was passed
+            _check_ref_batch(f"ref[{i}]", r.shape[0], b)
         if refs.images[0].device != lr.device:
             raise ValueError(f"the Refs are on {refs.images[0].device} but lr is on {lr.device}")
         p = self.config.patch_size
