@@ -6,6 +6,11 @@ For every HR size (LR = HR/4, Ref = HR size) it times ``model(lr, ref)``:
     once with torch.utils.flop_counter) against a bf16 8192^3 matmul rate measured in the
     same run.
   * CPU (``--device cpu``, the 2-core machine): wall-clock median of ``--reps`` runs.
+Accuracy of the fast paths (``--accuracy``, on by default on CUDA): PSNR (RGB, [0, 1]) of
+the bf16 output against the fp32 output, and of the fused-kernel path against the
+reference-op path in fp32, on the same weights and inputs: the bundled default weights on
+the bundled demo image and Ref, and the paper preset (random weights, seed 0) at the first
+size.
 The released architecture (the authors' code rebuilt on today's PyTorch by an oracle
 port) runs in the same process when ``--official-port`` names that port's script and
 ``FRFSR_OFFICIAL_SRC`` points at an extracted copy of the authors' repository. Neither is
@@ -80,6 +85,39 @@ def matmul_rate(device) -> float:
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
 
 
+def accuracy_rows(model, size, device) -> list[dict]:
+    """PSNR of bf16 vs fp32 and fused vs reference ops (fp32) on the same weights."""
+    from frfsr import ops
+    from frfsr.demo import ASSETS, _load
+    from frfsr.pipeline import FRFSRPipeline
+    from frfsr.metrics import psnr
+
+    bundled = FRFSRPipeline.from_pretrained(None, device=device).model.eval()
+    bundled.check_inputs = False
+    h, w = size
+    g = torch.Generator().manual_seed(1)
+    cases = [("bundled default weights, demo image", bundled, _load(ASSETS / "lr.png"), _load(ASSETS / "ref.png")),
+             (f"{model.config.name if model is not None else ''} preset (seed 0), random {w}x{h} input", model,
+              torch.rand(1, 3, h // 4, w // 4, generator=g), torch.rand(1, 3, h, w, generator=g))]
+    fused = ops.fused_available() and device.type == "cuda"
+    rows = []
+    for name, net, lr, ref in cases:
+        if net is None:
+            continue
+        lr, ref = lr.to(device), ref.to(device)
+        with ops.use_backend("fused" if fused else "reference"):
+            fp32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
+            bf16 = run_ours(net, lr, ref, "bf16").float().clamp(0, 1)
+        row = {"weights": name, "psnr_bf16_vs_fp32": round(psnr(bf16, fp32), 2)}
+        if fused:
+            with ops.use_backend("reference"):
+                ref32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
+            row["psnr_fused_vs_reference_fp32"] = round(psnr(fp32, ref32), 2)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def load_official(port_path: str):
     spec = importlib.util.spec_from_file_location("official_port", port_path)
     mod = importlib.util.module_from_spec(spec)
@@ -97,6 +135,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in ("500x332", "1000x1000", "2000x2000", "4000x4000")],
                     help="HR sizes WxH (Ref = HR size, LR = HR/4)")
+    ap.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="architecture of 'ours' (random weights)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16"])
     ap.add_argument("--reps", type=int, default=None)
@@ -105,6 +144,8 @@ def main(argv=None):
     ap.add_argument("--official-port", default=os.environ.get("FRFSR_OFFICIAL_PORT"),
                     help="path of the oracle port script of the authors' release (needs FRFSR_OFFICIAL_SRC)")
     ap.add_argument("--no-ours", action="store_true")
+    ap.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16-vs-fp32 and fused-vs-reference PSNR (default: on for CUDA)")
     ap.add_argument("--out", help="write OUT.md and OUT.json")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
@@ -120,19 +161,23 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = True
 
     env = {"device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
-           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+           "preset": a.preset, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     if cuda:
         env["bf16_matmul_tflops"] = round(matmul_rate(device), 1)
     print(json.dumps(env))
 
     torch.manual_seed(0)
-    ours = None if a.no_ours else FRFSR(FRFSRConfig.paper()).to(device).eval()
+    ours = None if a.no_ours else FRFSR(FRFSRConfig.preset(a.preset)).to(device).eval()
     if ours is not None:
         ours.check_inputs = False
     official = None
     if a.official_port:
         port = load_official(a.official_port)
         official = port.OfficialFRFSR(port.load_official()).to(device).eval()
+
+    acc_rows = []
+    if a.accuracy if a.accuracy is not None else cuda:
+        acc_rows = accuracy_rows(ours, a.sizes[0], device)
 
     rows = []
     for h, w in a.sizes:
@@ -169,11 +214,15 @@ def main(argv=None):
     table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     table += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     text = "\n".join(table)
+    if acc_rows:
+        acols = [c for c in ("weights", "psnr_bf16_vs_fp32", "psnr_fused_vs_reference_fp32") if any(c in r for r in acc_rows)]
+        text += "\n\n| " + " | ".join(acols) + " |\n|" + "---|" * len(acols) + "\n"
+        text += "\n".join("| " + " | ".join(str(r.get(c, "")) for c in acols) + " |" for r in acc_rows)
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out + ".md").write_text(f"{json.dumps(env)}\n\n{text}\n")
-        Path(a.out + ".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+        Path(a.out + ".json").write_text(json.dumps({"env": env, "rows": rows, "accuracy": acc_rows}, indent=2))
     return rows
 
 

@@ -13,11 +13,21 @@ GPU memory. The paper's setting is batch 9, 160x160:
 
 Stage 2 builds a random stage-1 export of the same preset first and times steps past the
 L1 warm-up (perceptual + WGAN-GP + discriminator step).
+
+``--official-port PATH`` (with ``FRFSR_OFFICIAL_SRC`` set, as for bench_inference.py) also
+times, in the same process and on the same batch, the released architecture's stage-1
+step as its ``RefRestorationModel.optimize_parameters`` runs it in the L1 phase: texture
+encoder, correspondence (per-sample loop), SIFE and restoration forward, L1, backward,
+Adam on the restoration net's four parameter groups. The port supplies only the
+deformable convolution's forward; its backward here recomputes the sampled columns and
+differentiates that forward, as the release's compiled backward also recomputes them. The
+ratio of the two is printed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -43,6 +53,47 @@ def make_config(args, out: Path, stage1_dir: Path | None) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
+def official_step(port_path: str, device: torch.device, batch: dict, precision: str):
+    """A callable doing one stage-1 training step of the released architecture (L1 phase)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("official_port", port_path)
+    port = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(port)
+    mods = port.load_official()
+    ext = sys.modules["_ext"]              # the port supplies the DCN forward only; training needs its backward
+
+    def dcn_backward(inp, weight, bias, offset, mask, grad_out, *geometry):
+        # like the release's compiled backward, it recomputes the sampled columns, then
+        # differentiates the port's forward
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (inp, offset, mask, weight, bias)]
+            out = port._dcn_forward(leaves[0], leaves[3], leaves[4], leaves[1], leaves[2], *geometry)
+            return torch.autograd.grad(out, leaves, grad_out)
+    ext.dcn_v2_backward = dcn_backward
+    m = port.OfficialFRFSR(mods).to(device).train()
+    groups = {"g": [], "offset": [], "small": [], "medium": []}
+    for name, v in m.net_g.named_parameters():          # the release's grouping by name
+        key = "g" if "offset" not in name else "small" if "small" in name else "medium" if "medium" in name else "offset"
+        groups[key].append(v)
+    lrs = {"g": 1e-4, "offset": 1e-4, "small": 1e-6, "medium": 1e-5}
+    opt = torch.optim.Adam([{"params": v, "lr": lrs[k]} for k, v in groups.items()], lr=1e-4, betas=(0.9, 0.999))
+    lq, gt, ref = batch["lr"], batch["hr"], batch["ref"]
+    up = torch.nn.functional.interpolate(lq, size=gt.shape[-2:], mode="bicubic", align_corners=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            feats = m.net_extractor(up, ref)
+            pre_offset, ref_feat = m.net_map(feats, ref)
+            out = m.net_g(lq, m.sisr(lq), pre_offset, ref_feat)
+            loss = (out.float() - gt).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    return step
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"])
@@ -56,10 +107,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-tf32", dest="tf32", action="store_false", help="fp32 matmuls/convs without TF32 on CUDA")
     p.add_argument("--ops-backend", choices=["auto", "reference", "fused"], help="frfsr.ops backend")
     p.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 64x64, 2 steps, CPU")
+    p.add_argument("--official-port", default=os.environ.get("FRFSR_OFFICIAL_PORT"),
+                   help="path of the oracle port of the authors' release (needs FRFSR_OFFICIAL_SRC): "
+                        "its training step is timed beside ours")
     p.add_argument("--json", help="also write the result to this JSON file")
     args = p.parse_args(argv)
     if args.smoke:
         args.preset, args.batch, args.patch, args.steps, args.warmup, args.device = "tiny", 2, 64, 2, 1, "cpu"
+    if args.official_port and (args.stage != 1 or args.preset != "paper"):
+        raise SystemExit("--official-port compares the paper preset's stage-1 step only")
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
@@ -104,6 +160,20 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t)
         assert all(torch.isfinite(v).all() for v in logs.values()), logs
         step_s = statistics.median(times)
+        official_s = None
+        if args.official_port:
+            step = official_step(args.official_port, dev, batch, args.precision)
+            for _ in range(args.warmup):
+                step()
+            sync()
+            otimes = []
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                loss = step()
+                sync()
+                otimes.append(time.perf_counter() - t)
+            assert torch.isfinite(loss), loss
+            official_s = statistics.median(otimes)
         result = {
             "stage": args.stage, "preset": args.preset, "batch": args.batch, "patch": args.patch,
             "precision": args.precision, "tf32": bool(args.tf32 and dev.type == "cuda"),
@@ -113,11 +183,17 @@ def main(argv=None) -> int:
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else None,
             "torch": torch.__version__,
         }
+        if official_s is not None:
+            result.update(released_median_step_ms=official_s * 1e3, released_samples_per_s=args.batch / official_s,
+                          speedup=official_s / step_s)
     if acc.is_main_process:
         print(f"stage-{args.stage} training step, {args.preset} preset, batch {args.batch} x {args.patch}x{args.patch}, "
               f"{args.precision} on {result['device']} x{result['processes']}: "
               f"{result['median_step_ms']:.1f} ms/step, {result['samples_per_s']:.2f} samples/s"
               + (f", peak {result['peak_mem_gib']:.2f} GiB" if result["peak_mem_gib"] is not None else ""))
+        if official_s is not None:
+            print(f"released architecture, same batch and precision, one process: {official_s * 1e3:.1f} ms/step, "
+                  f"{result['released_samples_per_s']:.2f} samples/s; ours/released samples/s: {result['speedup']:.2f}x")
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end (tiny sizes, CPU), so a GPU run does not fail on them."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_inference_cpu_with_accuracy(tmp_path):
+    bench = _script("bench_inference")
+    out = tmp_path / "inf"
+    rows = bench.main(["--device", "cpu", "--preset", "tiny", "--sizes", "96x64", "--reps", "2", "--warmup", "0",
+                       "--dtypes", "fp32", "bf16", "--accuracy", "--out", str(out)])
+    assert [r["model"] for r in rows] == ["frfsr fp32", "frfsr bf16"]
+    assert all(r["ms"] > 0 and "error" not in r for r in rows)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["env"]["preset"] == "tiny"
+    acc = saved["accuracy"]
+    assert [a["weights"].split(",")[0] for a in acc] == ["bundled default weights", "tiny preset (seed 0)"]
+    for a in acc:   # bf16 autocast changes the output, a little
+        assert 30 < a["psnr_bf16_vs_fp32"] < math.inf
+    assert "psnr_bf16_vs_fp32" in out.with_suffix(".md").read_text()
+
+
+def test_bench_inference_rejects_sizes_not_divisible_by_4():
+    bench = _script("bench_inference")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--sizes", "97x64"])
+
+
+def test_bench_train_smoke(tmp_path):
+    bench = _script("bench_train")
+    out = tmp_path / "train.json"
+    assert bench.main(["--smoke", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["preset"] == "tiny" and r["batch"] == 2 and r["samples_per_s"] > 0 and r["median_step_ms"] > 0
+
+
+def test_bench_train_official_needs_the_paper_stage1(tmp_path):
+    bench = _script("bench_train")
+    with pytest.raises(SystemExit, match="paper preset"):
+        bench.main(["--smoke", "--official-port", str(tmp_path / "port.py")])
