@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from frfsr import FRFSR, FRFSRConfig  # noqa: E402
+from frfsr.tiling import upscale_tiled  # noqa: E402
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -125,10 +126,14 @@ def load_official(port_path: str):
     return mod
 
 
-def run_ours(model, lr, ref, dtype):
+def run_ours(model, lr, ref, dtype, tile=None):
+    """One forward; with ``tile`` (LR pixels) through frfsr.tiling as the pipeline runs large
+    images: the Refs encoded once, the LR in overlapping tiles, blended."""
     ctx = torch.autocast(lr.device.type, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(lr.device.type, enabled=False)
     with torch.no_grad(), ctx:
-        return model(lr, ref)
+        if tile is None:
+            return model(lr, ref)
+        return upscale_tiled(model, lr, ref, tile=tile, keep_warped_ref=False)
 
 
 def main(argv=None):
@@ -144,6 +149,9 @@ def main(argv=None):
     ap.add_argument("--official-port", default=os.environ.get("FRFSR_OFFICIAL_PORT"),
                     help="path of the oracle port script of the authors' release (needs FRFSR_OFFICIAL_SRC)")
     ap.add_argument("--no-ours", action="store_true")
+    ap.add_argument("--tile", type=int, default=None,
+                    help="also time ours through frfsr.tiling with this LR tile side (last of --dtypes), at sizes whose LR "
+                         "exceeds it")
     ap.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16-vs-fp32 and fused-vs-reference PSNR (default: on for CUDA)")
     ap.add_argument("--out", help="write OUT.md and OUT.json")
@@ -187,6 +195,9 @@ def main(argv=None):
         cases = []
         if ours is not None:
             cases += [(f"frfsr {dt}", dt, (lambda dt=dt: run_ours(ours, lr, ref, dt))) for dt in dtypes]
+            if a.tile and max(h, w) // 4 > a.tile:    # in the last precision listed (bf16 by default on CUDA)
+                dt = dtypes[-1]
+                cases.append((f"frfsr {dt} tiled {a.tile}", dt, lambda dt=dt: run_ours(ours, lr, ref, dt, a.tile)))
         if official is not None:
             up = F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
             cases.append(("released (port) fp32", "fp32", lambda: official(lr, up, ref)))

@@ -15,7 +15,8 @@
 # bench_ops.{md,json}, bench_inference.{md,json}, bench_train.json, summary.txt.
 # Time limits (seconds, about 9.5 min in all): TEST_TIMEOUT 120, OPS_TIMEOUT 75, INFER_TIMEOUT 210,
 # TRAIN_TIMEOUT 80 for each of the two training precisions.
-# SIZES overrides the inference sizes (default "500x332 1000x1000 2000x2000 4000x4000").
+# SIZES overrides the inference sizes (default "500x332 1000x1000 2000x2000 4000x4000"); TILE the
+# LR tile side of the tiled bf16 case timed where the LR is larger (default 500).
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-gpu_check_out}"
@@ -51,7 +52,7 @@ ops_rc=$?
 echo "== 3. benchmarks/bench_inference.py"
 # shellcheck disable=SC2086
 timeout "${INFER_TIMEOUT:-210}" python benchmarks/bench_inference.py --sizes ${SIZES:-500x332 1000x1000 2000x2000 4000x4000} \
-    --accuracy "${official[@]}" --out "$OUT_DIR/bench_inference"
+    --tile "${TILE:-500}" --accuracy "${official[@]}" --out "$OUT_DIR/bench_inference"
 infer_rc=$?
 
 echo "== 4. benchmarks/bench_train.py (batch 9, 160x160)"
