@@ -357,21 +357,38 @@ def save_pretrained(model, save_directory, *, description: str | None = None, re
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    d = {"_class_name": CLASS_NAME, **model.config.to_dict()}
-    (out / CONFIG_NAME).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": "pt"}
-    if description:
-        meta[_DESCRIPTION_KEY] = description
-    save_file(state, str(out / WEIGHTS_NAME), metadata=meta)
-    parts = {"total": model.num_parameters()}
-    for part in ("texture_encoder", "ref_extractor", "sife", "restoration", "reuse_net"):
-        if hasattr(model, part):
-            parts[part] = model.num_parameters(part)
-    card = model_card(model.config, parameters=parts, dtype=model.dtype, description=description,
-                      weights_sha256=_sha256(out / WEIGHTS_NAME), repo_id=repo_id)
-    (out / CARD_NAME).write_text(card)
+    # every file is written beside its final name and moved into place only once all three
+    # are complete: a failure (full disk, a kill) leaves a model saved earlier untouched
+    tmp = {name: out / f".{name}.{os.getpid()}.tmp" for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)}
+    try:
+        d = {"_class_name": CLASS_NAME, **model.config.to_dict()}
+        tmp[CONFIG_NAME].write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        meta = {"format": "pt"}
+        if description:
+            meta[_DESCRIPTION_KEY] = description
+        save_file(state, str(tmp[WEIGHTS_NAME]), metadata=meta)
+        parts = {"total": model.num_parameters()}
+        for part in ("texture_encoder", "ref_extractor", "sife", "restoration", "reuse_net"):
+            if hasattr(model, part):
+                parts[part] = model.num_parameters(part)
+        card = model_card(model.config, parameters=parts, dtype=model.dtype, description=description,
+                          weights_sha256=_sha256(tmp[WEIGHTS_NAME]), repo_id=repo_id)
+        tmp[CARD_NAME].write_text(card)
+        mode = 0o666 & ~_umask()          # as a plain open() would (safetensors writes 0600)
+        for name, path in tmp.items():
+            os.chmod(path, mode)
+            os.replace(path, out / name)
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def push_to_hub(model, repo_id: str, *, token=None, private: bool | None = None, revision: str | None = None,

@@ -2,6 +2,7 @@
 server on loopback (tests/hub_server.py) that huggingface_hub reaches through HF_ENDPOINT."""
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -240,3 +241,27 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
     assert json.loads(files["config.json"])["_class_name"] == "FRFSR"
     with pytest.raises(ValueError, match="not a valid Hub repo id"):
         pipe.push_to_hub("a/b/c")
+
+
+def test_failed_save_keeps_the_model_saved_before(tmp_path, monkeypatch):
+    frfsr_hub.save_pretrained(_model(0), tmp_path, description="first")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"config.json", "model.safetensors", "README.md"}
+
+    def card_fails(*args, **kwargs):          # the weights are written by then
+        raise OSError("No space left on device")
+    monkeypatch.setattr(frfsr_hub, "model_card", card_fails)
+    with pytest.raises(OSError, match="No space left"):
+        frfsr_hub.save_pretrained(_model(1), tmp_path, description="second")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before    # no temp file left either
+    assert FRFSRPipeline.from_pretrained(tmp_path).description == "first"
+
+
+def test_saved_files_are_readable_by_others_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        frfsr_hub.save_pretrained(_model(0), tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

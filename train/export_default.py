@@ -1,6 +1,6 @@
 """Export a trained model folder as the bundled default weights (``frfsr/weights/default``).
 
-    python train/export_default.py outputs/default_stage1/final --card train/default_card.md
+    python train/export_default.py outputs/default_stage2_noreuse/final --card train/default_card.md
 
 Writes config.json, model.safetensors (float32, or ``--fp16``) and README.md (the library's
 model card around the text of ``--card``, which states data, steps, machine and results).
@@ -28,7 +28,7 @@ MAX_BYTES = 20 * 2 ** 20
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="the trained model folder (e.g. outputs/default_stage1/final)")
+    p.add_argument("model", help="the trained model folder (e.g. outputs/default_stage2_noreuse/final)")
     p.add_argument("--card", required=True, help="markdown file: the model card's description")
     p.add_argument("--out", default=str(BUNDLED_DIR), help="default: %(default)s")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
