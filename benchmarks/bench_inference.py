@@ -149,6 +149,9 @@ def main(argv=None):
     ap.add_argument("--official-port", default=os.environ.get("FRFSR_OFFICIAL_PORT"),
                     help="path of the oracle port script of the authors' release (needs FRFSR_OFFICIAL_SRC)")
     ap.add_argument("--no-ours", action="store_true")
+    ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                    help="also time a torch.compile'd copy of ours (FRFSR.compile_for_inference; MODE e.g. "
+                         "max-autotune or reduce-overhead) in the last of --dtypes; warm-up includes compiling")
     ap.add_argument("--tile", type=int, default=None,
                     help="also time ours through frfsr.tiling with this LR tile side (last of --dtypes), at sizes whose LR "
                          "exceeds it")
@@ -178,6 +181,10 @@ def main(argv=None):
     ours = None if a.no_ours else FRFSR(FRFSRConfig.preset(a.preset)).to(device).eval()
     if ours is not None:
         ours.check_inputs = False
+    compiled = None
+    if ours is not None and a.compile:
+        import copy
+        compiled = copy.deepcopy(ours).compile_for_inference(**({} if a.compile == "default" else {"mode": a.compile}))
     official = None
     if a.official_port:
         port = load_official(a.official_port)
@@ -195,6 +202,9 @@ def main(argv=None):
         cases = []
         if ours is not None:
             cases += [(f"frfsr {dt}", dt, (lambda dt=dt: run_ours(ours, lr, ref, dt))) for dt in dtypes]
+            if compiled is not None:
+                dt = dtypes[-1]
+                cases.append((f"frfsr {dt} compiled ({a.compile})", dt, lambda dt=dt: run_ours(compiled, lr, ref, dt)))
             if a.tile and max(h, w) // 4 > a.tile:    # in the last precision listed (bf16 by default on CUDA)
                 dt = dtypes[-1]
                 cases.append((f"frfsr {dt} tiled {a.tile}", dt, lambda dt=dt: run_ours(ours, lr, ref, dt, a.tile)))

@@ -11,10 +11,15 @@
 #      (an extracted copy of the authors' repository) are set;
 #   4. benchmarks/bench_train.py: the stage-1 training step, batch 9 at 160x160, fp32 and
 #      bf16, beside the released architecture's step when the port is set.
-# Outputs go to "$OUT" when set (else ./gpu_check_out): gpu_check.log (everything printed),
-# bench_ops.{md,json}, bench_inference.{md,json}, bench_train.json, summary.txt.
-# Time limits (seconds, about 9.5 min in all): TEST_TIMEOUT 120, OPS_TIMEOUT 75, INFER_TIMEOUT 210,
-# TRAIN_TIMEOUT 80 for each of the two training precisions.
+#   3b. bench_inference.py --compile: a torch.compile'd copy at HR 500x332 in bf16
+#      (COMPILE_MODE, default reduce-overhead = CUDA graphs);
+# Outputs go to "$OUT" when set (else ./gpu_check_out): gpu_check.log (everything printed,
+# tables included), bench_ops.json, bench_inference.json, bench_compile.json,
+# bench_train.json, summary.txt.
+# STEPS picks steps (default "1 2 3 3b 4"); all of them take up to about 11 minutes, so on a
+# machine with a 10-minute limit per command run STEPS="1 2 3" and STEPS="3b 4" as two calls.
+# Time limits (seconds): TEST_TIMEOUT 120, OPS_TIMEOUT 75, INFER_TIMEOUT 210, COMPILE_TIMEOUT
+# 100, TRAIN_TIMEOUT 80 for each of the two training precisions.
 # SIZES overrides the inference sizes (default "500x332 1000x1000 2000x2000 4000x4000"); TILE the
 # LR tile side of the tiled bf16 case timed where the LR is larger (default 500).
 set -u
@@ -41,22 +46,38 @@ else
     echo "FRFSR_OFFICIAL_PORT / FRFSR_OFFICIAL_SRC not set: no released-architecture baseline"
 fi
 
+want() { [[ " ${STEPS:-1 2 3 3b 4} " == *" $1 "* ]]; }
+test_rc=0 ops_rc=0 infer_rc=0 compile_rc=0 train_rc=0
+
+if want 1; then
 echo "== 1. pytest tests/test_ops_fused.py (FRFSR_TEST_CUDA=1)"
 FRFSR_TEST_CUDA=1 timeout "${TEST_TIMEOUT:-120}" python -m pytest tests/test_ops_fused.py -q -rs -p no:cacheprovider
 test_rc=$?
+fi
 
+if want 2; then
 echo "== 2. benchmarks/bench_ops.py"
 timeout "${OPS_TIMEOUT:-75}" python benchmarks/bench_ops.py --out "$OUT_DIR/bench_ops"
 ops_rc=$?
+fi
 
+if want 3; then
 echo "== 3. benchmarks/bench_inference.py"
 # shellcheck disable=SC2086
 timeout "${INFER_TIMEOUT:-210}" python benchmarks/bench_inference.py --sizes ${SIZES:-500x332 1000x1000 2000x2000 4000x4000} \
     --tile "${TILE:-500}" --accuracy "${official[@]}" --out "$OUT_DIR/bench_inference"
 infer_rc=$?
+fi
 
+if want 3b; then
+echo "== 3b. torch.compile'd inference (HR 500x332, bf16; warm-up compiles)"
+timeout "${COMPILE_TIMEOUT:-100}" python benchmarks/bench_inference.py --sizes 500x332 --dtypes bf16 \
+    --compile "${COMPILE_MODE:-reduce-overhead}" --no-accuracy --out "$OUT_DIR/bench_compile"
+compile_rc=$?
+fi
+
+if want 4; then
 echo "== 4. benchmarks/bench_train.py (batch 9, 160x160)"
-train_rc=0
 for prec in no bf16; do
     timeout "${TRAIN_TIMEOUT:-80}" python benchmarks/bench_train.py --precision "$prec" "${official[@]}" \
         --json "$OUT_DIR/bench_train_$prec.json" || train_rc=$?
@@ -69,6 +90,10 @@ parts = {p.stem[len("bench_train_"):]: json.loads(p.read_text()) for p in sorted
 for p in d.glob("bench_train_*.json"):
     p.unlink()
 EOF
+fi
 
-echo "tests rc=$test_rc bench_ops rc=$ops_rc bench_inference rc=$infer_rc bench_train rc=$train_rc" | tee "$OUT_DIR/summary.txt"
-[ "$test_rc" -eq 0 ] && [ "$ops_rc" -eq 0 ] && [ "$infer_rc" -eq 0 ] && [ "$train_rc" -eq 0 ]
+rm -f "$OUT_DIR"/bench_*.md       # the same tables are in gpu_check.log; $OUT returns at most 8 files
+
+echo "tests rc=$test_rc bench_ops rc=$ops_rc bench_inference rc=$infer_rc compile rc=$compile_rc bench_train rc=$train_rc" \
+    | tee "$OUT_DIR/summary.txt"
+[ "$test_rc" -eq 0 ] && [ "$ops_rc" -eq 0 ] && [ "$infer_rc" -eq 0 ] && [ "$compile_rc" -eq 0 ] && [ "$train_rc" -eq 0 ]

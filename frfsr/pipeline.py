@@ -148,6 +148,13 @@ class FRFSRPipeline:
         self.model.to(**kw)
         return self
 
+    def compile(self, **compile_kwargs) -> "FRFSRPipeline":
+        """``torch.compile`` the model's networks in place (see
+        :meth:`FRFSR.compile_for_inference`); returns the pipeline. Pays where many images of
+        one size are processed on a GPU; the first image of each size is slow."""
+        self.model.compile_for_inference(**compile_kwargs)
+        return self
+
     def set_progress_bar_config(self, **kwargs) -> None:
         """Options for the tqdm bar shown over tiles (e.g. ``disable=True``, ``leave=False``)."""
         self._progress_config = dict(kwargs)

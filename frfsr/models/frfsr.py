@@ -232,6 +232,22 @@ class FRFSR(nn.Module):
         return self.restore(lr, self.align(corr)).sr
 
     # ------------------------------------------------------------------ helpers
+    def compile_for_inference(self, **compile_kwargs) -> "FRFSR":
+        """``torch.compile`` the networks in place (the texture encoder's two trunks, the Ref
+        extractor, SIFE, the restoration net and a stage-2 model's reuse net), so that every
+        way of running the model (``forward``, the tiled pipeline, the three steps) uses the
+        compiled code. ``compile_kwargs`` go to :func:`torch.compile` (e.g.
+        ``mode="max-autotune"``). The first call at each new input size compiles (seconds to
+        minutes). Parameter names do not change: saving and loading are unaffected."""
+        for name in self.COMPILED_PARTS:
+            if name != "reuse_net" or self.config.stage == 2:
+                self.get_submodule(name).compile(**compile_kwargs)
+        return self
+
+    # the modules called as a whole (their __call__) on every path
+    COMPILED_PARTS = ("texture_encoder.lr_trunk", "texture_encoder.ref_trunk", "ref_extractor", "sife",
+                      "restoration", "reuse_net")
+
     def num_parameters(self, part: str | None = None) -> int:
         module = self if part is None else getattr(self, part)
         return sum(p.numel() for p in module.parameters())
