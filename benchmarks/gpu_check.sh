@@ -28,8 +28,8 @@ OUT_DIR="${OUT:-gpu_check_out}"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 export PYTHONUNBUFFERED=1
-exec > >(tee -a "$LOG") 2>&1
 
+run_all() {
 nvidia-smi || true
 python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 
@@ -97,3 +97,7 @@ rm -f "$OUT_DIR"/bench_*.md       # the same tables are in gpu_check.log; $OUT r
 echo "tests rc=$test_rc bench_ops rc=$ops_rc bench_inference rc=$infer_rc compile rc=$compile_rc bench_train rc=$train_rc" \
     | tee "$OUT_DIR/summary.txt"
 [ "$test_rc" -eq 0 ] && [ "$ops_rc" -eq 0 ] && [ "$infer_rc" -eq 0 ] && [ "$compile_rc" -eq 0 ] && [ "$train_rc" -eq 0 ]
+}
+
+run_all 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
