@@ -23,6 +23,7 @@ part of this project.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -151,7 +152,10 @@ def main(argv=None):
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                     help="also time a torch.compile'd copy of ours (FRFSR.compile_for_inference; MODE e.g. "
-                         "max-autotune or reduce-overhead) in the last of --dtypes; warm-up includes compiling")
+                         "max-autotune or reduce-overhead; channels_last with --channels-last) in the last of "
+                         "--dtypes; warm-up includes compiling")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time a copy of ours with channels_last weights (in the last of --dtypes)")
     ap.add_argument("--tile", type=int, default=None,
                     help="also time ours through frfsr.tiling with this LR tile side (last of --dtypes), at sizes whose LR "
                          "exceeds it")
@@ -181,10 +185,12 @@ def main(argv=None):
     ours = None if a.no_ours else FRFSR(FRFSRConfig.preset(a.preset)).to(device).eval()
     if ours is not None:
         ours.check_inputs = False
-    compiled = None
-    if ours is not None and a.compile:
-        import copy
-        compiled = copy.deepcopy(ours).compile_for_inference(**({} if a.compile == "default" else {"mode": a.compile}))
+    nhwc = compiled = None
+    if ours is not None and a.channels_last:
+        nhwc = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+    if ours is not None and a.compile:     # from the channels_last copy when there is one
+        compiled = copy.deepcopy(nhwc if nhwc is not None else ours)
+        compiled.compile_for_inference(**({} if a.compile == "default" else {"mode": a.compile}))
     official = None
     if a.official_port:
         port = load_official(a.official_port)
@@ -202,9 +208,14 @@ def main(argv=None):
         cases = []
         if ours is not None:
             cases += [(f"frfsr {dt}", dt, (lambda dt=dt: run_ours(ours, lr, ref, dt))) for dt in dtypes]
+            if nhwc is not None:
+                dt = dtypes[-1]
+                cases.append((f"frfsr {dt} channels_last", dt, lambda dt=dt: run_ours(nhwc, lr, ref, dt)))
             if compiled is not None:
                 dt = dtypes[-1]
-                cases.append((f"frfsr {dt} compiled ({a.compile})", dt, lambda dt=dt: run_ours(compiled, lr, ref, dt)))
+                layout = " channels_last" if nhwc is not None else ""
+                cases.append((f"frfsr {dt}{layout} compiled ({a.compile})", dt,
+                              lambda dt=dt: run_ours(compiled, lr, ref, dt)))
             if a.tile and max(h, w) // 4 > a.tile:    # in the last precision listed (bf16 by default on CUDA)
                 dt = dtypes[-1]
                 cases.append((f"frfsr {dt} tiled {a.tile}", dt, lambda dt=dt: run_ours(ours, lr, ref, dt, a.tile)))

@@ -11,8 +11,8 @@
 #      (an extracted copy of the authors' repository) are set;
 #   4. benchmarks/bench_train.py: the stage-1 training step, batch 9 at 160x160, fp32 and
 #      bf16, beside the released architecture's step when the port is set.
-#   3b. bench_inference.py --compile: a torch.compile'd copy at HR 500x332 in bf16
-#      (COMPILE_MODE, default reduce-overhead = CUDA graphs);
+#   3b. bench_inference.py --channels-last --compile: copies with channels_last weights and
+#      torch.compile'd (COMPILE_MODE, default reduce-overhead = CUDA graphs), HR 500x332, bf16;
 # Outputs go to "$OUT" when set (else ./gpu_check_out): gpu_check.log (everything printed,
 # tables included), bench_ops.json, bench_inference.json, bench_compile.json,
 # bench_train.json, summary.txt.
@@ -70,8 +70,8 @@ infer_rc=$?
 fi
 
 if want 3b; then
-echo "== 3b. torch.compile'd inference (HR 500x332, bf16; warm-up compiles)"
-timeout "${COMPILE_TIMEOUT:-100}" python benchmarks/bench_inference.py --sizes 500x332 --dtypes bf16 \
+echo "== 3b. channels_last and torch.compile'd inference (HR 500x332, bf16; warm-up compiles)"
+timeout "${COMPILE_TIMEOUT:-100}" python benchmarks/bench_inference.py --sizes 500x332 --dtypes bf16 --channels-last \
     --compile "${COMPILE_MODE:-reduce-overhead}" --no-accuracy --out "$OUT_DIR/bench_compile"
 compile_rc=$?
 fi

@@ -20,8 +20,8 @@ def test_bench_inference_cpu_with_accuracy(tmp_path):
     bench = _script("bench_inference")
     out = tmp_path / "inf"
     rows = bench.main(["--device", "cpu", "--preset", "tiny", "--sizes", "160x96", "--reps", "2", "--warmup", "0",
-                       "--dtypes", "fp32", "bf16", "--tile", "32", "--accuracy", "--out", str(out)])
-    assert [r["model"] for r in rows] == ["frfsr fp32", "frfsr bf16", "frfsr bf16 tiled 32"]
+                       "--dtypes", "fp32", "bf16", "--tile", "32", "--channels-last", "--accuracy", "--out", str(out)])
+    assert [r["model"] for r in rows] == ["frfsr fp32", "frfsr bf16", "frfsr bf16 channels_last", "frfsr bf16 tiled 32"]
     assert all(r["ms"] > 0 and "error" not in r for r in rows)
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["env"]["preset"] == "tiny"

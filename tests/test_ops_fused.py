@@ -371,6 +371,45 @@ def test_ddf_partial_grads_and_noncontiguous():
         _assert_close(a, e, 1e-5)
 
 
+def test_channels_last_inputs_match_the_reference():
+    """A model moved to channels_last hands the ops NHWC-strided tensors (and NHWC output
+    gradients): each kernel reads them through their strides, forward and backward."""
+    cl = torch.channels_last
+    # patch matching
+    query, key, _ = _separated_pair(2, 4, 7, 8, 10, 9, 3, seed=5)
+    score, index = fused.patch_match(query.contiguous(memory_format=cl), key.contiguous(memory_format=cl), 3)
+    r_score, r_index = ref.patch_match(query, key, 3)
+    assert torch.equal(index, r_index)
+    _assert_close(score, r_score, 1e-5, "score")
+    # modulated deformable conv
+    x, off, mask, w, b = _dcn_inputs(2, 6, 7, 9, 5, 2, 3, 3, 6, 8, 2.0, True, seed=11)
+    x_cl, off_cl, mask_cl = (t.detach().contiguous(memory_format=cl).requires_grad_() for t in (x, off, mask))
+    out = fused.deform_conv(x_cl, off_cl, mask_cl, w, b, stride=1, padding=1, dilation=1)
+    r_out = ref.deform_conv(x, off, mask, w, b, stride=1, padding=1, dilation=1)
+    _assert_close(out, r_out, 1e-4, "deform_conv out")
+    go = torch.randn(out.shape, generator=_gen(12)).to(DEV).contiguous(memory_format=cl)
+    grads = torch.autograd.grad(out, (x_cl, off_cl, mask_cl, w, b), go)
+    r_grads = torch.autograd.grad(r_out, (x, off, mask, w, b), go.contiguous())
+    for name, a, e in zip(("x", "offset", "mask", "weight", "bias"), grads, r_grads):
+        _assert_close(a, e, 1e-4, f"deform_conv grad_{name}")
+    # DDF
+    g = _gen(13)
+    x = _randn(2, 5, 7, 6, g=g)
+    cf = _randn(2, 5, 9, g=g, requires_grad=True)
+    sf = _randn(2, 9, 7, 6, g=g)
+    x_cl, sf_cl = (t.contiguous(memory_format=cl).requires_grad_() for t in (x, sf))
+    x.requires_grad_()
+    sf.requires_grad_()
+    out = fused.ddf(x_cl, cf, sf_cl, 3, 1)
+    r_out = ref.ddf(x, cf, sf, 3, 1)
+    _assert_close(out, r_out, 1e-5, "ddf out")
+    go = torch.randn(out.shape, generator=_gen(14)).to(DEV).contiguous(memory_format=cl)
+    grads = torch.autograd.grad(out, (x_cl, cf, sf_cl), go)
+    r_grads = torch.autograd.grad(r_out, (x, cf, sf), go.contiguous())
+    for name, a, e in zip(("x", "channel_filter", "spatial_filter"), grads, r_grads):
+        _assert_close(a, e, 4e-5, f"ddf grad_{name}")
+
+
 @cuda_only
 @pytest.mark.parametrize("k,d", [(3, 1), (3, 2), (5, 1)])
 def test_cuda_ddf_large(k, d):

@@ -190,3 +190,18 @@ def test_compile_routes_every_network_through_torch_compile(images, stage):
     assert len(captured) >= len(names)          # one graph (at least) per network
     assert list(model.state_dict()) == list(eager.model.state_dict())      # names unchanged
     torch._dynamo.reset()
+
+
+def test_channels_last_gives_the_same_images(pipe, images):
+    lr, ref = images
+    expected = pipe(lr, ref, output_type="pt")
+    try:
+        assert pipe.to(memory_format=torch.channels_last) is pipe
+        assert pipe.model.restoration.head.weight.is_contiguous(memory_format=torch.channels_last)
+        got = pipe(lr, ref, output_type="pt")
+    finally:
+        pipe.to(memory_format=torch.contiguous_format)
+    assert pipe.model.restoration.head.weight.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="channels_last or torch.contiguous_format"):
+        pipe.to(memory_format=torch.preserve_format)
