@@ -208,17 +208,15 @@ def main(argv=None):
         cases = []
         if ours is not None:
             cases += [(f"frfsr {dt}", dt, (lambda dt=dt: run_ours(ours, lr, ref, dt))) for dt in dtypes]
+            last = dtypes[-1]        # the variants below run in the last precision listed (bf16 by default on CUDA)
             if nhwc is not None:
-                dt = dtypes[-1]
-                cases.append((f"frfsr {dt} channels_last", dt, lambda dt=dt: run_ours(nhwc, lr, ref, dt)))
+                cases.append((f"frfsr {last} channels_last", last, lambda: run_ours(nhwc, lr, ref, last)))
             if compiled is not None:
-                dt = dtypes[-1]
                 layout = " channels_last" if nhwc is not None else ""
-                cases.append((f"frfsr {dt}{layout} compiled ({a.compile})", dt,
-                              lambda dt=dt: run_ours(compiled, lr, ref, dt)))
-            if a.tile and max(h, w) // 4 > a.tile:    # in the last precision listed (bf16 by default on CUDA)
-                dt = dtypes[-1]
-                cases.append((f"frfsr {dt} tiled {a.tile}", dt, lambda dt=dt: run_ours(ours, lr, ref, dt, a.tile)))
+                cases.append((f"frfsr {last}{layout} compiled ({a.compile})", last,
+                              lambda: run_ours(compiled, lr, ref, last)))
+            if a.tile and max(h, w) // 4 > a.tile:
+                cases.append((f"frfsr {last} tiled {a.tile}", last, lambda: run_ours(ours, lr, ref, last, a.tile)))
         if official is not None:
             up = F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)
             cases.append(("released (port) fp32", "fp32", lambda: official(lr, up, ref)))

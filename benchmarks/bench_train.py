@@ -55,10 +55,8 @@ def make_config(args, out: Path, stage1_dir: Path | None) -> TrainConfig:
 
 def official_step(port_path: str, device: torch.device, batch: dict, precision: str):
     """A callable doing one stage-1 training step of the released architecture (L1 phase)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("official_port", port_path)
-    port = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(port)
+    from benchmarks.bench_inference import load_official
+    port = load_official(port_path)
     mods = port.load_official()
     ext = sys.modules["_ext"]              # the port supplies the DCN forward only; training needs its backward
 

@@ -44,15 +44,22 @@ def _scene(size: int, rng: np.random.Generator, max_shift: int):
     return canvas[:size, :size], canvas[dy:dy + size, dx:dx + size]
 
 
-def make_cufed_train(root, num_images: int = 8, size: int = 96, seed: int = 0) -> Path:
-    """CUFED training layout: ``root/input/NNNNNN_0.png`` with ``root/ref/NNNNNN_1.png``."""
+def _make_shifted_pairs(root, num_images: int, size: int, seed: int, hr_path, ref_path) -> Path:
+    """``num_images`` (HR, shifted Ref) scenes written to ``root / hr_path(i)`` and
+    ``root / ref_path(i)``."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     for i in range(num_images):
         hr, ref = _scene(size, rng, max(4, size // 4))
-        _save(hr, root / "input" / f"{i:06d}_0.png")
-        _save(ref, root / "ref" / f"{i:06d}_1.png")
+        _save(hr, root / hr_path(i))
+        _save(ref, root / ref_path(i))
     return root
+
+
+def make_cufed_train(root, num_images: int = 8, size: int = 96, seed: int = 0) -> Path:
+    """CUFED training layout: ``root/input/NNNNNN_0.png`` with ``root/ref/NNNNNN_1.png``."""
+    return _make_shifted_pairs(root, num_images, size, seed, lambda i: f"input/{i:06d}_0.png",
+                               lambda i: f"ref/{i:06d}_1.png")
 
 
 def make_cufed5(root, num_images: int = 2, size: int = 80, seed: int = 0) -> Path:
@@ -72,10 +79,5 @@ def make_cufed5(root, num_images: int = 2, size: int = 80, seed: int = 0) -> Pat
 
 def make_pairs(root, num_images: int = 2, size: int = 80, seed: int = 0) -> Path:
     """Pair-folder layout: ``root/hr/NAME.png`` with ``root/ref/NAME.png``."""
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    for i in range(num_images):
-        hr, ref = _scene(size, rng, max(4, size // 4))
-        _save(hr, root / "hr" / f"pair{i:03d}.png")
-        _save(ref, root / "ref" / f"pair{i:03d}.png")
-    return root
+    return _make_shifted_pairs(root, num_images, size, seed, lambda i: f"hr/pair{i:03d}.png",
+                               lambda i: f"ref/pair{i:03d}.png")
