@@ -7,6 +7,11 @@ MIN_LR_SIZE = 15    # the ESA branch at LR scale needs a 7x7 max-pool window aft
 MIN_REF_SIZE = 12   # 3x3 texture patches at 1/4 scale
 
 
+class FRFSRWarning(UserWarning):
+    """Something about the inputs or settings makes the result less useful, or the run
+    slower, than it could be (e.g. a Ref that hardly matches the LR)."""
+
+
 def check_image(t, name: str, min_size: int, check_finite: bool = True) -> torch.Tensor:
     """A (B, 3, H, W) floating tensor in [0, 1], at least ``min_size`` on each side."""
     if not isinstance(t, torch.Tensor):

@@ -48,22 +48,17 @@ def _model_args(p: argparse.ArgumentParser, default_model: str | None = "frfsr-d
 
 
 def _load_pipeline(args, device="cpu", dtype=None):
+    from .devices import parse_device, resolve_dtype
     from .pipeline import FRFSRPipeline
-    return FRFSRPipeline.from_pretrained(args.model, revision=args.revision, torch_dtype=dtype, device=device,
-                                         local_files_only=args.local_files_only, cache_dir=args.cache_dir,
-                                         token=args.token)
+    device = parse_device(device)                 # a missing device fails before anything is loaded
+    return FRFSRPipeline.from_pretrained(args.model, revision=args.revision, torch_dtype=resolve_dtype(dtype, device),
+                                         device=device, local_files_only=args.local_files_only,
+                                         cache_dir=args.cache_dir, token=args.token)
 
 
 def _open_image(path: str, what: str):
-    from PIL import Image, UnidentifiedImageError
-    try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except FileNotFoundError:
-        raise CLIError(f"{what} image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"cannot read the {what} image {path}: {e}") from None
+    from .image_files import read_image
+    return read_image(path, what)
 
 
 def _tile(value: str):
@@ -80,51 +75,60 @@ def _tile(value: str):
 # ---------------------------------------------------------------------- upscale
 @subcommand("upscale", "4x super-resolve an image using reference image(s)")
 def _upscale(p: argparse.ArgumentParser):
-    p.add_argument("lr", help="the low-resolution image")
-    p.add_argument("--ref", action="append", required=True, help="a reference image (repeat for several)")
-    p.add_argument("-o", "--output", required=True, help="where to write the 4x image (format from the extension)")
+    from .checks import MIN_LR_SIZE, MIN_REF_SIZE
+    p.description = (f"4x super-resolve an image using reference image(s). The LR must be at least "
+                     f"{MIN_LR_SIZE}x{MIN_LR_SIZE} pixels and every Ref at least {MIN_REF_SIZE}x{MIN_REF_SIZE}. "
+                     "Large LRs are processed in tiles automatically (--tile auto): the tile size comes from the "
+                     "free memory and is halved on out-of-memory. 8- and 16-bit, grayscale, alpha and float TIFF "
+                     "inputs give the same kind of output.")
+    p.add_argument("lr", help=f"the low-resolution image (at least {MIN_LR_SIZE}x{MIN_LR_SIZE})")
+    p.add_argument("--ref", action="append", required=True,
+                   help=f"a reference image, at least {MIN_REF_SIZE}x{MIN_REF_SIZE} (repeat for several)")
+    p.add_argument("-o", "--output", required=True,
+                   help="where to write the 4x image; the format comes from the extension (checked before the run)")
     _model_args(p)
-    p.add_argument("--tile", type=_tile, default="auto", help="LR tile size, 'auto' (from free memory) or 0 (none)")
+    p.add_argument("--tile", type=_tile, default="auto",
+                   help="LR tile side in pixels; 'auto' (default: from free memory, halved on out-of-memory) or 0 "
+                        "(the whole image at once)")
     p.add_argument("--overlap", type=int, default=16, help="LR pixels shared by neighbouring tiles (default: 16)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--dtype", default=None, help="float32 (default), float16, bfloat16")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: CUDA if available)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (default: bfloat16 on GPUs and CPUs that compute it natively, else float32), "
+                        "float32, float16, bfloat16")
     p.add_argument("--save-confidence", metavar="PATH", help="also write the match confidence map (grayscale, LR size)")
     p.add_argument("--save-warped-ref", metavar="PATH", help="also write the Ref warped onto the output grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args):
         import warnings
+
+        from PIL import Image
+
+        from .image_files import check_output, to_writable, write_image
         from .pipeline import FRFSRWarning
         lr = _open_image(args.lr, "LR")
         refs = [_open_image(r, "Ref") for r in args.ref]
+        check_output(args.output, lr)                   # before any computation
+        for extra in (args.save_confidence, args.save_warped_ref):
+            if extra:
+                check_output(extra, Image.new("RGB", (1, 1)))
         pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FRFSRWarning)
-            out = pipe(lr, refs, tile=args.tile, overlap=args.overlap, output_type="pil",
-                       return_details=True, progress=not args.no_progress)
+            out = pipe(lr, refs, tile=args.tile, overlap=args.overlap, return_details=True,
+                       progress=not args.no_progress)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        _save(out.images, args.output)
-        print(f"wrote {args.output} ({out.images.size[0]}x{out.images.size[1]}), relevance {out.relevance:.3f}")
+        write_image(out.images, args.output)
+        w, h = out.images.size if isinstance(out.images, Image.Image) else out.images.shape[1::-1]
+        print(f"wrote {args.output} ({w}x{h}), relevance {out.relevance:.3f}")
         if args.save_confidence:
-            _save(out.confidence, args.save_confidence)
+            write_image(to_writable(out.confidence), args.save_confidence)
             print(f"wrote {args.save_confidence} (match confidence)")
         if args.save_warped_ref:
-            _save(out.warped_ref, args.save_warped_ref)
+            write_image(to_writable(out.warped_ref), args.save_warped_ref)
             print(f"wrote {args.save_warped_ref} (warped Ref)")
     return run
-
-
-def _save(img, path: str) -> None:
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".jpg", ".jpeg") and img.mode in ("RGBA", "LA"):
-        img = img.convert(img.mode[:-1])        # JPEG has no alpha
-    try:
-        img.save(out)
-    except (ValueError, KeyError) as e:
-        raise CLIError(f"cannot write {out}: {e} (use an image extension such as .png)") from None
 
 
 # ---------------------------------------------------------------------- convert
@@ -196,8 +200,10 @@ def _info(p: argparse.ArgumentParser):
         import torch
         from . import __version__, ops
         yes = {True: "available", False: "not available"}
-        print(f"frfsr {__version__}, torch {torch.__version__}, CUDA {yes[torch.cuda.is_available()]}, "
-              f"fused ops {yes[ops.fused_available()]}")
+        cuda = torch.cuda.is_available()
+        fused = cuda and ops.fused_available()
+        why = "" if fused else (" (no CUDA device)" if not cuda else " (Triton is not installed)")
+        print(f"frfsr {__version__}, torch {torch.__version__}, CUDA {yes[cuda]}, fused ops {yes[fused]}{why}")
         if args.target is None:
             from .hub import BUNDLED_DIR
             print(f"bundled default weights: {'installed' if BUNDLED_DIR.is_dir() else 'not installed'} ({BUNDLED_DIR})")
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ConnectionError) as e:
         print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
         return 2
     return int(code or 0)

@@ -195,6 +195,9 @@ def load_checkpoint(path, key: str | None = None) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {p}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p} is empty (0 bytes): not a checkpoint; accepted: a PyTorch state dict (.pth, .pt, .bin) "
+                         "or a .safetensors file")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -215,7 +218,9 @@ def load_checkpoint(path, key: str | None = None) -> dict:
                       "unpickling failed")
         raise ValueError(f"{p} is not a readable PyTorch checkpoint (corrupt, or another format): {detail}") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{p} is not a readable PyTorch checkpoint: {str(e).splitlines()[0][:200]}") from None
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{p} is not a readable PyTorch checkpoint (corrupt, truncated or another format): "
+                         f"{detail}") from None
     try:
         return unwrap_state_dict(obj, key)
     except ValueError as e:

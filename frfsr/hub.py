@@ -16,10 +16,12 @@ a valid safetensors file that fits the config.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -27,7 +29,9 @@ from pathlib import Path
 
 import torch
 
+from ._fs import fsync, umask
 from .config import CONFIG_VERSION, FRFSRConfig
+from .devices import parse_device, parse_dtype, warn_if_emulated
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -36,14 +40,6 @@ DEFAULT_MODEL = "frfsr-default"
 BUNDLED_DIR = Path(__file__).parent / "weights" / "default"
 CLASS_NAME = "FRFSR"
 _DESCRIPTION_KEY = "frfsr.description"
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
-}
-
 
 @dataclass(frozen=True)
 class ModelFiles:
@@ -55,41 +51,6 @@ class ModelFiles:
     source: str
     kind: str
     commit: str | None = None
-
-
-# ------------------------------------------------------------------ small parsers
-def parse_dtype(dtype) -> torch.dtype | None:
-    """torch dtype, a name ("float16", "fp16", "bf16", ...) or None / "auto" (-> None)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
-            raise ValueError(f"torch_dtype must be a floating dtype, got {dtype}")
-        return dtype
-    if isinstance(dtype, str):
-        key = dtype.lower().replace("torch.", "")
-        if key == "auto":
-            return None
-        if key in _DTYPES:
-            return _DTYPES[key]
-        raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(sorted(_DTYPES))}, 'auto' or a torch.dtype")
-    raise TypeError(f"dtype must be a torch.dtype or a string, got {type(dtype).__name__}")
-
-
-def parse_device(device) -> torch.device:
-    """torch.device, a string ("cpu", "cuda", "cuda:1", "mps") or "auto" / None (CUDA if
-    available, else CPU)."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, torch.device):
-        return device
-    if isinstance(device, int) and not isinstance(device, bool):
-        return torch.device("cuda", device)
-    if isinstance(device, str):
-        try:
-            return torch.device(device)
-        except RuntimeError as e:
-            raise ValueError(f"unknown device {device!r}: {e}; "
-                             "accepted e.g. 'cpu', 'cuda', 'cuda:0', 'mps', 'auto'") from None
-    raise TypeError(f"device must be a torch.device, a string or an int, got {type(device).__name__}")
 
 
 def _offline() -> bool:
@@ -134,6 +95,26 @@ def _verify_blob(path: str, filename: str, where: str) -> None:
                          f"Hub announced {etag}. The damaged file was removed from the cache; try again")
 
 
+def _unresolvable(endpoint: str | None) -> str | None:
+    """Why the Hub endpoint's host cannot be reached at all (its name does not resolve), or
+    None; checked once per download so that an offline machine fails at once instead of
+    after the client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    host = urlparse(endpoint or constants.ENDPOINT).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as e:
+        return f"the Hub host {host} does not resolve ({e.strerror or e})"
+    except OSError:
+        return None
+    return None
+
+
 def _download(repo_id: str, filename: str, *, revision, cache_dir, token, local_files_only, force_download) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
@@ -143,11 +124,17 @@ def _download(repo_id: str, filename: str, *, revision, cache_dir, token, local_
     endpoint = os.environ.get("HF_ENDPOINT") or None
     offline = bool(local_files_only) or _offline()
     where = f"{repo_id}@{revision or 'main'}"
+    unreachable = None if offline else _unresolvable(endpoint)
+    if unreachable:                      # no retries against a host that does not resolve: the cache or an error
+        offline = True
     try:
         path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
                                local_files_only=offline, force_download=force_download, endpoint=endpoint,
                                library_name="frfsr", library_version=__version__)
     except LocalEntryNotFoundError as e:
+        if unreachable:
+            raise ConnectionError(f"could not download {filename} of {where}: {unreachable}, and no cached copy "
+                                  "exists. Check the network (or HF_ENDPOINT), or pass a local model folder") from e
         if offline:
             raise FileNotFoundError(f"{filename} of {where} is not in the local Hub cache and downloads are off "
                                     "(HF_HUB_OFFLINE=1 or local_files_only=True). Download it once online, or pass a "
@@ -177,7 +164,10 @@ def resolve_model_files(pretrained: str | os.PathLike | None = None, *, revision
         raise TypeError(f"the model must be a folder path, {DEFAULT_MODEL!r} or a Hub repo id (str), "
                         f"got {type(pretrained).__name__}")
     name = os.fspath(pretrained)
+    if not name.strip():
+        raise ValueError(f"the model name is empty; give a model folder, {DEFAULT_MODEL!r} or a Hub repo id")
     path = Path(name).expanduser()
+    recover_interrupted_save(path)
     if path.is_dir():
         if revision is not None:
             warnings.warn(f"revision={revision!r} is ignored for the local folder {path}", stacklevel=3)
@@ -191,8 +181,15 @@ def resolve_model_files(pretrained: str | os.PathLike | None = None, *, revision
     if path.is_file():
         raise ValueError(f"{name} is a file; pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                          "(to bring in a foreign checkpoint use `frfsr convert`)")
-    if isinstance(pretrained, os.PathLike) or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        raise FileNotFoundError(f"no such model folder: {name}")
+    # a name is tried on the Hub only when it can only mean a repo: "namespace/name", where no
+    # folder "namespace" exists here; anything else that is not a folder is a missing folder
+    looks_local = (isinstance(pretrained, os.PathLike) or name.startswith((".", "/", "~")) or "\\" in name
+                   or name.count("/") != 1 or path.parent.is_dir())
+    if looks_local:
+        hint = (f" (the folder {path.parent} exists but holds no {path.name!r})" if path.parent.is_dir()
+                and str(path.parent) != "." else "")
+        raise FileNotFoundError(f"no such model folder: {name}{hint}; pass an existing folder (with {CONFIG_NAME} "
+                                f"and {WEIGHTS_NAME}), {DEFAULT_MODEL!r}, or a Hub repo id 'namespace/name'")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
     try:
         validate_repo_id(name)
@@ -233,6 +230,8 @@ def read_weights(path: Path) -> tuple[dict, dict]:
     """(state dict, metadata) of a safetensors file; ValueError if it is not one."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a safetensors file (an interrupted copy or download?)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -256,6 +255,19 @@ def check_state_dict(state: dict, model: torch.nn.Module, what: str) -> None:
         raise ValueError(f"{what} does not fit the config: " + ", ".join(parts))
 
 
+def check_finite_state_dict(state: dict, what: str) -> None:
+    """ValueError naming the floating tensors that hold NaN or Inf (weights that would turn
+    every output into NaN)."""
+    floats = [v for v in state.values() if v.is_floating_point()]
+    if not floats or bool(torch.isfinite(torch.cat([v.reshape(-1).float() for v in floats])).all()):
+        return                             # one pass over all weights; names are looked up only on failure
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{what} holds non-finite weights (NaN or Inf) in {len(bad)} tensor(s): "
+                         f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}; the file is damaged or was saved "
+                         "from a diverged training run")
+
+
 def load_pretrained(pretrained=None, *, revision=None, torch_dtype=None, device=None, cache_dir=None, token=None,
                     local_files_only: bool = False, force_download: bool = False):
     """Build an :class:`FRFSR` from saved weights. Returns ``(model, files, description)``.
@@ -263,6 +275,7 @@ def load_pretrained(pretrained=None, *, revision=None, torch_dtype=None, device=
     :func:`parse_device` (default: CPU)."""
     from .models import FRFSR
 
+    device = parse_device(device) if device is not None else torch.device("cpu")
     files = resolve_model_files(pretrained, revision=revision, cache_dir=cache_dir, token=token,
                                 local_files_only=local_files_only, force_download=force_download)
     auto = isinstance(torch_dtype, str) and torch_dtype.lower() == "auto"
@@ -273,8 +286,11 @@ def load_pretrained(pretrained=None, *, revision=None, torch_dtype=None, device=
     check_state_dict(state, model, f"{files.weights} ({files.source})")
     if auto and state:
         dtype = next(iter(state.values())).dtype
+    check_finite_state_dict(state, f"{files.weights} ({files.source})")
     model.load_state_dict(state, strict=True)
-    model.eval().to(device=parse_device(device) if device is not None else "cpu", dtype=dtype or torch.float32)
+    dtype = dtype or torch.float32
+    warn_if_emulated(dtype, device, stacklevel=4)
+    model.eval().to(device=device, dtype=dtype)
     return model, files, meta.get(_DESCRIPTION_KEY)
 
 
@@ -345,50 +361,165 @@ frfsr upscale lr.png --ref ref.png -o sr.png --model {name}
 """
 
 
+OUR_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+_STAGING = ".frfsr-"                 # sibling folders: .<name>.frfsr-new-* (being written), .<name>.frfsr-old-*
+
+
+def _is_our_card(path: Path) -> bool:
+    try:
+        head = path.read_text(errors="replace")[:400]
+    except OSError:
+        return False
+    return head.startswith("---") and "library_name: frfsr" in head
+
+
+def _is_our_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("_class_name") == CLASS_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _siblings(out: Path, kind: str = "") -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}{_STAGING}{kind}*"))
+
+
+def recover_interrupted_save(out: Path) -> None:
+    """Where a save was killed between its two renames (only on systems without an atomic
+    folder exchange), ``out`` is missing and the previous model waits in a sibling folder:
+    put it back."""
+    out = Path(out)
+    if not out.exists():
+        for old in reversed(_siblings(out, "old-")):
+            if (old / CONFIG_NAME).is_file() and (old / WEIGHTS_NAME).is_file():
+                os.rename(old, out)
+                return
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2 RENAME_EXCHANGE); False where the system
+    or file system has no such call."""
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _check_target(out: Path) -> tuple[list[Path], bool]:
+    """What of an existing folder the new save keeps: the entries that are not ours (carried
+    over), and whether a README.md there is someone else's (kept instead of our card)."""
+    if not out.exists():
+        return [], False
+    if not out.is_dir():
+        raise ValueError(f"{out} exists and is a file, not a folder; save_pretrained writes a folder "
+                         f"({', '.join(OUR_FILES)}): pass a folder path")
+    config, weights = out / CONFIG_NAME, out / WEIGHTS_NAME
+    if config.exists() and not _is_our_config(config):
+        raise FileExistsError(f"{config} is not an FRFSR config (no \"_class_name\": \"{CLASS_NAME}\"); "
+                              "save_pretrained will not overwrite another program's files: choose another folder")
+    if weights.exists() and not config.exists():
+        raise FileExistsError(f"{weights} exists without an FRFSR {CONFIG_NAME}; save_pretrained will not "
+                              "overwrite a file it did not write: choose another folder")
+    card = out / CARD_NAME
+    foreign_card = card.exists() and not _is_our_card(card)
+    keep = [p for p in out.iterdir() if p.name not in OUR_FILES or (p.name == CARD_NAME and foreign_card)]
+    return keep, foreign_card
+
+
 def save_pretrained(model, save_directory, *, description: str | None = None, repo_id: str | None = None) -> Path:
-    """Write config.json, model.safetensors and README.md into ``save_directory``."""
+    """Write config.json, model.safetensors and README.md (the model card) as the folder
+    ``save_directory``.
+
+    The folder is replaced as a whole: everything is written into a sibling folder, which
+    then takes the target's place in one atomic exchange, so a crash or a kill at any moment
+    leaves either the old model or the new one, both complete. Files in the folder that are
+    not ours are carried over untouched, and a README.md that is not our model card is kept
+    (our card is then not written). Leftovers of an interrupted save are removed."""
     from safetensors.torch import save_file
 
     if not hasattr(model, "config") or not isinstance(model.config, FRFSRConfig):
         raise TypeError(f"save_pretrained needs an FRFSR model, got {type(model).__name__}")
     if description is not None and not isinstance(description, str):
         raise TypeError(f"description must be a string, got {type(description).__name__}")
-    out = Path(save_directory)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    # every file is written beside its final name and moved into place only once all three
-    # are complete: a failure (full disk, a kill) leaves a model saved earlier untouched
-    tmp = {name: out / f".{name}.{os.getpid()}.tmp" for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)}
+    if not isinstance(save_directory, (str, os.PathLike)) or not os.fspath(save_directory).strip():
+        raise ValueError(f"save_directory must be a folder path, got {save_directory!r}")
+    out = Path(save_directory).expanduser().absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(out)
+    keep, foreign_card = _check_target(out)
+    for left in _siblings(out):
+        shutil.rmtree(left, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING}new-", dir=out.parent))
     try:
-        d = {"_class_name": CLASS_NAME, **model.config.to_dict()}
-        tmp[CONFIG_NAME].write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        os.chmod(staging, 0o777 & ~umask())
+        (staging / CONFIG_NAME).write_text(json.dumps({"_class_name": CLASS_NAME, **model.config.to_dict()},
+                                                      indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         meta = {"format": "pt"}
         if description:
             meta[_DESCRIPTION_KEY] = description
-        save_file(state, str(tmp[WEIGHTS_NAME]), metadata=meta)
-        parts = {"total": model.num_parameters()}
-        for part in ("texture_encoder", "ref_extractor", "sife", "restoration", "reuse_net"):
-            if hasattr(model, part):
-                parts[part] = model.num_parameters(part)
-        card = model_card(model.config, parameters=parts, dtype=model.dtype, description=description,
-                          weights_sha256=_sha256(tmp[WEIGHTS_NAME]), repo_id=repo_id)
-        tmp[CARD_NAME].write_text(card)
-        mode = 0o666 & ~_umask()          # as a plain open() would (safetensors writes 0600)
-        for name, path in tmp.items():
-            os.chmod(path, mode)
-            os.replace(path, out / name)
+        save_file(state, str(staging / WEIGHTS_NAME), metadata=meta)
+        names = [CONFIG_NAME, WEIGHTS_NAME]
+        if foreign_card:
+            warnings.warn(f"{out / CARD_NAME} is not an FRFSR model card; it is kept and no card is written",
+                          stacklevel=3)
+        else:
+            parts = {"total": model.num_parameters()}
+            for part in ("texture_encoder", "ref_extractor", "sife", "restoration", "reuse_net"):
+                if hasattr(model, part):
+                    parts[part] = model.num_parameters(part)
+            card = model_card(model.config, parameters=parts, dtype=model.dtype, description=description,
+                              weights_sha256=_sha256(staging / WEIGHTS_NAME), repo_id=repo_id)
+            (staging / CARD_NAME).write_text(card)
+            names.append(CARD_NAME)
+        mode = 0o666 & ~umask()          # as a plain open() would (safetensors writes 0600)
+        for name in names:
+            os.chmod(staging / name, mode)
+            fsync(staging / name)
+        for p in keep:                     # other files of the folder stay (hard links: no copy)
+            _carry(p, staging / p.name)
+        fsync(staging)
+        if not out.exists():
+            os.rename(staging, out)
+        elif _exchange(staging, out):
+            shutil.rmtree(staging)         # now the old folder
+        else:                              # no atomic exchange: two renames, undone by recover_interrupted_save
+            old = out.with_name(staging.name.replace(f"{_STAGING}new-", f"{_STAGING}old-"))
+            os.rename(out, old)
+            os.rename(staging, out)
+            shutil.rmtree(old)
+        fsync(out.parent)
     finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-    return out
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return Path(save_directory).expanduser()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _carry(src: Path, dst: Path) -> None:
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    elif src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    else:
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def push_to_hub(model, repo_id: str, *, token=None, private: bool | None = None, revision: str | None = None,

@@ -88,10 +88,17 @@ def _pil_to_array(img, name: str) -> np.ndarray:
                      "I;16, I, F")
 
 
+def _check_not_empty(shape: tuple, name: str, layout: str) -> None:
+    if 0 in shape:
+        raise ValueError(f"{name} is empty: shape {tuple(shape)} {layout} has a zero-length axis (an empty batch, "
+                         "or zero height or width); give at least one image with pixels")
+
+
 def _array_to_tensor(a: np.ndarray, name: str) -> tuple[torch.Tensor, str, bool]:
     """numpy (H, W) / (H, W, C) -> (1, C, H, W) float32 in [0, 1], dtype name, squeezed flag."""
     if a.ndim not in (2, 3):
         raise ValueError(f"{name} must be a numpy array of shape (H, W) or (H, W, C); got shape {a.shape}")
+    _check_not_empty(a.shape, name, "(H, W[, C])")
     squeeze = a.ndim == 2
     if squeeze:
         a = a[:, :, None]
@@ -115,6 +122,7 @@ def _array_to_tensor(a: np.ndarray, name: str) -> tuple[torch.Tensor, str, bool]
 def _tensor_to_tensor(t: torch.Tensor, name: str) -> tuple[torch.Tensor, str, bool]:
     if t.dim() not in (3, 4):
         raise ValueError(f"{name} must be a tensor of shape (C, H, W) or (B, C, H, W); got shape {tuple(t.shape)}")
+    _check_not_empty(tuple(t.shape), name, "(C, H, W) / (B, C, H, W)")
     batched = t.dim() == 4
     x = t if batched else t.unsqueeze(0)
     if x.shape[1] not in (1, 2, 3, 4):
@@ -227,8 +235,9 @@ def from_model_output(rgb: torch.Tensor, alpha: torch.Tensor | None, info: Image
         if info.device is not None:
             out = out.to(info.device)
         return out if info.batched else out[0]
-    if otype == "pil" and dtype not in ("uint8", "uint16"):
-        raise ValueError(f"a PIL image holds 8- or 16-bit integers, not {dtype}; use output_type='np' or 'pt'")
+    if otype == "pil" and dtype not in ("uint8", "uint16") and not (dtype == "float32" and x.shape[1] == 1):
+        raise ValueError(f"a PIL image holds 8- or 16-bit integers or one float32 channel (mode F), not {dtype} "
+                         f"with {x.shape[1]} channels; use output_type='np' or 'pt'")
     if otype == "pil" and dtype == "uint16" and x.shape[1] != 1:
         raise ValueError("PIL cannot hold 16-bit colour or 16-bit images with alpha; "
                          "use output_type='np' for 16-bit output")
@@ -237,7 +246,7 @@ def from_model_output(rgb: torch.Tensor, alpha: torch.Tensor | None, info: Image
         if info.squeeze_channels and arr.shape[-1] == 1:
             arr = arr[..., 0]
         return arr if info.batched else arr[0]
-    images = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    images = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]    # float32 gray: mode F
     return images if info.batched else images[0]
 
 

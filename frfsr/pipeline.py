@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .checks import MIN_LR_SIZE, MIN_REF_SIZE
+from .checks import MIN_LR_SIZE, MIN_REF_SIZE, FRFSRWarning
 from .image_io import from_model_output, map_to_output, to_model_input, upscale_alpha
 from .tiling import DEFAULT_OVERLAP, upscale_tiled
 
@@ -35,11 +35,6 @@ from .tiling import DEFAULT_OVERLAP, upscale_tiled
 # relevant Refs 0.47-0.65 and unrelated Refs 0.05-0.52 (median 0.27). Set
 # ``pipe.relevance_threshold`` for other weights.
 RELEVANCE_THRESHOLD = 0.3
-
-
-class FRFSRWarning(UserWarning):
-    """Something about the inputs makes the result less useful than it could be (e.g. a Ref
-    that hardly matches the LR)."""
 
 
 @dataclass
@@ -136,20 +131,25 @@ class FRFSRPipeline:
         return self.model.config
 
     def to(self, device=None, dtype=None, *, memory_format: torch.memory_format | None = None) -> "FRFSRPipeline":
-        """Move the model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``, ``pipe.to("cuda", "fp16")``.
+        """Move the model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``, ``pipe.to("cuda", "fp16")``;
+        ``dtype="auto"`` picks the fastest precision that keeps the results on that device
+        (:func:`frfsr.devices.auto_dtype`). A device this machine lacks raises ValueError.
 
         ``memory_format=torch.channels_last`` stores the convolution weights NHWC, so that
         the convolutions run in that layout (measured on a 2-core AVX-512 CPU with bf16
         autocast: 1.86 s -> 1.46 s at HR 160x160; see BENCHMARKS.md); the results equal the
         default layout's up to float rounding. ``torch.contiguous_format`` goes back."""
-        from .hub import parse_device, parse_dtype
-        if isinstance(device, torch.dtype) or (isinstance(device, str) and dtype is None and _is_dtype_name(device)):
+        from .devices import is_dtype_name, parse_device, resolve_dtype
+        if isinstance(device, torch.dtype) or (isinstance(device, str) and dtype is None and is_dtype_name(device)):
             device, dtype = None, device
         kw = {}
         if device is not None:
             kw["device"] = parse_device(device)
         if dtype is not None:
-            kw["dtype"] = parse_dtype(dtype)
+            kw["dtype"] = resolve_dtype(dtype, kw.get("device", self.device))
+        elif "device" in kw:
+            from .devices import warn_if_emulated
+            warn_if_emulated(self.dtype, kw["device"])
         if memory_format is not None:
             if memory_format not in (torch.channels_last, torch.contiguous_format):
                 raise ValueError(f"memory_format must be torch.channels_last or torch.contiguous_format, "
@@ -243,7 +243,9 @@ class FRFSRPipeline:
             return FRFSRPipelineOutput(images, None, None, None)
         otype = info.kind if output_type is None else output_type
         ref_info = dataclasses.replace(info, gray=False, alpha=False, squeeze_channels=False)
-        warped = from_model_output(res.warped_ref, None, ref_info, output_type, output_dtype)
+        # a colour preview: as 8-bit RGB where the result is a PIL image (PIL has no 16-bit or float colour)
+        warped = from_model_output(res.warped_ref, None, ref_info, output_type,
+                                   "uint8" if otype == "pil" else output_dtype)
         confidence = map_to_output(res.confidence, otype, info.batched)
         return FRFSRPipelineOutput(images, confidence, warped, relevance if info.batched else relevance[0])
 
@@ -256,6 +258,3 @@ class FRFSRPipeline:
                           "scene or content helps", FRFSRWarning, stacklevel=4)
 
 
-def _is_dtype_name(s: str) -> bool:
-    from .hub import _DTYPES
-    return s.lower().replace("torch.", "") in _DTYPES

@@ -131,3 +131,93 @@ def test_subcommand_registry_takes_new_commands(capsys):
         del cli.SUBCOMMANDS["hello"]
     with pytest.raises(SystemExit):
         cli.main(["hello"])
+
+
+# ---------------------------------------------------------------------- what the input was, the output is
+def _upscale(files, lr, out, *extra):
+    root, _ = files
+    return cli.main(["upscale", str(lr), "--ref", str(root / "ref.png"), "-o", str(out), "--model",
+                     str(root / "model"), "--device", "cpu", "--tile", "0", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("name,make,ext,mode_or_shape", [
+    ("gray16", lambda r: Image.fromarray(r.integers(0, 65536, (16, 18), dtype=np.uint16)), ".png", "I;16"),
+    ("float", lambda r: Image.fromarray(r.random((16, 18), dtype=np.float32)), ".tif", "F"),
+    ("rgb16", lambda r: r.integers(0, 65536, (16, 18, 3), dtype=np.uint16), ".png", (64, 72, 3)),
+    ("rgba16", lambda r: r.integers(0, 65536, (16, 18, 4), dtype=np.uint16), ".png", (64, 72, 4)),
+])
+def test_upscale_keeps_bit_depth_and_kind(files, tmp_path, name, make, ext, mode_or_shape):
+    from frfsr.image_files import _write_png16, read_image
+    img = make(np.random.default_rng(1))
+    lr = tmp_path / f"lr_{name}{ext}"
+    if isinstance(img, np.ndarray):
+        with open(lr, "wb") as f:
+            _write_png16(img, f)
+        assert read_image(lr).dtype == np.uint16             # read as 16 bits, not truncated to 8
+    else:
+        img.save(lr)
+    out, conf, warped = tmp_path / f"sr{ext}", tmp_path / "conf.png", tmp_path / "warped.png"
+    assert _upscale(files, lr, out, "--save-confidence", str(conf), "--save-warped-ref", str(warped)) == 0
+    res = read_image(out)
+    if isinstance(mode_or_shape, str):
+        assert res.mode == mode_or_shape and res.size == (72, 64)
+    else:
+        assert res.dtype == np.uint16 and res.shape == mode_or_shape
+        assert len(np.unique(res)) > 256                      # real 16-bit values
+    assert Image.open(conf).size == (18, 16) and Image.open(warped).size == (72, 64)
+
+
+def test_upscale_checks_the_output_before_computing(files, tmp_path, monkeypatch, capsys):
+    root, _ = files
+    from frfsr import pipeline
+    monkeypatch.setattr(pipeline.FRFSRPipeline, "__call__", lambda *a, **k: pytest.fail("computed anyway"))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    float_lr = tmp_path / "f.tif"
+    Image.fromarray(np.random.default_rng(0).random((16, 18), dtype=np.float32)).save(float_lr)
+    cases = [(root / "lr.png", tmp_path / "out.xyz", "'.xyz' is not an image format"),
+             (root / "lr.png", tmp_path / "noext", "no extension is not an image format"),
+             (root / "lr.png", tmp_path, "it is a folder"),
+             (root / "lr.png", a_file / "sr.png", "is a file, not a folder"),
+             (float_lr, tmp_path / "sr.jpg", "JPEG format does not hold a PIL mode F image"),
+             (root / "lr.png", tmp_path / "missing_lr_is_first.png", None)]
+    for lr, out, message in cases[:-1]:
+        assert _upscale(files, lr, out) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    assert _upscale(files, tmp_path / "nope.png", tmp_path / "x.png") == 2
+    assert "LR image not found" in capsys.readouterr().err
+
+
+def test_missing_device_is_one_clear_line(files, tmp_path, capsys):
+    root, _ = files
+    for device in ("cuda", "cuda:7", "mps"):
+        if device.startswith("cuda") and torch.cuda.is_available() and device == "cuda":
+            continue
+        assert _upscale(files, root / "lr.png", tmp_path / "sr.png", "--device", device) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"device {device!r}" in err and "available: cpu" in err, err
+        assert not (tmp_path / "sr.png").exists()
+    from frfsr.hub import load_pretrained
+    with pytest.raises(ValueError, match="device 'cuda:7'"):
+        FRFSRPipeline.from_pretrained(root / "model", device="cuda:7")
+    pipe = FRFSRPipeline.from_pretrained(root / "model")
+    with pytest.raises(ValueError, match="device 'mps' is not available"):
+        pipe.to("mps")
+    assert load_pretrained(root / "model", device="cpu")[0].device.type == "cpu"
+
+
+def test_info_reports_fused_ops_only_with_cuda(capsys):
+    assert cli.main(["info"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    if not torch.cuda.is_available():
+        assert "fused ops not available (no CUDA device)" in line, line
+
+
+def test_upscale_help_states_minimum_sizes_and_automatic_tiles(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["upscale", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "at least 15x15" in text and "at least 12x12" in text
+    assert "tiles automatically" in text and "'auto' (default" in text

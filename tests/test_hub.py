@@ -3,6 +3,7 @@ server on loopback (tests/hub_server.py) that huggingface_hub reaches through HF
 import hashlib
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -265,3 +266,159 @@ def test_saved_files_are_readable_by_others_as_the_umask_allows(tmp_path):
         os.umask(old)
     for name in ("config.json", "model.safetensors", "README.md"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# ---------------------------------------------------------------- saving never loses a model
+def _save_loop(model, folder, conn):
+    """In a forked child: save again and again, reporting each save's duration, until killed."""
+    i = 0
+    while True:
+        t = time.perf_counter()
+        frfsr_hub.save_pretrained(model, folder, description=f"new {i}")
+        conn.send(time.perf_counter() - t)
+        i += 1
+
+
+def _load_description(folder, paper_model):
+    """What from_pretrained checks before building the model: config, every tensor, shapes, finiteness."""
+    files = frfsr_hub.resolve_model_files(folder)
+    assert frfsr_hub.read_config(files.config) == paper_model.config
+    state, meta = frfsr_hub.read_weights(files.weights)
+    frfsr_hub.check_state_dict(state, paper_model, str(folder))
+    frfsr_hub.check_finite_state_dict(state, str(folder))
+    return meta[frfsr_hub._DESCRIPTION_KEY]
+
+
+def test_save_killed_at_any_moment_leaves_a_loadable_model(tmp_path):
+    """SIGKILL a process in the middle of saving paper-size weights (128 MB) over a saved
+    model, at several points of the save: the folder always loads, as the old or the new model."""
+    import multiprocessing
+    import signal
+    folder = tmp_path / "model"
+    paper = FRFSR(FRFSRConfig.paper())
+    frfsr_hub.save_pretrained(paper, folder, description="old")
+    assert _load_description(folder, paper) == "old"
+    ctx = multiprocessing.get_context("fork")          # the child shares the built model: no start-up cost
+    for fraction in (0.05, 0.3, 0.55, 0.8, 0.95):
+        receive, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_save_loop, args=(paper, folder, send), daemon=True)
+        proc.start()
+        try:
+            assert receive.poll(120), "the saving child did not report"
+            duration = receive.recv()                  # one whole save done; the next one is under way
+            time.sleep(fraction * duration)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(60)
+        desc = _load_description(folder, paper)       # old or new, never half of one
+        assert desc.startswith("new "), desc
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    frfsr_hub.save_pretrained(_model(0), folder, description="after")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]        # no staging folder left beside it
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert FRFSRPipeline.from_pretrained(folder).description == "after"
+
+
+def test_interrupted_two_rename_save_is_recovered(tmp_path, monkeypatch):
+    # where the system has no atomic folder exchange, a save renames twice; a kill between the
+    # two renames leaves the old model beside the target, and loading or saving puts it back
+    monkeypatch.setattr(frfsr_hub, "_exchange", lambda a, b: False)
+    folder = tmp_path / "m"
+    frfsr_hub.save_pretrained(_model(0), folder, description="old")
+    real_rename = os.rename
+    calls = []
+
+    def die_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(frfsr_hub.os, "rename", die_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        frfsr_hub.save_pretrained(_model(1), folder, description="new")
+    monkeypatch.setattr(frfsr_hub.os, "rename", real_rename)
+    assert not folder.exists() and [p.name.split("-")[-2] for p in tmp_path.iterdir()] == ["old"]
+    assert FRFSRPipeline.from_pretrained(folder).description == "old"
+    frfsr_hub.save_pretrained(_model(1), folder, description="new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert FRFSRPipeline.from_pretrained(folder).description == "new"
+
+
+def test_save_refuses_bad_targets_and_keeps_foreign_files(tmp_path):
+    with pytest.raises(ValueError, match="save_directory must be a folder path, got ''"):
+        frfsr_hub.save_pretrained(_model(0), "")
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"user data")
+    with pytest.raises(ValueError, match="exists and is a file, not a folder"):
+        frfsr_hub.save_pretrained(_model(0), a_file)
+    assert a_file.read_bytes() == b"user data"
+    other = tmp_path / "diffusers_model"
+    other.mkdir()
+    (other / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(FileExistsError, match="is not an FRFSR config.*will not overwrite"):
+        frfsr_hub.save_pretrained(_model(0), other)
+    assert (other / "config.json").read_text() == '{"_class_name": "UNet2DModel"}'
+    # a user's README.md and other files in a model folder stay as they are
+    folder = tmp_path / "mine"
+    frfsr_hub.save_pretrained(_model(0), folder)
+    (folder / "README.md").write_text("# my notes\n")
+    (folder / "samples").mkdir()
+    (folder / "samples" / "a.png").write_bytes(b"png")
+    with pytest.warns(UserWarning, match="is not an FRFSR model card; it is kept"):
+        frfsr_hub.save_pretrained(_model(1), folder, description="second")
+    assert (folder / "README.md").read_text() == "# my notes\n"
+    assert (folder / "samples" / "a.png").read_bytes() == b"png"
+    assert FRFSRPipeline.from_pretrained(folder).description == "second"
+
+
+def test_non_finite_empty_and_foreign_weights_are_refused_clearly(tmp_path):
+    model = _model(0)
+    folder = tmp_path / "m"
+    frfsr_hub.save_pretrained(model, folder)
+    from safetensors.torch import save_file
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = sorted(k for k, v in state.items() if v.is_floating_point())[:2]
+    state[bad[0]][0] = float("nan")
+    state[bad[1]].fill_(float("inf"))
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"non-finite weights \(NaN or Inf\) in 2 tensor\(s\): {bad[0]}, {bad[1]}"):
+        FRFSRPipeline.from_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"model.safetensors is empty \(0 bytes\)"):
+        FRFSRPipeline.from_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
+        FRFSRPipeline.from_pretrained(folder)
+    from frfsr.convert import load_checkpoint
+    for name, data in (("empty.pth", b""), ("text.pth", b"not a checkpoint at all"), ("empty.safetensors", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=rf"{name} is (empty \(0 bytes\)|not a readable PyTorch checkpoint)"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_missing_local_folder_fails_at_once_without_the_network(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")      # nothing listens: a request would hang or retry
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for name in ("no_such_model", "./no_such_model", str(tmp_path / "gone"), "models/mine", "a/b/c"):
+        t = time.perf_counter()
+        with pytest.raises(FileNotFoundError, match="no such model folder"):
+            FRFSRPipeline.from_pretrained(name)
+        assert time.perf_counter() - t < 1.0, name
+    with pytest.raises(FileNotFoundError, match=r"the folder models exists but holds no 'mine'"):
+        FRFSRPipeline.from_pretrained("models/mine")
+    with pytest.raises(ValueError, match="nor a valid Hub repo id"):
+        FRFSRPipeline.from_pretrained("näme/model")
+
+
+def test_unresolvable_hub_host_fails_at_once(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setenv("HF_ENDPOINT", "http://frfsr-no-such-host.invalid")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    t = time.perf_counter()
+    with pytest.raises(ConnectionError, match="does not resolve.*no cached copy"):
+        FRFSRPipeline.from_pretrained("someone/model", cache_dir=tmp_path)
+    assert time.perf_counter() - t < 10

@@ -384,3 +384,51 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     initial = FRFSR(FRFSRConfig.tiny()).state_dict()            # what the trainer starts from
     assert not torch.equal(initial["restoration.head.weight"], states[0]["restoration.head.weight"])
     assert torch.equal(initial["texture_encoder.lr_trunk.conv1_1.weight"], states[0]["texture_encoder.lr_trunk.conv1_1.weight"])
+
+
+# ---------------------------------------------------------------------- failures keep what was saved
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "-.inf"])
+def test_non_finite_learning_rates_are_refused(value):
+    from frfsr.training import ConfigError
+    with pytest.raises(ConfigError, match=r"optim.lr must be a finite number > 0; got (inf|nan|-inf)"):
+        load_config(TINY, {"optim": {"lr": value}} if not isinstance(value, str) else [f"optim.lr={value}"])
+    with pytest.raises(ConfigError, match="optim.lr_d must be a finite number"):
+        load_config(TINY, ["optim.lr_d=.nan"])
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from frfsr.training.loop import NonFiniteLossError, Trainer
+    original = Trainer._generator_losses
+
+    def nan_at_step_3(self, sr, hr, full):
+        losses = original(self, sr, hr, full)
+        if self.step + 1 == 3:
+            losses["l1"] = losses["l1"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Trainer, "_generator_losses", nan_at_step_3)
+    tr = _trainer(TINY, tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match=r"not finite at step 3 \(l1=nan.*last good checkpoint is .*ckpt-000002"):
+        tr.fit()
+    assert tr.step == 2                                   # stopped before the update of step 3
+    assert all(bool(torch.isfinite(p).all()) for p in tr.unwrapped_model().parameters())
+    root = tmp_path / "run" / "checkpoints"
+    assert resolve_checkpoint(tmp_path / "run").name == "ckpt-000002"
+    assert [p.name for _, p in ckpt_mod.list_checkpoints(root)] == ["ckpt-000002"]
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_resume_skips_a_damaged_latest_checkpoint(uninterrupted, tmp_path):
+    import shutil
+    ref_out, ref_state = uninterrupted
+    out = tmp_path / "run_d"
+    shutil.copytree(ref_out / "checkpoints", out / "checkpoints")
+    latest = out / "checkpoints" / "ckpt-000004"
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])      # truncated, as by a full disk
+    tr = _trainer(TINY, out)
+    with pytest.warns(RuntimeWarning, match=r"resumed from ckpt-000002.*skipped the damaged ckpt-000004"):
+        assert tr.fit(resume="latest") is True
+    assert tr.step == 4
+    for k, v in tr.unwrapped_model().state_dict().items():   # steps 3-4 redone: the same weights
+        assert torch.equal(v, ref_state[k]), k

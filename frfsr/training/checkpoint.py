@@ -20,6 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .._fs import fsync
+
 __all__ = ["CKPT_DIR", "STATE_FILE", "checkpoint_name", "save_checkpoint", "resolve_checkpoint",
            "list_checkpoints", "read_trainer_state", "remove_stale"]
 
@@ -33,25 +35,11 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:06d}"
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:          # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for f in files:
-            _fsync_path(Path(dirpath) / f)
-        _fsync_path(Path(dirpath), directory=True)
+            fsync(Path(dirpath) / f)
+        fsync(Path(dirpath))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -61,7 +49,7 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_path(path.parent, directory=True)
+    fsync(path.parent)
 
 
 def list_checkpoints(ckpt_root) -> list[tuple[int, Path]]:
@@ -101,7 +89,7 @@ def save_checkpoint(accelerator, output_dir, step: int, trainer_state: dict, kee
         if final.exists():          # a checkpoint of the same step from an earlier, abandoned run
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_path(root, directory=True)
+        fsync(root)
         _write_atomic(root / LATEST, final.name + "\n")
         if keep > 0:
             for _, p in list_checkpoints(root)[:-keep]:

@@ -11,6 +11,7 @@ fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -238,8 +239,14 @@ class TrainConfig:
         if list(o.milestones) != sorted(set(o.milestones)) or not all(isinstance(m, int) and m > 0 for m in o.milestones):
             fail(f"optim.milestones must be strictly increasing positive ints; got {o.milestones!r}")
         for k in ("lr", "lr_offset_large", "lr_offset_medium", "lr_offset_small", "lr_d", "gamma"):
-            if getattr(o, k) <= 0:
-                fail(f"optim.{k} must be > 0; got {getattr(o, k)}")
+            v = getattr(o, k)
+            if not math.isfinite(v) or v <= 0:
+                fail(f"optim.{k} must be a finite number > 0; got {v}")
+        for sec, obj in (("optim", o), ("loss", l)):
+            for f in dataclasses.fields(obj):
+                v = getattr(obj, f.name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    fail(f"{sec}.{f.name} must be a finite number; got {v}")
         if l.perceptual_criterion not in ("fro", "l1", "l2"):
             fail(f"loss.perceptual_criterion must be fro, l1 or l2; got {l.perceptual_criterion!r}")
         if t.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .build import GeneratorNet, build_stage1_model, generator_param_groups
-from .checkpoint import CKPT_DIR, read_trainer_state, remove_stale, resolve_checkpoint, save_checkpoint
+from .checkpoint import (CKPT_DIR, list_checkpoints, read_trainer_state, remove_stale, resolve_checkpoint,
+                         save_checkpoint)
 from .config import TrainConfig
 from .export import export_pretrained
 from .trackers import CSVTracker
@@ -41,6 +42,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "collate_train", "state_hash"]
 
 _KEYS = ("hr", "lr", "ref")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or Inf; the run stopped before updating the weights."""
 
 
 def collate_train(items: list[dict]) -> dict:
@@ -260,6 +265,7 @@ class Trainer:
             add("g_total", total)
             if full:
                 fakes.append(sr.detach())
+        self._check_finite(step, logs)
         if o.max_grad_norm:
             acc.clip_grad_norm_(self.net.parameters(), o.max_grad_norm)
         self.opt_g.step()
@@ -286,6 +292,20 @@ class Trainer:
                 self.sched_d.step()             # the schedule counts iterations, warm-up included
         self.step = step
         return logs
+
+    def _check_finite(self, step: int, logs: dict[str, torch.Tensor]) -> None:
+        """Stop before the optimiser step when a loss is NaN or Inf on any process: the weights
+        and the last checkpoint stay as they were."""
+        bad = torch.tensor(0.0 if bool(torch.isfinite(logs["g_total"])) else 1.0, device=self.acc.device)
+        if self.acc.num_processes > 1:
+            bad = self.acc.reduce(bad, reduction="sum")
+        if bad.item():
+            values = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items())
+            last = resolve_checkpoint(self.out)
+            raise NonFiniteLossError(
+                f"the loss is not finite at step {step} ({values}); training stopped before this step's update. "
+                f"The last good checkpoint is {last if last else 'none (no checkpoint was saved yet)'}; lower "
+                "optim.lr, set optim.max_grad_norm or train.mixed_precision: no, and resume from it")
 
     def _sync_disc_buffers(self) -> None:
         """Give every process rank 0's BatchNorm running statistics of the discriminator (DDP
@@ -318,6 +338,32 @@ class Trainer:
             logger.warning("resuming with a different batch size or number of processes: the data order "
                            "differs from an uninterrupted run")
         logger.info("resumed from %s at step %d", ckpt, self.step)
+
+    def _resume(self, resume: str, ckpt_root: Path) -> None:
+        """Load ``resume`` ('latest' or a folder). For 'latest', a checkpoint that cannot be
+        read (damaged, truncated) is skipped with a warning for the newest one that can."""
+        ckpt = resolve_checkpoint(self.out, resume)
+        if ckpt is None:
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_root)
+            return
+        if resume != "latest":
+            self.load(ckpt)
+            return
+        candidates = [ckpt] + [p for _, p in reversed(list_checkpoints(ckpt_root)) if p != ckpt]
+        errors = []
+        for p in candidates:
+            try:
+                self.load(p)
+            except Exception as e:          # any reader's error: safetensors, pickle, json, shapes
+                errors.append(f"{p.name}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}")
+                logger.warning("checkpoint %s cannot be loaded (%s); trying the previous one", p, errors[-1])
+                continue
+            if errors:
+                warnings.warn(f"resumed from {p.name}, the newest checkpoint that loads; skipped the damaged "
+                              f"{'; '.join(errors)}", RuntimeWarning, stacklevel=3)
+            return
+        raise RuntimeError(f"--resume: no checkpoint in {ckpt_root} can be loaded ({'; '.join(errors)}); remove "
+                           "the damaged folders or start without --resume")
 
     def unwrapped_model(self):
         """The :class:`FRFSR` being trained (no DDP wrapper)."""
@@ -355,11 +401,7 @@ class Trainer:
             (self.out / f"config_stage{self.stage}.yaml").write_text(self.cfg.to_yaml())
         acc.wait_for_everyone()
         if resume:
-            ckpt = resolve_checkpoint(self.out, resume)
-            if ckpt is None:
-                logger.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_root)
-            else:
-                self.load(ckpt)
+            self._resume(resume, ckpt_root)
         acc.init_trackers(f"frfsr_stage{self.stage}", config=_flat(self.cfg.to_dict()))
         if self.csv is not None and acc.is_main_process:
             self.csv.truncate_after(self.step)

@@ -46,7 +46,12 @@ def main(argv=None, stage: int | None = None) -> int:
     trainer = Trainer(cfg)
     logging.basicConfig(level=logging.INFO if trainer.acc.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    trainer.fit(resume=args.resume, stop_after=args.stop_after)
+    from .loop import NonFiniteLossError
+    try:
+        trainer.fit(resume=args.resume, stop_after=args.stop_after)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.dump_rank_hashes:
         trainer.dump_rank_state()
     return 0

@@ -1,0 +1,145 @@
+"""Image files for the command line: read every bit depth users' files have, check where a
+result goes before any computation, and write it atomically.
+
+Pillow reads 8-bit images, 16-bit grayscale (mode I;16) and float TIFFs (mode F), but
+reads 16-bit colour PNGs as 8-bit; those (RGB, RGBA and gray + alpha at 16 bits) are
+read and written with pypng as numpy uint16 arrays, so 16-bit colour in gives 16-bit
+colour out. A result is written beside its final name and renamed into place, so an
+interrupted run never leaves a partial file under that name.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ._fs import umask
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_16BIT_COLOUR = {2: 3, 4: 2, 6: 4}        # PNG colour type -> channels (RGB, gray + alpha, RGBA)
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be read, or a path a result cannot be written to."""
+
+
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG file, None for other files."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
+        return None
+    return head[24], head[25]
+
+
+def read_image(path, what: str = "image"):
+    """A PIL image, or a numpy uint16 (H, W, C) array for a 16-bit colour PNG."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} image not found: {p}" if not p.is_dir() else f"{what} image {p} is a folder")
+    try:
+        header = _png_header(p)
+        if header is not None and header[0] == 16 and header[1] in _PNG_16BIT_COLOUR:
+            import png
+            width, height, rows, info = png.Reader(filename=str(p)).asDirect()
+            channels = info["planes"]
+            return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, channels)
+        img = Image.open(p)
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageFileError(f"cannot read the {what} image {p}: {e}") from None
+    except Exception as e:            # pypng's FormatError and the like
+        raise ImageFileError(f"cannot read the {what} image {p}: {type(e).__name__}: {e}") from None
+
+
+def _format_of(path: Path) -> str:
+    ext = path.suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        known = ", ".join(sorted({".png", ".jpg", ".tif", ".webp", ".bmp"}))
+        raise ImageFileError(f"cannot write {path}: {'no extension' if not ext else repr(ext)} is not an image "
+                             f"format this installation writes; use an extension such as {known}")
+    return fmt
+
+
+def _description(image) -> str:
+    if isinstance(image, np.ndarray):
+        return f"{image.dtype.name} image with {1 if image.ndim == 2 else image.shape[-1]} channel(s)"
+    return f"PIL mode {image.mode} image"
+
+
+def check_output(path, like) -> None:
+    """Raise :class:`ImageFileError` unless an image like ``like`` (what :func:`read_image`
+    gave, or what a result of it will be) can be written to ``path``: the path is not a
+    folder, its folder exists or can be made, and the format holds that kind of image."""
+    p = Path(path)
+    if p.is_dir():
+        raise ImageFileError(f"cannot write {p}: it is a folder; give a file name such as {p / 'sr.png'}")
+    fmt = _format_of(p)
+    parent = p.parent if str(p.parent) else Path(".")
+    existing = next(a for a in (parent, *parent.parents) if a.exists()) if not parent.exists() else parent
+    if not existing.is_dir():
+        raise ImageFileError(f"cannot write {p}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ImageFileError(f"cannot write {p}: the folder {existing} is not writable")
+    if isinstance(like, np.ndarray):
+        if fmt != "PNG":
+            raise ImageFileError(f"cannot write {p}: 16-bit colour is written as PNG; use a .png name "
+                                 f"(or convert the input to 8 bits)")
+        return
+    probe = _writable_mode(like.mode, fmt)
+    try:
+        Image.new(probe, (1, 1)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        raise ImageFileError(f"cannot write {p}: the {fmt} format does not hold a {_description(like)} ({e}); "
+                             f"use {'.tif' if like.mode in ('F', 'I;16', 'I') else '.png'}") from None
+
+
+def _writable_mode(mode: str, fmt: str) -> str:
+    """The mode an image is written in: JPEG has no alpha (dropped)."""
+    if fmt == "JPEG" and mode in ("RGBA", "LA"):
+        return mode[:-1]
+    return mode
+
+
+def write_image(image, path) -> None:
+    """Write a PIL image or a uint16 (H, W[, C]) array to ``path`` atomically."""
+    p = Path(path)
+    check_output(p, image)
+    fmt = _format_of(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(image, np.ndarray):
+                _write_png16(image, f)
+            else:
+                mode = _writable_mode(image.mode, fmt)
+                (image.convert(mode) if mode != image.mode else image).save(f, format=fmt)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_png16(a: np.ndarray, f) -> None:
+    import png
+    a = a if a.ndim == 3 else a[:, :, None]
+    h, w, c = a.shape
+    png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(
+        f, a.astype(np.uint16).reshape(h, w * c))
+
+
+def to_writable(image):
+    """A pipeline output (PIL image, numpy array) as something :func:`write_image` takes:
+    float or 8-bit arrays become 8-bit PIL images (maps such as the match confidence)."""
+    if not isinstance(image, np.ndarray) or image.dtype == np.uint16:
+        return image
+    a = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
