@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ConnectionError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ConnectionError, MemoryError) as e:
         print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
         return 2
     return int(code or 0)

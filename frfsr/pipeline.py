@@ -27,7 +27,7 @@ import torch
 
 from .checks import MIN_LR_SIZE, MIN_REF_SIZE, FRFSRWarning
 from .image_io import from_model_output, map_to_output, to_model_input, upscale_alpha
-from .tiling import DEFAULT_OVERLAP, upscale_tiled
+from .tiling import DEFAULT_OVERLAP, encode_refs, upscale_tiled
 
 # Mean match confidence below which the pipeline warns. The scale depends on the texture
 # encoder's weights: with the bundled default weights, 12 held-out pairs each
@@ -195,7 +195,7 @@ class FRFSRPipeline:
                                  "LR or one for all")
             tensors.append(t.to(self.device, self.dtype))
         with torch.no_grad():
-            return self.model.encode_refs(tensors, batch_size)
+            return encode_refs(self.model, tensors, batch_size)
 
     # ------------------------------------------------------------------ inference
     def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,

@@ -164,6 +164,55 @@ def auto_tile_size(model, batch_size: int = 1, device=None, budget_bytes: int | 
     return max(MIN_LR_SIZE, min(MAX_AUTO_TILE, side))
 
 
+def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None) -> int:
+    """Bytes that encoding ``refs`` (tensors) needs: what the encoded Refs keep
+    (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel) plus one extractor tile's
+    intermediates. MemoryError, saying what to do, when that exceeds the free memory."""
+    from .models.frfsr import REF_TILE, ref_bytes_per_pixel
+    from .models.vgg import TILE_HALO
+    refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
+    cfg, dtype = model.config, model.dtype
+    keep = sum(ref_bytes_per_pixel(cfg, dtype) * r.shape[-2] * r.shape[-1] * max(r.shape[0], 1) for r in refs)
+    side = min(tile or REF_TILE, max(max(r.shape[-2:]) for r in refs)) + 2 * TILE_HALO
+    work = 4 * cfg.vgg_widths[0] * side * side * (torch.finfo(dtype).bits // 8)
+    need, free = keep + work, free_memory(device if device is not None else model.device)
+    if need > free:
+        biggest = max(refs, key=lambda r: r.shape[-2] * r.shape[-1])
+        f = math.sqrt(max(free - work, 0) / need) * 0.9
+        h, w = biggest.shape[-2:]
+        raise MemoryError(
+            f"encoding the Ref{'s' if len(refs) > 1 else ''} ({', '.join(f'{r.shape[-1]}x{r.shape[-2]}' for r in refs)}) "
+            f"needs about {need / 2**30:.1f} GiB ({ref_bytes_per_pixel(cfg, dtype)} bytes per Ref pixel with this model "
+            f"in {str(dtype).replace('torch.', '')}) but {free / 2**30:.1f} GiB is free on {model.device}. Downscale "
+            f"the Ref to about {int(w * f)}x{int(h * f)} or less (detail finer than 4x the LR's scale is not used "
+            "anyway), use bfloat16 (half the memory), or a device with more memory")
+    return need
+
+
+def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, oom_fallback: bool = True):
+    """``model.encode_refs`` with the memory checked up front (:func:`ref_memory_check`) and
+    the extractor tile halved on out-of-memory; an :class:`EncodedRefs` is passed through."""
+    from .models import EncodedRefs
+    from .models.frfsr import REF_TILE
+    from .models.vgg import TILE_HALO
+    if isinstance(refs, EncodedRefs):
+        return refs
+    tile = tile or REF_TILE
+    ref_memory_check(model, refs, batch_size, tile)
+    while True:
+        try:
+            return model.encode_refs(refs, batch_size, tile=tile)
+        except Exception as err:
+            smallest = 8 * TILE_HALO
+            if not (oom_fallback and is_out_of_memory(err)) or tile <= smallest:
+                raise
+            del err
+            _release_memory(model.device)
+            tile = max(smallest, tile // 2 // 4 * 4)
+            warnings.warn(f"out of memory while encoding the Ref; retrying with Ref tiles of {tile} pixels",
+                          RuntimeWarning, stacklevel=3)
+
+
 def _check_tile_args(tile, overlap) -> None:
     if isinstance(tile, bool) or not (tile is None or tile == "auto" or isinstance(tile, int)):
         raise TypeError(f"tile must be an int (LR pixels), 'auto' or None (no tiling); got {tile!r}")
@@ -260,7 +309,7 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     from .models import EncodedRefs
     if not isinstance(refs, EncodedRefs):    # not yet encoded: move the Refs to the model
         refs = [r.to(dev, dtype) for r in refs] if isinstance(refs, (list, tuple)) else refs.to(dev, dtype)
-    encoded = model.encode_refs(refs, lr.shape[0])
+    encoded = encode_refs(model, refs, lr.shape[0], oom_fallback=oom_fallback)
 
     def step(y0, y1, x0, x1):
         part = lr[..., y0:y1, x0:x1].to(dev, dtype)

@@ -113,6 +113,18 @@ class Restoration(_Tensors):
     sife: torch.Tensor                # (B, sife_feat, h, w)
 
 
+REF_TILE = 1024             # Ref pixels per side that the feature extractors process at once
+
+
+def ref_bytes_per_pixel(config: FRFSRConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes an encoded Ref holds per Ref pixel: the image, VGG19 relu1_1 (full size), relu2_1
+    (1/4 of the pixels), relu3_1 and the texture feature (1/16 each). Paper preset, float32:
+    524 bytes (a 12-megapixel Ref: 6.3 GB)."""
+    c1, c2, c3 = config.vgg_widths
+    elem = torch.finfo(dtype).bits // 8
+    return int(elem * (3 + c1 + c2 / 4 + 2 * c3 / 16))
+
+
 def _check_ref_batch(name: str, n: int, b: int) -> None:
     if n not in (1, b):
         raise ValueError(f"{name} has batch size {n} but lr has {b}; give one Ref per LR "
@@ -156,10 +168,12 @@ class FRFSR(nn.Module):
         check_dtype(lr, "lr", self.dtype)
         return lr
 
-    def encode_refs(self, ref, batch_size: int | None = None) -> EncodedRefs:
+    def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE) -> EncodedRefs:
         """Validate the Ref(s) and compute what depends on them alone. ``ref``: a (B, 3, H, W)
         tensor or a list of them; ``batch_size``: the LR batch they will serve (Refs of batch
-        1 are shared by every LR)."""
+        1 are shared by every LR); ``tile``: the feature extractors run in tiles of this many
+        Ref pixels (None: whole), so their intermediates stay bounded; the result is
+        :func:`ref_bytes_per_pixel` per Ref pixel either way."""
         if isinstance(ref, EncodedRefs):
             return ref
         refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
@@ -174,8 +188,8 @@ class FRFSR(nn.Module):
             _check_ref_batch(name, r.shape[0], b)
             images.append(r)
         layout = MosaicLayout.build([r.shape[-2:] for r in images])
-        textures = tuple(self.texture_encoder.encode_ref(r) for r in images)
-        per_ref = [self.ref_extractor(r) for r in images]
+        textures = tuple(self.texture_encoder.encode_ref(r, tile) for r in images)
+        per_ref = [self.ref_extractor.forward_tiled(r, tile) for r in images]
         feats = tuple(layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
         return EncodedRefs(tuple(images), textures, feats, layout)
 

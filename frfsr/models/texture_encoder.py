@@ -19,6 +19,7 @@ class TextureEncoder(nn.Module):
         """Texture feature of the bicubic x4 LR, at 1/4 of its size (= the LR grid)."""
         return self.lr_trunk(lr_up)[2]
 
-    def encode_ref(self, ref: torch.Tensor) -> torch.Tensor:
-        """Texture feature of a Ref, at 1/4 of its size."""
-        return self.ref_trunk(ref)[2]
+    def encode_ref(self, ref: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """Texture feature of a Ref, at 1/4 of its size; ``tile``: compute it in tiles of
+        that many pixels (:meth:`VGGTrunk.forward_tiled`), bounding the memory."""
+        return self.ref_trunk.forward_tiled(ref, tile)[2]
