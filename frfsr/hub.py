@@ -181,21 +181,22 @@ def resolve_model_files(pretrained: str | os.PathLike | None = None, *, revision
     if path.is_file():
         raise ValueError(f"{name} is a file; pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                          "(to bring in a foreign checkpoint use `frfsr convert`)")
-    # a name is tried on the Hub only when it can only mean a repo: "namespace/name", where no
-    # folder "namespace" exists here; anything else that is not a folder is a missing folder
-    looks_local = (isinstance(pretrained, os.PathLike) or name.startswith((".", "/", "~")) or "\\" in name
-                   or name.count("/") != 1 or path.parent.is_dir())
-    if looks_local:
+    # a name is tried on the Hub only when it can only mean a repo: a valid "namespace/name"
+    # where no folder "namespace" exists here; any other name that is not a folder is a
+    # missing folder, reported at once (no request)
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    pathlike = isinstance(pretrained, os.PathLike) or name.startswith((".", "/", "~")) or "\\" in name
+    if not pathlike and name.count("/") <= 1:
+        try:
+            validate_repo_id(name)
+        except HFValidationError as e:
+            raise ValueError(f"{name!r} is neither an existing folder, nor {DEFAULT_MODEL!r}, nor a valid Hub repo "
+                             f"id ('namespace/name'): {e}") from None
+    if pathlike or name.count("/") != 1 or path.parent.is_dir():
         hint = (f" (the folder {path.parent} exists but holds no {path.name!r})" if path.parent.is_dir()
                 and str(path.parent) != "." else "")
         raise FileNotFoundError(f"no such model folder: {name}{hint}; pass an existing folder (with {CONFIG_NAME} "
                                 f"and {WEIGHTS_NAME}), {DEFAULT_MODEL!r}, or a Hub repo id 'namespace/name'")
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-    try:
-        validate_repo_id(name)
-    except HFValidationError as e:
-        raise ValueError(f"{name!r} is neither an existing folder, nor {DEFAULT_MODEL!r}, nor a valid Hub repo id "
-                         f"('name' or 'namespace/name'): {e}") from None
     kw = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
               force_download=force_download)
     config = _download(name, CONFIG_NAME, **kw)
@@ -454,7 +455,7 @@ def save_pretrained(model, save_directory, *, description: str | None = None, re
         raise TypeError(f"description must be a string, got {type(description).__name__}")
     if not isinstance(save_directory, (str, os.PathLike)) or not os.fspath(save_directory).strip():
         raise ValueError(f"save_directory must be a folder path, got {save_directory!r}")
-    out = Path(save_directory).expanduser().absolute()
+    out = Path(save_directory).expanduser().resolve()      # a symlinked folder: write where it points
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_save(out)
     keep, foreign_card = _check_target(out)
