@@ -22,9 +22,10 @@ import torch
 from frfsr import FRFSR, FRFSRConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACK_CLASSES = {"LoadFRFSR", "LoadFRFSRFromHub", "FRFSRMatchReference", "FRFSRAlignTextures", "FRFSRSuperResolve"}
+PACK_CLASSES = {"LoadFRFSR", "LoadFRFSRFromHub", "FRFSRMatchReference", "FRFSRAlignTextures", "FRFSRSuperResolve",
+                "FRFSRUpscale"}
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-MODEL_NAME = "frfsr-paper/model.safetensors"      # the name the bundled workflows use
+MODEL_NAME = "frfsr-paper/model.safetensors"      # a model folder in models/frfsr (the workflows use frfsr-default)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -242,13 +243,16 @@ def test_custom_types_flow_from_producers_to_consumers(pack):
     assert custom <= produced and custom <= consumed
 
 
-def test_signatures_of_the_five_nodes(pack):
+def test_signatures_of_the_six_nodes(pack):
     m = pack.NODE_CLASS_MAPPINGS
     assert m["LoadFRFSR"].RETURN_TYPES == ("FRFSR_MODEL",)
     assert m["LoadFRFSRFromHub"].RETURN_TYPES == ("FRFSR_MODEL",)
     assert m["FRFSRMatchReference"].RETURN_TYPES == ("FRFSR_MATCH", "IMAGE")
     assert m["FRFSRAlignTextures"].RETURN_TYPES == ("FRFSR_TEXTURES", "IMAGE")
     assert m["FRFSRSuperResolve"].RETURN_TYPES == ("IMAGE",)
+    assert m["FRFSRUpscale"].RETURN_TYPES == ("IMAGE",)
+    assert list(m["FRFSRUpscale"].INPUT_TYPES()["required"]) == ["model", "image", "reference", "reference_mode",
+                                                                 "tile_size", "tile_overlap"]
     assert {"repo_id", "revision"} <= set(m["LoadFRFSRFromHub"].INPUT_TYPES()["required"])
     assert "file" in m["LoadFRFSRFromHub"].INPUT_TYPES()["optional"]
     assert "tile_size" in m["FRFSRSuperResolve"].INPUT_TYPES()["required"]
