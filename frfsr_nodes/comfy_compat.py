@@ -111,10 +111,11 @@ def list_models() -> list[str]:
     return sorted(names)
 
 
-def resolve_model(name: str) -> Path:
+def resolve_model(name: str, offered: tuple[str, ...] = ()) -> Path:
     """The file for a LoadFRFSR model name. Only names that :func:`list_models` lists are
     accepted; absolute paths and ``..`` are refused before anything is looked up, and so is
-    a name whose resolved path (symbolic links followed) leaves the model folders."""
+    a name whose resolved path (symbolic links followed) leaves the model folders.
+    ``offered``: other choices the node lists first (named in the error message)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("no FRFSR model selected; put models in ComfyUI/models/frfsr/ and refresh")
     pure = PurePosixPath(name.replace("\\", "/"))
@@ -132,7 +133,7 @@ def resolve_model(name: str) -> Path:
                              f"'{MODEL_FOLDER}' (models/{MODEL_FOLDER} or extra_model_paths.yaml), or copy the model")
     available = list_models()
     if name not in available:
-        hint = ", ".join(available[:10]) or f"none: put models in models/{MODEL_FOLDER}/"
+        hint = ", ".join([*offered, *available][:10]) or f"none: put models in models/{MODEL_FOLDER}/"
         raise ValueError(f"model {name!r} is not in the models/{MODEL_FOLDER} folder; available: {hint}")
     for root in models_dirs():
         path = root / pure
@@ -305,12 +306,16 @@ def _free_memory(num_bytes: int, device: torch.device) -> None:
 
 # ---------------------------------------------------------------------- example inputs
 EXAMPLE_INPUTS = {"frfsr_lr.png": "lr.png", "frfsr_reference.png": "ref.png"}   # name in input/ -> bundled demo file
+_examples_done: set[str] = set()       # input folders already seen
 
 
 def install_example_inputs() -> list[str]:
     """Copy the bundled demo LR and Reference into ComfyUI's input folder under the names the
     bundled workflows load (frfsr_lr.png, frfsr_reference.png), so that every workflow runs
-    as shipped. A file already there is never replaced. Returns the names copied."""
+    as shipped. A file already there is never replaced. Called when the pack loads and
+    again when the frontend asks for the node list (ComfyUI builds that set
+    ``--input-directory`` only after loading custom nodes); once per folder. Returns the
+    names copied."""
     if folder_paths is None or not hasattr(folder_paths, "get_input_directory"):
         return []
     import shutil
@@ -321,6 +326,8 @@ def install_example_inputs() -> list[str]:
     copied = []
     try:
         target = Path(folder_paths.get_input_directory())
+        if str(target) in _examples_done:
+            return []
         target.mkdir(parents=True, exist_ok=True)
         for name, source in EXAMPLE_INPUTS.items():
             dest = target / name
@@ -329,6 +336,7 @@ def install_example_inputs() -> list[str]:
                 shutil.copyfile(assets / source, tmp)
                 os.replace(tmp, dest)
                 copied.append(name)
+        _examples_done.add(str(target))
     except OSError as e:       # a read-only input folder must not stop the pack from loading
         log.warning("FRFSR: could not copy the example images into ComfyUI's input folder: %s", e)
     return copied

@@ -151,7 +151,8 @@ def model_folder(name: str) -> Path:
     if name == BUNDLED:
         from frfsr import hub
         return hub.BUNDLED_DIR
-    weights = cc.resolve_model(name)
+    from frfsr import hub
+    weights = cc.resolve_model(name, offered=(BUNDLED,) if hub.BUNDLED_DIR.is_dir() else ())
     if weights.name != WEIGHTS_NAME or not weights.with_name(CONFIG_NAME).is_file():
         raise ValueError(f"{name} is not an FRFSR model folder: put {CONFIG_NAME} and {WEIGHTS_NAME} together in "
                          f"models/{cc.MODEL_FOLDER}/<name>/ (as save_pretrained writes them or the Hub holds them; "
@@ -292,6 +293,7 @@ class LoadFRFSR:
 
     @classmethod
     def INPUT_TYPES(cls):
+        cc.install_example_inputs()        # the bundled workflows' images, if the input folder lacks them
         return {"required": {
             "model_name": (model_choices(), {"tooltip": "models/frfsr/<name>/model.safetensors (config.json beside "
                                                         "it); frfsr-default = the weights bundled with frfsr"}),
