@@ -93,11 +93,12 @@ def list_models() -> list[str]:
     its folder (``paper/model.safetensors``, ``frfsr_x4.safetensors``). This list is the
     whitelist LoadFRFSR accepts. Symbolic links are followed only where they resolve into
     one of the model folders: a link to anywhere else is left out."""
-    names, seen = set(), set()
+    names = set()
     allowed = _real_roots()
     for root in models_dirs():
         if not root.is_dir():
             continue
+        seen = set()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             real = os.path.realpath(dirpath)
             if real in seen or not _inside(real, allowed):   # a loop, a folder reached twice, or outside

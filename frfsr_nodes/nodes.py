@@ -241,18 +241,20 @@ def reference_input(ref: torch.Tensor, lr_batch: int, mode: str):
 def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
     """Bytes one step asks ComfyUI for besides the weights: the restoration's activations per
     LR pixel (:func:`frfsr.tiling.bytes_per_lr_pixel`) over the pixels processed at once (a
-    tile, or the whole image), plus the Reference features. Measured peaks of match, align
-    and restore stay below it (tests/test_comfy_memory.py)."""
+    tile, or the whole image; x1.5 for the fixed cost of small tiles), the blended 4x output
+    of the whole image, and the Reference features. The measured peaks of match, align and
+    restore stay below it (tests/test_comfy_memory.py)."""
     from frfsr.tiling import MAX_AUTO_TILE, bytes_per_lr_pixel
 
     b, h, w = lr_shape[0], lr_shape[-2], lr_shape[-1]
     side = tile if isinstance(tile, int) else MAX_AUTO_TILE if tile == "auto" else max(h, w)
-    lr_pixels = min(h, side) * min(w, side)
+    at_once = min(h, side) * min(w, side)
     elem = torch.finfo(model.dtype).bits // 8
+    blended = 2 * 16 * 3 * 4 * h * w                   # float32 sum and weights of the 4x output
     # VGG relu1_1/2_1/3_1 features of the Reference at 1, 1/2, 1/4 size (c1 * (1 + 2/4 + 4/16)
     # channels per Reference pixel), held by the encoded References and their warp, twice over
     ref_bytes = 4 * elem * model.config.vgg_widths[0] * 7 // 4
-    return int(b * (bytes_per_lr_pixel(model) * lr_pixels + ref_bytes * ref_pixels))
+    return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
 
 
 def tile_args(tile_size: int, tile_overlap: int) -> tuple[int | str | None, int]:
