@@ -382,12 +382,27 @@ class WebSocket:
         self.sock.close()
 
 
+def _errors_text(answer) -> str:
+    """ComfyUI's validation answer as lines: node id, class, message and details."""
+    if not isinstance(answer, dict):
+        return str(answer)
+    lines = []
+    if isinstance(answer.get("error"), dict):
+        lines.append(f"{answer['error'].get('message')}: {answer['error'].get('details')}")
+    for nid, entry in (answer.get("node_errors") or {}).items():
+        for e in entry.get("errors", []):
+            lines.append(f"node {nid} ({entry.get('class_type')}): {e.get('message')}: {e.get('details')}")
+    return "\n".join(lines) or json.dumps(answer)[:4000]
+
+
 def run_prompt(server: ComfyServer, ws: WebSocket, prompt: dict, client_id: str, timeout: float = 120,
                on_message=None) -> tuple[str, list[dict]]:
     """Queue ``prompt`` and collect its websocket messages until it is done (ComfyUI sends
     ``executing`` with node None last). ``on_message(msg)`` sees each one as it arrives."""
     status, answer = server.queue(prompt, client_id)
-    assert status == 200, f"the prompt was refused: {json.dumps(answer, indent=1)[:4000]}"
+    assert status == 200, f"the prompt was refused: {_errors_text(answer)}"
+    # ComfyUI queues a prompt of which only some outputs passed validation: that is a failure here
+    assert not answer.get("node_errors"), f"some outputs failed validation: {_errors_text(answer)}"
     prompt_id = answer["prompt_id"]
     got = []
     deadline = time.monotonic() + timeout
