@@ -229,6 +229,18 @@ def uses_comfy_memory_management() -> bool:
             and getattr(model_patcher, "ModelPatcher", None) is not None)
 
 
+class FRFSRForComfyUI(torch.nn.Module):
+    """What ComfyUI's ModelPatcher holds: the network as its only submodule. Current
+    ModelPatcher versions set plain attributes on the module they hold (``device``,
+    ``model_loaded_weight_memory``, ...), and the network's own ``device`` is a read-only
+    property. ComfyUI's log names this class when it loads the model."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.net = net
+        self.device = device
+
+
 class ManagedModel:
     """A network that moves to its compute device for one node's work and back to its
     offload device afterwards.
@@ -242,7 +254,8 @@ class ManagedModel:
         self.module, self.device, self.offload = module, torch.device(device), torch.device(offload)
         self.patcher = None
         if uses_comfy_memory_management():
-            self.patcher = model_patcher.ModelPatcher(module, load_device=self.device, offload_device=self.offload)
+            self.patcher = model_patcher.ModelPatcher(FRFSRForComfyUI(module, self.offload), load_device=self.device,
+                                                      offload_device=self.offload)
 
     @contextlib.contextmanager
     def use(self, memory_required: int = 0):

@@ -238,16 +238,19 @@ def reference_input(ref: torch.Tensor, lr_batch: int, mode: str):
     return ref
 
 
+AUTO_TILE_ESTIMATE = 256   # tile side asked for with tile_size 0; the tiler then fits its tile to what is free
+
+
 def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
     """Bytes one step asks ComfyUI for besides the weights: the restoration's activations per
     LR pixel (:func:`frfsr.tiling.bytes_per_lr_pixel`) over the pixels processed at once (a
     tile, or the whole image; x1.5 for the fixed cost of small tiles), the blended 4x output
     of the whole image, and the Reference features. The measured peaks of match, align and
     restore stay below it (tests/test_comfy_memory.py)."""
-    from frfsr.tiling import MAX_AUTO_TILE, bytes_per_lr_pixel
+    from frfsr.tiling import bytes_per_lr_pixel
 
     b, h, w = lr_shape[0], lr_shape[-2], lr_shape[-1]
-    side = tile if isinstance(tile, int) else MAX_AUTO_TILE if tile == "auto" else max(h, w)
+    side = tile if isinstance(tile, int) else AUTO_TILE_ESTIMATE if tile == "auto" else max(h, w)
     at_once = min(h, side) * min(w, side)
     elem = torch.finfo(model.dtype).bits // 8
     blended = 2 * 16 * 3 * 4 * h * w                   # float32 sum and weights of the 4x output

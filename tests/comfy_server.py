@@ -21,6 +21,7 @@ models, input, output and temp folders; :class:`WebSocket` is a minimal client f
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import hashlib
@@ -39,6 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +180,24 @@ def free_port() -> int:
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback: never through a proxy
+_RUNNING: "weakref.WeakSet[ComfyServer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """A server whose test never reached its teardown is stopped when the interpreter exits."""
+    for server in list(_RUNNING):
+        server.stop()
+
+
+def _die_with_parent() -> None:
+    """In the server process, before exec: on Linux, get SIGTERM when the test process dies
+    (even by SIGKILL), so no server outlives its test run."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class ComfyServer:
@@ -221,7 +241,9 @@ class ComfyServer:
         env.update(self.env)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        _RUNNING.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -238,6 +260,7 @@ class ComfyServer:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 15 s); always safe to call."""
         proc, self.proc = self.proc, None
+        _RUNNING.discard(self)
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT if os.name != "nt" else signal.CTRL_BREAK_EVENT)
             try:

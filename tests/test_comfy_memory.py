@@ -35,6 +35,7 @@ class FakeLoadedModel:
     def model_unload(self, *args, **kwargs):
         self.log.append(("unload", self.model))
         self.model.model.to(self.model.offload_device)
+        self.model.model.device = self.model.offload_device       # as current ComfyUI's patcher does
 
 
 class FakeModelManagement(types.ModuleType):
@@ -49,6 +50,8 @@ class FakeModelManagement(types.ModuleType):
         self.log.append(("load", list(models), memory_required, force_full_load))
         for m in models:
             m.model.to(m.load_device)
+            m.model.device = m.load_device                              # as current ComfyUI's patcher does
+            m.model.model_loaded_weight_memory = 1
             self.current_loaded_models.insert(0, FakeLoadedModel(m, self.log))
 
     def get_torch_device(self):
@@ -94,7 +97,7 @@ def test_the_loader_registers_a_patcher_and_each_step_asks_for_memory_before_run
     m = pack.NODE_CLASS_MAPPINGS
     (handle,) = m["LoadFRFSR"]().load(MODEL_NAME, "auto", "float32")
     patcher = handle.placement.patcher
-    assert isinstance(patcher, FakePatcher) and patcher.model is handle.model
+    assert isinstance(patcher, FakePatcher) and patcher.model.net is handle.model     # the network, held as it is
     assert patcher.load_device == torch.device("cpu") and patcher.offload_device == torch.device("cpu")
     assert comfy.log == []                                   # loading the file does not load it on the device
     for step in ("match", "align", "restore"):              # the network's work, in the same log

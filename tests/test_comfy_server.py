@@ -182,7 +182,7 @@ def test_every_workflow_runs_unchanged(server, ws, client_id, hub, name):
     assert executed | cached == set(prompt), f"these nodes neither ran nor were cached: {set(prompt) - executed - cached}"
     assert set(sr_ids) <= executed
     # the model went through ComfyUI's model management (LoadedModel logs the class it loads)
-    assert "Requested to load FRFSR" in server.log()
+    assert "Requested to load FRFSRForComfyUI" in server.log()
     if any(n["class_type"] == "LoadFRFSRFromHub" for n in prompt.values()):
         assert hub.count("GET") > gets_before, "the Hub workflow did not download from the loopback Hub"
 
