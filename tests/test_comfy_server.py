@@ -7,7 +7,6 @@ is queued unchanged. Set FRFSR_SKIP_COMFYUI_SERVER=1 to skip the module (e.g. of
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import uuid
