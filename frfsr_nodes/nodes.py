@@ -260,6 +260,28 @@ def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
     return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
 
 
+def lr_and_references(model: "FRFSRModel", image, reference, mode: str):
+    """The LR and Reference IMAGEs as model inputs on the intermediate device, the References
+    as :func:`reference_input` gives them, and their pixel count."""
+    lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
+    ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
+                          lr.shape[0], mode)
+    ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in (ref if isinstance(ref, list) else [ref]))
+    return lr, ref, ref_pixels
+
+
+def run_tiled(model: "FRFSRModel", tiler, lr: torch.Tensor, inputs, ref_pixels: int, tile_size: int,
+              tile_overlap: int) -> tuple[torch.Tensor]:
+    """``tiler(net, lr, inputs(), tile=..., ...)`` (a :mod:`frfsr.tiling` function) with the
+    model on its device, ComfyUI's progress bar per tile and the cancel check between tiles."""
+    tile, overlap = tile_args(tile_size, tile_overlap)
+    pbar = cc.progress_bar(1)
+    with model.active(memory_estimate(model.model, lr.shape, ref_pixels, tile)) as net:
+        sr = tiler(net, lr, inputs(), tile=tile, overlap=overlap,
+                   progress=lambda done, total: pbar.update_absolute(done, total), interrupt=cc.check_interrupt)
+    return (nchw_to_image(sr),)
+
+
 def tile_args(tile_size: int, tile_overlap: int) -> tuple[int | str | None, int]:
     """Node widgets -> :func:`frfsr.tiling.restore_tiled` arguments: tile 0 is ``"auto"``
     (from free memory), anything else is raised to the model's minimum input; the overlap
@@ -406,10 +428,7 @@ class MatchReference:
         }}
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto"):
-        lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
-        ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
-                              lr.shape[0], reference_mode)
-        ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in (ref if isinstance(ref, list) else [ref]))
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
         with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
             lr = lr.to(model.device)
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
@@ -450,16 +469,21 @@ class AlignTextures:
         return (tex, preview)
 
 
-class SuperResolve:
-    """Restore the 4x image from the LR image and the aligned textures, tile by tile."""
+class _FourTimesImage:
+    """What both super-resolving nodes return: the 4x IMAGE, from their ``upscale`` method."""
 
-    DESCRIPTION = ("Restores the 4x image from the LR image and the aligned textures, tile by tile "
-                   "(tile_size in LR pixels bounds the memory; 0 picks it from the free memory).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("the 4x super-resolved image(s)",)
     FUNCTION = "upscale"
+
+
+class SuperResolve(_FourTimesImage):
+    """Restore the 4x image from the LR image and the aligned textures, tile by tile."""
+
+    DESCRIPTION = ("Restores the 4x image from the LR image and the aligned textures, tile by tile "
+                   "(tile_size in LR pixels bounds the memory; 0 picks it from the free memory).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -482,27 +506,17 @@ class SuperResolve:
                              f"{lr.shape[-2]}x{lr.shape[-1]}: connect the same image to MatchReference and SuperResolve")
         from frfsr.tiling import restore_tiled
 
-        tile, overlap = tile_args(tile_size, tile_overlap)
-        pbar = cc.progress_bar(1)
         ref_pixels = sum(f.shape[-2] * f.shape[-1] for f in textures.ref_feats[:1])
-        with model.active(memory_estimate(model.model, lr.shape, ref_pixels, tile)) as net:
-            sr = restore_tiled(net, lr, move(textures, model.device), tile=tile, overlap=overlap,
-                               progress=lambda done, total: pbar.update_absolute(done, total),
-                               interrupt=cc.check_interrupt)
-        return (nchw_to_image(sr),)
+        return run_tiled(model, restore_tiled, lr, lambda: move(textures, model.device), ref_pixels, tile_size,
+                         tile_overlap)
 
 
-class Upscale:
+class Upscale(_FourTimesImage):
     """The whole 4x super-resolution in one node: LR image + Reference image(s) -> 4x image."""
 
     DESCRIPTION = ("Upscales the LR image(s) 4x, transferring detail from the Reference image(s): match, "
                    "align and restore in one node, tile by tile (memory bounded by the tile). The three "
                    "step nodes do the same and show the match confidence and the warped Reference.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("the 4x super-resolved image(s)",)
-    FUNCTION = "upscale"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -520,18 +534,9 @@ class Upscale:
                 tile_overlap: int = 16):
         from frfsr.tiling import upscale_tiled
 
-        lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
-        ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
-                              lr.shape[0], reference_mode)
-        ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in (ref if isinstance(ref, list) else [ref]))
-        tile, overlap = tile_args(tile_size, tile_overlap)
-        pbar = cc.progress_bar(1)
-        with model.active(memory_estimate(model.model, lr.shape, ref_pixels, tile)) as net:
-            cc.check_interrupt()
-            sr = upscale_tiled(net, lr, ref, tile=tile, overlap=overlap,
-                               progress=lambda done, total: pbar.update_absolute(done, total),
-                               interrupt=cc.check_interrupt)
-        return (nchw_to_image(sr),)
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
+        cc.check_interrupt()
+        return run_tiled(model, upscale_tiled, lr, lambda: ref, ref_pixels, tile_size, tile_overlap)
 
 
 NODE_CLASS_MAPPINGS = {
