@@ -4,14 +4,16 @@ A thin adapter: the model work is :mod:`frfsr`'s; these classes declare inputs a
 convert ComfyUI IMAGE tensors ([B, H, W, C] float in [0, 1]) to and from the model's NCHW
 layout, move things between devices, and report progress and cancellation to ComfyUI.
 
-Graph: LoadFRFSR / LoadFRFSRFromHub -> FRFSR_MODEL; MatchReference -> FRFSR_MATCH;
-AlignTextures -> FRFSR_TEXTURES; SuperResolve -> IMAGE (4x).
+Graph: LoadFRFSR / LoadFRFSRFromHub -> FRFSR_MODEL; then either Upscale (one node: LR +
+Reference(s) -> IMAGE 4x), or the three steps MatchReference -> FRFSR_MATCH, AlignTextures
+-> FRFSR_TEXTURES, SuperResolve -> IMAGE (4x), which show the match on the way.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import re
+import warnings
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -34,36 +36,60 @@ REFERENCE_MODES = ["auto", "pair", "all"]
 @dataclasses.dataclass
 class FRFSRModel:
     """What flows along an FRFSR_MODEL link: the network plus where it runs and where it
-    waits between runs (ComfyUI's offload device)."""
+    waits between runs (ComfyUI's offload device). ``placement`` moves it; inside ComfyUI
+    it holds the ComfyUI model patcher that ComfyUI's memory management counts."""
 
     model: FRFSR
     device: torch.device
     offload: torch.device
     name: str
+    placement: cc.ManagedModel = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.placement is None:
+            self.placement = cc.ManagedModel(self.model, self.device, self.offload)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
     @contextlib.contextmanager
-    def active(self):
-        """Move the model to its compute device for one node's work, then back to offload."""
-        nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        cc.free_memory(3 * nbytes, self.device)
-        self.model.to(self.device)
-        try:
+    def active(self, memory_required: int = 0):
+        """The model on its compute device for one node's work (after asking for
+        ``memory_required`` bytes besides its weights), then back on its offload device."""
+        with self.placement.use(memory_required) as net:
             with torch.no_grad():          # plain tensors: other nodes may modify them in place
-                yield self.model
-        finally:
-            if self.offload != self.device:
-                self.model.to(self.offload)
-                cc.soft_empty_cache()
+                yield net
 
     def __repr__(self) -> str:
         return f"FRFSRModel({self.name!r}, {self.model.config.name}, {self.dtype}, on {self.device})"
 
 
 # ---------------------------------------------------------------------- conversions
+class FRFSRImageWarning(UserWarning):
+    """An IMAGE input holds values slightly outside [0, 1] (they are clipped)."""
+
+
+RANGE_TOLERANCE = 1e-3         # overshoot that is rounding, not a wrong value range: clipped silently
+RANGE_REFUSED = (-0.5, 1.5)    # beyond this the tensor is not a [0, 1] image at all (0-255, [-1, 1])
+
+
+def check_image_values(image: torch.Tensor, name: str) -> None:
+    """ComfyUI IMAGEs hold values in [0, 1]. NaN/inf and values far outside (a 0-255 or
+    [-1, 1] tensor) are refused; a small overshoot beyond rounding is clipped with a warning."""
+    if image.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(image.shape)}); connect an image with pixels")
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError(f"{name} holds NaN or infinite values; an IMAGE must hold values in [0, 1]")
+    lo, hi = (float(v) for v in torch.aminmax(image.float()))
+    if lo < RANGE_REFUSED[0] or hi > RANGE_REFUSED[1]:
+        hint = " (is it a 0-255 image?)" if hi > 2 else " (is it a [-1, 1] tensor?)" if lo < -0.5 else ""
+        raise ValueError(f"{name} values span [{lo:.4g}, {hi:.4g}], but a ComfyUI IMAGE holds values in [0, 1]{hint}")
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        warnings.warn(f"FRFSR: {name} values span [{lo:.4g}, {hi:.4g}], outside [0, 1]; they are clipped to [0, 1]",
+                      FRFSRImageWarning, stacklevel=3)
+
+
 def image_to_nchw(image: torch.Tensor, name: str, device, dtype) -> torch.Tensor:
     """ComfyUI IMAGE [B, H, W, C] -> model input [B, 3, H, W] (grayscale repeated, alpha dropped)."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4:
@@ -76,6 +102,7 @@ def image_to_nchw(image: torch.Tensor, name: str, device, dtype) -> torch.Tensor
         image = image[..., :3]
     else:
         raise ValueError(f"{name} has {c} channels; an IMAGE must have 1, 3 or 4 channels [B, H, W, C]")
+    check_image_values(image, name)
     return image.permute(0, 3, 1, 2).to(device=device, dtype=dtype).clamp(0, 1).contiguous()
 
 
@@ -124,7 +151,8 @@ def model_folder(name: str) -> Path:
     if name == BUNDLED:
         from frfsr import hub
         return hub.BUNDLED_DIR
-    weights = cc.resolve_model(name)
+    from frfsr import hub
+    weights = cc.resolve_model(name, offered=(BUNDLED,) if hub.BUNDLED_DIR.is_dir() else ())
     if weights.name != WEIGHTS_NAME or not weights.with_name(CONFIG_NAME).is_file():
         raise ValueError(f"{name} is not an FRFSR model folder: put {CONFIG_NAME} and {WEIGHTS_NAME} together in "
                          f"models/{cc.MODEL_FOLDER}/<name>/ (as save_pretrained writes them or the Hub holds them; "
@@ -139,25 +167,35 @@ def _handle(model: FRFSR, name: str, device: str) -> tuple[FRFSRModel]:
     return (FRFSRModel(model, dev, offload, name),)
 
 
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
-_REVISION = re.compile(r"^[\w.\-/]{1,255}$")
+_REVISION = re.compile(r"^[A-Za-z0-9_.\-/]{1,255}$")
 
 
 def validate_repo_id(repo_id: str) -> str:
-    """Refuse anything but ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``),
-    before any request is made."""
+    """Refuse anything but ``name`` or ``owner/name`` in ASCII letters, digits, ``-``, ``_``
+    and ``.``, before any request is made: ASCII first (older huggingface_hub releases let
+    any Unicode letter through), then huggingface_hub's own validator."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hf_validate_repo_id
+
     rid = repo_id.strip() if isinstance(repo_id, str) else repo_id
-    if (not isinstance(rid, str) or not _REPO_ID.fullmatch(rid) or "--" in rid or ".." in rid
-            or rid.endswith((".git", ".", "-"))):
+    if not isinstance(rid, str) or not rid:
+        raise ValueError(f"invalid Hugging Face repo id {repo_id!r}: expected 'owner/name'")
+    bad = [ch for ch in rid if not ch.isascii()]
+    if bad:
+        raise ValueError(f"invalid Hugging Face repo id {repo_id!r}: it must be ASCII, but holds "
+                         f"{', '.join(repr(ch) for ch in dict.fromkeys(bad))} (letters a-z, digits, '-', '_' and '.' only)")
+    try:
+        hf_validate_repo_id(rid)
+    except HFValidationError as e:
         raise ValueError(f"invalid Hugging Face repo id {repo_id!r}: expected 'owner/name' made of letters, "
-                         "digits, '-', '_' and '.' (no '..', '--', spaces, URLs or paths)")
+                         f"digits, '-', '_' and '.' (no '..', '--', spaces, URLs or paths): {e}") from None
     return rid
 
 
 def validate_revision(revision: str) -> str:
     rev = (revision or "").strip() or "main"
     if not _REVISION.fullmatch(rev) or ".." in rev or rev.startswith("/"):
-        raise ValueError(f"invalid revision {revision!r}: use a branch, tag or commit hash")
+        raise ValueError(f"invalid revision {revision!r}: use a branch, tag or commit hash (ASCII)")
     return rev
 
 
@@ -187,6 +225,63 @@ def download_from_hub(repo_id: str, revision: str, filename: str) -> Path:
     return hub._download(repo_id, filename, **kw).parent
 
 
+def reference_input(ref: torch.Tensor, lr_batch: int, mode: str):
+    """A Reference IMAGE batch as the model takes it: the batch itself (Reference i serves LR
+    i, or one serves all) or a list of single References (every one serves every LR)."""
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {mode!r}")
+    n = ref.shape[0]
+    if mode == "pair" and n not in (1, lr_batch):
+        raise ValueError(f"reference_mode 'pair' needs one Reference per image ({lr_batch}) or one for all; got {n}")
+    if mode == "all" or (mode == "auto" and n not in (1, lr_batch)):
+        return list(ref.split(1))          # several References for every LR
+    return ref
+
+
+AUTO_TILE_ESTIMATE = 256   # tile side asked for with tile_size 0; the tiler then fits its tile to what is free
+
+
+def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
+    """Bytes one step asks ComfyUI for besides the weights: the restoration's activations per
+    LR pixel (:func:`frfsr.tiling.bytes_per_lr_pixel`) over the pixels processed at once (a
+    tile, or the whole image; x1.5 for the fixed cost of small tiles), the blended 4x output
+    of the whole image, and the Reference features. The measured peaks of match, align and
+    restore stay below it (tests/test_comfy_memory.py)."""
+    from frfsr.tiling import bytes_per_lr_pixel
+
+    b, h, w = lr_shape[0], lr_shape[-2], lr_shape[-1]
+    side = tile if isinstance(tile, int) else AUTO_TILE_ESTIMATE if tile == "auto" else max(h, w)
+    at_once = min(h, side) * min(w, side)
+    elem = torch.finfo(model.dtype).bits // 8
+    blended = 2 * 16 * 3 * 4 * h * w                   # float32 sum and weights of the 4x output
+    # VGG relu1_1/2_1/3_1 features of the Reference at 1, 1/2, 1/4 size (c1 * (1 + 2/4 + 4/16)
+    # channels per Reference pixel), held by the encoded References and their warp, twice over
+    ref_bytes = 4 * elem * model.config.vgg_widths[0] * 7 // 4
+    return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
+
+
+def lr_and_references(model: "FRFSRModel", image, reference, mode: str):
+    """The LR and Reference IMAGEs as model inputs on the intermediate device, the References
+    as :func:`reference_input` gives them, and their pixel count."""
+    lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
+    ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
+                          lr.shape[0], mode)
+    ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in (ref if isinstance(ref, list) else [ref]))
+    return lr, ref, ref_pixels
+
+
+def run_tiled(model: "FRFSRModel", tiler, lr: torch.Tensor, inputs, ref_pixels: int, tile_size: int,
+              tile_overlap: int) -> tuple[torch.Tensor]:
+    """``tiler(net, lr, inputs(), tile=..., ...)`` (a :mod:`frfsr.tiling` function) with the
+    model on its device, ComfyUI's progress bar per tile and the cancel check between tiles."""
+    tile, overlap = tile_args(tile_size, tile_overlap)
+    pbar = cc.progress_bar(1)
+    with model.active(memory_estimate(model.model, lr.shape, ref_pixels, tile)) as net:
+        sr = tiler(net, lr, inputs(), tile=tile, overlap=overlap,
+                   progress=lambda done, total: pbar.update_absolute(done, total), interrupt=cc.check_interrupt)
+    return (nchw_to_image(sr),)
+
+
 def tile_args(tile_size: int, tile_overlap: int) -> tuple[int | str | None, int]:
     """Node widgets -> :func:`frfsr.tiling.restore_tiled` arguments: tile 0 is ``"auto"``
     (from free memory), anything else is raised to the model's minimum input; the overlap
@@ -200,27 +295,50 @@ def tile_args(tile_size: int, tile_overlap: int) -> tuple[int | str | None, int]
 # ---------------------------------------------------------------------- nodes
 _DEVICE_INPUT = (cc.DEVICE_CHOICES, {"default": "auto", "tooltip": "auto: ComfyUI's GPU when there is one, else CPU"})
 _DTYPE_INPUT = (list(DTYPES), {"default": "float32", "tooltip": "weight precision; float32 is the reference"})
+_MODEL_INPUT = (MODEL_TYPE, {"tooltip": "the FRFSR model, from Load FRFSR Model or Load FRFSR Model (Hugging Face Hub)"})
+_REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
+                         "pair: Reference i serves LR i; all: every Reference serves every LR; "
+                         "auto: pair when the batch sizes match (or one Reference serves all), else all"})
+_TILE_SIZE_INPUT = ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8, "tooltip":
+                            "tile side in LR pixels; 0 = auto (from free memory, halved on out-of-memory); "
+                            "larger than the image = one piece; the minimum is 15"})
+_TILE_OVERLAP_INPUT = ("INT", {"default": 16, "min": 0, "max": 256, "step": 1, "tooltip":
+                               "LR pixels shared by neighbouring tiles, blended smoothly (at most half the tile)"})
 
 
 class LoadFRFSR:
     """Load an FRFSR model from ComfyUI/models/frfsr."""
 
-    DESCRIPTION = ("Loads FRFSR weights from ComfyUI/models/frfsr/<name>/ (config.json + model.safetensors, "
-                   "as save_pretrained writes them and the Hub holds them).")
+    DESCRIPTION = ("Loads FRFSR weights: frfsr-default (bundled, works offline) or a model folder "
+                   "ComfyUI/models/frfsr/<name>/ (config.json + model.safetensors, as save_pretrained "
+                   "writes them and the Hub holds them).")
     CATEGORY = CATEGORY
     RETURN_TYPES = (MODEL_TYPE,)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("the FRFSR network, for MatchReference, AlignTextures and SuperResolve",)
+    OUTPUT_TOOLTIPS = ("the FRFSR network, for FRFSR Upscale or the three step nodes",)
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
+        cc.install_example_inputs()        # the bundled workflows' images, if the input folder lacks them
         return {"required": {
             "model_name": (model_choices(), {"tooltip": "models/frfsr/<name>/model.safetensors (config.json beside "
                                                         "it); frfsr-default = the weights bundled with frfsr"}),
             "device": _DEVICE_INPUT,
             "dtype": _DTYPE_INPUT,
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        """Checked by ComfyUI when the prompt is queued (instead of its own list check), so a
+        missing or unsafe model name is reported with what is available."""
+        if model_name is None:             # linked from another node: checked when it arrives
+            return True
+        try:
+            model_folder(model_name)
+        except (ValueError, FileNotFoundError) as e:
+            return str(e)
+        return True
 
     @classmethod
     def IS_CHANGED(cls, model_name, device="auto", dtype="float32"):
@@ -252,7 +370,7 @@ class LoadFRFSRFromHub:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "repo_id": ("STRING", {"default": "frfsr/frfsr-paper", "multiline": False,
+                "repo_id": ("STRING", {"default": "frfsr/frfsr-default", "multiline": False,
                                        "tooltip": "Hugging Face repo id, 'owner/name'"}),
                 "revision": ("STRING", {"default": "main", "multiline": False,
                                         "tooltip": "branch, tag or commit hash (a commit pins the weights)"}),
@@ -303,25 +421,17 @@ class MatchReference:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (MODEL_TYPE,),
+            "model": _MODEL_INPUT,
             "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
             "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s), at least 12x12"}),
-            "reference_mode": (REFERENCE_MODES, {"default": "auto", "tooltip":
-                               "pair: Reference i serves LR i; all: every Reference serves every LR; "
-                               "auto: pair when the batch sizes match, else all"}),
+            "reference_mode": _REFERENCE_MODE_INPUT,
         }}
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto"):
-        if reference_mode not in REFERENCE_MODES:
-            raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {reference_mode!r}")
-        with model.active() as net:
-            lr = image_to_nchw(image, "image", model.device, model.dtype)
-            ref = image_to_nchw(reference, "reference", model.device, model.dtype)
-            b, n = lr.shape[0], ref.shape[0]
-            if reference_mode == "pair" and n not in (1, b):
-                raise ValueError(f"reference_mode 'pair' needs one Reference per image ({b}) or one for all; got {n}")
-            if reference_mode == "all" or (reference_mode == "auto" and n not in (1, b)):
-                ref = list(ref.split(1))          # several References for every LR
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
+        with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
+            lr = lr.to(model.device)
+            ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             cc.check_interrupt()
             corr = net.match(lr, ref)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
@@ -342,12 +452,16 @@ class AlignTextures:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": (MODEL_TYPE,), "match": (MATCH_TYPE,)}}
+        return {"required": {
+            "model": _MODEL_INPUT,
+            "match": (MATCH_TYPE, {"tooltip": "the match from FRFSR Match Reference"}),
+        }}
 
     def align(self, model: FRFSRModel, match: Correspondence):
         if not isinstance(match, Correspondence):
             raise TypeError(f"match must come from MatchReference, got {type(match).__name__}")
-        with model.active() as net:
+        ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in match.refs.images)
+        with model.active(memory_estimate(model.model, match.confidence.shape, ref_pixels)) as net:
             cc.check_interrupt()
             tex = net.align(move(match, model.device))
             preview = nchw_to_image(tex.warped_ref)
@@ -355,28 +469,30 @@ class AlignTextures:
         return (tex, preview)
 
 
-class SuperResolve:
-    """Restore the 4x image from the LR image and the aligned textures, tile by tile."""
+class _FourTimesImage:
+    """What both super-resolving nodes return: the 4x IMAGE, from their ``upscale`` method."""
 
-    DESCRIPTION = ("Restores the 4x image from the LR image and the aligned textures, tile by tile "
-                   "(tile_size in LR pixels bounds the memory; 0 picks it from the free memory).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("the 4x super-resolved image(s)",)
     FUNCTION = "upscale"
 
+
+class SuperResolve(_FourTimesImage):
+    """Restore the 4x image from the LR image and the aligned textures, tile by tile."""
+
+    DESCRIPTION = ("Restores the 4x image from the LR image and the aligned textures, tile by tile "
+                   "(tile_size in LR pixels bounds the memory; 0 picks it from the free memory).")
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (MODEL_TYPE,),
-            "image": ("IMAGE", {"tooltip": "the same LR image(s) given to MatchReference"}),
-            "textures": (TEXTURES_TYPE,),
-            "tile_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8, "tooltip":
-                                  "tile side in LR pixels; 0 = auto (from free memory, halved on out-of-memory); "
-                                  "larger than the image = one piece; the minimum is 15"}),
-            "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 256, "step": 1, "tooltip":
-                                     "LR pixels shared by neighbouring tiles, blended smoothly (at most half the tile)"}),
+            "model": _MODEL_INPUT,
+            "image": ("IMAGE", {"tooltip": "the same LR image(s) given to FRFSR Match Reference"}),
+            "textures": (TEXTURES_TYPE, {"tooltip": "the aligned textures from FRFSR Align Textures"}),
+            "tile_size": _TILE_SIZE_INPUT,
+            "tile_overlap": _TILE_OVERLAP_INPUT,
         }}
 
     def upscale(self, model: FRFSRModel, image, textures: AlignedTextures, tile_size: int = 0,
@@ -390,13 +506,37 @@ class SuperResolve:
                              f"{lr.shape[-2]}x{lr.shape[-1]}: connect the same image to MatchReference and SuperResolve")
         from frfsr.tiling import restore_tiled
 
-        tile, overlap = tile_args(tile_size, tile_overlap)
-        pbar = cc.progress_bar(1)
-        with model.active() as net:
-            sr = restore_tiled(net, lr, move(textures, model.device), tile=tile, overlap=overlap,
-                               progress=lambda done, total: pbar.update_absolute(done, total),
-                               interrupt=cc.check_interrupt)
-        return (nchw_to_image(sr),)
+        ref_pixels = sum(f.shape[-2] * f.shape[-1] for f in textures.ref_feats[:1])
+        return run_tiled(model, restore_tiled, lr, lambda: move(textures, model.device), ref_pixels, tile_size,
+                         tile_overlap)
+
+
+class Upscale(_FourTimesImage):
+    """The whole 4x super-resolution in one node: LR image + Reference image(s) -> 4x image."""
+
+    DESCRIPTION = ("Upscales the LR image(s) 4x, transferring detail from the Reference image(s): match, "
+                   "align and restore in one node, tile by tile (memory bounded by the tile). The three "
+                   "step nodes do the same and show the match confidence and the warped Reference.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": _MODEL_INPUT,
+            "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
+            "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s) of the same scene, objects or "
+                                               "textures, at least 12x12 (several: a batch, e.g. from Batch Images)"}),
+            "reference_mode": _REFERENCE_MODE_INPUT,
+            "tile_size": _TILE_SIZE_INPUT,
+            "tile_overlap": _TILE_OVERLAP_INPUT,
+        }}
+
+    def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
+                tile_overlap: int = 16):
+        from frfsr.tiling import upscale_tiled
+
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
+        cc.check_interrupt()
+        return run_tiled(model, upscale_tiled, lr, lambda: ref, ref_pixels, tile_size, tile_overlap)
 
 
 NODE_CLASS_MAPPINGS = {
@@ -405,6 +545,7 @@ NODE_CLASS_MAPPINGS = {
     "FRFSRMatchReference": MatchReference,
     "FRFSRAlignTextures": AlignTextures,
     "FRFSRSuperResolve": SuperResolve,
+    "FRFSRUpscale": Upscale,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -413,4 +554,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FRFSRMatchReference": "FRFSR Match Reference",
     "FRFSRAlignTextures": "FRFSR Align Textures",
     "FRFSRSuperResolve": "FRFSR Super-Resolve (4x)",
+    "FRFSRUpscale": "FRFSR Upscale (4x)",
 }

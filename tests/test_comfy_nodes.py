@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,9 +23,10 @@ import torch
 from frfsr import FRFSR, FRFSRConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACK_CLASSES = {"LoadFRFSR", "LoadFRFSRFromHub", "FRFSRMatchReference", "FRFSRAlignTextures", "FRFSRSuperResolve"}
+PACK_CLASSES = {"LoadFRFSR", "LoadFRFSRFromHub", "FRFSRMatchReference", "FRFSRAlignTextures", "FRFSRSuperResolve",
+                "FRFSRUpscale"}
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-MODEL_NAME = "frfsr-paper/model.safetensors"      # the name the bundled workflows use
+MODEL_NAME = "frfsr-paper/model.safetensors"      # a model folder in models/frfsr (the workflows use frfsr-default)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -242,13 +244,16 @@ def test_custom_types_flow_from_producers_to_consumers(pack):
     assert custom <= produced and custom <= consumed
 
 
-def test_signatures_of_the_five_nodes(pack):
+def test_signatures_of_the_six_nodes(pack):
     m = pack.NODE_CLASS_MAPPINGS
     assert m["LoadFRFSR"].RETURN_TYPES == ("FRFSR_MODEL",)
     assert m["LoadFRFSRFromHub"].RETURN_TYPES == ("FRFSR_MODEL",)
     assert m["FRFSRMatchReference"].RETURN_TYPES == ("FRFSR_MATCH", "IMAGE")
     assert m["FRFSRAlignTextures"].RETURN_TYPES == ("FRFSR_TEXTURES", "IMAGE")
     assert m["FRFSRSuperResolve"].RETURN_TYPES == ("IMAGE",)
+    assert m["FRFSRUpscale"].RETURN_TYPES == ("IMAGE",)
+    assert list(m["FRFSRUpscale"].INPUT_TYPES()["required"]) == ["model", "image", "reference", "reference_mode",
+                                                                 "tile_size", "tile_overlap"]
     assert {"repo_id", "revision"} <= set(m["LoadFRFSRFromHub"].INPUT_TYPES()["required"])
     assert "file" in m["LoadFRFSRFromHub"].INPUT_TYPES()["optional"]
     assert "tile_size" in m["FRFSRSuperResolve"].INPUT_TYPES()["required"]
@@ -288,7 +293,7 @@ def test_absolute_path_to_a_listed_file_is_refused(pack, models_dir):
 
 def test_unknown_model_name_lists_what_is_available(pack, models_dir):
     nodes, _ = pack_modules(pack)
-    with pytest.raises(ValueError, match=f"'missing.safetensors' is not in .*available: {MODEL_NAME}"):
+    with pytest.raises(ValueError, match=f"'missing.safetensors' is not in .*available: frfsr-default, {MODEL_NAME}"):
         nodes.LoadFRFSR().load("missing.safetensors")
 
 
@@ -509,3 +514,158 @@ def test_device_choices_outside_comfyui(pack):
     with pytest.raises(ValueError, match="device must be one of"):
         cc.compute_device("tpu")
 
+
+
+# ---------------------------------------------------------------------- symbolic links (resolved paths)
+@pytest.fixture
+def outside_model(tmp_path):
+    """A model folder outside every model folder."""
+    save_tiny_model(tmp_path / "elsewhere" / "stolen")
+    return tmp_path / "elsewhere" / "stolen"
+
+
+@pytest.mark.parametrize("how", ["file", "folder"])
+def test_a_symlink_out_of_the_model_folder_is_refused(pack, models_dir, outside_model, how):
+    nodes, cc = pack_modules(pack)
+    if how == "folder":
+        (models_dir.root / "evil").symlink_to(outside_model, target_is_directory=True)
+    else:
+        (models_dir.root / "evil").mkdir()
+        (models_dir.root / "evil" / "model.safetensors").symlink_to(outside_model / "model.safetensors")
+        (models_dir.root / "evil" / "config.json").symlink_to(outside_model / "config.json")
+    assert "evil/model.safetensors" not in cc.list_models()
+    with pytest.raises(ValueError, match=r"'evil/model.safetensors' is a symbolic link that leads outside the model "
+                                         r"folders \(to .*stolen.*model.safetensors\)"):
+        nodes.LoadFRFSR().load("evil/model.safetensors", "cpu", "float32")
+    message = pack.NODE_CLASS_MAPPINGS["LoadFRFSR"].VALIDATE_INPUTS("evil/model.safetensors")
+    assert isinstance(message, str) and "leads outside the model folders" in message
+
+
+def test_a_symlink_into_a_configured_extra_model_folder_is_allowed(pack, models_dir, outside_model, monkeypatch):
+    """extra_model_paths.yaml folders for frfsr are model folders too: links into them count as inside."""
+    nodes, cc = pack_modules(pack)
+    extra = outside_model.parent
+    monkeypatch.setattr(cc, "models_dirs", lambda: [models_dir.root, extra])
+    (models_dir.root / "linked").symlink_to(outside_model, target_is_directory=True)
+    assert {"linked/model.safetensors", "stolen/model.safetensors"} <= set(cc.list_models())
+    (handle,) = nodes.LoadFRFSR().load("linked/model.safetensors", "cpu", "float32")
+    assert handle.name == "linked/model.safetensors"
+    assert pack.NODE_CLASS_MAPPINGS["LoadFRFSR"].VALIDATE_INPUTS("linked/model.safetensors") is True
+
+
+def test_the_model_name_is_validated_at_queue_time(pack, models_dir):
+    cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSR"]
+    assert cls.VALIDATE_INPUTS(MODEL_NAME) is True
+    assert cls.VALIDATE_INPUTS(None) is True                      # linked from another node
+    message = cls.VALIDATE_INPUTS("nope/model.safetensors")
+    assert "'nope/model.safetensors' is not in the models/frfsr folder; available: " in message and MODEL_NAME in message
+    assert "absolute path" in cls.VALIDATE_INPUTS("/etc/model.safetensors")
+
+
+# ---------------------------------------------------------------------- repo ids: ASCII, huggingface_hub's validator
+@pytest.mark.parametrize("repo_id,shown", [("owner/modèle", "'è'"), ("ówner/x", "'ó'"), ("owner/ｘ", "'ｘ'"),
+                                           ("owner/x\u200b", "'\\u200b'"), ("владелец/модель", "'в'")])
+def test_non_ascii_repo_ids_are_refused(pack, monkeypatch, repo_id, shown):
+    nodes, _ = pack_modules(pack)
+    calls = []
+    monkeypatch.setattr(nodes, "download_from_hub", lambda *a: calls.append(a))
+    cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
+    with pytest.raises(ValueError, match=f"invalid Hugging Face repo id .*: it must be ASCII, but holds {re.escape(shown)}"):
+        cls().load(repo_id, "main", "cpu", "float32")
+    assert "it must be ASCII" in cls.VALIDATE_INPUTS(repo_id=repo_id, revision="main")
+    assert calls == []
+
+
+def test_repo_ids_go_through_huggingface_hubs_validator(pack, monkeypatch):
+    import huggingface_hub.utils
+    from huggingface_hub.utils import HFValidationError
+
+    nodes, _ = pack_modules(pack)
+    seen = []
+
+    def validator(repo_id):
+        seen.append(repo_id)
+        if repo_id == "owner/refused-by-hf":
+            raise HFValidationError("a rule of the Hub's own")
+
+    monkeypatch.setattr(huggingface_hub.utils, "validate_repo_id", validator)
+    assert nodes.validate_repo_id(" owner/frfsr ") == "owner/frfsr"
+    with pytest.raises(ValueError, match="invalid Hugging Face repo id 'owner/refused-by-hf'.*a rule of the Hub's own"):
+        nodes.validate_repo_id("owner/refused-by-hf")
+    assert seen == ["owner/frfsr", "owner/refused-by-hf"]
+
+
+# ---------------------------------------------------------------------- IMAGE values
+@pytest.mark.parametrize("make,message", [
+    (lambda x: x * 255, r"image values span \[0, 25\d\.?\d*\], but a ComfyUI IMAGE holds values in \[0, 1\] \(is it a 0-255 image\?\)"),
+    (lambda x: x * 2 - 1, r"image values span \[-1, 1\], but a ComfyUI IMAGE holds values in \[0, 1\] \(is it a \[-1, 1\] tensor\?\)"),
+    (lambda x: x.index_fill(1, torch.tensor([3]), float("nan")), r"image holds NaN or infinite values"),
+    (lambda x: x[:, :0], r"image is empty \(shape \(1, 0, 20, 3\)\)"),
+])
+def test_image_values_outside_0_1_are_refused(pack, handle, make, message):
+    lr = _images(1, 16, 20, 1)
+    lr[0, 0, 0, 0], lr[0, 0, 1, 0] = 0.0, 1.0                    # the exact range ends
+    with pytest.raises(ValueError, match=message):
+        pack.NODE_CLASS_MAPPINGS["FRFSRUpscale"]().upscale(handle, make(lr), _images(1, 16, 16, 2))
+
+
+def test_a_small_overshoot_is_clipped_with_a_warning(pack, handle):
+    nodes, _ = pack_modules(pack)
+    ref = _images(1, 16, 16, 2)
+    ref[0, 0, 0, 0], ref[0, 0, 0, 1] = -0.02, 1.05
+    with pytest.warns(nodes.FRFSRImageWarning, match=r"reference values span \[-0.02, 1.05\], outside \[0, 1\]; "
+                                                    r"they are clipped to \[0, 1\]"):
+        (sr,) = pack.NODE_CLASS_MAPPINGS["FRFSRUpscale"]().upscale(handle, _images(1, 16, 20, 1), ref)
+    (clipped,) = pack.NODE_CLASS_MAPPINGS["FRFSRUpscale"]().upscale(handle, _images(1, 16, 20, 1), ref.clamp(0, 1))
+    torch.testing.assert_close(sr, clipped, atol=1e-6, rtol=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # rounding-sized overshoot: silent
+        nodes.check_image_values(ref.clamp(0, 1) * (1 + 5e-4), "reference")
+
+
+# ---------------------------------------------------------------------- the one-node upscale
+def _three_steps(m, handle, lr, ref, mode="auto", tile=0, overlap=16):
+    match, _ = m["FRFSRMatchReference"]().match(handle, lr, ref, mode)
+    tex, _ = m["FRFSRAlignTextures"]().align(handle, match)
+    return m["FRFSRSuperResolve"]().upscale(handle, lr, tex, tile, overlap)[0]
+
+
+@pytest.mark.parametrize("n_lr,n_ref,mode", [(1, 1, "auto"), (2, 2, "pair"), (2, 3, "auto"), (1, 2, "all")])
+def test_one_node_upscale_gives_the_three_step_image(pack, handle, n_lr, n_ref, mode):
+    m = pack.NODE_CLASS_MAPPINGS
+    lr, ref = _images(n_lr, 16, 20, 1), _images(n_ref, 16, 16, 2)
+    (one,) = m["FRFSRUpscale"]().upscale(handle, lr, ref, mode, 0, 16)
+    assert one.shape == (n_lr, 64, 80, 3) and one.dtype == torch.float32
+    torch.testing.assert_close(one, _three_steps(m, handle, lr, ref, mode), atol=1e-5, rtol=0)
+
+
+def test_one_node_upscale_in_tiles_stays_close_to_the_three_steps(pack, handle):
+    """Tiled, the one node matches each tile against the Reference (memory bounded by the
+    tile), the three steps match the whole image once: the same image up to tile borders."""
+    m = pack.NODE_CLASS_MAPPINGS
+    lr, ref = _images(1, 32, 40, 1), _images(1, 24, 24, 2)
+    (one,) = m["FRFSRUpscale"]().upscale(handle, lr, ref, "auto", 24, 8)
+    steps = _three_steps(m, handle, lr, ref, "auto", 24, 8)
+    psnr = 10 * torch.log10(1 / ((one - steps) ** 2).mean())
+    assert float(psnr) >= 40, float(psnr)
+
+
+def test_one_node_upscale_reports_progress_and_stops_between_tiles(pack, handle, monkeypatch):
+    nodes, cc = pack_modules(pack)
+    checks = {"n": 0}
+
+    def throw_exception_if_processing_interrupted():
+        checks["n"] += 1
+        if checks["n"] >= 3:
+            raise _Interrupted()
+
+    monkeypatch.setattr(cc, "comfy_utils", types.SimpleNamespace(ProgressBar=_FakeProgressBar))
+    monkeypatch.setattr(cc, "model_management", types.SimpleNamespace(
+        throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted))
+    _FakeProgressBar.instances.clear()
+    with pytest.raises(_Interrupted):
+        pack.NODE_CLASS_MAPPINGS["FRFSRUpscale"]().upscale(handle, _images(1, 24, 24, 1), _images(1, 16, 16, 2),
+                                                           "auto", 16, 4)
+    bar = _FakeProgressBar.instances[-1]
+    assert (bar.current, bar.total) == (1, 4)      # one check before the work, then one before each tile

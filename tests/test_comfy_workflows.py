@@ -20,8 +20,8 @@ from test_comfy_nodes import (MODEL_NAME, PRIMITIVES, REPO_ROOT, _one_thread, mo
                               pack_modules, save_tiny_model, value_error, widget_inputs)
 
 WORKFLOWS = REPO_ROOT / "workflows"
-UI_FILES = ["frfsr_basic.json", "frfsr_hub.json"]
-API_FILES = ["frfsr_basic_api.json", "frfsr_hub_api.json"]
+API_FILES = sorted(p.name for p in WORKFLOWS.glob("*_api.json"))
+UI_FILES = [name.replace("_api.json", ".json") for name in API_FILES]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}          # drawn by the frontend, never sent to the server
 DYNAMIC_COMBOS = {("LoadImage", "image"), ("LoadFRFSR", "model_name")}   # lists of the user's files
 
@@ -268,7 +268,11 @@ def ui_to_api(wf: dict, classes: dict) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("ui,api", zip(UI_FILES, API_FILES))
+def test_every_workflow_comes_in_both_formats():
+    assert API_FILES and sorted(p.name for p in WORKFLOWS.glob("*.json")) == sorted(UI_FILES + API_FILES)
+
+
+@pytest.mark.parametrize("ui,api", list(zip(UI_FILES, API_FILES)))
 def test_ui_and_api_files_describe_the_same_graph(pack, ui, api):
     expected = ui_to_api(load(ui), node_classes(pack))
     got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in load(api).items()}
@@ -305,9 +309,25 @@ def _png(path: Path, size: tuple[int, int], seed: int) -> None:
     Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path)
 
 
+def test_workflows_use_the_bundled_weights():
+    """A fresh install has frfsr-default and nothing else: every workflow must run on it."""
+    for name in API_FILES:
+        loaders = [n["inputs"] for n in load(name).values() if n["class_type"].startswith("LoadFRFSR")]
+        assert loaders, name
+        for inputs in loaders:
+            assert inputs.get("model_name", "frfsr-default") == "frfsr-default", name
+            assert inputs.get("repo_id", "frfsr/frfsr-default") == "frfsr/frfsr-default", name
+        images = {n["inputs"]["image"] for n in load(name).values() if n["class_type"] == "LoadImage"}
+        assert images == {"frfsr_lr.png", "frfsr_reference.png"}, name     # the examples the pack installs
+
+
 @pytest.fixture
 def comfy_env(tmp_path, monkeypatch, models_dir):
-    """ComfyUI's input folder with two LRs and two References; recorded saves cleared."""
+    """ComfyUI's input folder with two LRs and two References; recorded saves cleared;
+    frfsr-default is the tiny model of ``models_dir`` (fast)."""
+    from frfsr import hub
+
+    monkeypatch.setattr(hub, "BUNDLED_DIR", models_dir.root / "frfsr-paper")
     inputs = tmp_path / "input"
     inputs.mkdir()
     for i, name in enumerate(["frfsr_lr.png", "frfsr_lr_2.png"]):
@@ -362,6 +382,14 @@ def test_api_workflow_runs_a_batch_of_two(pack, comfy_env, n_refs):
         for i, (lr, ref) in enumerate(zip(["frfsr_lr.png", "frfsr_lr_2.png"], refs)):
             direct = comfy_env.model(_as_model_input(lr), _as_model_input(ref)).clamp(0, 1).permute(0, 2, 3, 1)
             torch.testing.assert_close(sr[i:i + 1], direct, atol=1e-5, rtol=0)
+
+
+def test_upscale_api_workflow_gives_the_basic_workflows_image(pack, comfy_env):
+    execute(load("frfsr_basic_api.json"), node_classes(pack))
+    execute(load("frfsr_upscale_api.json"), node_classes(pack))
+    (_, three_steps), (prefix, one_node) = SaveImage.saved
+    assert prefix == "FRFSR" and one_node.shape == (1, 4 * LR_SIZE[0], 4 * LR_SIZE[1], 3)
+    torch.testing.assert_close(one_node, three_steps, atol=1e-5, rtol=0)
 
 
 def test_hub_api_workflow_runs(pack, comfy_env, tmp_path, monkeypatch):
