@@ -167,7 +167,6 @@ def check_interrupt() -> None:
 
 # ---------------------------------------------------------------------- devices
 DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
-DTYPE_CHOICES = ["float32", "float16", "bfloat16"]
 
 
 def compute_device(choice: str = "auto") -> torch.device:

@@ -28,7 +28,7 @@ from . import comfy_compat as cc
 
 CATEGORY = "FRFSR"
 MODEL_TYPE, MATCH_TYPE, TEXTURES_TYPE = "FRFSR_MODEL", "FRFSR_MATCH", "FRFSR_TEXTURES"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]     # names of frfsr.devices (auto: resolve_dtype)
 REFERENCE_MODES = ["auto", "pair", "all"]
 
 
@@ -137,13 +137,20 @@ def model_choices() -> list[str]:
     return ([BUNDLED] if hub.BUNDLED_DIR.is_dir() else []) + cc.list_models()
 
 
-def load_model(source, dtype: str) -> FRFSR:
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
+
+
+def load_model(source, dtype: str, device: str = "auto") -> FRFSR:
     """Load through :meth:`frfsr.FRFSRPipeline.from_pretrained` (the library's one loader:
-    config checks, weights that must fit the config), on the CPU."""
+    config checks, weights that must fit the config), on the CPU, in the precision ``dtype``
+    means for the device it will run on ("auto": :func:`frfsr.devices.resolve_dtype`)."""
+    from frfsr.devices import resolve_dtype
     from frfsr.pipeline import FRFSRPipeline
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    return FRFSRPipeline.from_pretrained(source, torch_dtype=DTYPES[dtype], device="cpu").model
+    _check_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, cc.compute_device(device))
+    return FRFSRPipeline.from_pretrained(source, torch_dtype=torch_dtype, device="cpu").model
 
 
 def model_folder(name: str) -> Path:
@@ -294,7 +301,8 @@ def tile_args(tile_size: int, tile_overlap: int) -> tuple[int | str | None, int]
 
 # ---------------------------------------------------------------------- nodes
 _DEVICE_INPUT = (cc.DEVICE_CHOICES, {"default": "auto", "tooltip": "auto: ComfyUI's GPU when there is one, else CPU"})
-_DTYPE_INPUT = (list(DTYPES), {"default": "float32", "tooltip": "weight precision; float32 is the reference"})
+_DTYPE_INPUT = (DTYPE_CHOICES, {"default": "auto", "tooltip": "weight precision. auto: bfloat16 on a GPU and on a CPU "
+                                                          "that computes it natively, else float32 (the reference)"})
 _MODEL_INPUT = (MODEL_TYPE, {"tooltip": "the FRFSR model, from Load FRFSR Model or Load FRFSR Model (Hugging Face Hub)"})
 _REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
                          "pair: Reference i serves LR i; all: every Reference serves every LR; "
@@ -341,7 +349,7 @@ class LoadFRFSR:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, model_name, device="auto", dtype="float32"):
+    def IS_CHANGED(cls, model_name, device="auto", dtype="auto"):
         """Reload when the weights file (or its config) changes on disk."""
         try:
             folder = Path(model_folder(model_name))
@@ -350,9 +358,9 @@ class LoadFRFSR:
         files = [folder / WEIGHTS_NAME, folder / CONFIG_NAME]
         return f"{model_name}:" + ",".join(str(f.stat().st_mtime) for f in files if f.is_file())
 
-    def load(self, model_name: str, device: str = "auto", dtype: str = "float32"):
+    def load(self, model_name: str, device: str = "auto", dtype: str = "auto"):
         folder = model_folder(model_name)
-        return _handle(load_model(folder, dtype), model_name, device)
+        return _handle(load_model(folder, dtype, device), model_name, device)
 
 
 class LoadFRFSRFromHub:
@@ -395,14 +403,13 @@ class LoadFRFSRFromHub:
             return str(e)
         return True
 
-    def load(self, repo_id: str, revision: str = "main", device: str = "auto", dtype: str = "float32",
+    def load(self, repo_id: str, revision: str = "main", device: str = "auto", dtype: str = "auto",
              file: str = ""):
         rid, rev, name = validate_repo_id(repo_id), validate_revision(revision), validate_repo_file(file)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        _check_dtype(dtype)
         folder = download_from_hub(rid, rev, name)
         label = f"{rid}@{rev}" + ("" if name == WEIGHTS_NAME else f":{name}")
-        return _handle(load_model(folder, dtype), label, device)
+        return _handle(load_model(folder, dtype, device), label, device)
 
 
 class MatchReference:
