@@ -7,8 +7,8 @@ the node pack.
 CPU precision: bfloat16 is fast on a CPU only where the CPU computes it natively (the
 AVX-512 BF16 or AMX instructions): there, bf16 convolutions measured about 1.5x faster
 than float32 (BENCHMARKS.md, "CPU"). Elsewhere (e.g. an AVX2-only CPU) PyTorch emulates
-bf16 and the same model ran 16x slower than in float32, so ``"auto"`` picks float32 and
-an explicit bf16 request on such a CPU warns.
+bf16 and the same model ran 7-15x slower than in float32 (BENCHMARKS.md), so ``"auto"``
+picks float32 and an explicit bf16 request on such a CPU warns.
 """
 from __future__ import annotations
 
@@ -149,5 +149,5 @@ def warn_if_emulated(dtype: torch.dtype, device, stacklevel: int = 3) -> None:
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("bfloat16 on this CPU is emulated (it has no AVX-512 BF16 or AMX instructions) and runs "
-                      "about 16x slower than float32; use dtype='float32' or 'auto' here", FRFSRWarning,
+                      "many times (about 10x) slower than float32; use dtype='float32' or 'auto' here", FRFSRWarning,
                       stacklevel=stacklevel)

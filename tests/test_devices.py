@@ -39,7 +39,7 @@ def test_auto_on_this_machine_follows_its_cpu():
 
 def test_bf16_on_an_emulating_cpu_warns(cpu_flags, tmp_path):
     cpu_flags(AVX2_ONLY)
-    with pytest.warns(FRFSRWarning, match="bfloat16 on this CPU is emulated .* 16x slower than float32"):
+    with pytest.warns(FRFSRWarning, match="bfloat16 on this CPU is emulated .* slower than float32"):
         assert devices.resolve_dtype("bf16", "cpu") == torch.bfloat16
     torch.manual_seed(0)
     pipe = FRFSRPipeline(FRFSR(FRFSRConfig.tiny()))
