@@ -144,7 +144,7 @@ def resolve_dtype(dtype, device) -> torch.dtype:
 
 
 def warn_if_emulated(dtype: torch.dtype, device, stacklevel: int = 3) -> None:
-    """Warn when bfloat16 is asked for on a CPU without native bf16 (emulated: about 16x
+    """Warn when bfloat16 is asked for on a CPU without native bf16 (emulated: about 10x
     slower than float32 there)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
