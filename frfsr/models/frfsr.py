@@ -15,7 +15,7 @@ from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, mat
 from .restoration import RestorationNet
 from .sife import SIFE
 from .texture_encoder import TextureEncoder
-from .vgg import ReferenceFeatureExtractor
+from .vgg import ReferenceFeatureExtractor, run_tiled
 
 
 class _Tensors:
@@ -189,7 +189,7 @@ class FRFSR(nn.Module):
             images.append(r)
         layout = MosaicLayout.build([r.shape[-2:] for r in images])
         textures = tuple(self.texture_encoder.encode_ref(r, tile) for r in images)
-        per_ref = [self.ref_extractor.forward_tiled(r, tile) for r in images]
+        per_ref = [run_tiled(self.ref_extractor, r, tile) for r in images]
         feats = tuple(layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
         return EncodedRefs(tuple(images), textures, feats, layout)
 

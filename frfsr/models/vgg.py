@@ -47,33 +47,6 @@ class VGGTrunk(nn.Module):
         return r1, r2, (F.relu(x) if self.final_relu else x)
 
 
-    def forward_tiled(self, img: torch.Tensor, tile: int | None):
-        """``forward`` computed in square tiles of ``tile`` pixels (a multiple of 4) with a
-        margin of :data:`TILE_HALO` pixels, so that the intermediates are bounded by the tile
-        while the three outputs cover the whole image. Every output pixel sees the same
-        inputs as in ``forward`` (the trunk's receptive field reaches 10 pixels; tiles start
-        on the pooling grid), so the results equal ``forward``'s up to float rounding."""
-        h, w = img.shape[-2:]
-        if tile is None or (h <= tile and w <= tile):
-            return self(img)
-        if tile < 4 * TILE_HALO or tile % 4:
-            raise ValueError(f"tile must be a multiple of 4 and at least {4 * TILE_HALO}, got {tile}")
-        outs = None
-        for y0 in range(0, h, tile):
-            for x0 in range(0, w, tile):
-                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                ya, xa = max(0, y0 - TILE_HALO), max(0, x0 - TILE_HALO)
-                feats = self(img[..., ya: min(h, y1 + TILE_HALO), xa: min(w, x1 + TILE_HALO)])
-                if outs is None:
-                    outs = [f.new_empty(*f.shape[:2], h // s, w // s) for f, s in zip(feats, (1, 2, 4))]
-                for out, f, s in zip(outs, feats, (1, 2, 4)):
-                    ty, tx = (h if y1 == h else y1) // s - y0 // s, (w if x1 == w else x1) // s - x0 // s
-                    oy, ox = (y0 - ya) // s, (x0 - xa) // s
-                    out[..., y0 // s: y0 // s + ty, x0 // s: x0 // s + tx] = f[..., oy: oy + ty, ox: ox + tx]
-                del feats
-        return tuple(outs)
-
-
 class ReferenceFeatureExtractor(nn.Module):
     """Frozen VGG19 features of the Ref at three scales: relu1_1 (full size),
     relu2_1 (1/2) and relu3_1 (1/4). Used for texture transfer (paper eq. 10-13)."""
@@ -90,5 +63,31 @@ class ReferenceFeatureExtractor(nn.Module):
     def forward(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.vgg(ref)
 
-    def forward_tiled(self, ref: torch.Tensor, tile: int | None):
-        return self.vgg.forward_tiled(ref, tile)
+
+def run_tiled(trunk, img: torch.Tensor, tile: int | None):
+    """``trunk(img)`` (a :class:`VGGTrunk`, or a module calling one, returning the three
+    maps at full, 1/2 and 1/4 size) computed in square tiles of ``tile`` pixels (a multiple
+    of 4) with a margin of :data:`TILE_HALO` pixels, so that the intermediates are bounded
+    by the tile while the outputs cover the whole image. Every output pixel sees the same
+    inputs as in the whole-image call (the trunk reaches 10 pixels; tiles start on the
+    pooling grid), so the results equal it up to float rounding. The trunk is called as a
+    module, so a compiled trunk stays compiled."""
+    h, w = img.shape[-2:]
+    if tile is None or (h <= tile and w <= tile):
+        return trunk(img)
+    if tile < 4 * TILE_HALO or tile % 4:
+        raise ValueError(f"tile must be a multiple of 4 and at least {4 * TILE_HALO}, got {tile}")
+    outs = None
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            ya, xa = max(0, y0 - TILE_HALO), max(0, x0 - TILE_HALO)
+            feats = trunk(img[..., ya: min(h, y1 + TILE_HALO), xa: min(w, x1 + TILE_HALO)])
+            if outs is None:
+                outs = [f.new_empty(*f.shape[:2], h // s, w // s) for f, s in zip(feats, (1, 2, 4))]
+            for out, f, s in zip(outs, feats, (1, 2, 4)):
+                ty, tx = y1 // s - y0 // s, x1 // s - x0 // s
+                oy, ox = (y0 - ya) // s, (x0 - xa) // s
+                out[..., y0 // s: y0 // s + ty, x0 // s: x0 // s + tx] = f[..., oy: oy + ty, ox: ox + tx]
+            del feats
+    return tuple(outs)
