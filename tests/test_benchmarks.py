@@ -21,8 +21,8 @@ def test_bench_inference_cpu_with_accuracy(tmp_path):
     out = tmp_path / "inf"
     # tiny sizes (bf16 autocast is emulated, slowly, on CPUs without native bf16): HR 132x64, LR 33x16, two
     # tiles of 32 (the smallest with the default overlap of 16); the bundled weights on the central 16x16 LR
-    # of the demo image
-    rows = bench.main(["--device", "cpu", "--preset", "tiny", "--sizes", "132x64", "--reps", "2", "--warmup", "0",
+    # of the demo image; one timed run per case
+    rows = bench.main(["--device", "cpu", "--preset", "tiny", "--sizes", "132x64", "--reps", "1", "--warmup", "0",
                        "--dtypes", "fp32", "bf16", "--tile", "32", "--channels-last", "--accuracy", "--accuracy-crop", "16",
                        "--out", str(out)])
     assert [r["model"] for r in rows] == ["frfsr fp32", "frfsr bf16", "frfsr bf16 channels_last", "frfsr bf16 tiled 32"]
