@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from frfsr import FRFSR, FRFSRConfig  # noqa: E402
+from frfsr.checks import MIN_LR_SIZE  # noqa: E402
 from frfsr.tiling import upscale_tiled  # noqa: E402
 
 
@@ -87,8 +88,17 @@ def matmul_rate(device) -> float:
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
 
 
-def accuracy_rows(model, size, device) -> list[dict]:
-    """PSNR of bf16 vs fp32 and fused vs reference ops (fp32) on the same weights."""
+def center_crop(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The central ``side`` x ``side`` pixels of ``x`` (B, C, H, W) (the whole side where shorter)."""
+    h, w = x.shape[-2:]
+    y0, x0 = max(h - side, 0) // 2, max(w - side, 0) // 2
+    return x[..., y0:y0 + side, x0:x0 + side]
+
+
+def accuracy_rows(model, size, device, crop: int | None = None) -> list[dict]:
+    """PSNR of bf16 vs fp32 and fused vs reference ops (fp32) on the same weights; ``crop``
+    (LR pixels) runs the bundled weights on the central ``crop`` x ``crop`` of the demo LR and
+    the central 4x that of its Ref (smoke runs)."""
     from frfsr import ops
     from frfsr.demo import ASSETS, _load
     from frfsr.pipeline import FRFSRPipeline
@@ -98,7 +108,12 @@ def accuracy_rows(model, size, device) -> list[dict]:
     bundled.check_inputs = False
     h, w = size
     g = torch.Generator().manual_seed(1)
-    cases = [("bundled default weights, demo image", bundled, _load(ASSETS / "lr.png"), _load(ASSETS / "ref.png")),
+    demo_lr, demo_ref = _load(ASSETS / "lr.png"), _load(ASSETS / "ref.png")
+    demo = "demo image"
+    if crop is not None:
+        demo_lr, demo_ref = center_crop(demo_lr, crop), center_crop(demo_ref, 4 * crop)
+        demo = f"demo image (central {demo_lr.shape[-1]}x{demo_lr.shape[-2]} LR crop)"
+    cases = [(f"bundled default weights, {demo}", bundled, demo_lr, demo_ref),
              (f"{model.config.name if model is not None else ''} preset (seed 0), random {w}x{h} input", model,
               torch.rand(1, 3, h // 4, w // 4, generator=g), torch.rand(1, 3, h, w, generator=g))]
     fused = ops.fused_available() and device.type == "cuda"
@@ -161,8 +176,13 @@ def main(argv=None):
                          "exceeds it")
     ap.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16-vs-fp32 and fused-vs-reference PSNR (default: on for CUDA)")
+    ap.add_argument("--accuracy-crop", type=int, default=None, metavar="N",
+                    help="with --accuracy: run the bundled weights on the central N x N LR pixels of the demo image "
+                         "(and the central 4N x 4N of its Ref) instead of the whole image (smoke runs)")
     ap.add_argument("--out", help="write OUT.md and OUT.json")
     a = ap.parse_args(argv)
+    if a.accuracy_crop is not None and a.accuracy_crop < MIN_LR_SIZE:
+        ap.error(f"--accuracy-crop must be at least {MIN_LR_SIZE} LR pixels (the model's minimum input), got {a.accuracy_crop}")
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     reps = a.reps or (10 if cuda else 5)
@@ -198,7 +218,7 @@ def main(argv=None):
 
     acc_rows = []
     if a.accuracy if a.accuracy is not None else cuda:
-        acc_rows = accuracy_rows(ours, a.sizes[0], device)
+        acc_rows = accuracy_rows(ours, a.sizes[0], device, a.accuracy_crop)
 
     rows = []
     for h, w in a.sizes:

@@ -7,4 +7,17 @@ from pathlib import Path
 if os.environ.get("FRFSR_TEST_CUDA") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# One intra-op thread (unless OMP_NUM_THREADS says otherwise, e.g. OMP_NUM_THREADS=2), here
+# and in the subprocesses the tests start. The tests run tiny models, whose many small ops
+# gain little from a second thread; on a busy 2-core machine two OpenMP threads per op wait
+# on each other and a tiny forward gets 10-20x slower (measured: 0.4 s -> 7-13 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+try:
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+except ValueError:          # e.g. "4,2" (nested levels) or empty: leave torch's default
+    pass
+
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,4 +1,7 @@
 """`frfsr demo` on the shipped weights, and the bundled weights loading offline."""
+import contextlib
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,10 +16,18 @@ pytestmark = pytest.mark.skipif(not (BUNDLED_DIR / "model.safetensors").is_file(
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
+def demo_run(tmp_path_factory):
+    """One `frfsr demo` run for the module: its output folder and what it printed."""
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "-o", str(out)]) == 0
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "-o", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_out(demo_run):
+    return demo_run[0]
 
 
 def test_demo_writes_sr_and_comparison(demo_out, capsys):
@@ -35,10 +46,9 @@ def test_demo_writes_sr_and_comparison(demo_out, capsys):
     assert gap.min() == 255
 
 
-def test_demo_prints_paths_and_psnr(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert str(tmp_path / "comparison.png") in out and "PSNR-Y" in out
+def test_demo_prints_paths_and_psnr(demo_run):
+    folder, out = demo_run
+    assert str(folder / "comparison.png") in out and "PSNR-Y" in out
 
 
 def test_bundled_weights_load_offline_with_a_truthful_card(monkeypatch):

@@ -7,8 +7,6 @@ import torch.nn as nn
 from frfsr.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PerceptualLoss, VGG19Features, gradient_penalty,
                           wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
 
-torch.set_num_threads(2)
-
 
 def _torchvision_style_state_dict(seed=0):
     """A full torchvision vgg19 state dict layout (features incl. deeper layers + classifier)."""

@@ -42,6 +42,27 @@ def bf_patch_match(query, key, p):
     return torch.from_numpy(score), torch.from_numpy(index)
 
 
+def bf_similarity(query, key, p):
+    """(B, query patches, key patches) float64: every cosine correlation bf_patch_match compares
+    (the key patch normalised, divided by the query patch's norm + 1e-5)."""
+    q, k = query.double(), key.double()
+    qp, kp = F.unfold(q, p), F.unfold(k, p)                     # (B, C*p*p, N)
+    kp = kp / (kp.norm(dim=1, keepdim=True) + 1e-5)
+    return torch.einsum("bdm,bdn->bmn", qp, kp) / (qp.norm(dim=1).unsqueeze(-1) + 1e-5)
+
+
+def assert_same_winners(index, expected, sim, margin=1e-9, tol=1e-12):
+    """``index`` picks the best key patch: equal to ``expected`` wherever the best correlation
+    beats the second best by more than ``margin`` (far above float64 rounding, which differs
+    between summation orders and CPUs), and everywhere scores within ``tol`` of the best."""
+    top2 = sim.topk(2, dim=2).values
+    clear = (top2[..., 0] - top2[..., 1]) > margin
+    assert clear.float().mean() > 0.9
+    assert torch.equal(index.flatten(1)[clear], expected.flatten(1)[clear])
+    chosen = sim.gather(2, index.flatten(1).unsqueeze(-1)).squeeze(-1)
+    assert (chosen >= top2[..., 0] - tol).all()
+
+
 def _bilinear(img, y, x):
     H, W = img.shape
     if y <= -1 or y >= H or x <= -1 or x >= W:
@@ -118,7 +139,7 @@ def test_patch_match_matches_brute_force(p):
     assert score.shape == index.shape == (2, 5 - p + 1, 7 - p + 1)
     assert score.dtype == torch.float64 and index.dtype == torch.int64
     torch.testing.assert_close(score, bs, rtol=1e-12, atol=1e-12)
-    assert torch.equal(index, bi)
+    assert_same_winners(index, bi, bf_similarity(query, key, p))     # random data: no exact ties
 
 
 def _sparse_periodic_key(B=2, C=3, size=12):
@@ -158,7 +179,7 @@ def test_patch_match_many_blocks_equal_one_block():
         s, i = ref.patch_match(query, key, 3, max_block_elems=limit)
         assert ref.patch_match_stats["max_block_numel"] <= limit
         assert ref.patch_match_stats["num_blocks"] > 1
-        assert torch.equal(i, i_one)
+        assert_same_winners(i, i_one, bf_similarity(query, key, 3))  # other blocks, other rounding
         torch.testing.assert_close(s, s_one, rtol=1e-14, atol=1e-14)
 
 
