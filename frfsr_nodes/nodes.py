@@ -309,9 +309,12 @@ class MatchReference:
             "reference_mode": (REFERENCE_MODES, {"default": "auto", "tooltip":
                                "pair: Reference i serves LR i; all: every Reference serves every LR; "
                                "auto: pair when the batch sizes match, else all"}),
+            "match_mode": (("auto", "exact", "fast"), {"default": "auto", "tooltip":
+                           "exact: every LR patch against every Reference patch; fast: coarse-to-fine, "
+                           "linear in the image size; auto: fast for large inputs"}),
         }}
 
-    def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto"):
+    def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto"):
         if reference_mode not in REFERENCE_MODES:
             raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {reference_mode!r}")
         with model.active() as net:
@@ -323,7 +326,7 @@ class MatchReference:
             if reference_mode == "all" or (reference_mode == "auto" and n not in (1, b)):
                 ref = list(ref.split(1))          # several References for every LR
             cc.check_interrupt()
-            corr = net.match(lr, ref)
+            corr = net.match(lr, ref, match_mode=match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
             corr = move(corr, cc.intermediate_device())
         return (corr, confidence)

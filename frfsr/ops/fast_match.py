@@ -11,15 +11,17 @@
 2. *Candidates.* For every query cell, the ``topk`` most similar key positions over the whole
    coarse key (exact top-k by blocked matrix products), as displacements (flows).
 3. *Propagation.* A cell also takes the flows of the cells up to ``neighbours`` cells away
-   (as PatchMatch propagates good matches to adjacent patches).
-4. *Windowed search.* Every query patch compares itself, for each of its cell's flows, with
-   the key patches within ``radius`` of its own position moved by the flow
-   (:func:`frfsr.ops.window_match`), and keeps the best cosine.
+   (as PatchMatch propagates good matches to adjacent patches), and the cells are grouped
+   into search cells of ``search_cell`` x ``search_cell`` patches that share all their
+   cells' flows (repeats dropped).
+4. *Windowed search.* Every query patch of a search cell compares itself, for each of the
+   search cell's flows, with the key patches in the search cell's square moved by the flow
+   and widened by ``radius`` (:func:`frfsr.ops.window_match`), and keeps the best cosine.
 
 Cost: step 2 is (query / cell^2) x (key / key_stride^2) coarse dot products of 9 C values,
-step 4 about (query positions) x topk x (2 neighbours + 1)^2 x (2 radius + 1 + cell)^2 ...
-dot products of C values, linear in the query and independent of the key's size; see
-:func:`flop_counts`. Memory: bounded by the chunk sizes, never by query x key.
+step 4 at most (query positions / search_cell^2) x topk x (search_cell / cell + 2
+neighbours)^2 block products of (search_cell + p - 1)^2 x (search_cell + 2 radius + p - 1)^2
+x C, linear in the query and independent of the key's size; see :func:`flop_counts`. Memory: bounded by the chunk sizes, never by query x key.
 
 :data:`FAST_MATCH_MIN_PAIRS` is where ``match_mode="auto"`` switches from exact to fast.
 """
@@ -42,7 +44,7 @@ all Refs together) exceeds this, about an LR of 96 x 96 texture positions agains
 texture of 120 x 120 (an LR image of 96 px with a 480 px Ref); below it exact matching
 takes well under a second on a 2-core CPU and is used."""
 
-FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 2, "topk": 4, "neighbours": 1, "radius": 2}
+FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 4, "topk": 4, "neighbours": 0, "radius": 1}
 """Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching)."""
 
 
@@ -206,20 +208,19 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
 
 
 def flop_counts(n_query: int, n_key: int, channels: int, patch_size: int = 3, **params) -> dict:
-    """Multiply-adds x 2 of exact and fast matching for ``n_query`` query positions and
-    ``n_key`` key patches of ``channels`` channels (square maps; parameters as
-    :func:`fast_patch_match`). Fast counts its coarse top-k and the block products of its
-    windowed search as the reference implementation computes them."""
+    """2 x multiply-adds of exact and fast matching for ``n_query`` query positions and
+    ``n_key`` key patches of ``channels`` channels (parameters as :func:`fast_patch_match`).
+    Fast counts its coarse top-k and the block products of the reference windowed search
+    with the largest number of distinct flows a search cell can have (an upper bound)."""
     d = {**FAST_MATCH_DEFAULTS, **params}
-    s, sk, k, n, r = d["cell"], d["key_stride"], d["topk"], d["neighbours"], d["radius"]
+    s, sc, sk, k, n, r = d["cell"], d["search_cell"], d["key_stride"], d["topk"], d["neighbours"], d["radius"]
     D = channels * patch_size * patch_size
     exact = 2.0 * n_query * n_key * D
-    cells_q = n_query / (s * s)
-    coarse = 2.0 * cells_q * (n_key / (sk * sk)) * D
-    M = k * (2 * n + 1) ** 2
-    A, T = s + patch_size - 1, s + 2 * r + patch_size - 1
-    window = 2.0 * cells_q * M * A * A * T * T * channels
-    return {"exact": exact, "fast": coarse + window, "fast_coarse": coarse, "fast_window": window}
+    coarse = 2.0 * (n_query / (s * s)) * (n_key / (sk * sk)) * D
+    M = k * (sc // s + 2 * n) ** 2
+    A, T = sc + patch_size - 1, sc + 2 * r + patch_size - 1
+    window = 2.0 * (n_query / (sc * sc)) * M * A * A * T * T * channels
+    return {"exact": exact, "fast": coarse + window, "fast_coarse": coarse, "fast_window": window, "max_flows": M}
 
 
 # the pure-PyTorch windowed search, for callers that want it without the dispatch
