@@ -100,7 +100,8 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     T = V + p - 1                           # key block side (pixels)
     # Query pixel blocks of every cell: (B * hc * wc, A * A, C).
     qpad = F.pad(q, (0, wc * s + p - 1 - w, 0, hc * s + p - 1 - h))
-    qblocks = F.unfold(qpad, A, stride=s).view(B, C, A * A, hc * wc).permute(0, 3, 2, 1).reshape(B * hc * wc, A * A, C)
+    qblocks = (F.unfold(qpad, A, stride=s).view(B, C, A * A, hc * wc).permute(0, 3, 2, 1)
+               .reshape(B * hc * wc, A * A, C).contiguous())
     kflat = k.permute(0, 2, 3, 1).reshape(B * H * W, C)
     knflat = kn.reshape(B * hk * wk)
     fl = flows.reshape(B * hc * wc, M, 2).long()
@@ -113,6 +114,10 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     ar_t = torch.arange(T, device=dev)
     ar_v = torch.arange(V, device=dev)
     neg_inf = torch.full((), float("-inf"), device=dev, dtype=dtype)
+    # Reused buffers: fresh large allocations per chunk cost page faults on CPU.
+    need_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
+    kb_buf = None if need_grad else kflat.new_empty(n_rows * M * T * T, C)
+    g_buf = None if need_grad else kflat.new_empty(n_rows, A * A, M * T * T)
     best_all, idx_all = [], []
     for r0 in range(0, rows_total, n_rows):
         rows = torch.arange(r0, min(rows_total, r0 + n_rows), device=dev)
@@ -125,24 +130,32 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         py = (by[..., None] + ar_t).clamp(0, H - 1)             # (n, M, T); clamped pixels only reach
         px = (bx[..., None] + ar_t).clamp(0, W - 1)             # patches that are masked out below
         pix = (b[:, None, None, None] * (H * W) + py[..., :, None] * W + px[..., None, :]).reshape(-1)
-        kb = kflat.index_select(0, pix).view(n, M * T * T, C)
-        G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2)).view(n, A, A, M, T, T)
-        del kb
-        # corr[i, uy, ux, m, vy, vx] = sum over taps t of G[i, uy + ty, ux + tx, m, vy + ty, vx + tx]
-        corr = None
-        for ty in range(p):
-            for tx in range(p):
-                part = G[:, ty:ty + s, tx:tx + s, :, ty:ty + V, tx:tx + V]
-                corr = part.clone() if corr is None else corr.add_(part)
-        del G
+        if kb_buf is None:
+            kb = kflat.index_select(0, pix).view(n, M * T * T, C)
+            G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2))
+        else:
+            kb = torch.index_select(kflat, 0, pix, out=kb_buf[:pix.numel()]).view(n, M * T * T, C)
+            G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2), out=g_buf[:n])
+        G = G.view(n, A, A, M, T, T)
+        # corr[i, uy, ux, m, vy, vx] = sum over taps t of G[i, uy + ty, ux + tx, m, vy + ty, vx + tx],
+        # summed over tx first, then ty
+        rowsum = G[:, :, 0:s, :, :, 0:V].clone()
+        for tx in range(1, p):
+            rowsum.add_(G[:, :, tx:tx + s, :, :, tx:tx + V])
+        corr = rowsum[:, 0:s, :, :, 0:V].clone()
+        for ty in range(1, p):
+            corr.add_(rowsum[:, ty:ty + s, :, :, ty:ty + V])
+        del G, rowsum
         ky = by[..., None, None] + ar_v[:, None]                 # (n, M, V, 1)
         kx = bx[..., None, None] + ar_v                          # (n, M, 1, V)
         valid = (ky >= 0) & (ky < hk) & (kx >= 0) & (kx < wk)   # (n, M, V, V)
         kidx = ky.clamp(0, hk - 1) * wk + kx.clamp(0, wk - 1)
         knv = knflat[(b[:, None, None, None] * (hk * wk) + kidx).reshape(-1)].view(kidx.shape)
         inv = torch.where(valid, 1.0 / (knv + _EPS), torch.zeros((), device=dev, dtype=dtype))
-        score = corr * inv[:, None, None]                        # (n, s, s, M, V, V)
-        score = torch.where(valid[:, None, None], score, neg_inf).view(n, s, s, M * V * V)
+        bias = torch.where(valid, torch.zeros((), device=dev, dtype=dtype), neg_inf)
+        # score = corr / (||k|| + eps), -inf where the corner is outside the key grid
+        score = torch.addcmul(bias.view(n, 1, 1, -1), corr.view(n, s, s, -1), inv.view(n, 1, 1, -1))
+        del corr
         kidx = kidx.view(n, 1, 1, M * V * V)
         best = score.max(dim=3).values
         big = torch.full((), hk * wk, device=dev, dtype=kidx.dtype)
@@ -150,7 +163,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         idx = torch.where(torch.isneginf(best), torch.full_like(idx, -1), idx)
         best_all.append(best)
         idx_all.append(idx)
-        del corr, score
+        del score
 
     def assemble(parts):
         t = torch.cat(parts).view(B, hc, wc, s, s).permute(0, 1, 3, 2, 4).reshape(B, hc * s, wc * s)
