@@ -108,7 +108,6 @@ def heldout(n: int, patch: int, seed: int) -> list[dict]:
             refs = model.encode_refs(ref)
             lr_tex = model.texture_encoder.encode_lr(F.interpolate(lr, scale_factor=4, mode="bicubic",
                                                                    align_corners=False))
-            se, *_, = match_refs(lr_tex, list(refs.textures), refs.layout, match_mode="exact")
             ke = match_refs(lr_tex, list(refs.textures), refs.layout, match_mode="exact")
             kf = match_refs(lr_tex, list(refs.textures), refs.layout, match_mode="fast")
             same = (ke[1] == kf[1]) & (ke[2] == kf[2])

@@ -38,11 +38,13 @@ __all__ = ["fast_patch_match", "coarse_topk", "cell_flows", "flop_counts", "reso
 
 MATCH_MODES = ("exact", "fast", "auto")
 
-FAST_MATCH_MIN_PAIRS = 2 ** 27
+FAST_MATCH_MIN_PAIRS = 2 ** 26
 """``match_mode="auto"`` uses the fast mode when (query patch positions) x (key patches,
-all Refs together) exceeds this, about an LR of 96 x 96 texture positions against a Ref
-texture of 120 x 120 (an LR image of 96 px with a 480 px Ref); below it exact matching
-takes well under a second on a 2-core CPU and is used."""
+all Refs together) exceeds this (about 8200 x 8200: an LR of 92 px against a Ref of
+368 px). Measured on a 2-core CPU (BENCHMARKS.md, fast matching), the two modes take about
+as long at 2**24 pairs (LR 64 / Ref 256) and fast is about 6x faster at 2**28 (LR 128 /
+Ref 512); below the threshold exact matching costs a few seconds at most and is kept
+because it is the release's."""
 
 FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 4, "topk": 4, "neighbours": 0, "radius": 1}
 """Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching)."""
