@@ -1,7 +1,7 @@
 """The ``frfsr`` command.
 
     frfsr upscale LR --ref REF [--ref REF2] -o OUT [--model ID_OR_DIR] [--tile N] [--device D]
-                 [--dtype T] [--save-confidence PATH] [--save-warped-ref PATH]
+                 [--dtype T] [--save-confidence PATH] [--save-warped-ref PATH] [--match-mode M]
     frfsr convert CKPT [CKPT ...] -o OUT_DIR [--kind auto|official|c2matching|esrgan|vgg16|vgg19]
                  [--config paper|tiny|config.json] [--base ID_OR_DIR] [--allow-partial]
     frfsr info [ID_OR_DIR_OR_CHECKPOINT]
@@ -98,6 +98,9 @@ def _upscale(p: argparse.ArgumentParser):
     p.add_argument("--save-confidence", metavar="PATH", help="also write the match confidence map (grayscale, LR size)")
     p.add_argument("--save-warped-ref", metavar="PATH", help="also write the Ref warped onto the output grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--match-mode", choices=("auto", "exact", "fast"), default="auto",
+                   help="patch matching: exact (every LR patch against every Ref patch), fast (coarse-to-fine, "
+                        "linear in the image) or auto (fast for large inputs; default)")
 
     def run(args):
         import warnings
@@ -116,7 +119,7 @@ def _upscale(p: argparse.ArgumentParser):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FRFSRWarning)
             out = pipe(lr, refs, tile=args.tile, overlap=args.overlap, return_details=True,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, match_mode=args.match_mode)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         write_image(out.images, args.output)

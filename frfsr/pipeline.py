@@ -199,7 +199,8 @@ class FRFSRPipeline:
 
     # ------------------------------------------------------------------ inference
     def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,
-                 output_dtype=None, return_details: bool = False, progress: bool = True, interrupt=None):
+                 output_dtype=None, return_details: bool = False, progress: bool = True, interrupt=None,
+                 match_mode: str | None = None):
         """4x SR of ``lr`` (an image, a (B, C, H, W) tensor, or a list of images) using
         ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`encode_refs`).
 
@@ -207,8 +208,14 @@ class FRFSRPipeline:
         ``overlap``: LR pixels shared by tiles; ``output_type``: "pil", "np", "pt" or None
         (like the input); ``output_dtype``: e.g. "uint16" (None: like the input);
         ``progress``: a tqdm bar over tiles; ``interrupt``: called before each tile, return
-        True to stop. Returns the image(s), or :class:`FRFSRPipelineOutput` with
-        ``return_details=True``."""
+        True to stop; ``match_mode``: "exact", "fast" or "auto" (see :meth:`FRFSR.match`; None:
+        the model's, "auto" by default). Returns the image(s), or :class:`FRFSRPipelineOutput`
+        with ``return_details=True``."""
+        with self.model.use_match_mode(match_mode):
+            return self._call(lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress,
+                              interrupt)
+
+    def _call(self, lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress, interrupt):
         if isinstance(lr, (list, tuple)):
             if not lr:
                 raise ValueError("lr is an empty list; give at least one image")
@@ -255,6 +262,6 @@ class FRFSRPipeline:
         if low:
             warnings.warn(f"the Ref hardly matches {name} (relevance {min(low):.2f} < {t}); the output is mostly the "
                           "model's own reconstruction, not detail transferred from the Ref. A Ref showing the same "
-                          "scene or content helps", FRFSRWarning, stacklevel=4)
+                          "scene or content helps", FRFSRWarning, stacklevel=5)
 
 

@@ -304,6 +304,10 @@ _DEVICE_INPUT = (cc.DEVICE_CHOICES, {"default": "auto", "tooltip": "auto: ComfyU
 _DTYPE_INPUT = (DTYPE_CHOICES, {"default": "auto", "tooltip": "weight precision. auto: bfloat16 on a GPU and on a CPU "
                                                           "that computes it natively, else float32 (the reference)"})
 _MODEL_INPUT = (MODEL_TYPE, {"tooltip": "the FRFSR model, from Load FRFSR Model or Load FRFSR Model (Hugging Face Hub)"})
+_MATCH_MODE_INPUT = (("auto", "exact", "fast"), {"default": "auto", "tooltip":
+                     "exact: every LR patch against every Reference patch (the release's matching); fast: "
+                     "coarse-to-fine, linear in the image size, slightly different matches; auto: fast for large "
+                     "inputs"})
 _REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
                          "pair: Reference i serves LR i; all: every Reference serves every LR; "
                          "auto: pair when the batch sizes match (or one Reference serves all), else all"})
@@ -432,15 +436,17 @@ class MatchReference:
             "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
             "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s), at least 12x12"}),
             "reference_mode": _REFERENCE_MODE_INPUT,
+        }, "optional": {
+            "match_mode": _MATCH_MODE_INPUT,          # optional: workflows saved before it still validate
         }}
 
-    def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto"):
+    def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto"):
         lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
         with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
             lr = lr.to(model.device)
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             cc.check_interrupt()
-            corr = net.match(lr, ref)
+            corr = net.match(lr, ref, match_mode=match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
             corr = move(corr, cc.intermediate_device())
         return (corr, confidence)

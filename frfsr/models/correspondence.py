@@ -11,6 +11,13 @@ Several Refs are laid side by side on one canvas (the *mosaic*), with zero gaps 
 them, at every feature scale; a flow then points into the mosaic, and warping and
 deformable sampling need not know how many Refs there were. The match keeps, per LR
 position, the best patch over all Refs. A single Ref is its own mosaic.
+
+Matching modes (``match_mode``): ``"exact"`` compares every LR patch with every Ref patch
+(:func:`frfsr.ops.patch_match`, the reference and release-equal path); ``"fast"`` searches
+coarse-to-fine (:func:`frfsr.ops.fast_patch_match`, cost linear in the LR, same outputs);
+``"auto"`` (default) takes fast where LR positions x Ref patches (all Refs) exceed
+:data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`. Both modes match each Ref on its own and keep the
+best, the earlier Ref on ties.
 """
 from __future__ import annotations
 
@@ -61,15 +68,28 @@ def normalize_features(feat: torch.Tensor) -> torch.Tensor:
     return F.normalize(feat, dim=1)
 
 
-def match_refs(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: MosaicLayout, patch_size: int = 3):
+def resolve_match_mode(match_mode: str, lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], patch_size: int = 3) -> str:
+    """'exact' or 'fast': what ``match_mode`` ('exact', 'fast' or 'auto') means for these
+    texture maps (see the module docstring)."""
+    from ..ops.fast_match import resolve_match_mode as _resolve
+    n_query = (lr_tex.shape[-2] - patch_size + 1) * (lr_tex.shape[-1] - patch_size + 1)
+    n_key = sum((t.shape[-2] - patch_size + 1) * (t.shape[-1] - patch_size + 1) for t in ref_texs)
+    return _resolve(match_mode, n_query, n_key)
+
+
+def match_refs(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: MosaicLayout, patch_size: int = 3,
+               match_mode: str = "exact"):
     """Best 3x3 patch over all Refs for every valid LR texture position.
 
+    ``match_mode``: 'exact' (default here), 'fast' or 'auto' (see the module docstring).
     Returns ``score`` (B, h-2, w-2), ``kx``, ``ky`` (mosaic texture-grid coordinates of the
     matched patch's top-left corner, int64) and ``ref_id`` (which Ref won, int64)."""
+    mode = resolve_match_mode(match_mode, lr_tex, ref_texs, patch_size)
+    match = ops.patch_match if mode == "exact" else ops.fast_patch_match
     q = normalize_features(lr_tex)
     best = kx = ky = ref_id = None
     for r, (tex, off) in enumerate(zip(ref_texs, layout.offsets)):
-        score, index = ops.patch_match(q, normalize_features(tex), patch_size=patch_size)
+        score, index = match(q, normalize_features(tex), patch_size=patch_size)
         wk = tex.shape[-1] - patch_size + 1
         x, y = index % wk + off, torch.div(index, wk, rounding_mode="floor")
         if best is None:

@@ -1,6 +1,7 @@
 """FRFSR: match -> align -> restore (paper Fig. 1), with feature reuse for stage 2."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from ..checks import MIN_LR_SIZE, MIN_REF_SIZE, check_dtype, check_image
 from ..config import FRFSRConfig
+from ..ops.fast_match import MATCH_MODES
 from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, pre_offsets,
                              upscale_flow)
 from .restoration import RestorationNet
@@ -153,6 +155,7 @@ class FRFSR(nn.Module):
             self.reuse_net = RestorationNet(cfg, cfg.vgg_widths, reuse=False)
             self.reuse_net.requires_grad_(False)
         self.check_inputs = True          # NaN/Inf checks (one host sync each); off for the fastest path
+        self.match_mode = "auto"          # default of match(): "exact", "fast" or "auto" (correspondence.py)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -194,9 +197,15 @@ class FRFSR(nn.Module):
         return EncodedRefs(tuple(images), textures, feats, layout)
 
     # ------------------------------------------------------------------ steps
-    def match(self, lr: torch.Tensor, ref) -> Correspondence:
+    def match(self, lr: torch.Tensor, ref, match_mode: str | None = None) -> Correspondence:
         """Correlation-based texture warp, matching step (paper eq. 5-9). ``ref``: Ref
-        tensor(s) or an :class:`EncodedRefs`."""
+        tensor(s) or an :class:`EncodedRefs`. ``match_mode``: "exact" (every LR patch against
+        every Ref patch, the release's), "fast" (coarse-to-fine, cost linear in the LR) or
+        "auto" (fast above :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`); None: ``self.match_mode``
+        (default "auto"; :meth:`use_match_mode` sets it for a block)."""
+        mode = self.match_mode if match_mode is None else match_mode
+        if mode not in MATCH_MODES:
+            raise ValueError(f"unknown match_mode {mode!r}; accepted: {', '.join(MATCH_MODES)}")
         lr = self._check_lr(lr)
         refs = self.encode_refs(ref, lr.shape[0])
         b = lr.shape[0]
@@ -208,13 +217,26 @@ class FRFSR(nn.Module):
         lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
         lr_tex = self.texture_encoder.encode_lr(lr_up)
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
-        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p)
+        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, match_mode=mode)
         flow3 = index_to_flow(kx, ky, p)
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
         confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)
         ref_id = F.pad(ref_id, (1, 1, 1, 1), value=-1)
         return Correspondence(flows, offsets, confidence, ref_id, refs)
+
+    @contextlib.contextmanager
+    def use_match_mode(self, match_mode: str | None):
+        """``with model.use_match_mode("fast"): ...``: every :meth:`match` in the block (also
+        inside the tiled pipeline) uses ``match_mode``; None leaves the current one."""
+        if match_mode is not None and match_mode not in MATCH_MODES:
+            raise ValueError(f"unknown match_mode {match_mode!r}; accepted: {', '.join(MATCH_MODES)}")
+        prev = self.match_mode
+        self.match_mode = prev if match_mode is None else match_mode
+        try:
+            yield self
+        finally:
+            self.match_mode = prev
 
     def align(self, corr: Correspondence) -> AlignedTextures:
         """Reference features at three scales, warped onto the LR grid (paper eq. 10-13)."""

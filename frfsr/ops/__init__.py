@@ -20,6 +20,14 @@ Operators
     and ``index`` (B, h-p+1, w-p+1) int64, a row-major index into the (H-p+1, W-p+1) grid of
     key patches; ties keep the lowest index. Never materialises the full similarity matrix.
 
+``window_match(query, key, flows, cell, radius, patch_size=3, max_block_elems=None) -> (score, index)``
+    ``patch_match`` restricted to windows: every query patch is compared with the key
+    patches within ``radius`` of its own position moved by each candidate flow of its
+    ``cell`` x ``cell`` cell (``flows`` (B, cells_y, cells_x, M, 2) integer (dy, dx)); same
+    cosine, same tie rule; reference in :mod:`frfsr.ops.window`. It is the fine step of
+    :func:`fast_patch_match` (:mod:`frfsr.ops.fast_match`), the coarse-to-fine matching with
+    ``patch_match``'s signature and outputs whose cost grows linearly with the query.
+
 ``deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1)``
     Modulated deformable convolution (DCNv2). ``x`` (B, Cin, Hin, Win) of any size;
     ``offset`` (B, 2*G*K, Ho, Wo) holding (dy, dx) per deformable group and tap;
@@ -38,6 +46,7 @@ import os
 import torch
 
 from . import reference
+from . import window as _window
 
 _BACKENDS = ("auto", "reference", "fused")
 _forced: str | None = None
@@ -82,21 +91,26 @@ def fused_available() -> bool:
     return True
 
 
-def _impl(name: str, t: torch.Tensor):
+def _impl(name: str, t: torch.Tensor, ref_module=reference):
     backend = get_backend()
     if backend == "reference":
-        return getattr(reference, name)
+        return getattr(ref_module, name)
     if backend == "fused" or (t.is_cuda and fused_available()):
         if backend == "fused" and not fused_available():
             raise RuntimeError("FRFSR ops backend 'fused' was requested but Triton is not importable; "
                                "install the 'fused' extra (pip install 'frfsr[fused]') or use 'reference'")
         from . import triton as fused
         return getattr(fused, name)
-    return getattr(reference, name)
+    return getattr(ref_module, name)
 
 
 def patch_match(query, key, patch_size: int = 3, max_block_elems: int | None = None):
     return _impl("patch_match", query)(query, key, patch_size=patch_size, max_block_elems=max_block_elems)
+
+
+def window_match(query, key, flows, cell: int, radius: int, patch_size: int = 3, max_block_elems: int | None = None):
+    return _impl("window_match", query, _window)(query, key, flows, cell, radius, patch_size=patch_size,
+                                                  max_block_elems=max_block_elems)
 
 
 def deform_conv(x, offset, mask, weight, bias=None, stride: int = 1, padding: int = 1, dilation: int = 1):
@@ -107,4 +121,6 @@ def ddf(x, channel_filter, spatial_filter, kernel_size: int = 3, dilation: int =
     return _impl("ddf", x)(x, channel_filter, spatial_filter, kernel_size=kernel_size, dilation=dilation)
 
 
-__all__ = ["patch_match", "deform_conv", "ddf", "use_backend", "get_backend", "fused_available", "reference"]
+from .fast_match import FAST_MATCH_MIN_PAIRS, MATCH_MODES, fast_patch_match  # noqa: E402
+
+__all__ = ["patch_match", "window_match", "fast_patch_match", "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "deform_conv", "ddf", "use_backend", "get_backend", "fused_available", "reference"]

@@ -6,6 +6,9 @@
 * :func:`deform_conv` -- modulated deformable convolution as an implicit GEMM (bilinear
   sampling * mask feeding ``tl.dot``, no im2col buffer); Triton backward kernels for the
   input, offsets, mask, weight and bias.
+* :func:`window_match` -- the windowed search of the fast matching mode: per cell and
+  candidate flow, an implicit-GEMM ``tl.dot`` of the cell's query patches with a square of
+  key patches read channels-last from the feature maps, folded into a running max.
 * :func:`ddf` -- decoupled dynamic filter in one pass per output tile; Triton backward
   kernels for the input and both filters.
 
@@ -26,5 +29,6 @@ except Exception as exc:  # pragma: no cover - depends on the environment
 from .ddf import ddf
 from .deform_conv import deform_conv
 from .patch_match import patch_match
+from .window_match import window_match
 
-__all__ = ["patch_match", "deform_conv", "ddf"]
+__all__ = ["patch_match", "window_match", "deform_conv", "ddf"]

@@ -1,0 +1,229 @@
+"""Coarse-to-fine cosine patch matching whose cost grows linearly with the query.
+
+:func:`fast_patch_match` returns what :func:`frfsr.ops.patch_match` returns (``score``,
+``index``; same cosine, same tie rule) but searches only where a coarse match points:
+
+1. *Coarse descriptors.* The per-pixel normalised features are averaged over cells of
+   ``cell`` x ``cell`` patch centres (the query on a grid of step ``cell``, the key on a
+   grid of step ``key_stride``), renormalised per coarse pixel, and every coarse position
+   is described by the 3 x 3 coarse pixels around it (the same ``3 * cell`` span on both
+   sides), normalised.
+2. *Candidates.* For every query cell, the ``topk`` most similar key positions over the whole
+   coarse key (exact top-k by blocked matrix products), as displacements (flows).
+3. *Propagation.* A cell also takes the flows of the cells up to ``neighbours`` cells away
+   (as PatchMatch propagates good matches to adjacent patches), and the cells are grouped
+   into search cells of ``search_cell`` x ``search_cell`` patches that share all their
+   cells' flows (repeats dropped).
+4. *Windowed search.* Every query patch of a search cell compares itself, for each of the
+   search cell's flows, with the key patches in the search cell's square moved by the flow
+   and widened by ``radius`` (:func:`frfsr.ops.window_match`), and keeps the best cosine.
+
+Cost: step 2 is (query / cell^2) x (key / key_stride^2) coarse dot products of 9 C values,
+step 4 at most (query positions / search_cell^2) x topk x (search_cell / cell + 2
+neighbours)^2 block products of (search_cell + p - 1)^2 x (search_cell + 2 radius + p - 1)^2
+x C, linear in the query and independent of the key's size; see :func:`flop_counts`. Memory: bounded by the chunk sizes, never by query x key.
+
+:data:`FAST_MATCH_MIN_PAIRS` is where ``match_mode="auto"`` switches from exact to fast.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reference import PATCH_MATCH_MAX_BLOCK_ELEMS
+from .window import window_match as _reference_window_match
+
+__all__ = ["fast_patch_match", "coarse_topk", "cell_flows", "flop_counts", "resolve_match_mode",
+           "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "FAST_MATCH_DEFAULTS"]
+
+MATCH_MODES = ("exact", "fast", "auto")
+
+FAST_MATCH_MIN_PAIRS = 2 ** 26
+"""``match_mode="auto"`` uses the fast mode when (query patch positions) x (key patches,
+all Refs together) exceeds this (about 8200 x 8200: an LR of 92 px against a Ref of
+368 px). Measured on a 2-core CPU (BENCHMARKS.md, fast matching), the two modes take about
+as long at 2**24 pairs (LR 64 / Ref 256) and fast is about 6x faster at 2**28 (LR 128 /
+Ref 512); below the threshold exact matching costs a few seconds at most and is kept
+because it is the release's."""
+
+FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 4, "topk": 4, "neighbours": 0, "radius": 1}
+"""Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching)."""
+
+
+def resolve_match_mode(mode: str, n_query: int, n_key: int) -> str:
+    """'exact' or 'fast' for a ``match_mode`` and the numbers of query positions and key
+    patches (summed over Refs)."""
+    if mode not in MATCH_MODES:
+        raise ValueError(f"unknown match_mode {mode!r}; accepted: {', '.join(MATCH_MODES)}")
+    if mode == "auto":
+        return "fast" if n_query * n_key > FAST_MATCH_MIN_PAIRS else "exact"
+    return mode
+
+
+def _coarse_descriptors(x: torch.Tensor, cell: int, stride: int, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Coarse descriptors of a per-pixel normalised map (B, C, H, W): coarse position j sits
+    at patch corner ``stride * j`` and pools the patch centres [stride*j, stride*j + cell)
+    (+ p//2); its descriptor is the 3 x 3 coarse neighbourhood at spacing ``cell``.
+    Returns (B, 9C, n_y * n_x) normalised descriptors and (n_y, n_x)."""
+    c0 = patch_size // 2
+    H, W = x.shape[-2:]
+    ny, nx = -(-(H - patch_size + 1) // stride), -(-(W - patch_size + 1) // stride)
+    sh = x[..., c0:, c0:]
+    sh = F.pad(sh, (0, max(0, stride * (nx - 1) + cell - sh.shape[-1]), 0, max(0, stride * (ny - 1) + cell - sh.shape[-2])))
+    pooled = F.normalize(F.avg_pool2d(sh, cell, stride=stride)[..., :ny, :nx], dim=1)
+    d = cell // stride
+    desc = F.unfold(pooled, 3, dilation=d, padding=d)
+    return F.normalize(desc, dim=1), (ny, nx)
+
+
+def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int | None = None) -> torch.Tensor:
+    """Indices (B, Nq, k') of the k' = min(k, Nk) largest dot products of every query column
+    of ``qd`` (B, D, Nq) with the key columns of ``kd`` (B, D, Nk), by blocks whose
+    similarity tensor holds at most ``max_block_elems`` elements."""
+    B, _, n_q = qd.shape
+    n_k = kd.shape[2]
+    k = min(k, n_k)
+    limit = PATCH_MATCH_MAX_BLOCK_ELEMS if max_block_elems is None else int(max_block_elems)
+    bk = max(k, min(n_k, limit // B))
+    bq = max(1, min(n_q, limit // (B * bk)))
+    q = qd.transpose(1, 2)
+    out = []
+    for q0 in range(0, n_q, bq):
+        vals = idx = None
+        for k0 in range(0, n_k, bk):
+            sim = torch.bmm(q[:, q0:q0 + bq], kd[:, :, k0:k0 + bk])
+            v, i = sim.topk(min(k, sim.shape[2]), dim=2)
+            i = i + k0
+            if vals is not None:
+                v, j = torch.cat((vals, v), 2).topk(k, dim=2)
+                i = torch.cat((idx, i), 2).gather(2, j)
+            vals, idx = v, i
+        out.append(idx)
+    return torch.cat(out, 1)
+
+
+def cell_flows(cand: torch.Tensor, grid_q: tuple[int, int], grid_k: tuple[int, int], cell: int, key_stride: int,
+               neighbours: int) -> torch.Tensor:
+    """Flows (B, hc, wc, M, 2) int64, (dy, dx) in patch positions, of every query cell from
+    the coarse candidates ``cand`` (B, hc * wc, k) (indices into the coarse key grid), with
+    the candidates of the cells up to ``neighbours`` away (clamped at the border)."""
+    B, _, k = cand.shape
+    hc, wc = grid_q
+    nkx = grid_k[1]
+    ky, kx = torch.div(cand, nkx, rounding_mode="floor") * key_stride, (cand % nkx) * key_stride
+    dev = cand.device
+    cy = torch.arange(hc, device=dev).repeat_interleave(wc) * cell
+    cx = torch.arange(wc, device=dev).repeat(hc) * cell
+    flow = torch.stack((ky - cy[:, None], kx - cx[:, None]), dim=-1).view(B, hc, wc, k, 2)
+    if neighbours <= 0:
+        return flow
+    parts = []
+    n = neighbours
+    for oy in range(-n, n + 1):
+        iy = (torch.arange(hc, device=dev) + oy).clamp(0, hc - 1)
+        for ox in range(-n, n + 1):
+            ix = (torch.arange(wc, device=dev) + ox).clamp(0, wc - 1)
+            parts.append(flow[:, iy][:, :, ix])
+    # own cell first, so that its candidates are visited first
+    centre = len(parts) // 2
+    parts.insert(0, parts.pop(centre))
+    return torch.cat(parts, dim=3)
+
+
+def _clamp_flows(flows: torch.Tensor, hk: int, wk: int, cell: int, radius: int) -> torch.Tensor:
+    """Move each flow the least so that its square (see :mod:`frfsr.ops.window`) overlaps
+    the key grid: then every query patch has at least one candidate."""
+    hc, wc = flows.shape[1:3]
+    dev = flows.device
+    cy = (torch.arange(hc, device=dev) * cell).view(1, hc, 1, 1)
+    cx = (torch.arange(wc, device=dev) * cell).view(1, 1, wc, 1)
+    dy = torch.maximum(torch.minimum(flows[..., 0], hk - 1 - cy + radius), 1 - cell - radius - cy)
+    dx = torch.maximum(torch.minimum(flows[..., 1], wk - 1 - cx + radius), 1 - cell - radius - cx)
+    return torch.stack((dy, dx), dim=-1)
+
+
+def group_flows(flows: torch.Tensor, factor: int) -> torch.Tensor:
+    """Flows of groups of ``factor`` x ``factor`` cells (B, ceil(hc/f), ceil(wc/f), f*f*M, 2):
+    the union of the group's cells' flows (edge cells repeated where the grid is not a
+    multiple of ``factor``)."""
+    if factor == 1:
+        return flows
+    B, hc, wc, M, _ = flows.shape
+    hs, ws = -(-hc // factor), -(-wc // factor)
+    iy = torch.arange(hs * factor, device=flows.device).clamp(max=hc - 1)
+    ix = torch.arange(ws * factor, device=flows.device).clamp(max=wc - 1)
+    f = flows[:, iy][:, :, ix].view(B, hs, factor, ws, factor, M, 2)
+    return f.permute(0, 1, 3, 2, 4, 5, 6).reshape(B, hs, ws, factor * factor * M, 2)
+
+
+def unique_flows(flows: torch.Tensor) -> torch.Tensor:
+    """Drop repeated flows of a cell: (B, hc, wc, M, 2) -> (B, hc, wc, M', 2), M' the largest
+    number of distinct flows of any cell; cells with fewer repeat their first flow. The
+    result does not depend on the order of a cell's flows."""
+    span = int(flows.abs().max()) if flows.numel() else 0
+    side = 2 * span + 1
+    big = side * side                                   # codes are in [0, big)
+    code = ((flows[..., 0] + span) * side + flows[..., 1] + span).sort(dim=-1).values
+    dup = torch.zeros_like(code, dtype=torch.bool)
+    dup[..., 1:] = code[..., 1:] == code[..., :-1]
+    m = int((~dup).sum(-1).max())
+    code = torch.where(dup, code + big, code).sort(dim=-1).values[..., :m]   # distinct codes first
+    code = torch.where(code >= big, code[..., :1], code)
+    dy = torch.div(code, side, rounding_mode="floor") - span
+    dx = code % side - span
+    return torch.stack((dy, dx), dim=-1)
+
+
+def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3, *, cell: int | None = None,
+                     search_cell: int | None = None,
+                     key_stride: int | None = None, topk: int | None = None, neighbours: int | None = None,
+                     radius: int | None = None, max_block_elems: int | None = None, window_match=None):
+    """Coarse-to-fine :func:`frfsr.ops.patch_match` (same arguments and outputs; see the
+    module docstring). Parameters left None take :data:`FAST_MATCH_DEFAULTS`;
+    ``window_match``: the windowed-search implementation (default: the dispatched
+    :func:`frfsr.ops.window_match`)."""
+    from .reference import check_patch_match_args
+    p = check_patch_match_args(query, key, patch_size)
+    d = FAST_MATCH_DEFAULTS
+    cell = d["cell"] if cell is None else int(cell)
+    search_cell = d["search_cell"] if search_cell is None else int(search_cell)
+    key_stride = d["key_stride"] if key_stride is None else int(key_stride)
+    topk = d["topk"] if topk is None else int(topk)
+    neighbours = d["neighbours"] if neighbours is None else int(neighbours)
+    radius = d["radius"] if radius is None else int(radius)
+    if cell < 1 or key_stride < 1 or cell % key_stride or topk < 1 or neighbours < 0 or search_cell % cell:
+        raise ValueError(f"fast_patch_match needs cell >= 1, key_stride dividing cell, topk >= 1 and neighbours >= 0; "
+                         f"got cell={cell}, key_stride={key_stride}, topk={topk}, neighbours={neighbours}")
+    if radius < 0:
+        raise ValueError(f"fast_patch_match needs radius >= 0, got {radius}")
+    if window_match is None:
+        from . import window_match
+    hk, wk = key.shape[-2] - p + 1, key.shape[-1] - p + 1
+    with torch.no_grad():
+        qd, grid_q = _coarse_descriptors(query.detach().float(), cell, cell, p)
+        kd, grid_k = _coarse_descriptors(key.detach().float(), cell, key_stride, p)
+        cand = coarse_topk(qd, kd, topk, max_block_elems)
+        del qd, kd
+        flows = group_flows(cell_flows(cand, grid_q, grid_k, cell, key_stride, neighbours), search_cell // cell)
+        flows = unique_flows(_clamp_flows(flows, hk, wk, search_cell, radius))
+    return window_match(query, key, flows, search_cell, radius, patch_size=p)
+
+
+def flop_counts(n_query: int, n_key: int, channels: int, patch_size: int = 3, **params) -> dict:
+    """2 x multiply-adds of exact and fast matching for ``n_query`` query positions and
+    ``n_key`` key patches of ``channels`` channels (parameters as :func:`fast_patch_match`).
+    Fast counts its coarse top-k and the block products of the reference windowed search
+    with the largest number of distinct flows a search cell can have (an upper bound)."""
+    d = {**FAST_MATCH_DEFAULTS, **params}
+    s, sc, sk, k, n, r = d["cell"], d["search_cell"], d["key_stride"], d["topk"], d["neighbours"], d["radius"]
+    D = channels * patch_size * patch_size
+    exact = 2.0 * n_query * n_key * D
+    coarse = 2.0 * (n_query / (s * s)) * (n_key / (sk * sk)) * D
+    M = k * (sc // s + 2 * n) ** 2
+    A, T = sc + patch_size - 1, sc + 2 * r + patch_size - 1
+    window = 2.0 * (n_query / (sc * sc)) * M * A * A * T * T * channels
+    return {"exact": exact, "fast": coarse + window, "fast_coarse": coarse, "fast_window": window, "max_flows": M}
+
+
+# the pure-PyTorch windowed search, for callers that want it without the dispatch
+reference_window_match = _reference_window_match
