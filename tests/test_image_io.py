@@ -102,3 +102,20 @@ def test_output_type_and_dtype_overrides():
 def test_bad_inputs_are_named(bad, err, message):
     with pytest.raises(err, match=message):
         to_model_input(bad, "image")
+
+
+@pytest.mark.parametrize("image", [torch.rand(0, 3, 20, 20), torch.rand(3, 0, 20), torch.rand(1, 3, 20, 0),
+                                   np.zeros((0, 20, 3), np.uint8), np.zeros((20, 0), np.float32)],
+                         ids=["batch0", "height0", "width0", "np_height0", "np_width0"])
+def test_empty_images_are_refused_clearly(image):
+    from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline
+    with pytest.raises(ValueError, match=r"lr is empty: shape .* has a zero-length axis"):
+        to_model_input(image, "lr")
+    torch.manual_seed(0)
+    pipe = FRFSRPipeline(FRFSR(FRFSRConfig.tiny()))
+    with pytest.raises(ValueError, match="is empty"):
+        pipe(image, torch.rand(3, 40, 40), progress=False)
+    with pytest.raises(ValueError, match="ref is empty"):
+        pipe(torch.rand(3, 20, 20), image if image.ndim != 2 else image[None], progress=False)
+    with pytest.raises(ValueError, match="empty batch"):
+        pipe.model.match(torch.rand(0, 3, 20, 20), torch.rand(1, 3, 40, 40))
