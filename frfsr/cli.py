@@ -98,6 +98,9 @@ def _upscale(p: argparse.ArgumentParser):
     p.add_argument("--save-confidence", metavar="PATH", help="also write the match confidence map (grayscale, LR size)")
     p.add_argument("--save-warped-ref", metavar="PATH", help="also write the Ref warped onto the output grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ref-scales", type=float, nargs="+", metavar="S",
+                   help="also match every Ref resized by these factors (the Ref scale pyramid), e.g. "
+                        "--ref-scales 1 0.71 0.5 for a Ref shot closer than the LR (default: the Ref as given)")
     p.add_argument("--match-mode", choices=("auto", "exact", "fast"), default="auto",
                    help="patch matching: exact (every LR patch against every Ref patch), fast (coarse-to-fine, "
                         "linear in the image) or auto (fast for large inputs; default)")
@@ -119,7 +122,7 @@ def _upscale(p: argparse.ArgumentParser):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FRFSRWarning)
             out = pipe(lr, refs, tile=args.tile, overlap=args.overlap, return_details=True,
-                       progress=not args.no_progress, match_mode=args.match_mode)
+                       progress=not args.no_progress, match_mode=args.match_mode, ref_scales=args.ref_scales)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         write_image(out.images, args.output)

@@ -36,6 +36,11 @@ from .tiling import DEFAULT_OVERLAP, encode_refs, upscale_tiled
 # ``pipe.relevance_threshold`` for other weights.
 RELEVANCE_THRESHOLD = 0.3
 
+# The Ref scale pyramid used when a call does not say (``pipe.ref_scales``): the Ref as given.
+# ``(1, 0.71, 0.5)`` also matches it at 0.71x and 0.5x, for Refs shot closer than the LR
+# (BENCHMARKS.md, "Ref scale pyramid").
+DEFAULT_REF_SCALES = (1.0,)
+
 
 @dataclass
 class FRFSRPipelineOutput:
@@ -85,6 +90,7 @@ class FRFSRPipeline:
         self.source = source
         self.commit = commit
         self.relevance_threshold: float | None = RELEVANCE_THRESHOLD
+        self.ref_scales: tuple[float, ...] = DEFAULT_REF_SCALES
         self._progress_config: dict = {}
 
     # ------------------------------------------------------------------ loading / saving
@@ -175,8 +181,10 @@ class FRFSRPipeline:
                 f"dtype={self.dtype}{src})")
 
     # ------------------------------------------------------------------ refs
-    def encode_refs(self, ref_or_refs, batch_size: int = 1):
-        """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, encoded)``."""
+    def encode_refs(self, ref_or_refs, batch_size: int = 1, ref_scales=None):
+        """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, encoded)``.
+        ``ref_scales``: the Ref scale pyramid (see :meth:`FRFSR.encode_refs`); None:
+        ``self.ref_scales``."""
         from .models import EncodedRefs
         if isinstance(ref_or_refs, EncodedRefs):
             return ref_or_refs
@@ -195,12 +203,13 @@ class FRFSRPipeline:
                                  "LR or one for all")
             tensors.append(t.to(self.device, self.dtype))
         with torch.no_grad():
-            return encode_refs(self.model, tensors, batch_size)
+            return encode_refs(self.model, tensors, batch_size,
+                               scales=self.ref_scales if ref_scales is None else ref_scales)
 
     # ------------------------------------------------------------------ inference
     def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,
                  output_dtype=None, return_details: bool = False, progress: bool = True, interrupt=None,
-                 match_mode: str | None = None):
+                 match_mode: str | None = None, ref_scales=None):
         """4x SR of ``lr`` (an image, a (B, C, H, W) tensor, or a list of images) using
         ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`encode_refs`).
 
@@ -209,8 +218,14 @@ class FRFSRPipeline:
         (like the input); ``output_dtype``: e.g. "uint16" (None: like the input);
         ``progress``: a tqdm bar over tiles; ``interrupt``: called before each tile, return
         True to stop; ``match_mode``: "exact", "fast" or "auto" (see :meth:`FRFSR.match`; None:
-        the model's, "auto" by default). Returns the image(s), or :class:`FRFSRPipelineOutput`
+        the model's, "auto" by default); ``ref_scales``: the Ref scale pyramid, e.g.
+        ``(1, 0.71, 0.5)`` for a Ref shot closer than the LR (None: ``self.ref_scales``,
+        :data:`DEFAULT_REF_SCALES`). Returns the image(s), or :class:`FRFSRPipelineOutput`
         with ``return_details=True``."""
+        from .models import EncodedRefs
+        if ref_scales is not None and not isinstance(ref_or_refs, EncodedRefs):
+            batch = lr.shape[0] if isinstance(lr, torch.Tensor) and lr.dim() == 4 else 1
+            ref_or_refs = self.encode_refs(ref_or_refs, batch, ref_scales)
         with self.model.use_match_mode(match_mode):
             return self._call(lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress,
                               interrupt)

@@ -164,15 +164,18 @@ def auto_tile_size(model, batch_size: int = 1, device=None, budget_bytes: int | 
     return max(MIN_LR_SIZE, min(MAX_AUTO_TILE, side))
 
 
-def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None) -> int:
+def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None, scales=(1.0,)) -> int:
     """Bytes that encoding ``refs`` (tensors) needs: what the encoded Refs keep
-    (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel) plus one extractor tile's
-    intermediates. MemoryError, saying what to do, when that exceeds the free memory."""
-    from .models.frfsr import REF_TILE, ref_bytes_per_pixel
+    (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel, over every scale of the
+    pyramid) plus one extractor tile's intermediates. MemoryError, saying what to do, when
+    that exceeds the free memory."""
+    from .models.frfsr import REF_TILE, check_ref_scales, ref_bytes_per_pixel
     from .models.vgg import TILE_HALO
     refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
     cfg, dtype = model.config, model.dtype
-    keep = sum(ref_bytes_per_pixel(cfg, dtype) * r.shape[-2] * r.shape[-1] * max(r.shape[0], 1) for r in refs)
+    area = sum(s * s for s in check_ref_scales(scales))
+    keep = int(area * sum(ref_bytes_per_pixel(cfg, dtype) * r.shape[-2] * r.shape[-1] * max(r.shape[0], 1)
+                          for r in refs))
     side = min(tile or REF_TILE, max(max(r.shape[-2:]) for r in refs)) + 2 * TILE_HALO
     work = 4 * cfg.vgg_widths[0] * side * side * (torch.finfo(dtype).bits // 8)
     need, free = keep + work, free_memory(device if device is not None else model.device)
@@ -189,7 +192,8 @@ def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, 
     return need
 
 
-def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, oom_fallback: bool = True):
+def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, scales=(1.0,),
+                oom_fallback: bool = True):
     """``model.encode_refs`` with the memory checked up front (:func:`ref_memory_check`) and
     the extractor tile halved on out-of-memory; an :class:`EncodedRefs` is passed through."""
     from .models import EncodedRefs
@@ -198,10 +202,10 @@ def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, oo
     if isinstance(refs, EncodedRefs):
         return refs
     tile = tile or REF_TILE
-    ref_memory_check(model, refs, batch_size, tile)
+    ref_memory_check(model, refs, batch_size, tile, scales=scales)
     while True:
         try:
-            return model.encode_refs(refs, batch_size, tile=tile)
+            return model.encode_refs(refs, batch_size, tile=tile, scales=scales)
         except Exception as err:
             smallest = 8 * TILE_HALO
             if not (oom_fallback and is_out_of_memory(err)) or tile <= smallest:

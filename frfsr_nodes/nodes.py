@@ -308,6 +308,21 @@ _MATCH_MODE_INPUT = (("auto", "exact", "fast"), {"default": "auto", "tooltip":
                      "exact: every LR patch against every Reference patch (the release's matching); fast: "
                      "coarse-to-fine, linear in the image size, slightly different matches; auto: fast for large "
                      "inputs"})
+_REF_SCALES_INPUT = ("STRING", {"default": "1", "tooltip":
+                     "Reference scale pyramid: factors the Reference is also matched at, e.g. '1 0.71 0.5' for a "
+                     "Reference shot closer than the LR; '1': the Reference as it is"})
+
+
+def parse_ref_scales(text: str) -> tuple[float, ...]:
+    """'1 0.71 0.5' or '1, 0.5' -> (1.0, 0.71, 0.5), checked by the library."""
+    from frfsr.models.frfsr import check_ref_scales
+    try:
+        values = [float(v) for v in str(text).replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"ref_scales must be numbers separated by spaces, e.g. '1 0.71 0.5'; got {text!r}") from None
+    return check_ref_scales(values)
+
+
 _REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
                          "pair: Reference i serves LR i; all: every Reference serves every LR; "
                          "auto: pair when the batch sizes match (or one Reference serves all), else all"})
@@ -436,17 +451,22 @@ class MatchReference:
             "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
             "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s), at least 12x12"}),
             "reference_mode": _REFERENCE_MODE_INPUT,
-        }, "optional": {
-            "match_mode": _MATCH_MODE_INPUT,          # optional: workflows saved before it still validate
+        }, "optional": {                                # optional: workflows saved before them still validate
+            "match_mode": _MATCH_MODE_INPUT,
+            "ref_scales": _REF_SCALES_INPUT,
         }}
 
-    def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto"):
+    def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
+              ref_scales: str = "1"):
+        scales = parse_ref_scales(ref_scales)
         lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
+        ref_pixels = int(ref_pixels * sum(s * s for s in scales))
         with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
             lr = lr.to(model.device)
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             cc.check_interrupt()
-            corr = net.match(lr, ref, match_mode=match_mode)
+            refs = net.encode_refs(ref, lr.shape[0], scales=scales)
+            corr = net.match(lr, refs, match_mode=match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
             corr = move(corr, cc.intermediate_device())
         return (corr, confidence)

@@ -43,6 +43,7 @@ class EncodedRefs(_Tensors):
     textures: tuple[torch.Tensor, ...]               # texture features, 1/4 size, each
     feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # VGG19 relu1_1 / relu2_1 / relu3_1 mosaics
     layout: MosaicLayout
+    sources: tuple[tuple[int, float], ...] = ()      # per mosaic image: (which Ref given, its scale)
 
     @property
     def batch_size(self) -> int:
@@ -127,6 +128,27 @@ def ref_bytes_per_pixel(config: FRFSRConfig, dtype: torch.dtype = torch.float32)
     return int(elem * (3 + c1 + c2 / 4 + 2 * c3 / 16))
 
 
+def check_ref_scales(scales) -> tuple[float, ...]:
+    """The Ref pyramid's factors: a non-empty sequence of distinct numbers in (0, 4]."""
+    if isinstance(scales, (int, float)) and not isinstance(scales, bool):
+        scales = (scales,)
+    try:
+        out = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"ref_scales must be numbers, e.g. (1, 0.71, 0.5); got {scales!r}") from None
+    if not out or not all(0 < s <= 4 for s in out) or len(set(out)) != len(out):
+        raise ValueError(f"ref_scales must be distinct factors in (0, 4], e.g. (1, 0.71, 0.5); got {scales!r}")
+    return out
+
+
+def resize_ref(ref: torch.Tensor, scale: float) -> torch.Tensor:
+    """A Ref resized by ``scale`` (bicubic, antialiased when shrinking), kept in [0, 1]."""
+    h, w = ref.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = F.interpolate(ref.float(), size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+    return out.clamp_(0, 1).to(ref.dtype)
+
+
 def _check_ref_batch(name: str, n: int, b: int) -> None:
     if n not in (1, b):
         raise ValueError(f"{name} has batch size {n} but lr has {b}; give one Ref per LR "
@@ -171,30 +193,43 @@ class FRFSR(nn.Module):
         check_dtype(lr, "lr", self.dtype)
         return lr
 
-    def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE) -> EncodedRefs:
+    def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE,
+                    scales=(1.0,)) -> EncodedRefs:
         """Validate the Ref(s) and compute what depends on them alone. ``ref``: a (B, 3, H, W)
         tensor or a list of them; ``batch_size``: the LR batch they will serve (Refs of batch
         1 are shared by every LR); ``tile``: the feature extractors run in tiles of this many
         Ref pixels (None: whole), so their intermediates stay bounded; the result is
-        :func:`ref_bytes_per_pixel` per Ref pixel either way."""
+        :func:`ref_bytes_per_pixel` per Ref pixel either way.
+
+        ``scales``: the Ref scale pyramid. Every Ref is also matched as a copy resized by each
+        factor (e.g. ``(1, 0.71, 0.5)``: a Ref shot closer than the LR then also offers its
+        detail at the LR's scale); the copies are laid on the same mosaic as several Refs, and
+        per LR position the best patch over all of them wins. Copies smaller than the minimum
+        Ref size are left out. Cost: memory and matching time grow with the summed area
+        (1 + 0.5 + 0.25 = 1.75x for ``(1, 0.71, 0.5)``)."""
         if isinstance(ref, EncodedRefs):
             return ref
         refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
         if not refs:
             raise ValueError("at least one Ref image is required")
         b = batch_size or max(r.shape[0] if isinstance(r, torch.Tensor) and r.dim() == 4 else 1 for r in refs)
-        images = []
+        scales = check_ref_scales(scales)
+        images, sources = [], []
         for i, r in enumerate(refs):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
             check_image(r, name, MIN_REF_SIZE, self.check_inputs)
             check_dtype(r, name, self.dtype)
             _check_ref_batch(name, r.shape[0], b)
-            images.append(r)
+            for s in scales:
+                copy = r if s == 1 else resize_ref(r, s)
+                if min(copy.shape[-2:]) >= MIN_REF_SIZE:
+                    images.append(copy)
+                    sources.append((i, s))
         layout = MosaicLayout.build([r.shape[-2:] for r in images])
         textures = tuple(self.texture_encoder.encode_ref(r, tile) for r in images)
         per_ref = [run_tiled(self.ref_extractor, r, tile) for r in images]
         feats = tuple(layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
-        return EncodedRefs(tuple(images), textures, feats, layout)
+        return EncodedRefs(tuple(images), textures, feats, layout, tuple(sources))
 
     # ------------------------------------------------------------------ steps
     def match(self, lr: torch.Tensor, ref, match_mode: str | None = None) -> Correspondence:
