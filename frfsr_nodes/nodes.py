@@ -561,15 +561,26 @@ class Upscale(_FourTimesImage):
             "reference_mode": _REFERENCE_MODE_INPUT,
             "tile_size": _TILE_SIZE_INPUT,
             "tile_overlap": _TILE_OVERLAP_INPUT,
+        }, "optional": {
+            "match_mode": _MATCH_MODE_INPUT,
+            "ref_scales": _REF_SCALES_INPUT,
         }}
 
     def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
-                tile_overlap: int = 16):
-        from frfsr.tiling import upscale_tiled
+                tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1"):
+        from frfsr.tiling import encode_refs, upscale_tiled
 
+        scales = parse_ref_scales(ref_scales)
         lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
+        ref_pixels = int(ref_pixels * sum(s * s for s in scales))
         cc.check_interrupt()
-        return run_tiled(model, upscale_tiled, lr, lambda: ref, ref_pixels, tile_size, tile_overlap)
+
+        def encoded():                  # called with the model on its device
+            refs = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
+            return encode_refs(model.model, refs, lr.shape[0], scales=scales)
+
+        with model.model.use_match_mode(match_mode):
+            return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap)
 
 
 NODE_CLASS_MAPPINGS = {
