@@ -267,14 +267,15 @@ def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
     return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
 
 
-def lr_and_references(model: "FRFSRModel", image, reference, mode: str):
+def lr_and_references(model: "FRFSRModel", image, reference, mode: str, scales=(1.0,)):
     """The LR and Reference IMAGEs as model inputs on the intermediate device, the References
-    as :func:`reference_input` gives them, and their pixel count."""
+    as :func:`reference_input` gives them, and the Reference pixels to encode (over every
+    scale of the pyramid ``scales``)."""
     lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
     ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
                           lr.shape[0], mode)
     ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in (ref if isinstance(ref, list) else [ref]))
-    return lr, ref, ref_pixels
+    return lr, ref, int(ref_pixels * sum(s * s for s in scales))
 
 
 def run_tiled(model: "FRFSRModel", tiler, lr: torch.Tensor, inputs, ref_pixels: int, tile_size: int,
@@ -459,8 +460,7 @@ class MatchReference:
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
               ref_scales: str = "1"):
         scales = parse_ref_scales(ref_scales)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
-        ref_pixels = int(ref_pixels * sum(s * s for s in scales))
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales)
         with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
             lr = lr.to(model.device)
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
@@ -571,8 +571,7 @@ class Upscale(_FourTimesImage):
         from frfsr.tiling import encode_refs, upscale_tiled
 
         scales = parse_ref_scales(ref_scales)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode)
-        ref_pixels = int(ref_pixels * sum(s * s for s in scales))
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales)
         cc.check_interrupt()
 
         def encoded():                  # called with the model on its device
