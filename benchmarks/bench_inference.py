@@ -101,10 +101,10 @@ def accuracy_rows(model, size, device, crop: int | None = None) -> list[dict]:
     the central 4x that of its Ref (smoke runs)."""
     from frfsr import ops
     from frfsr.demo import ASSETS, _load
-    from frfsr.pipeline import FRFSRPipeline
+    from frfsr import FRFSR
     from frfsr.metrics import psnr
 
-    bundled = FRFSRPipeline.from_pretrained(None, device=device).model.eval()
+    bundled = FRFSR.from_pretrained(None, device=device)
     bundled.check_inputs = False
     h, w = size
     g = torch.Generator().manual_seed(1)

@@ -96,8 +96,8 @@ def heldout(n: int, patch: int, seed: int) -> list[dict]:
     from frfsr.data.views import heldout_pairs
     from frfsr.metrics import psnr_y
     from frfsr.models.correspondence import match_refs
-    from frfsr.pipeline import FRFSRPipeline
-    model = FRFSRPipeline.from_pretrained(device="cpu").model.eval()
+    from frfsr import FRFSR
+    model = FRFSR.from_pretrained(device="cpu")
     rows = []
     for kind in ("relevant", "medium", "hard", "unrelated"):
         items = heldout_pairs(kind, patch=patch, n=n, seed=seed)
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     channels = args.channels
     if channels is None:
-        from frfsr.pipeline import FRFSRPipeline
-        channels = FRFSRPipeline.from_pretrained().model.config.vgg_widths[2]
+        from frfsr import FRFSR
+        channels = FRFSR.from_pretrained().config.vgg_widths[2]
     command = "python benchmarks/bench_match.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"date {time.strftime('%Y-%m-%d')}; fast parameters {FAST_MATCH_DEFAULTS}; texture channels {channels}\n")

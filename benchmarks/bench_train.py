@@ -125,13 +125,12 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="PerceptualLoss uses a VGG19 with random weights")
     from accelerate import Accelerator
     from frfsr.training import Trainer
-    from frfsr.training.export import export_pretrained
 
     with tempfile.TemporaryDirectory(prefix="frfsr-bench-") as tmp:
         tmp = Path(tmp)
         stage1 = None
         if args.stage == 2:
-            stage1 = export_pretrained(FRFSR(FRFSRConfig.preset(args.preset)), tmp / "stage1")
+            stage1 = FRFSR(FRFSRConfig.preset(args.preset)).save_pretrained(tmp / "stage1")
         cfg = make_config(args, tmp / "run", stage1)
         acc = Accelerator(cpu=args.device == "cpu", mixed_precision=args.precision)
         trainer = Trainer(cfg, accelerator=acc)

@@ -33,8 +33,8 @@ from frfsr.metrics import psnr_y, ssim_y
 
 def load_model(name):
     """An eval-mode FRFSR from a folder, or the bundled weights for None / 'default'."""
-    from frfsr.pipeline import FRFSRPipeline
-    return FRFSRPipeline.from_pretrained(None if name in (None, "default") else name, device="cpu").model.eval()
+    from frfsr import FRFSR
+    return FRFSR.from_pretrained(None if name in (None, "default") else name, device="cpu")
 
 
 @torch.inference_mode()

@@ -156,11 +156,9 @@ def _convert(p: argparse.ArgumentParser):
         import torch
         from .config import FRFSRConfig
         from .convert import convert_state_dict, load_checkpoint
-        from .hub import save_pretrained
         from .models import FRFSR
         if args.base:
-            from .pipeline import FRFSRPipeline
-            model = FRFSRPipeline.from_pretrained(args.base).model
+            model = FRFSR.from_pretrained(args.base)
         else:
             cfg_path = Path(args.config)
             cfg = FRFSRConfig.from_json(cfg_path) if cfg_path.suffix == ".json" else FRFSRConfig.preset(args.config)
@@ -188,7 +186,7 @@ def _convert(p: argparse.ArgumentParser):
         desc = args.description or (f"Converted with `frfsr convert` from {', '.join(sources)}"
                                     + (f"; {len(left)} tensors left at their initial values" if left and not args.base
                                        else "") + ".")
-        save_pretrained(model, args.output, description=desc)
+        model.save_pretrained(args.output, description=desc)
         print(f"wrote {args.output}")
     return run
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_VERSION = 1
+CLASS_NAME = "FRFSR"            # "_class_name" in config.json
 
 
 @dataclass
@@ -92,7 +93,8 @@ class FRFSRConfig:
         return d
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """The config.json of a saved model (with ``"_class_name": "FRFSR"``)."""
+        text = json.dumps({"_class_name": CLASS_NAME, **self.to_dict()}, indent=2, sort_keys=True) + "\n"
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -101,6 +103,8 @@ class FRFSRConfig:
     def from_dict(cls, d: dict) -> "FRFSRConfig":
         if not isinstance(d, dict):
             raise TypeError(f"an FRFSR config must be a JSON object, got {type(d).__name__}")
+        if d.get("_class_name", CLASS_NAME) != CLASS_NAME:
+            raise ValueError(f"the config describes a {d['_class_name']!r}, not an {CLASS_NAME} model")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known - {"_class_name", "architecture"})
         if unknown:
@@ -109,13 +113,15 @@ class FRFSRConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "FRFSRConfig":
+        """Parse and validate JSON text or a config.json file (errors name the file)."""
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
-        text = p.read_text() if p is not None else str(text_or_path)
+        where = f"{p}: " if p is not None else ""
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+            return cls.from_dict(json.loads(p.read_text() if p is not None else str(text_or_path)))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{where}config is not valid JSON: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}{e}") from None
 
 
 PRESETS: dict[str, dict] = {

@@ -38,12 +38,8 @@ def _seed(*parts) -> int:
 
 
 def _load_model(path: str, device: str):
-    try:
-        from .pipeline import FRFSRPipeline
-    except ImportError:
-        from .training.export import load_pretrained
-        return load_pretrained(path, device=device)
-    return FRFSRPipeline.from_pretrained(path, device=device).model.eval()
+    from .models import FRFSR
+    return FRFSR.from_pretrained(path, device=device)
 
 
 def _load_lpips(device):

@@ -95,33 +95,24 @@ class FRFSRPipeline:
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path=None, *, revision: str | None = None, torch_dtype=None,
-                        device=None, local_files_only: bool = False, cache_dir=None, token=None,
-                        force_download: bool = False) -> "FRFSRPipeline":
-        """Load weights: a local folder, ``"frfsr-default"`` / None (bundled weights) or a Hub
-        repo id (``revision`` pins a branch, tag or commit). ``torch_dtype``: None (float32),
-        "auto" (as stored), a dtype or its name; ``device``: "cpu" (default), "cuda", "auto", ...
-        Downloads are cached (``cache_dir``), verified, and skipped when ``local_files_only``
-        or ``HF_HUB_OFFLINE=1``."""
-        from .hub import load_pretrained
-        model, files, description = load_pretrained(
-            pretrained_model_name_or_path, revision=revision, torch_dtype=torch_dtype, device=device,
-            cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download)
-        return cls(model, description=description, source=files.source, commit=files.commit)
+    def from_pretrained(cls, pretrained_model_name_or_path=None, **kwargs) -> "FRFSRPipeline":
+        """A pipeline over :meth:`frfsr.FRFSR.from_pretrained` (same arguments: a folder,
+        ``"frfsr-default"`` / None, or a Hub repo id; ``revision``, ``torch_dtype``,
+        ``device``, ``cache_dir``, ``token``, ``local_files_only``, ...)."""
+        from .models import FRFSR
+        model = FRFSR.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls(model, description=model.description, source=model.files.source, commit=model.files.commit)
 
     def save_pretrained(self, save_directory, *, description: str | None = None):
-        """Write config.json, model.safetensors and a model card (README.md)."""
-        from .hub import save_pretrained
-        return save_pretrained(self.model, save_directory, description=description or self.description)
+        """Write config.json, model.safetensors and a model card (README.md):
+        :meth:`frfsr.FRFSR.save_pretrained`."""
+        return self.model.save_pretrained(save_directory, description=description or self.description)
 
-    def push_to_hub(self, repo_id: str, *, token=None, private: bool | None = None, revision: str | None = None,
-                    commit_message: str = "Upload FRFSR weights", create_pr: bool = False,
-                    description: str | None = None):
-        """Upload the weights, config and model card to a Hub repository (created if needed)."""
-        from .hub import push_to_hub
-        return push_to_hub(self.model, repo_id, token=token, private=private, revision=revision,
-                           commit_message=commit_message, create_pr=create_pr,
-                           description=description or self.description)
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the weights, config and model card to a Hub repository (created if needed):
+        :meth:`frfsr.FRFSR.push_to_hub`."""
+        kwargs.setdefault("description", self.description)
+        return self.model.push_to_hub(repo_id, **kwargs)
 
     # ------------------------------------------------------------------ device, dtype, progress
     @property

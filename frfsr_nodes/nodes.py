@@ -142,15 +142,15 @@ def _check_dtype(dtype: str) -> None:
         raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
 
 
-def load_model(source, dtype: str, device: str = "auto") -> FRFSR:
-    """Load through :meth:`frfsr.FRFSRPipeline.from_pretrained` (the library's one loader:
-    config checks, weights that must fit the config), on the CPU, in the precision ``dtype``
-    means for the device it will run on ("auto": :func:`frfsr.devices.resolve_dtype`)."""
+def load_model(source, dtype: str, device: str = "auto", **hub) -> FRFSR:
+    """Load through :meth:`frfsr.FRFSR.from_pretrained` (the library's one loader: config
+    checks, weights that must fit the config, verified Hub downloads), on the CPU, in the
+    precision ``dtype`` means for the device it will run on ("auto":
+    :func:`frfsr.devices.resolve_dtype`). ``hub``: keyword arguments for a Hub repo id."""
     from frfsr.devices import resolve_dtype
-    from frfsr.pipeline import FRFSRPipeline
     _check_dtype(dtype)
     torch_dtype = resolve_dtype(dtype, cc.compute_device(device))
-    return FRFSRPipeline.from_pretrained(source, torch_dtype=torch_dtype, device="cpu").model
+    return FRFSR.from_pretrained(source, torch_dtype=torch_dtype, device="cpu", **hub)
 
 
 def model_folder(name: str) -> Path:
@@ -214,22 +214,6 @@ def validate_repo_file(filename: str) -> str:
         raise ValueError(f"invalid file {filename!r}: give the weights' path inside the repo, "
                          f"'{WEIGHTS_NAME}' or '<subfolder>/{WEIGHTS_NAME}' ({CONFIG_NAME} beside it)")
     return name
-
-
-def download_from_hub(repo_id: str, revision: str, filename: str) -> Path:
-    """Download ``filename`` and the config.json beside it into the Hugging Face cache
-    (verified, offline-aware: :mod:`frfsr.hub`); return the local folder holding both.
-    Always the Hub: a repo id is never read as a local path."""
-    from frfsr import hub
-
-    parent = PurePosixPath(filename).parent
-    config_name = CONFIG_NAME if str(parent) == "." else f"{parent}/{CONFIG_NAME}"
-    kw = dict(revision=revision, cache_dir=None, token=None, local_files_only=False, force_download=False)
-    config = hub._download(repo_id, config_name, **kw)
-    if "snapshots" in config.parts:        # fetch the weights from the same commit, even if the branch moves
-        parts = config.parts
-        kw["revision"] = parts[len(parts) - 1 - parts[::-1].index("snapshots") + 1]
-    return hub._download(repo_id, filename, **kw).parent
 
 
 def reference_input(ref: torch.Tensor, lr_batch: int, mode: str):
@@ -427,9 +411,11 @@ class LoadFRFSRFromHub:
              file: str = ""):
         rid, rev, name = validate_repo_id(repo_id), validate_revision(revision), validate_repo_file(file)
         _check_dtype(dtype)
-        folder = download_from_hub(rid, rev, name)
+        subfolder = str(PurePosixPath(name).parent)
         label = f"{rid}@{rev}" + ("" if name == WEIGHTS_NAME else f":{name}")
-        return _handle(load_model(folder, dtype, device), label, device)
+        model = load_model(rid, dtype, device, revision=rev, subfolder=None if subfolder == "." else subfolder,
+                           hub_only=True)          # always the Hub: a repo id is never read as a local path
+        return _handle(model, label, device)
 
 
 class MatchReference:

@@ -1,4 +1,5 @@
 """The `frfsr` command: upscale, convert, info, and the subcommand registry."""
+import copy
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline, cli
-from frfsr.hub import save_pretrained
+from frfsr.devices import resolve_dtype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
     model = FRFSR(FRFSRConfig.tiny())
-    save_pretrained(model, root / "model", description="tiny CLI test model")
+    model.save_pretrained(root / "model", description="tiny CLI test model")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(root / "lr.png")
     Image.fromarray(rng.integers(0, 256, (16, 20, 4), dtype=np.uint8)).save(root / "lr_rgba.png")
@@ -42,7 +43,8 @@ def test_upscale_writes_the_image_and_the_confidence_map(files, tmp_path, capsys
     assert sr.size == (80, 64) and sr.mode == "RGB"
     c = Image.open(conf)
     assert c.size == (20, 16) and c.mode == "L"
-    pipe = FRFSRPipeline(model)
+    # the CLI's --dtype auto: bfloat16 on a CPU with native bf16, float32 elsewhere; the same here
+    pipe = FRFSRPipeline(copy.deepcopy(model).to(resolve_dtype("auto", torch.device("cpu"))))
     pipe.relevance_threshold = None
     expected = pipe(Image.open(root / "lr.png"), [Image.open(root / "ref.png"), Image.open(root / "ref2.jpg")])
     assert np.array_equal(np.asarray(sr), np.asarray(expected))
@@ -97,7 +99,7 @@ def test_convert_then_upscale(files, tmp_path, capsys):
     assert cli.main(["convert", str(root / "rrdb.pth"), "--config", "tiny", "-o", str(out), "--allow-partial"]) == 0
     n_sife = sum(k.startswith("sife.") for k in model.state_dict())
     assert f"converted {n_sife} tensors" in capsys.readouterr().out
-    loaded = FRFSRPipeline.from_pretrained(out).model
+    loaded = FRFSR.from_pretrained(out)
     assert torch.equal(loaded.sife.conv_first.weight, model.sife.conv_first.weight)
     assert "Converted with `frfsr convert` from rrdb.pth" in (out / "README.md").read_text()
     base = tmp_path / "based"
@@ -199,13 +201,12 @@ def test_missing_device_is_one_clear_line(files, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"device {device!r}" in err and "available: cpu" in err, err
         assert not (tmp_path / "sr.png").exists()
-    from frfsr.hub import load_pretrained
     with pytest.raises(ValueError, match="device 'cuda:7'"):
         FRFSRPipeline.from_pretrained(root / "model", device="cuda:7")
     pipe = FRFSRPipeline.from_pretrained(root / "model")
     with pytest.raises(ValueError, match="device 'mps' is not available"):
         pipe.to("mps")
-    assert load_pretrained(root / "model", device="cpu")[0].device.type == "cpu"
+    assert FRFSR.from_pretrained(root / "model", device="cpu").device.type == "cpu"
 
 
 def test_info_reports_fused_ops_only_with_cuda(capsys):

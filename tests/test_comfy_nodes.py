@@ -353,7 +353,7 @@ BAD_REPO_IDS = ["", " ", "../etc/passwd", "owner/../x", "a/b/c", "/abs/path", "h
 def test_malformed_repo_ids_are_refused_before_any_request(pack, monkeypatch, repo_id):
     nodes, _ = pack_modules(pack)
     calls = []
-    monkeypatch.setattr(nodes, "download_from_hub", lambda *a: calls.append(a))
+    monkeypatch.setattr(nodes, "load_model", lambda *a, **kw: calls.append(a))
     cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
     message = cls.VALIDATE_INPUTS(repo_id=repo_id, revision="main")
     assert isinstance(message, str) and "invalid Hugging Face repo id" in message
@@ -568,7 +568,7 @@ def test_the_model_name_is_validated_at_queue_time(pack, models_dir):
 def test_non_ascii_repo_ids_are_refused(pack, monkeypatch, repo_id, shown):
     nodes, _ = pack_modules(pack)
     calls = []
-    monkeypatch.setattr(nodes, "download_from_hub", lambda *a: calls.append(a))
+    monkeypatch.setattr(nodes, "load_model", lambda *a, **kw: calls.append(a))
     cls = pack.NODE_CLASS_MAPPINGS["LoadFRFSRFromHub"]
     with pytest.raises(ValueError, match=f"invalid Hugging Face repo id .*: it must be ASCII, but holds {re.escape(shown)}"):
         cls().load(repo_id, "main", "cpu", "float32")

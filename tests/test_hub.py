@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import frfsr._fs
 from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline
 from frfsr import hub as frfsr_hub
 
@@ -35,7 +36,7 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     models = {name: _model(seed) for name, seed in (("A", 0), ("B", 1))}
     for name, m in models.items():
-        frfsr_hub.save_pretrained(m, root / name, description=f"tiny test model {name}")
+        m.save_pretrained(root / name, description=f"tiny test model {name}")
     return root, models
 
 
@@ -141,7 +142,7 @@ def test_round_trip_gives_bit_identical_outputs(tmp_path):
 
 def test_stage2_model_carries_its_stage1_net(tmp_path):
     model = _model(0, stage=2)
-    frfsr_hub.save_pretrained(model, tmp_path)
+    model.save_pretrained(tmp_path)
     keys = load_file(str(tmp_path / "model.safetensors")).keys()
     assert any(k.startswith("reuse_net.") for k in keys)
     loaded = FRFSRPipeline.from_pretrained(str(tmp_path)).model
@@ -150,7 +151,7 @@ def test_stage2_model_carries_its_stage1_net(tmp_path):
 
 
 def test_model_card_says_what_the_weights_are(tmp_path):
-    frfsr_hub.save_pretrained(_model(0), tmp_path, description="Converted from the authors' release.")
+    _model(0).save_pretrained(tmp_path, description="Converted from the authors' release.")
     card = (tmp_path / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: frfsr\n") and "pipeline_tag: image-to-image" in card
     assert "Converted from the authors' release." in card
@@ -174,14 +175,14 @@ def _edit_config(folder, **changes):
     ({"ngf": 10}, "ngf must be a multiple of 4"),
 ])
 def test_config_is_validated_on_load(tmp_path, changes, message):
-    frfsr_hub.save_pretrained(_model(0), tmp_path)
+    _model(0).save_pretrained(tmp_path)
     _edit_config(tmp_path, **changes)
     with pytest.raises(ValueError, match=message):
         FRFSRPipeline.from_pretrained(tmp_path)
 
 
 def test_broken_weights_file_is_refused(tmp_path):
-    frfsr_hub.save_pretrained(_model(0), tmp_path)
+    _model(0).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         FRFSRPipeline.from_pretrained(tmp_path)
@@ -194,7 +195,7 @@ def test_bundled_default(tmp_path, monkeypatch):
     monkeypatch.setattr(frfsr_hub, "BUNDLED_DIR", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="bundled default weights .* not installed.*Hub repo id"):
         FRFSRPipeline.from_pretrained()
-    frfsr_hub.save_pretrained(_model(0), tmp_path / "default")
+    _model(0).save_pretrained(tmp_path / "default")
     monkeypatch.setattr(frfsr_hub, "BUNDLED_DIR", tmp_path / "default")
     for name in (None, "frfsr-default"):
         pipe = FRFSRPipeline.from_pretrained(name)
@@ -202,7 +203,7 @@ def test_bundled_default(tmp_path, monkeypatch):
 
 
 def test_dtype_and_device_options(tmp_path):
-    frfsr_hub.save_pretrained(_model(0).to(torch.bfloat16), tmp_path)
+    _model(0).to(torch.bfloat16).save_pretrained(tmp_path)
     assert FRFSRPipeline.from_pretrained(tmp_path).dtype == torch.float32
     assert FRFSRPipeline.from_pretrained(tmp_path, torch_dtype="auto").dtype == torch.bfloat16
     pipe = FRFSRPipeline.from_pretrained(tmp_path, torch_dtype="fp16", device="cpu")
@@ -245,7 +246,7 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
 
 
 def test_failed_save_keeps_the_model_saved_before(tmp_path, monkeypatch):
-    frfsr_hub.save_pretrained(_model(0), tmp_path, description="first")
+    _model(0).save_pretrained(tmp_path, description="first")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert set(before) == {"config.json", "model.safetensors", "README.md"}
 
@@ -253,7 +254,7 @@ def test_failed_save_keeps_the_model_saved_before(tmp_path, monkeypatch):
         raise OSError("No space left on device")
     monkeypatch.setattr(frfsr_hub, "model_card", card_fails)
     with pytest.raises(OSError, match="No space left"):
-        frfsr_hub.save_pretrained(_model(1), tmp_path, description="second")
+        _model(1).save_pretrained(tmp_path, description="second")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before    # no temp file left either
     assert FRFSRPipeline.from_pretrained(tmp_path).description == "first"
 
@@ -261,7 +262,7 @@ def test_failed_save_keeps_the_model_saved_before(tmp_path, monkeypatch):
 def test_saved_files_are_readable_by_others_as_the_umask_allows(tmp_path):
     old = os.umask(0o022)
     try:
-        frfsr_hub.save_pretrained(_model(0), tmp_path)
+        _model(0).save_pretrained(tmp_path)
     finally:
         os.umask(old)
     for name in ("config.json", "model.safetensors", "README.md"):
@@ -274,7 +275,7 @@ def _save_loop(model, folder, conn):
     i = 0
     while True:
         t = time.perf_counter()
-        frfsr_hub.save_pretrained(model, folder, description=f"new {i}")
+        model.save_pretrained(folder, description=f"new {i}")
         conn.send(time.perf_counter() - t)
         i += 1
 
@@ -296,7 +297,7 @@ def test_save_killed_at_any_moment_leaves_a_loadable_model(tmp_path):
     import signal
     folder = tmp_path / "model"
     paper = FRFSR(FRFSRConfig.paper())
-    frfsr_hub.save_pretrained(paper, folder, description="old")
+    paper.save_pretrained(folder, description="old")
     assert _load_description(folder, paper) == "old"
     ctx = multiprocessing.get_context("fork")          # the child shares the built model: no start-up cost
     for fraction in (0.05, 0.3, 0.55, 0.8, 0.95):
@@ -313,7 +314,7 @@ def test_save_killed_at_any_moment_leaves_a_loadable_model(tmp_path):
         desc = _load_description(folder, paper)       # old or new, never half of one
         assert desc.startswith("new "), desc
         assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    frfsr_hub.save_pretrained(_model(0), folder, description="after")
+    _model(0).save_pretrained(folder, description="after")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]        # no staging folder left beside it
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert FRFSRPipeline.from_pretrained(folder).description == "after"
@@ -322,9 +323,9 @@ def test_save_killed_at_any_moment_leaves_a_loadable_model(tmp_path):
 def test_interrupted_two_rename_save_is_recovered(tmp_path, monkeypatch):
     # where the system has no atomic folder exchange, a save renames twice; a kill between the
     # two renames leaves the old model beside the target, and loading or saving puts it back
-    monkeypatch.setattr(frfsr_hub, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(frfsr._fs, "_exchange", lambda a, b: False)     # where the folder swap now lives
     folder = tmp_path / "m"
-    frfsr_hub.save_pretrained(_model(0), folder, description="old")
+    _model(0).save_pretrained(folder, description="old")
     real_rename = os.rename
     calls = []
 
@@ -336,37 +337,37 @@ def test_interrupted_two_rename_save_is_recovered(tmp_path, monkeypatch):
 
     monkeypatch.setattr(frfsr_hub.os, "rename", die_on_second)
     with pytest.raises(KeyboardInterrupt):
-        frfsr_hub.save_pretrained(_model(1), folder, description="new")
+        _model(1).save_pretrained(folder, description="new")
     monkeypatch.setattr(frfsr_hub.os, "rename", real_rename)
     assert not folder.exists() and [p.name.split("-")[-2] for p in tmp_path.iterdir()] == ["old"]
     assert FRFSRPipeline.from_pretrained(folder).description == "old"
-    frfsr_hub.save_pretrained(_model(1), folder, description="new")
+    _model(1).save_pretrained(folder, description="new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert FRFSRPipeline.from_pretrained(folder).description == "new"
 
 
 def test_save_refuses_bad_targets_and_keeps_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="save_directory must be a folder path, got ''"):
-        frfsr_hub.save_pretrained(_model(0), "")
+        _model(0).save_pretrained("")
     a_file = tmp_path / "weights.bin"
     a_file.write_bytes(b"user data")
     with pytest.raises(ValueError, match="exists and is a file, not a folder"):
-        frfsr_hub.save_pretrained(_model(0), a_file)
+        _model(0).save_pretrained(a_file)
     assert a_file.read_bytes() == b"user data"
     other = tmp_path / "diffusers_model"
     other.mkdir()
     (other / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     with pytest.raises(FileExistsError, match="is not an FRFSR config.*will not overwrite"):
-        frfsr_hub.save_pretrained(_model(0), other)
+        _model(0).save_pretrained(other)
     assert (other / "config.json").read_text() == '{"_class_name": "UNet2DModel"}'
     # a user's README.md and other files in a model folder stay as they are
     folder = tmp_path / "mine"
-    frfsr_hub.save_pretrained(_model(0), folder)
+    _model(0).save_pretrained(folder)
     (folder / "README.md").write_text("# my notes\n")
     (folder / "samples").mkdir()
     (folder / "samples" / "a.png").write_bytes(b"png")
     with pytest.warns(UserWarning, match="is not an FRFSR model card; it is kept"):
-        frfsr_hub.save_pretrained(_model(1), folder, description="second")
+        _model(1).save_pretrained(folder, description="second")
     assert (folder / "README.md").read_text() == "# my notes\n"
     assert (folder / "samples" / "a.png").read_bytes() == b"png"
     assert FRFSRPipeline.from_pretrained(folder).description == "second"
@@ -375,7 +376,7 @@ def test_save_refuses_bad_targets_and_keeps_foreign_files(tmp_path):
 def test_non_finite_empty_and_foreign_weights_are_refused_clearly(tmp_path):
     model = _model(0)
     folder = tmp_path / "m"
-    frfsr_hub.save_pretrained(model, folder)
+    model.save_pretrained(folder)
     from safetensors.torch import save_file
     state = {k: v.clone() for k, v in model.state_dict().items()}
     bad = sorted(k for k, v in state.items() if v.is_floating_point())[:2]

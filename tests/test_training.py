@@ -16,7 +16,7 @@ from frfsr import FRFSR, FRFSRConfig
 from frfsr.training import checkpoint as ckpt_mod
 from frfsr.training import load_config
 from frfsr.training.checkpoint import resolve_checkpoint
-from frfsr.training.export import load_pretrained
+from frfsr import FRFSR
 from frfsr.training.trackers import read_csv_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_two_process_launch_identical_weights_and_checkpoint(tmp_path):
     assert state["step"] == 3 and state["num_processes"] == 2
     # the exported weights are the ranks' weights and load through the pipeline format
     from frfsr.training.loop import state_hash
-    assert state_hash(load_pretrained(out / "final")) == ranks[0]["generator"]
+    assert state_hash(FRFSR.from_pretrained(out / "final")) == ranks[0]["generator"]
     rows = read_csv_log(out / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
 
@@ -141,7 +141,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
     _assert_same_nested(a[2], b[2], "scheduler")
     assert a[3] == b[3] and b[3]["step"] == 4
     assert b[2]["last_epoch"] == 4 and b[2]["_last_lr"][0] == pytest.approx(5e-5)   # milestone 3, gamma 0.5
-    final = load_pretrained(out / "final").state_dict()
+    final = FRFSR.from_pretrained(out / "final").state_dict()
     for k, v in ref_state.items():
         assert torch.equal(final[k], v), k
     rows_a, rows_b = read_csv_log(ref_out / "train_log.csv"), read_csv_log(out / "train_log.csv")
@@ -222,10 +222,9 @@ def test_latest_pointer_survives_crash_before_pointer_update(tmp_path, monkeypat
 
 # ---------------------------------------------------------------------- Done 3: stage 2
 def test_stage2_model_from_stage1_export(uninterrupted):
-    from frfsr.training.export import read_export
     from frfsr.training.stage2 import build_stage2_model
     export = uninterrupted[0] / "final"
-    _, s1 = read_export(export)
+    s1 = FRFSR.from_pretrained(export).state_dict()
     m = build_stage2_model(export, from_stage1=True)
     sd = m.state_dict()
     for k, v in s1.items():
@@ -282,7 +281,7 @@ def test_stage2_training_frozen_reuse_net_and_all_losses(uninterrupted, tmp_path
     for r in rows[1:]:
         for key in ("l1", "perceptual", "adversarial", "d_loss", "gp"):
             assert r[key] and torch.isfinite(torch.tensor(float(r[key]))), (r["step"], key)
-    exported = load_pretrained(tmp_path / "s2" / "final")
+    exported = FRFSR.from_pretrained(tmp_path / "s2" / "final")
     assert exported.config.stage == 2
     for k, v in exported.state_dict().items():
         assert torch.equal(v, after[k]), k

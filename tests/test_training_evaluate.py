@@ -8,14 +8,13 @@ import torch
 from frfsr import FRFSR, FRFSRConfig
 from frfsr.data import CUFED5Dataset
 from frfsr.metrics import psnr_y, ssim_y
-from frfsr.training.export import export_pretrained
 from frfsr.training.synthetic import make_cufed5, make_pairs
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
-    return export_pretrained(FRFSR(FRFSRConfig.tiny()), tmp_path_factory.mktemp("model"))
+    return FRFSR(FRFSRConfig.tiny()).save_pretrained(tmp_path_factory.mktemp("model"))
 
 
 def _read(path):

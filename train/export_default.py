@@ -20,8 +20,8 @@ except ImportError:  # a source checkout without `pip install -e .`
 
 import torch
 
-from frfsr.hub import BUNDLED_DIR, WEIGHTS_NAME, save_pretrained
-from frfsr.pipeline import FRFSRPipeline
+from frfsr import FRFSR
+from frfsr.hub import BUNDLED_DIR, WEIGHTS_NAME
 
 MAX_BYTES = 20 * 2 ** 20
 
@@ -33,15 +33,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(BUNDLED_DIR), help="default: %(default)s")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
     args = p.parse_args(argv)
-    model = FRFSRPipeline.from_pretrained(args.model).model.eval()
+    model = FRFSR.from_pretrained(args.model)
     if args.fp16:
         model = model.to(torch.float16)
-    out = save_pretrained(model, args.out, description=Path(args.card).read_text().strip())
+    out = model.save_pretrained(args.out, description=Path(args.card).read_text().strip())
     size = (out / WEIGHTS_NAME).stat().st_size
     if size > MAX_BYTES:
         raise SystemExit(f"{out / WEIGHTS_NAME} is {size / 2 ** 20:.1f} MiB, over the 20 MiB package limit; use --fp16")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    FRFSRPipeline.from_pretrained(str(out))
+    FRFSR.from_pretrained(str(out))
     print(f"wrote {out} ({size / 2 ** 20:.1f} MiB {WEIGHTS_NAME})")
     return 0
 

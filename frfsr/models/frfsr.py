@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -14,6 +13,7 @@ from ..config import FRFSRConfig
 from ..ops.fast_match import MATCH_MODES
 from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, pre_offsets,
                              upscale_flow)
+from .pretrained import PretrainedMixin
 from .restoration import RestorationNet
 from .sife import SIFE
 from .texture_encoder import TextureEncoder
@@ -155,7 +155,7 @@ def _check_ref_batch(name: str, n: int, b: int) -> None:
                          f"(batch {b}) or one Ref for all (batch 1)")
 
 
-class FRFSR(nn.Module):
+class FRFSR(nn.Module, PretrainedMixin):
     """Reference-based 4x super-resolution.
 
     ``model(lr, ref)`` runs :meth:`match`, :meth:`align` and :meth:`restore` in order.
@@ -163,6 +163,10 @@ class FRFSR(nn.Module):
     H, W >= 12, any size and aspect ratio, or a list of such tensors (several Refs per
     LR). A stage-2 model (``config.stage == 2``) carries the frozen stage-1 restoration net
     whose HR feature it reuses (``reuse_net``).
+
+    ``FRFSR.from_pretrained(folder | "frfsr-default" | "namespace/name")``,
+    ``model.save_pretrained(folder)`` and ``model.push_to_hub(repo_id)`` load and save it
+    (:mod:`frfsr.models.pretrained`).
     """
 
     def __init__(self, config: FRFSRConfig | None = None):

@@ -7,10 +7,9 @@ and ``train/stage2.py``; in Python :class:`Trainer` with a :class:`TrainConfig` 
 """
 from .checkpoint import resolve_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, load_config
-from .export import export_pretrained, load_pretrained, read_export
 
 __all__ = ["Trainer", "TrainConfig", "ConfigError", "load_config", "save_checkpoint", "resolve_checkpoint",
-           "export_pretrained", "load_pretrained", "read_export", "build_stage2_model"]
+           "build_stage2_model"]
 
 
 def __getattr__(name):

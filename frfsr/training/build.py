@@ -118,11 +118,11 @@ def build_stage1_model(cfg) -> FRFSR:
     model = FRFSR(FRFSRConfig.preset(cfg.model.preset, **cfg.model.overrides))
     init = cfg.init
     if init.pretrained:
-        from .export import read_export
-        pcfg, state = read_export(init.pretrained)
-        if pcfg.stage != 1:
-            raise ValueError(f"init.pretrained={init.pretrained} is a stage-{pcfg.stage} model; stage 1 needs a stage-1 one")
-        model.load_state_dict(state, strict=True)
+        pretrained = FRFSR.from_pretrained(init.pretrained)
+        if pretrained.config.stage != 1:
+            raise ValueError(f"init.pretrained={init.pretrained} is a stage-{pretrained.config.stage} model; stage 1 "
+                             "needs a stage-1 one")
+        model.load_state_dict(pretrained.state_dict(), strict=True)
     if init.vgg19:
         _init_vgg19(model, init.vgg19)
     if init.encoder:

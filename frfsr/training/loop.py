@@ -34,7 +34,6 @@ from .build import GeneratorNet, build_stage1_model, generator_param_groups
 from .checkpoint import (CKPT_DIR, list_checkpoints, read_trainer_state, remove_stale, resolve_checkpoint,
                          save_checkpoint)
 from .config import TrainConfig
-from .export import export_pretrained
 from .trackers import CSVTracker
 
 logger = logging.getLogger(__name__)
@@ -437,9 +436,9 @@ class Trainer:
         if completed:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                path = export_pretrained(self.unwrapped_model(), self.out / "final",
-                                         description=f"FRFSR stage-{self.stage} weights trained with frfsr.training "
-                                                     f"({self.step} steps)")
+                path = self.unwrapped_model().save_pretrained(
+                    self.out / "final", description=f"FRFSR stage-{self.stage} weights trained with frfsr.training "
+                                                    f"({self.step} steps)")
                 logger.info("final weights exported to %s", path)
             acc.wait_for_everyone()
         acc.end_training()

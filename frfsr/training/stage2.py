@@ -10,7 +10,6 @@ import dataclasses
 
 from ..models import FRFSR
 from .build import freeze
-from .export import read_export
 
 __all__ = ["build_stage2_model", "trainable_names"]
 
@@ -25,7 +24,8 @@ def build_stage2_model(stage1_dir, from_stage1: bool = True, reuse: bool = True)
     ``from_stage1`` also copies the stage-1 restoration weights into the stage-2 net where
     names and shapes match (the reuse fusion convs ``reuse_down`` / ``reuse_up`` keep their
     fresh initialisation)."""
-    cfg1, state1 = read_export(stage1_dir)
+    stage1 = FRFSR.from_pretrained(stage1_dir)
+    cfg1, state1 = stage1.config, stage1.state_dict()
     if cfg1.stage != 1:
         raise ValueError(f"{stage1_dir} holds a stage-{cfg1.stage} model; stage 2 is built from a stage-1 export")
     if not reuse:
