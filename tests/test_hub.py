@@ -145,7 +145,7 @@ def test_stage2_model_carries_its_stage1_net(tmp_path):
     model.save_pretrained(tmp_path)
     keys = load_file(str(tmp_path / "model.safetensors")).keys()
     assert any(k.startswith("reuse_net.") for k in keys)
-    loaded = FRFSRPipeline.from_pretrained(str(tmp_path)).model
+    loaded = FRFSR.from_pretrained(str(tmp_path))
     assert loaded.config.stage == 2 and _same_weights(model, loaded)
     assert "stage-2" in (tmp_path / "README.md").read_text()
 
