@@ -12,8 +12,9 @@ class FRFSRWarning(UserWarning):
     slower, than it could be (e.g. a Ref that hardly matches the LR)."""
 
 
-def check_image(t, name: str, min_size: int, check_finite: bool = True) -> torch.Tensor:
-    """A (B, 3, H, W) floating tensor in [0, 1], at least ``min_size`` on each side."""
+def check_image(t, name: str, min_size: int, check_finite: bool = True, what: str = "") -> torch.Tensor:
+    """A (B, 3, H, W) floating tensor in [0, 1], at least ``min_size`` on each side
+    (``what``: "LR" or "Ref", for the message)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(t).__name__}")
     if t.dim() != 4:
@@ -28,7 +29,7 @@ def check_image(t, name: str, min_size: int, check_finite: bool = True) -> torch
         raise ValueError(f"{name} has an empty batch")
     h, w = t.shape[-2:]
     if h < min_size or w < min_size:
-        raise ValueError(f"{name} is {h}x{w}; the minimum size is {min_size}x{min_size}")
+        raise ValueError(f"{name} is {h}x{w}; the minimum {what + ' ' if what else ''}size is {min_size}x{min_size}")
     if check_finite and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
     return t

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .checks import MIN_LR_SIZE, MIN_REF_SIZE, FRFSRWarning
+from .checks import FRFSRWarning
 from .image_io import from_model_output, map_to_output, to_model_input, upscale_alpha
 from .tiling import DEFAULT_OVERLAP, encode_refs, upscale_tiled
 
@@ -179,23 +179,17 @@ class FRFSRPipeline:
         from .models import EncodedRefs
         if isinstance(ref_or_refs, EncodedRefs):
             return ref_or_refs
+        with torch.no_grad():
+            return encode_refs(self.model, self._ref_tensors(ref_or_refs), batch_size,
+                               scales=self.ref_scales if ref_scales is None else ref_scales)
+
+    def _ref_tensors(self, ref_or_refs) -> list[torch.Tensor]:
+        """Ref images as the model takes them (converted once, here; checked by the model)."""
         refs = list(ref_or_refs) if isinstance(ref_or_refs, (list, tuple)) else [ref_or_refs]
         if not refs:
             raise ValueError("at least one Ref image is required")
-        tensors = []
-        for i, r in enumerate(refs):
-            name = "ref" if len(refs) == 1 else f"ref[{i}]"
-            t = to_model_input(r, name)[0]
-            if min(t.shape[-2:]) < MIN_REF_SIZE:
-                raise ValueError(f"{name} is {t.shape[-2]}x{t.shape[-1]}; "
-                                 f"the minimum Ref size is {MIN_REF_SIZE}x{MIN_REF_SIZE}")
-            if t.shape[0] not in (1, batch_size):
-                raise ValueError(f"{name} is a batch of {t.shape[0]} but the LR batch is {batch_size}; give one Ref per "
-                                 "LR or one for all")
-            tensors.append(t.to(self.device, self.dtype))
-        with torch.no_grad():
-            return encode_refs(self.model, tensors, batch_size,
-                               scales=self.ref_scales if ref_scales is None else ref_scales)
+        return [to_model_input(r, "ref" if len(refs) == 1 else f"ref[{i}]")[0].to(self.device, self.dtype)
+                for i, r in enumerate(refs)]
 
     # ------------------------------------------------------------------ inference
     def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,
@@ -214,38 +208,38 @@ class FRFSRPipeline:
         :data:`DEFAULT_REF_SCALES`). Returns the image(s), or :class:`FRFSRPipelineOutput`
         with ``return_details=True``."""
         from .models import EncodedRefs
-        if ref_scales is not None and not isinstance(ref_or_refs, EncodedRefs):
-            batch = lr.shape[0] if isinstance(lr, torch.Tensor) and lr.dim() == 4 else 1
-            ref_or_refs = self.encode_refs(ref_or_refs, batch, ref_scales)
+        if not isinstance(ref_or_refs, EncodedRefs):
+            ref_or_refs = self._ref_tensors(ref_or_refs)
+        scales = self.ref_scales if ref_scales is None else ref_scales
         with self.model.use_match_mode(match_mode):
             return self._call(lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress,
-                              interrupt)
+                              interrupt, scales)
 
-    def _call(self, lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress, interrupt):
+    def _call(self, lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress, interrupt,
+              scales):
         if isinstance(lr, (list, tuple)):
             if not lr:
                 raise ValueError("lr is an empty list; give at least one image")
+            from .models import EncodedRefs
+            if not isinstance(ref_or_refs, EncodedRefs) and all(r.shape[0] == 1 for r in ref_or_refs):
+                ref_or_refs = self.encode_refs(ref_or_refs, 1, scales)      # once for every image of the list
             outs = [self._one(x, ref_or_refs, f"lr[{i}]", tile, overlap, output_type, output_dtype, progress, interrupt,
-                              return_details) for i, x in enumerate(lr)]
+                              return_details, scales) for i, x in enumerate(lr)]
             if not return_details:
                 return [o.images for o in outs]
             return FRFSRPipelineOutput([o.images for o in outs], [o.confidence for o in outs],
                                        [o.warped_ref for o in outs], [o.relevance for o in outs])
         out = self._one(lr, ref_or_refs, "lr", tile, overlap, output_type, output_dtype, progress, interrupt,
-                        return_details)
+                        return_details, scales)
         return out if return_details else out.images
 
-    def _one(self, lr, refs, name, tile, overlap, output_type, output_dtype, progress, interrupt, details):
+    def _one(self, lr, refs, name, tile, overlap, output_type, output_dtype, progress, interrupt, details, scales):
         rgb, alpha, info = to_model_input(lr, name)
-        h, w = rgb.shape[-2:]
-        if h < MIN_LR_SIZE or w < MIN_LR_SIZE:
-            raise ValueError(f"{name} is {h}x{w}; the minimum LR size is {MIN_LR_SIZE}x{MIN_LR_SIZE}")
-        encoded = self.encode_refs(refs, rgb.shape[0])
         bar = _ProgressBar(progress and not self._progress_config.get("disable", False),
                            {k: v for k, v in self._progress_config.items() if k != "disable"})
         try:
-            res = upscale_tiled(self.model, rgb, encoded, tile=tile, overlap=overlap, progress=bar,
-                                interrupt=interrupt, return_details=True, keep_warped_ref=details)
+            res = upscale_tiled(self.model, rgb, refs, tile=tile, overlap=overlap, progress=bar, interrupt=interrupt,
+                                return_details=True, keep_warped_ref=details, ref_scales=scales, name=name)
         finally:
             bar.close()
         relevance = [float(r) for r in res.confidence[:, :, 1:-1, 1:-1].flatten(1).mean(1)]

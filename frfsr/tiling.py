@@ -17,7 +17,6 @@ Both pick a tile size from free memory by default and halve it on out-of-memory 
 """
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
 import os
@@ -296,7 +295,8 @@ def _check_lr(lr) -> None:
 @torch.no_grad()
 def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP,
                   progress: ProgressFn | None = None, interrupt: InterruptFn | None = None,
-                  return_details: bool = False, keep_warped_ref: bool = True, oom_fallback: bool = True):
+                  return_details: bool = False, keep_warped_ref: bool = True, oom_fallback: bool = True,
+                  ref_scales=(1.0,), name: str = "lr"):
     """4x SR of ``lr`` (B, 3, h, w) in [0, 1] against ``refs`` (a Ref tensor, a list of them,
     or an :class:`EncodedRefs`), tile by tile.
 
@@ -306,21 +306,25 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     (return True, or raise, to stop: :class:`InterruptedError`). ``lr`` may stay on the
     CPU while the model is on a GPU: tiles travel to the model, results come back to
     ``lr``'s device. Returns the SR tensor (float32), or a :class:`TiledOutput` (its
-    ``warped_ref`` None when ``keep_warped_ref=False``, which saves an HR-sized buffer)."""
+    ``warped_ref`` None when ``keep_warped_ref=False``, which saves an HR-sized buffer).
+    Refs not yet encoded are encoded here, after the LR is checked, with the Ref scale
+    pyramid ``ref_scales``. The LR (``name`` in errors) and the Refs are checked once; the
+    tiles are not checked again (:meth:`FRFSR.restore_tile`)."""
     _check_lr(lr)
     _check_tile_args(tile, overlap)
+    model.check_lr(lr, name)
     dev, dtype = model.device, model.dtype
     from .models import EncodedRefs
-    if not isinstance(refs, EncodedRefs):    # not yet encoded: move the Refs to the model
+    if isinstance(refs, EncodedRefs):
+        model.check_encoded(refs, lr.shape[0])
+        encoded = refs
+    else:                                    # move the Refs to the model and encode them (checked there)
         refs = [r.to(dev, dtype) for r in refs] if isinstance(refs, (list, tuple)) else refs.to(dev, dtype)
-    encoded = encode_refs(model, refs, lr.shape[0], oom_fallback=oom_fallback)
+        encoded = encode_refs(model, refs, lr.shape[0], scales=ref_scales, oom_fallback=oom_fallback)
 
     def step(y0, y1, x0, x1):
-        part = lr[..., y0:y1, x0:x1].to(dev, dtype)
-        tex = model.align(model.match(part, encoded))
-        tex = dataclasses.replace(tex, origin=(y0, x0))      # read the Ref "at the same position" as untiled
-        sr = model.restore(part, tex).sr
-        out = {"sr": (sr.to(lr.device), 4)}
+        restored, tex = model.restore_tile(lr[..., y0:y1, x0:x1].to(dev, dtype), encoded, origin=(y0, x0))
+        out = {"sr": (restored.sr.to(lr.device), 4)}
         if return_details:
             out["confidence"] = (tex.confidence.to(lr.device), 1)
             if keep_warped_ref:

@@ -20,11 +20,14 @@ import torch
 
 from frfsr import FRFSR, AlignedTextures, Correspondence
 from frfsr.checks import MIN_LR_SIZE
+from frfsr import hub
+from frfsr.hub import CONFIG_NAME, WEIGHTS_NAME
 
 from . import comfy_compat as cc
 
-# frfsr.pipeline / frfsr.hub / frfsr.tiling are imported where used: ComfyUI starts faster,
-# and importing the pack (pytest imports the repository root too) needs only the model.
+# frfsr.pipeline / frfsr.tiling are imported where used: ComfyUI starts faster, and importing
+# the pack (pytest imports the repository root too) needs only the model (frfsr.hub is part of
+# it: the model loads itself).
 
 CATEGORY = "FRFSR"
 MODEL_TYPE, MATCH_TYPE, TEXTURES_TYPE = "FRFSR_MODEL", "FRFSR_MATCH", "FRFSR_TEXTURES"
@@ -113,27 +116,13 @@ def nchw_to_image(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).clamp(0, 1).float().to(cc.intermediate_device()).contiguous()
 
 
-def move(obj, device):
-    """Move every tensor inside nested frfsr result dataclasses/tuples to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(move(v, device) for v in obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: move(getattr(obj, f.name), device)
-                                           for f in dataclasses.fields(obj) if f.init})
-    return obj
-
-
 # ---------------------------------------------------------------------- loading
 BUNDLED = "frfsr-default"          # the weights shipped in frfsr/weights/default, when present
-WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 
 
 def model_choices() -> list[str]:
     """LoadFRFSR's list: the bundled weights (if this copy has them), then every
     ``.safetensors`` under the model folders."""
-    from frfsr import hub
     return ([BUNDLED] if hub.BUNDLED_DIR.is_dir() else []) + cc.list_models()
 
 
@@ -142,23 +131,21 @@ def _check_dtype(dtype: str) -> None:
         raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
 
 
-def load_model(source, dtype: str, device: str = "auto", **hub) -> FRFSR:
+def load_model(source, dtype: str, device: str = "auto", **hub_kwargs) -> FRFSR:
     """Load through :meth:`frfsr.FRFSR.from_pretrained` (the library's one loader: config
     checks, weights that must fit the config, verified Hub downloads), on the CPU, in the
     precision ``dtype`` means for the device it will run on ("auto":
-    :func:`frfsr.devices.resolve_dtype`). ``hub``: keyword arguments for a Hub repo id."""
+    :func:`frfsr.devices.resolve_dtype`). ``hub_kwargs``: for a Hub repo id (revision, ...)."""
     from frfsr.devices import resolve_dtype
     _check_dtype(dtype)
     torch_dtype = resolve_dtype(dtype, cc.compute_device(device))
-    return FRFSR.from_pretrained(source, torch_dtype=torch_dtype, device="cpu", **hub)
+    return FRFSR.from_pretrained(source, torch_dtype=torch_dtype, device="cpu", **hub_kwargs)
 
 
 def model_folder(name: str) -> Path:
     """The model folder for a LoadFRFSR choice (checked against the listing first)."""
     if name == BUNDLED:
-        from frfsr import hub
         return hub.BUNDLED_DIR
-    from frfsr import hub
     weights = cc.resolve_model(name, offered=(BUNDLED,) if hub.BUNDLED_DIR.is_dir() else ())
     if weights.name != WEIGHTS_NAME or not weights.with_name(CONFIG_NAME).is_file():
         raise ValueError(f"{name} is not an FRFSR model folder: put {CONFIG_NAME} and {WEIGHTS_NAME} together in "
@@ -454,7 +441,7 @@ class MatchReference:
             refs = net.encode_refs(ref, lr.shape[0], scales=scales)
             corr = net.match(lr, refs, match_mode=match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
-            corr = move(corr, cc.intermediate_device())
+            corr = corr.to(cc.intermediate_device())
         return (corr, confidence)
 
 
@@ -482,9 +469,9 @@ class AlignTextures:
         ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in match.refs.images)
         with model.active(memory_estimate(model.model, match.confidence.shape, ref_pixels)) as net:
             cc.check_interrupt()
-            tex = net.align(move(match, model.device))
+            tex = net.align(match.to(model.device))
             preview = nchw_to_image(tex.warped_ref)
-            tex = move(tex, cc.intermediate_device())
+            tex = tex.to(cc.intermediate_device())
         return (tex, preview)
 
 
@@ -526,7 +513,7 @@ class SuperResolve(_FourTimesImage):
         from frfsr.tiling import restore_tiled
 
         ref_pixels = sum(f.shape[-2] * f.shape[-1] for f in textures.ref_feats[:1])
-        return run_tiled(model, restore_tiled, lr, lambda: move(textures, model.device), ref_pixels, tile_size,
+        return run_tiled(model, restore_tiled, lr, lambda: textures.to(model.device), ref_pixels, tile_size,
                          tile_overlap)
 
 

@@ -1,4 +1,5 @@
 """FRFSR on real-world shapes: any LR/Ref size, batches, several Refs, bad input."""
+import dataclasses
 import json
 
 import pytest
@@ -200,8 +201,8 @@ GOOD_REF = (1, 3, 64, 64)
     (torch.rand(*GOOD_LR).index_put_((torch.tensor(0),), torch.tensor(float("nan"))), torch.rand(*GOOD_REF),
      ValueError, "lr contains NaN or Inf"),
     (torch.rand(*GOOD_LR), torch.full(GOOD_REF, float("inf")), ValueError, "ref contains NaN or Inf"),
-    (torch.rand(1, 3, MIN_LR_SIZE - 1, 40), torch.rand(*GOOD_REF), ValueError, "minimum size is 15x15"),
-    (torch.rand(*GOOD_LR), torch.rand(1, 3, 64, MIN_REF_SIZE - 1), ValueError, "minimum size is 12x12"),
+    (torch.rand(1, 3, MIN_LR_SIZE - 1, 40), torch.rand(*GOOD_REF), ValueError, "minimum LR size is 15x15"),
+    (torch.rand(*GOOD_LR), torch.rand(1, 3, 64, MIN_REF_SIZE - 1), ValueError, "minimum Ref size is 12x12"),
     (torch.rand(2, 3, 16, 16), torch.rand(3, 3, 64, 64), ValueError, "batch size 3 but lr has 2"),
     ((torch.rand(*GOOD_LR) * 255).to(torch.uint8), torch.rand(*GOOD_REF), TypeError, "floating tensor"),
     (torch.rand(*GOOD_LR, dtype=torch.float64), torch.rand(*GOOD_REF), TypeError, "model's weights are torch.float32"),
@@ -215,3 +216,30 @@ def test_bad_input_is_named(tiny, lr, ref, exc, match):
 def test_empty_ref_list(tiny):
     with pytest.raises(ValueError, match="at least one Ref"):
         tiny(torch.rand(*GOOD_LR), [])
+
+
+def test_results_move_with_every_nested_tensor(tiny):
+    """``corr.to(torch.float64)`` reaches the EncodedRefs a Correspondence carries and every
+    tensor in their tuples; integer indices keep their dtype, a device move takes them too."""
+    with torch.no_grad():
+        corr = tiny.match(torch.rand(1, 3, 16, 16), [torch.rand(1, 3, 32, 32), torch.rand(1, 3, 24, 40)])
+    moved = corr.to(torch.float64)
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, (tuple, list)):
+            for x in obj:
+                yield from tensors(x)
+        elif dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                yield from tensors(getattr(obj, f.name))
+
+    before, after = list(tensors(corr)), list(tensors(moved))
+    assert len(after) == len(before) > 10
+    for a, b in zip(before, after):
+        assert b.dtype == (torch.float64 if a.is_floating_point() else a.dtype)
+        assert torch.equal(b.to(a.dtype), a)
+    assert moved.refs.feats[2].dtype == torch.float64 and moved.ref_id.dtype == torch.int64
+    assert isinstance(moved.refs.layout, type(corr.refs.layout))
+    assert all(t.device.type == "meta" for t in tensors(corr.to("meta")))

@@ -205,3 +205,22 @@ def test_channels_last_gives_the_same_images(pipe, images):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="channels_last or torch.contiguous_format"):
         pipe.to(memory_format=torch.preserve_format)
+
+
+def test_inputs_are_converted_and_checked_once_however_many_tiles(pipe, monkeypatch):
+    """One call converts the images once and checks the LR once and each Ref once, in the
+    model, not again per tile (the tiles run FRFSR.restore_tile)."""
+    import frfsr.models.frfsr as model_module
+    import frfsr.pipeline as pipeline_module
+    checked, converted = [], []
+    real_check, real_convert = model_module.check_image, pipeline_module.to_model_input
+    monkeypatch.setattr(model_module, "check_image", lambda t, name, *a, **k: checked.append(name) or real_check(t, name, *a, **k))
+    monkeypatch.setattr(pipeline_module, "to_model_input", lambda x, name: converted.append(name) or real_convert(x, name))
+    tiles = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FRFSRWarning)
+        pipe(torch.rand(1, 3, 40, 36), [torch.rand(1, 3, 32, 32), torch.rand(1, 3, 28, 30)], tile=16, overlap=4,
+             output_type="pt", progress=False, interrupt=lambda: tiles.append(1) and False)
+    assert len(tiles) >= 6                               # several tiles ...
+    assert sorted(checked) == ["lr", "ref[0]", "ref[1]"]     # ... one check each
+    assert sorted(converted) == ["lr", "ref[0]", "ref[1]"]

@@ -125,6 +125,13 @@ class FakeModel:
     def encode_refs(self, refs, batch_size=None, tile=None, scales=(1.0,)):
         return refs
 
+    def check_lr(self, lr, name="lr"):
+        return lr
+
+    def restore_tile(self, lr, refs, origin=(0, 0)):
+        tex = self.align(self.match(lr, refs))
+        return self.restore(lr, tex), tex
+
     def match(self, lr, refs):
         return lr
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, fields
 
 import torch
@@ -21,16 +22,27 @@ from .vgg import ReferenceFeatureExtractor, run_tiled
 
 
 class _Tensors:
-    """Dataclass helpers: move every tensor, list the fields."""
+    """Dataclass helper: ``.to(device / dtype)`` moves every tensor inside, through tuples,
+    lists and nested results (a :class:`Correspondence` carries its :class:`EncodedRefs`).
+    A dtype applies to floating tensors only: indices stay integers."""
 
     def to(self, *args, **kwargs):
         def mv(v):
             if isinstance(v, torch.Tensor):
+                return v.to(*args, **kwargs) if v.is_floating_point() else v.to(*_devices(args), **_devices(kwargs))
+            if isinstance(v, (tuple, list)):
+                return type(v)(mv(x) for x in v)
+            if isinstance(v, _Tensors):
                 return v.to(*args, **kwargs)
-            if isinstance(v, tuple):
-                return tuple(mv(x) for x in v)
             return v
         return type(self)(**{f.name: mv(getattr(self, f.name)) for f in fields(self)})
+
+
+def _devices(a):
+    """The device part of ``.to`` arguments (an int tensor keeps its dtype)."""
+    if isinstance(a, dict):
+        return {k: v for k, v in a.items() if k in ("device", "non_blocking", "copy")}
+    return [x for x in a if not isinstance(x, torch.dtype)]
 
 
 @dataclass
@@ -192,10 +204,18 @@ class FRFSR(nn.Module, PretrainedMixin):
         return self.restoration.head.weight.device
 
     # ------------------------------------------------------------------ inputs
-    def _check_lr(self, lr) -> torch.Tensor:
-        check_image(lr, "lr", MIN_LR_SIZE, self.check_inputs)
-        check_dtype(lr, "lr", self.dtype)
-        return lr
+    def check_lr(self, lr, name: str = "lr") -> torch.Tensor:
+        """Validate an LR: shape, size, finite values. The tiled path checks the whole LR once
+        with this (and :meth:`check_encoded`) and then runs :meth:`restore_tile` per tile
+        unchecked."""
+        return check_image(lr, name, MIN_LR_SIZE, self.check_inputs, what="LR")
+
+    @staticmethod
+    def check_encoded(refs: "EncodedRefs", batch_size: int) -> None:
+        """Encoded Refs can serve an LR batch of ``batch_size`` (Ref tensors are checked by
+        :meth:`encode_refs`)."""
+        for i, r in enumerate(refs.images):
+            _check_ref_batch(f"ref[{i}]", r.shape[0], batch_size)
 
     def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE,
                     scales=(1.0,)) -> EncodedRefs:
@@ -221,7 +241,7 @@ class FRFSR(nn.Module, PretrainedMixin):
         images, sources = [], []
         for i, r in enumerate(refs):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
-            check_image(r, name, MIN_REF_SIZE, self.check_inputs)
+            check_image(r, name, MIN_REF_SIZE, self.check_inputs, what="Ref")
             check_dtype(r, name, self.dtype)
             _check_ref_batch(name, r.shape[0], b)
             for s in scales:
@@ -245,14 +265,17 @@ class FRFSR(nn.Module, PretrainedMixin):
         mode = self.match_mode if match_mode is None else match_mode
         if mode not in MATCH_MODES:
             raise ValueError(f"unknown match_mode {mode!r}; accepted: {', '.join(MATCH_MODES)}")
-        lr = self._check_lr(lr)
-        refs = self.encode_refs(ref, lr.shape[0])
-        b = lr.shape[0]
-        for i, r in enumerate(refs.images):        # already checked unless an EncodedRefs was passed
-            _check_ref_batch(f"ref[{i}]", r.shape[0], b)
+        self.check_lr(lr)
+        check_dtype(lr, "lr", self.dtype)
+        refs = self.encode_refs(ref, lr.shape[0])          # Ref tensors are checked there
+        if isinstance(ref, EncodedRefs):
+            self.check_encoded(refs, lr.shape[0])
         if refs.images[0].device != lr.device:
             raise ValueError(f"the Refs are on {refs.images[0].device} but lr is on {lr.device}")
-        p = self.config.patch_size
+        return self._match(lr, refs, mode)
+
+    def _match(self, lr: torch.Tensor, refs: EncodedRefs, mode: str) -> Correspondence:
+        b, p = lr.shape[0], self.config.patch_size
         lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
         lr_tex = self.texture_encoder.encode_lr(lr_up)
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
@@ -301,6 +324,15 @@ class FRFSR(nn.Module, PretrainedMixin):
             raise ValueError("reuse_feature is only defined for a stage-2 model (config.stage == 2)")
         sife = self.sife(lr) if sife is None else sife
         return self.reuse_net(lr, sife, textures)[1]
+
+    def restore_tile(self, lr: torch.Tensor, refs: EncodedRefs, origin: tuple[int, int] = (0, 0)
+                     ) -> tuple[Restoration, AlignedTextures]:
+        """match -> align -> restore for one tile of an LR already checked with
+        :meth:`check_lr` (no checks repeated per tile). ``origin`` (y, x, LR pixels): where the
+        tile starts in the whole LR, so the Ref is read "at the same position" as untiled.
+        What :mod:`frfsr.tiling` runs per tile."""
+        tex = dataclasses.replace(self.align(self._match(lr, refs, self.match_mode)), origin=origin)
+        return self.restore(lr, tex), tex
 
     def forward(self, lr: torch.Tensor, ref) -> torch.Tensor:
         corr = self.match(lr, ref)
