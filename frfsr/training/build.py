@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import FRFSRConfig
-from ..convert import convert_state_dict, load_checkpoint
+from ..convert import convert_state_dict, detect_kind, load_checkpoint
 from ..models import FRFSR
 from ..models.restoration import STAGES
 
@@ -53,7 +53,7 @@ def _init_state(path, kind: str, model: FRFSR) -> dict[str, torch.Tensor]:
             return {k: v for k, v in sd.items() if k.startswith("texture_encoder.")}
         if any(k.startswith(("lr_trunk.", "ref_trunk.")) for k in sd):
             return {"texture_encoder." + k: v for k, v in sd.items()}
-        kind = "vgg16" if "features.0.weight" in sd else "c2matching"
+        kind = "vgg16" if (detect_kind(sd) or "").startswith("vgg") else "c2matching"
     out, report = convert_state_dict(sd, kind, model)
     if report.unexpected:
         logger.warning("%s: %d tensors not recognised as %s weights are ignored (%s%s)", path,
