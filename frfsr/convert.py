@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models.vgg import IMAGENET_MEAN, IMAGENET_STD
+from .models.vgg import IMAGENET_MEAN, IMAGENET_STD, TRUNK_CONVS, VGG_BLOCKS, last_conv_index
 
 # official stage prefixes of the U-Net, in frfsr's stage order (restoration.STAGES)
 _STAGE = {"down_large": 0, "down_medium": 1, "up_small": 2, "up_medium": 3, "up_large": 4}
@@ -23,7 +23,7 @@ _TAIL = {"down_tail_large": "0.tail", "down_tail_medium": "1.tail", "up_tail_sma
          "up_tail_medium.0": "3.tail.0", "up_tail_large.0": "4.tail.0", "up_tail_large.2": "4.tail.2"}
 _DDF_BRANCH = {"spatial_branch.0": "spatial", "channel_branch.1": "channel_reduce", "channel_branch.3": "channel_expand"}
 _SIFE_UPSAMPLER = ("conv_up1", "conv_up2", "conv_hr", "conv_last", "upconv1", "upconv2", "HRconv")
-_VGG = r"(conv[123]_[12])\.(weight|bias)"
+_VGG = rf"({'|'.join(layer.name for layer in TRUNK_CONVS)})\.(weight|bias)"    # the trunk's convs
 
 
 def _restoration_key(k: str) -> str | None:
@@ -228,15 +228,18 @@ def load_checkpoint(path, key: str | None = None) -> dict:
 
 
 # ====================================================================== recognising layouts
-_TV_CONVS = {0: "conv1_1", 2: "conv1_2", 5: "conv2_1", 7: "conv2_2", 10: "conv3_1"}
+# torchvision ``features`` index -> name of the trunk's convs (conv1_1 .. conv3_1)
+_TV_CONVS = {layer.index: layer.name for layer in TRUNK_CONVS}
+# index of the last conv -> depth (28: VGG16, 34: VGG19)
+_TV_DEPTH = {last_conv_index(depth): depth for depth in VGG_BLOCKS}
 
 
 def _vgg_depth(state_dict: dict) -> int | None:
-    """16 or 19 for a full torchvision VGG ``features`` dict (last conv at index 28 / 34)."""
+    """16 or 19 for a full torchvision VGG ``features`` dict (by the index of its last conv)."""
     idx = [int(m.group(1)) for k in state_dict if (m := re.fullmatch(r"features\.(\d+)\.weight", k))]
     if not idx:
         return None
-    return {28: 16, 34: 19}.get(max(idx))
+    return _TV_DEPTH.get(max(idx))
 
 
 def detect_kind(state_dict: dict) -> str | None:
@@ -322,7 +325,7 @@ def _torchvision_vgg(state_dict: dict, depth: int, prefixes: tuple[str, ...],
                          f"use the plain VGG{depth} weights")
     found = _vgg_depth(state_dict)
     if found is not None and found != depth:
-        raise ValueError(f"this is VGG{found} (its last conv is features.{28 if found == 16 else 34}), not {name}")
+        raise ValueError(f"this is VGG{found} (its last conv is features.{last_conv_index(found)}), not {name}")
     out, report = {}, ConversionReport()
     for key, t in state_dict.items():
         m = re.fullmatch(r"features\.(\d+)\.(weight|bias)", key)

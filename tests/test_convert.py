@@ -135,6 +135,23 @@ def test_torchvision_vgg(source, target):
     assert detect_kind(torchvision_vgg(source, "ref_extractor.vgg", 19)) == "vgg19"
 
 
+def test_the_vgg_layer_table_is_torchvisions():
+    """The one VGG table (frfsr.models.vgg) gives torchvision's ``features`` indices, which the
+    trunks, the perceptual loss's VGG19 and the converters all read from it."""
+    from frfsr.models.vgg import TRUNK_CONVS, VGGTrunk, last_conv_index, vgg_layers
+    for depth, length in ((16, 31), (19, 37)):                  # len(torchvision vgg{depth}().features)
+        layers = vgg_layers(depth)
+        assert len(layers) == length and [layer.index for layer in layers] == list(range(length))
+        assert tuple(layer.index for layer in layers if layer.is_conv) == VGG_CONVS[depth]
+        assert last_conv_index(depth) == VGG_CONVS[depth][-1]
+        assert [layer.name for layer in layers if layer.name.startswith("pool")] == [f"pool{b}" for b in range(1, 6)]
+    assert {layer.index: layer.name for layer in TRUNK_CONVS} == TV_CONV
+    assert [n for n, _ in VGGTrunk((8, 16, 24), final_relu=False).named_parameters()] == \
+        [f"{name}.{kind}" for name in TV_CONV.values() for kind in ("weight", "bias")]
+    with pytest.raises(ValueError, match="no layer 'relu6_1'"):
+        vgg_layers(19, "relu6_1")
+
+
 def test_c2matching_extractor_converts_and_restoration_net_is_refused(source, target):
     extractor = {k[len("net_extractor."):]: v for k, v in official_layout(source).items()
                  if k.startswith("net_extractor.")}

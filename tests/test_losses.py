@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from frfsr.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PerceptualLoss, VGG19Features, gradient_penalty,
-                          wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
+from frfsr.training.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PerceptualLoss, VGG19Features,
+                                   gradient_penalty, wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
 
 
 def _torchvision_style_state_dict(seed=0):

@@ -366,6 +366,17 @@ def test_stage1_initialisers(tmp_path):
         assert torch.equal(m.texture_encoder.state_dict()[k], v), k
 
 
+def test_stage1_initialisers_refuse_files_of_another_layout(tmp_path):
+    from frfsr.training.build import build_stage1_model
+    donor = FRFSR(FRFSRConfig.tiny())
+    torch.save({f"RRDB_trunk.{k}": v for k, v in donor.sife.state_dict().items()}, tmp_path / "odd.pth")
+    for key, layout in (("vgg19", "torchvision VGG19"), ("encoder", "C2-Matching feature extractor"),
+                        ("sife", "ESRGAN RRDB")):
+        cfg = load_config(TINY, {"init": {key: str(tmp_path / "odd.pth")}})
+        with pytest.raises(ValueError, match=rf"init\.{key}=.*odd\.pth: this checkpoint is not in the {layout} layout"):
+            build_stage1_model(cfg)
+
+
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     """2 micro-batches of 1 give the update of one batch of 2 (same samples, mean L1 loss)."""
     states = []

@@ -1,16 +1,9 @@
 """Stage-1 training of FRFSR: `accelerate launch train/stage1.py --config train/configs/paper_stage1.yaml`.
 
-All logic lives in :mod:`frfsr.training`; see `--help` for the options.
+train/train.py for a stage-1 config; see `--help` for the options.
 """
-import sys
+import runpy
 from pathlib import Path
 
-try:
-    import frfsr  # noqa: F401
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from frfsr.training.run import main
-
 if __name__ == "__main__":
-    sys.exit(main(stage=1))
+    runpy.run_path(str(Path(__file__).with_name("train.py")))["launch"](stage=1)

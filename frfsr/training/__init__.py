@@ -2,8 +2,9 @@
 stage 2 with L1 + perceptual + WGAN-GP on top of the frozen stage-1 net's HR feature.
 
 Entry points: ``accelerate launch train/stage1.py --config train/configs/paper_stage1.yaml``
-and ``train/stage2.py``; in Python :class:`Trainer` with a :class:`TrainConfig` from
-:func:`load_config`.
+and ``train/stage2.py`` (``train/train.py`` runs either, as the config's ``stage`` says); in
+Python :class:`Trainer` with a :class:`TrainConfig` from :func:`load_config`. Losses are in
+:mod:`.losses`, the models' initialisation in :mod:`.build`.
 """
 from .checkpoint import resolve_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, load_config

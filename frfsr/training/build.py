@@ -12,45 +12,26 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..config import FRFSRConfig
+from ..convert import convert_state_dict, detect_kind, load_checkpoint
 from ..models import FRFSR
 from ..models.restoration import STAGES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_weights_file", "build_stage1_model", "generator_param_groups", "offset_level",
-           "GeneratorNet", "freeze"]
+__all__ = ["build_stage1_model", "generator_param_groups", "offset_level", "GeneratorNet", "freeze"]
 
 # parameters of the deformable-alignment offset branches (C2-Matching: names containing 'offset')
 _OFFSET = re.compile(r"^restoration\.stages\.(\d+)\.align\.(offset_conv1|offset_conv2|dcn\.offset_mask)\.")
 _LEVEL_NAME = {0: "large", 1: "medium", 2: "small"}
-# torchvision vgg16 / vgg19 `features` indices of conv1_1 .. conv3_1 (the same in both)
-_TV_VGG = {"conv1_1": 0, "conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10}
-
-
-def load_weights_file(path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (``weights_only``); BasicSR's
-    ``{'params': ...}`` / ``{'params_ema': ...}`` / ``{'state_dict': ...}`` wrappers are opened."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    for key in ("params_ema", "params", "state_dict", "model"):
-        if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
-            sd = sd[key]
-            break
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{p} does not hold a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+# init.<key>: (the layout of its file, the part it fills, the part's name in messages), in loading order
+_INITS = {"vgg19": ("vgg19", "ref_extractor", "Ref feature extractor"),
+          "encoder": ("encoder", "texture_encoder", "texture encoder"),
+          "sife": ("esrgan", "sife", "SIFE")}
 
 
 def freeze(module: nn.Module) -> None:
@@ -59,56 +40,36 @@ def freeze(module: nn.Module) -> None:
     module.eval()
 
 
-def _load_part(model: FRFSR, prefix: str, state: dict, what: str) -> None:
-    target = getattr(model, prefix.rstrip("."))
-    missing, unexpected = target.load_state_dict(state, strict=False)
+def _init_state(path, kind: str, model: FRFSR) -> dict[str, torch.Tensor]:
+    """The checkpoint at ``path`` in frfsr's names, converted from the layout ``kind`` by
+    :func:`frfsr.convert.convert_state_dict` (a file of another layout, or tensors that do not
+    fit the model, raise ValueError). ``kind="encoder"`` (``init.encoder``) also takes frfsr's
+    own names (``texture_encoder.*`` as train/encoder.py writes them, or a TextureEncoder state
+    dict), else torchvision vgg16 weights (both trunks, before contrastive training) or
+    C2-Matching's feature extractor."""
+    sd = load_checkpoint(path)
+    if kind == "encoder":
+        if any(k.startswith("texture_encoder.") for k in sd):
+            return {k: v for k, v in sd.items() if k.startswith("texture_encoder.")}
+        if any(k.startswith(("lr_trunk.", "ref_trunk.")) for k in sd):
+            return {"texture_encoder." + k: v for k, v in sd.items()}
+        kind = "vgg16" if (detect_kind(sd) or "").startswith("vgg") else "c2matching"
+    out, report = convert_state_dict(sd, kind, model)
+    if report.unexpected:
+        logger.warning("%s: %d tensors not recognised as %s weights are ignored (%s%s)", path,
+                       len(report.unexpected), kind, ", ".join(report.unexpected[:6]),
+                       ", ..." if len(report.unexpected) > 6 else "")
+    return out
+
+
+def _load_part(model: FRFSR, part: str, state: dict, what: str, path) -> None:
+    """Load ``state`` (frfsr's names) into the model; it must hold every tensor of ``model.<part>``."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k.startswith(part + ".")]
     if missing or unexpected:
-        raise ValueError(f"{what}: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
+        raise ValueError(f"{what} init from {path}: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
                          f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
-
-
-def _init_sife(model: FRFSR, path) -> None:
-    try:
-        from ..convert import esrgan_to_sife
-    except ImportError:
-        logger.warning("init.sife=%s ignored: frfsr.convert.esrgan_to_sife is not available in this version; "
-                       "SIFE keeps its random initialisation", path)
-        return
-    out = esrgan_to_sife(load_weights_file(path))
-    sd = out[0] if isinstance(out, tuple) else out
-    sd = {k[len("sife."):] if k.startswith("sife.") else k: v for k, v in sd.items()}
-    _load_part(model, "sife.", sd, f"SIFE init from {path}")
-    logger.info("SIFE initialised from %s", path)
-
-
-def _init_encoder(model: FRFSR, path) -> None:
-    sd = load_weights_file(path)
-    if any(k.startswith(("lr_trunk.", "ref_trunk.")) for k in sd):
-        enc = sd
-    elif "features.0.weight" in sd:             # torchvision vgg16: both trunks (before contrastive training)
-        enc = {f"{trunk}.{name}.{kind}": sd[f"features.{idx}.{kind}"]
-               for trunk in ("lr_trunk", "ref_trunk") for name, idx in _TV_VGG.items() for kind in ("weight", "bias")}
-    else:
-        from ..convert import official_to_frfsr
-        conv, _ = official_to_frfsr(sd)
-        if not any(k.startswith("texture_encoder.") for k in conv):
-            conv = sd
-        enc = {k[len("texture_encoder."):]: v for k, v in conv.items() if k.startswith("texture_encoder.")}
-    _load_part(model, "texture_encoder.", enc, f"texture encoder init from {path}")
-    logger.info("texture encoder initialised from %s", path)
-
-
-def _init_vgg19(model: FRFSR, path) -> None:
-    sd = load_weights_file(path)
-    vgg = {}
-    for name, idx in _TV_VGG.items():
-        for kind in ("weight", "bias"):
-            key = f"features.{idx}.{kind}"
-            if key not in sd:
-                raise ValueError(f"{path} is not a torchvision vgg19 state dict (no {key})")
-            vgg[f"vgg.{name}.{kind}"] = sd[key]
-    _load_part(model, "ref_extractor.", vgg, f"VGG19 init from {path}")
-    logger.info("Ref feature extractor initialised from %s", path)
+    logger.info("%s initialised from %s", what, path)
 
 
 def build_stage1_model(cfg) -> FRFSR:
@@ -123,12 +84,14 @@ def build_stage1_model(cfg) -> FRFSR:
             raise ValueError(f"init.pretrained={init.pretrained} is a stage-{pretrained.config.stage} model; stage 1 "
                              "needs a stage-1 one")
         model.load_state_dict(pretrained.state_dict(), strict=True)
-    if init.vgg19:
-        _init_vgg19(model, init.vgg19)
-    if init.encoder:
-        _init_encoder(model, init.encoder)
-    if init.sife:
-        _init_sife(model, init.sife)
+    for key, (kind, part, what) in _INITS.items():
+        path = getattr(init, key)
+        if path:
+            try:
+                state = _init_state(path, kind, model)
+            except ValueError as e:
+                raise ValueError(f"init.{key}={path}: {e}") from None
+            _load_part(model, part, state, what, path)
     if not (init.pretrained or init.vgg19 or cfg.model.train_ref_extractor):
         logger.warning("the Ref feature extractor has random weights (set init.vgg19 or init.pretrained)")
     if not (init.pretrained or init.encoder):

@@ -130,7 +130,7 @@ class Trainer:
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, o.milestones, o.gamma)
         self.schedulers = [self.sched_g]
         if self.stage == 2:
-            from ..losses import ImageDiscriminator, PerceptualLoss
+            from .losses import ImageDiscriminator, PerceptualLoss
             self.disc = ImageDiscriminator(ndf=l.disc_ndf).train()
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_d, betas=tuple(o.betas_d))
             self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, o.milestones, o.gamma)
@@ -230,7 +230,7 @@ class Trainer:
         l = self.cfg.loss
         losses = {"l1": l.pixel * F.l1_loss(sr, hr)}
         if full:
-            from ..losses import wgan_generator_loss
+            from .losses import wgan_generator_loss
             losses["perceptual"] = self.perceptual(sr, hr)
             losses["adversarial"] = l.adversarial * wgan_generator_loss(self.acc.unwrap_model(self.disc)(sr))
         return losses
@@ -272,7 +272,7 @@ class Trainer:
 
         if self.stage == 2:
             if full:
-                from ..losses import wgan_gp_losses
+                from .losses import wgan_gp_losses
                 self.disc.requires_grad_(True)
                 self.opt_d.zero_grad(set_to_none=True)
                 g = torch.Generator().manual_seed(_mix(self.cfg.train.seed, step, acc.process_index))

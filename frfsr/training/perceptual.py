@@ -11,12 +11,14 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..models.vgg import VGGTrunk
+from .losses import check_criterion, feature_distance
 
 __all__ = ["TRUNK_LAYERS", "TrunkPerceptualLoss"]
 
 #: the trunk's outputs, in the order :class:`frfsr.models.vgg.VGGTrunk` returns them
-TRUNK_LAYERS = ("relu1_1", "relu2_1", "relu3_1")
+TRUNK_LAYERS = VGGTrunk.OUTPUTS
 
 
 class TrunkPerceptualLoss(nn.Module):
@@ -32,22 +34,16 @@ class TrunkPerceptualLoss(nn.Module):
         unknown = [k for k in layers if k not in TRUNK_LAYERS]
         if unknown or not layers:
             raise ValueError(f"perceptual layers of the Ref-extractor trunk must be among {TRUNK_LAYERS}; got {unknown or layers}")
-        if criterion not in ("fro", "l1", "l2"):
-            raise ValueError(f"criterion must be 'fro', 'l1' or 'l2'; got {criterion!r}")
         self.layer_weights = {k: float(v) for k, v in layers.items()}
-        self.weight, self.criterion = float(weight), criterion
+        self.weight, self.criterion = float(weight), check_criterion(criterion)
         self.trunk = copy.deepcopy(trunk).float().eval().requires_grad_(False)
 
     def train(self, mode: bool = True):            # the trunk stays frozen in eval mode
         return super().train(False)
 
-    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.criterion == "fro":
-            return torch.norm(a - b, p="fro")
-        return F.l1_loss(a, b) if self.criterion == "l1" else F.mse_loss(a, b)
-
     def forward(self, x: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         fx = dict(zip(TRUNK_LAYERS, self.trunk(x)))
         with torch.no_grad():
             fg = dict(zip(TRUNK_LAYERS, self.trunk(gt)))
-        return self.weight * sum(w * self._distance(fx[k], fg[k]) for k, w in self.layer_weights.items())
+        return self.weight * sum(w * feature_distance(fx[k], fg[k], self.criterion)
+                                 for k, w in self.layer_weights.items())

@@ -1,4 +1,5 @@
-"""Command line of ``train/stage1.py`` and ``train/stage2.py`` (run them with ``accelerate launch``)."""
+"""Command line of ``train/train.py`` and of ``train/stage1.py`` / ``train/stage2.py`` (which check the
+config's stage); run them with ``accelerate launch``."""
 from __future__ import annotations
 
 import argparse

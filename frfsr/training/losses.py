@@ -14,29 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "ImageDiscriminator",
-           "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
+from ..convert import load_checkpoint
+from ..models.vgg import imagenet_normalisation, vgg_layers
 
-_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512]
-
-
-def _vgg19_layer_names() -> list[str]:
-    names, block, idx = [], 1, 1
-    for v in _VGG19_CFG:
-        if v == "M":
-            names.append(f"pool{block}")
-            block, idx = block + 1, 1
-        else:
-            names += [f"conv{block}_{idx}", f"relu{block}_{idx}"]
-            idx += 1
-    return names
-
+__all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
+           "ImageDiscriminator", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty",
+           "wgan_gp_losses"]
 
 #: Names of ``VGG19Features.features[i]``, i = 0 .. 29 (conv1_1 ... relu5_1), as in torchvision.
-VGG19_LAYER_NAMES: list[str] = _vgg19_layer_names()
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+VGG19_LAYER_NAMES: list[str] = [layer.name for layer in vgg_layers(19, "relu5_1")]
 
 
 class VGG19Features(nn.Module):
@@ -57,21 +43,14 @@ class VGG19Features(nn.Module):
         super().__init__()
         self.layers = self._check_layers(layers)
         self.normalize = bool(normalize)
-        mods: list[nn.Module] = []
-        in_ch = 3
-        for v in _VGG19_CFG:
-            if v == "M":
-                mods.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                mods += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-                in_ch = v
-        self.features = nn.Sequential(*mods)
+        self.features = nn.Sequential(*(layer.build() for layer in vgg_layers(19, "relu5_1")))
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = imagenet_normalisation()
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         self.pretrained = False
         if weights is not None:
             self.load_vgg_weights(weights)
@@ -98,17 +77,10 @@ class VGG19Features(nn.Module):
         Keys ``features.N.weight`` / ``features.N.bias`` are used (a ``module.`` prefix is
         stripped; bare ``N.weight`` keys of a ``vgg.features`` state dict are accepted); keys of
         layers past relu5_1 and of the classifier are ignored. Missing or mis-shaped keys raise
-        ``ValueError`` naming them.
+        ``ValueError`` naming them. Files are read with :func:`frfsr.convert.load_checkpoint`.
         """
         if isinstance(weights, (str, Path)):
-            path = Path(weights)
-            if not path.is_file():
-                raise ValueError(f"VGG19 weights file not found: {path}")
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                weights = load_file(str(path))
-            else:
-                weights = torch.load(str(path), map_location="cpu", weights_only=True)
+            weights = load_checkpoint(weights)
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a state dict (mapping) or a file path; got {type(weights).__name__}")
         sd = {}
@@ -153,6 +125,27 @@ class VGG19Features(nn.Module):
         return out
 
 
+#: feature distances of the perceptual losses (see :func:`feature_distance`)
+CRITERIA = ("fro", "l1", "l2")
+
+
+def check_criterion(criterion: str) -> str:
+    """``criterion`` if it is one of :data:`CRITERIA`, else ValueError."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be 'fro', 'l1' or 'l2'; got {criterion!r}")
+    return criterion
+
+
+def feature_distance(a: torch.Tensor, b: torch.Tensor, criterion: str) -> torch.Tensor:
+    """``'fro'``: ``torch.norm(a - b, p='fro')`` over the whole tensor, batch included (BasicSR);
+    ``'l1'`` / ``'l2'``: mean absolute / squared error."""
+    if criterion == "fro":
+        return torch.norm(a - b, p="fro")
+    if criterion == "l1":
+        return F.l1_loss(a, b)
+    return F.mse_loss(a, b)
+
+
 class PerceptualLoss(nn.Module):
     """VGG19 feature loss, BasicSR's ``PerceptualLoss`` with ``style_weight=0``.
 
@@ -178,9 +171,7 @@ class PerceptualLoss(nn.Module):
             raise ValueError(f"layer must be a VGG19 layer name or a non-empty {{name: weight}} mapping; got {layer!r}")
         self.layer_weights = {str(k): float(v) for k, v in layer.items()}
         VGG19Features._check_layers(tuple(self.layer_weights))
-        if criterion not in ("fro", "l1", "l2"):
-            raise ValueError(f"criterion must be 'fro', 'l1' or 'l2'; got {criterion!r}")
-        self.criterion = criterion
+        self.criterion = check_criterion(criterion)
         self.weight = float(weight)
         if vgg is None:
             vgg = VGG19Features(layers=tuple(self.layer_weights), normalize=normalize)
@@ -193,20 +184,13 @@ class PerceptualLoss(nn.Module):
                           "state dict or file) for a meaningful loss", UserWarning, stacklevel=2)
         self.vgg = vgg
 
-    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.criterion == "fro":
-            return torch.norm(a - b, p="fro")
-        if self.criterion == "l1":
-            return F.l1_loss(a, b)
-        return F.mse_loss(a, b)
-
     def forward(self, x: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         if x.shape != gt.shape:
             raise ValueError(f"x and gt must have the same shape; got {tuple(x.shape)} and {tuple(gt.shape)}")
         layers = tuple(self.layer_weights)
         fx = self.vgg(x, layers)
         fg = self.vgg(gt.detach(), layers)
-        loss = sum(w * self._distance(fx[k], fg[k]) for k, w in self.layer_weights.items())
+        loss = sum(w * feature_distance(fx[k], fg[k], self.criterion) for k, w in self.layer_weights.items())
         return loss * self.weight
 
 
