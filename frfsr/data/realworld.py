@@ -49,7 +49,7 @@ import torch.nn.functional as F
 __all__ = ["KERNEL_KINDS", "RESIZE_MODES", "DegradationStage", "FinalStage", "RealWorldOptions",
            "blur_kernels", "random_kernels", "blur", "random_blur", "resize", "random_resize",
            "gaussian_noise", "poisson_noise", "random_noise", "jpeg", "random_jpeg", "quantize",
-           "RealWorldDegradation", "degrade_realworld"]
+           "RealWorldDegradation", "degrade_realworld", "device_generator"]
 
 #: Blur kernel kinds (keys of :attr:`DegradationStage.kernel_probs`).
 KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -66,6 +66,11 @@ _MAX_KERNEL = 51
 
 # ----------------------------------------------------------------------------- options
 def _number(name: str, v, integer: bool = False):
+    if isinstance(v, str) and not integer:      # YAML 1.1 reads 1e-3 as a string
+        try:
+            v = float(v)
+        except ValueError:
+            pass
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
         raise ValueError(f"{name} must be {'an int' if integer else 'a number'}; got {v!r}")
     if not math.isfinite(v):
@@ -220,23 +225,39 @@ class RealWorldOptions:
             raise ValueError(f"scale must be a positive int; got {self.scale!r}")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "RealWorldOptions":
+    def from_dict(cls, d: dict | None, prefix: str = "") -> "RealWorldOptions":
         """Options from a (YAML) mapping ``{first: {...}, second: {...}, final: {...}}``;
-        missing keys keep their defaults."""
+        missing keys keep their defaults. ``prefix`` is put before the key names in error
+        messages (e.g. ``'degradation.'``)."""
         d = d or {}
         if not isinstance(d, dict):
-            raise ValueError(f"realworld options must be a mapping; got {d!r}")
+            raise ValueError(f"{prefix.rstrip('.') or 'realworld options'} must be a mapping; got {d!r}")
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
-        return cls(**d)
+            raise ValueError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}; known keys: {', '.join(known)}")
+        kw = {name: _stage(tp, d.get(name), prefix + name, defaults)
+              for name, tp, defaults in (("first", DegradationStage, None), ("second", DegradationStage, SECOND_STAGE_DEFAULTS),
+                                         ("final", FinalStage, None)) if name in d}
+        if "scale" in d:
+            kw["scale"] = d["scale"]
+        return cls(**kw)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------- random draws
+def device_generator(device, seed: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (a CPU one where the device
+    has no generators of its own)."""
+    seed = int(seed) % (2 ** 63)
+    try:
+        return torch.Generator(device=device).manual_seed(seed)
+    except RuntimeError:
+        return torch.Generator().manual_seed(seed)
+
+
 def _device(x: torch.Tensor, generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else x.device
 
