@@ -26,7 +26,7 @@ def _smooth(b=4, size=64, seed=0):
 @pytest.fixture(scope="module")
 def photo_batch():
     """Four 128x128 crops of a real photo (scikit-image's astronaut) as float in [0, 1]."""
-    skimage = pytest.importorskip("skimage")  # noqa: F841
+    pytest.importorskip("skimage")
     from frfsr.data.views import load_skimage_photos
     img = torch.from_numpy(load_skimage_photos(["astronaut"])["astronaut"].copy()).permute(2, 0, 1)
     crops = [img[:, y:y + 128, x:x + 128] for y, x in ((0, 100), (200, 200), (300, 50), (128, 300))]
@@ -313,7 +313,6 @@ def test_tiny_training_run_with_realworld_lrs_and_wide_views(tmp_path, _clean_ac
     logs = t.train_step([batch])
     assert math.isfinite(float(logs["l1"]))
     assert t.fit()
-    from frfsr.training.trackers import read_csv_log  # noqa: F401  (the CSV tracker is off here)
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
 
 

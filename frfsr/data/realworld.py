@@ -138,7 +138,8 @@ class DegradationStage:
                              f"got {kp!r}")
         kp = {k: _prob(f"kernel_probs.{k}", v) for k, v in kp.items()}
         if abs(sum(kp.values()) - 1.0) > 1e-6:
-            raise ValueError(f"kernel_probs must sum to 1 (kinds left out count 0); got {kp!r} (sum {sum(kp.values()):g})")
+            raise ValueError(f"kernel_probs must sum to 1 (kinds left out count 0); got {kp!r} "
+                             f"(sum {sum(kp.values()):g})")
         self.kernel_probs = kp
         self.sigma_range = _range("sigma_range", self.sigma_range, 0.0, 20.0, open_lo=True)
         self.beta_gen_range = _range("beta_gen_range", self.beta_gen_range, 0.0, 10.0, open_lo=True)
@@ -148,7 +149,8 @@ class DegradationStage:
             raise ValueError(f"resize_probs must be three probabilities [up, down, keep] summing to 1; got {rp!r}")
         rp = tuple(_prob("resize_probs", v) for v in rp)
         if abs(sum(rp) - 1.0) > 1e-6:
-            raise ValueError(f"resize_probs must be three probabilities [up, down, keep] summing to 1; got {list(rp)!r}")
+            raise ValueError(f"resize_probs must be three probabilities [up, down, keep] summing to 1; "
+                             f"got {list(rp)!r}")
         self.resize_probs = rp
         self.resize_range = _range("resize_range", self.resize_range, 0.0, 4.0, open_lo=True)
         if not self.resize_range[0] <= 1.0 <= self.resize_range[1]:
@@ -236,9 +238,9 @@ class RealWorldOptions:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}; known keys: {', '.join(known)}")
-        kw = {name: _stage(tp, d.get(name), prefix + name, defaults)
-              for name, tp, defaults in (("first", DegradationStage, None), ("second", DegradationStage, SECOND_STAGE_DEFAULTS),
-                                         ("final", FinalStage, None)) if name in d}
+        parts = (("first", DegradationStage, None), ("second", DegradationStage, SECOND_STAGE_DEFAULTS),
+                 ("final", FinalStage, None))
+        kw = {name: _stage(tp, d.get(name), prefix + name, defaults) for name, tp, defaults in parts if name in d}
         if "scale" in d:
             kw["scale"] = d["scale"]
         return cls(**kw)

@@ -386,7 +386,8 @@ class ViewPairDataset(Dataset):
                 coords = torch.stack([affine[0, 0] * gx + affine[0, 1] * gy + affine[0, 2],
                                       affine[1, 0] * gx + affine[1, 1] * gy + affine[1, 2]])
             else:                                            # undo the perspective warp last
-                homography = _flip_matrix(r, **flips) @ np.linalg.inv(H) @ hr_to_ref @ np.linalg.inv(_flip_matrix(p, **flips))
+                homography = (_flip_matrix(r, **flips) @ np.linalg.inv(H) @ hr_to_ref
+                              @ np.linalg.inv(_flip_matrix(p, **flips)))
                 homography = homography / homography[2, 2]
                 coords = _apply_homography(homography, gx, gy)
                 affine = _linearise(homography, (p - 1) / 2)
