@@ -40,6 +40,7 @@ not modelled; JPEG adds ringing of its own.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass, field
 
@@ -247,6 +248,11 @@ class RealWorldOptions:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _need_kornia(what: str) -> None:
+    if importlib.util.find_spec("kornia") is None:     # a training extra, not a core dependency
+        raise ImportError(f"{what} need kornia (pip install 'frfsr[train]')")
 
 
 # ----------------------------------------------------------------------------- random draws
@@ -529,6 +535,7 @@ class RealWorldDegradation:
             options = RealWorldOptions.from_dict(options)
         elif not isinstance(options, RealWorldOptions):
             raise TypeError(f"options must be RealWorldOptions or a mapping; got {type(options).__name__}")
+        _need_kornia("the realworld degradations")
         self.options = options
 
     def __repr__(self) -> str:

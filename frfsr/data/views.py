@@ -35,6 +35,7 @@ evaluation set.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -279,6 +280,9 @@ class ViewPairDataset(Dataset):
         self.p_shuffle, self.shuffle_choices = float(p_shuffle), shuffle_choices
         self.p_unrelated, self.flip, self.min_std, self.seed = float(p_unrelated), bool(flip), float(min_std), seed
         self.max_perspective, self.antialias = float(max_perspective), bool(antialias)
+        if self.max_perspective > 0 or self.antialias:
+            if importlib.util.find_spec("kornia") is None:     # a training extra, not a core dependency
+                raise ImportError("max_perspective > 0 and antialias need kornia (pip install 'frfsr[train]')")
 
     def __len__(self) -> int:
         return self.length
