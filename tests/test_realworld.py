@@ -310,6 +310,10 @@ def test_tiny_training_run_with_realworld_lrs_and_wide_views(tmp_path, _clean_ac
     assert not torch.allclose(batch["lr"], bic, atol=2 / 255)                  # the LR is the degraded one
     assert torch.equal(t.degraded_lr(batch["hr"], 0), batch["lr"])             # a function of (seed, micro, rank)
     assert not torch.equal(t.degraded_lr(batch["hr"], 1), batch["lr"])
+    stream = t._batches(0)
+    fourth = [next(stream) for _ in range(4)][3]
+    resumed = next(t._batches(3))                                             # a resumed run: the same LRs
+    assert torch.equal(resumed["hr"], fourth["hr"]) and torch.equal(resumed["lr"], fourth["lr"])
     logs = t.train_step([batch])
     assert math.isfinite(float(logs["l1"]))
     assert t.fit()
