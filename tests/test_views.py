@@ -146,3 +146,75 @@ def test_heldout_pairs_fixed_and_kinds():
             assert torch.equal(a["ref"].flatten().sort()[0], s["ref"].flatten().sort()[0])
     with pytest.raises(ValueError, match="kind"):
         heldout_pairs("nope")
+
+
+# ---------------------------------------------------------------------- wide views: perspective, zoom 0.5-2
+def _warp_back(hr, m, r):
+    """HR (3, P, P) sampled at the Ref pixels' HR positions under homography ``m`` (HR -> Ref)."""
+    p = hr.shape[-1]
+    inv = torch.linalg.inv(m)
+    gy, gx = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64), indexing="ij")
+    den = inv[2, 0] * gx + inv[2, 1] * gy + inv[2, 2]
+    ux = (inv[0, 0] * gx + inv[0, 1] * gy + inv[0, 2]) / den
+    uy = (inv[1, 0] * gx + inv[1, 1] * gy + inv[1, 2]) / den
+    inside = (ux >= 0) & (ux <= p - 1) & (uy >= 0) & (uy <= p - 1)
+    return _bilinear(hr, ux, uy), inside
+
+
+def test_perspective_views_follow_their_homography_and_are_seeded(train_photos):
+    kw = dict(patch=64, ref_patch=72, length=6, color=False, p_unrelated=0.0, scale_range=(0.5, 2.0),
+              max_rotation=30.0, max_perspective=0.15)
+    ds = ViewPairDataset(train_photos, seed=2, **kw)
+    again, other = ViewPairDataset(train_photos, seed=2, **kw), ViewPairDataset(train_photos, seed=3, **kw)
+    slanted = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        for key in ("hr", "ref", "ref_coords", "ref_homography", "ref_affine"):
+            assert torch.equal(item[key].nan_to_num(-7), again[i][key].nan_to_num(-7)), key
+        m = item["ref_homography"].double()
+        slanted += float(m[2, :2].abs().max()) > 1e-5
+        warped, inside = _warp_back(item["hr"], m, 72)
+        if inside.any():
+            assert float((warped - item["ref"]).abs()[:, inside].max()) <= 1.0 / 255 + 1e-4, i
+        # ref_coords: the homography applied to the HR grid, NaN outside the Ref
+        gy, gx = torch.meshgrid(torch.arange(64, dtype=torch.float64), torch.arange(64, dtype=torch.float64), indexing="ij")
+        den = m[2, 0] * gx + m[2, 1] * gy + m[2, 2]
+        cx, cy = (m[0, 0] * gx + m[0, 1] * gy + m[0, 2]) / den, (m[1, 0] * gx + m[1, 1] * gy + m[1, 2]) / den
+        valid = (cx >= 0) & (cx <= 71) & (cy >= 0) & (cy <= 71)
+        assert torch.equal(item["ref_valid"][0], valid)
+        assert torch.allclose(item["ref_coords"][0].double()[valid], cx[valid], atol=2e-3)
+        # ref_affine: the homography's linearisation at the HR centre
+        c = torch.tensor([31.5, 31.5, 1.0], dtype=torch.float64)
+        at_c = (m @ c)[:2] / (m @ c)[2]
+        torch.testing.assert_close(item["ref_affine"].double() @ c, at_c, rtol=0, atol=1e-3)
+    assert slanted >= 5
+    assert not torch.equal(ds[0]["ref"], other[0]["ref"])
+
+
+def test_views_without_perspective_have_an_affine_homography(train_photos):
+    ds = ViewPairDataset(train_photos, patch=64, length=4, p_unrelated=0.5, seed=0)
+    for i in range(4):
+        item = ds[i]
+        m = item["ref_homography"]
+        if item["related"]:
+            assert torch.equal(m[:2], item["ref_affine"]) and torch.equal(m[2], torch.tensor([0.0, 0.0, 1.0]))
+        else:
+            assert torch.isnan(m).all()
+    with pytest.raises(ValueError, match="max_perspective"):
+        ViewPairDataset(train_photos, max_perspective=0.3)
+    with pytest.raises(ValueError, match="max_rotation"):
+        ViewPairDataset(train_photos, max_rotation=181)
+
+
+def test_antialiased_zoomed_out_views_are_smoother(train_photos):
+    kw = dict(patch=64, length=4, color=False, p_unrelated=0.0, scale_range=(0.5, 0.5), seed=1)
+    sharp = ViewPairDataset(train_photos, **kw)
+    soft = ViewPairDataset(train_photos, antialias=True, **kw)
+
+    def hf(x):                                                  # high-frequency energy
+        return float((x[:, 1:, :] - x[:, :-1, :]).abs().mean() + (x[:, :, 1:] - x[:, :, :-1]).abs().mean())
+
+    for i in range(4):
+        a, b = sharp[i], soft[i]
+        assert torch.equal(a["hr"], b["hr"]) and torch.equal(a["ref_coords"].nan_to_num(-7), b["ref_coords"].nan_to_num(-7))
+        assert hf(b["ref"]) < hf(a["ref"])

@@ -9,7 +9,10 @@ at another zoom, in other light. :class:`ViewPairDataset` imitates that from one
   from the photo by one affine warp (bilinear ``grid_sample``): centred on the HR centre
   plus a random offset (up to ``max_offset * patch`` per axis), at a random zoom in
   ``scale_range`` (Ref pixels per photo pixel) and rotated by up to ``max_rotation``
-  degrees; then colour-changed (:func:`frfsr.data.color_jitter`, brightness / contrast /
+  degrees, and, when ``max_perspective > 0``, seen at a slant: a random perspective warp that
+  moves each Ref corner by up to ``max_perspective * ref_patch`` per axis; with ``antialias``
+  the photo is low-pass filtered before a zoomed-out view is sampled (as a camera's optics
+  would); then colour-changed (:func:`frfsr.data.color_jitter`, brightness / contrast /
   saturation), quantised to 8 bits, and with probability ``p_shuffle`` cut into n x n
   blocks that are shuffled (:func:`frfsr.data.shuffle_blocks`, n drawn from
   ``shuffle_choices``);
@@ -21,8 +24,9 @@ Because the Ref is made by a known warp, every item also carries the ground-trut
 correspondence: ``ref_coords`` (2, P, P), for every HR pixel its (x, y) position in the Ref
 (pixel centres at integer coordinates, block shuffling included), NaN where it falls outside
 the Ref or the Ref is unrelated, and ``ref_valid`` (1, P, P), the mask of finite entries.
-This is what the contrastive texture-encoder training (:mod:`frfsr.training.contrastive`)
-learns from.
+With a perspective warp the map from HR to Ref pixels is a homography (``ref_homography``);
+``ref_coords`` follow it exactly. This is what the contrastive texture-encoder training
+(:mod:`frfsr.training.contrastive`) learns from.
 
 Photos: :func:`load_skimage_photos` reads the photographs bundled with scikit-image
 (``skimage.data``, no download). :data:`TRAIN_PHOTOS` are for training,
@@ -31,6 +35,7 @@ evaluation set.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -150,6 +155,48 @@ def _shuffle_with_coords(ref: torch.Tensor, coords: torch.Tensor, n: int, genera
     return ref, torch.where(valid[None], moved, torch.full_like(coords, float("nan")))
 
 
+def _corner_homography(size: int, moves: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Perspective warp of a ``size`` x ``size`` view whose corners (TL, TR, BR, BL pixel
+    centres) move by ``moves`` (4, 2): the 3x3 homography sending each view pixel to its
+    unwarped position (:func:`kornia.geometry.transform.get_perspective_transform`), and the
+    moved corners (4, 2)."""
+    from kornia.geometry.transform import get_perspective_transform
+    n = size - 1
+    square = torch.tensor([[0.0, 0.0], [n, 0.0], [n, n], [0.0, n]], dtype=torch.float64)
+    moved = square + moves.to(torch.float64)
+    H = get_perspective_transform(square[None], moved[None])[0].numpy().astype(np.float64)
+    return H / H[2, 2], moved.numpy()
+
+
+def _apply_homography(m: np.ndarray, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    """(2, ...) image of the points (gx, gy) under the 3x3 homography ``m``."""
+    den = m[2, 0] * gx + m[2, 1] * gy + m[2, 2]
+    return torch.stack([(m[0, 0] * gx + m[0, 1] * gy + m[0, 2]) / den, (m[1, 0] * gx + m[1, 1] * gy + m[1, 2]) / den])
+
+
+def _linearise(m: np.ndarray, c: float) -> np.ndarray:
+    """The affine map (2, 3) that agrees with homography ``m`` to first order at (c, c)."""
+    p = np.array([c, c, 1.0])
+    w = m[2] @ p
+    f = (m[:2] @ p) / w
+    jac = (m[:2, :2] - np.outer(f, m[2, :2])) / w
+    return np.concatenate([jac, (f - jac @ p[:2])[:, None]], 1)
+
+
+def _antialias_sigma(zoom: float) -> float:
+    """Gaussian sigma (photo pixels) of the low-pass filter before sampling at ``zoom`` < 1."""
+    return 0.5 * math.sqrt(1.0 / zoom ** 2 - 1.0)
+
+
+def _lowpass(box: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a (3, h, w) float image (:func:`kornia.filters.gaussian_blur2d`)."""
+    from kornia.filters import gaussian_blur2d
+    k = 2 * int(math.ceil(3 * sigma)) + 1
+    if sigma <= 0 or k < 3 or min(box.shape[-2:]) <= k // 2:
+        return box
+    return gaussian_blur2d(box[None], (k, k), (sigma, sigma), border_type="reflect")[0]
+
+
 class ViewPairDataset(Dataset):
     """Ref/LR pairs made from photos: see the module docstring for what an item holds.
 
@@ -162,6 +209,12 @@ class ViewPairDataset(Dataset):
         scale_range: Ref zoom range, Ref pixels per photo pixel (drawn log-uniformly).
         max_rotation: Ref rotation bound in degrees; ``max_offset``: Ref centre offset bound,
             as a fraction of ``patch``, per axis.
+        max_perspective: perspective warp of the Ref, how far each of its corners moves (per
+            axis, uniformly drawn) as a fraction of ``ref_patch``, in [0, 0.25]; 0 (default):
+            no warp, the views of earlier versions exactly.
+        antialias: blur the photo with a Gaussian before sampling a zoomed-out Ref (zoom < 1;
+            sigma ``0.5 * sqrt(1 / zoom^2 - 1)`` photo pixels), so that it is not aliased.
+            Off by default (the views of earlier versions).
         color: colour-change the Ref (``True`` for :data:`DEFAULT_VIEW_JITTER`, a dict of
             :func:`color_jitter` strengths, or ``False``).
         p_shuffle, shuffle_choices: probability of block-shuffling the Ref and the numbers of
@@ -175,15 +228,19 @@ class ViewPairDataset(Dataset):
 
     Item keys: ``hr`` (3, P, P), ``lr`` (3, P/4, P/4), ``ref`` (3, R, R), float32 in [0, 1];
     ``related`` (bool); ``ref_coords`` (2, P, P) float32, (x, y) in Ref pixels or NaN;
-    ``ref_valid`` (1, P, P) bool; ``ref_affine`` (2, 3) float32, HR pixel (x, y, 1) -> Ref
-    pixel of the *unshuffled* Ref (NaN when unrelated); ``shuffle`` (int, 1 = none);
+    ``ref_valid`` (1, P, P) bool; ``ref_homography`` (3, 3) float32, HR pixel (x, y, 1) -> Ref
+    pixel of the *unshuffled* Ref in homogeneous coordinates (divide by the third), with the
+    last row (0, 0, 1) when there is no perspective warp; ``ref_affine`` (2, 3) float32, its
+    first two rows without a perspective warp (exact), its linearisation at the HR centre
+    with one (NaN when unrelated); ``shuffle`` (int, 1 = none);
     ``photo`` and ``ref_photo`` (names).
     """
 
     def __init__(self, photos: dict[str, np.ndarray], patch: int = 96, ref_patch: int | None = None,
                  length: int = 1000, scale_range=(0.8, 1.25), max_rotation: float = 10.0,
                  max_offset: float = 0.25, color=True, p_shuffle: float = 0.0, shuffle_choices=(2, 4, 8),
-                 p_unrelated: float = 0.2, flip: bool = True, min_std: float = 0.04, seed: int | None = None):
+                 p_unrelated: float = 0.2, flip: bool = True, min_std: float = 0.04, seed: int | None = None,
+                 max_perspective: float = 0.0, antialias: bool = False):
         if not photos:
             raise ValueError("ViewPairDataset needs at least one photo")
         if isinstance(patch, bool) or not isinstance(patch, int) or patch < 16 or patch % 4:
@@ -194,6 +251,10 @@ class ViewPairDataset(Dataset):
         lo, hi = (float(v) for v in scale_range)
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi; got {scale_range!r}")
+        if not 0 <= float(max_perspective) <= 0.25:
+            raise ValueError(f"max_perspective must be in [0, 0.25] (a fraction of ref_patch); got {max_perspective!r}")
+        if not 0 <= float(max_rotation) <= 180:
+            raise ValueError(f"max_rotation must be in [0, 180] degrees; got {max_rotation!r}")
         if not 0 <= p_unrelated <= 1 or not 0 <= p_shuffle <= 1:
             raise ValueError("p_unrelated and p_shuffle must be probabilities in [0, 1]")
         if p_unrelated > 0 and len(photos) < 2:
@@ -218,6 +279,10 @@ class ViewPairDataset(Dataset):
         self.max_rotation, self.max_offset = float(max_rotation), float(max_offset)
         self.p_shuffle, self.shuffle_choices = float(p_shuffle), shuffle_choices
         self.p_unrelated, self.flip, self.min_std, self.seed = float(p_unrelated), bool(flip), float(min_std), seed
+        self.max_perspective, self.antialias = float(max_perspective), bool(antialias)
+        if self.max_perspective > 0 or self.antialias:
+            if importlib.util.find_spec("kornia") is None:     # a training extra, not a core dependency
+                raise ImportError("max_perspective > 0 and antialias need kornia (pip install 'frfsr[train]')")
 
     def __len__(self) -> int:
         return self.length
@@ -243,15 +308,22 @@ class ViewPairDataset(Dataset):
                 break
         return hr, y0, x0
 
-    def _view(self, img: torch.Tensor, center: tuple[float, float], g) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def _view(self, img: torch.Tensor, center: tuple[float, float], g):
         """Resample a Ref view of ``img`` (3, H, W uint8) around photo point ``center`` (x, y).
-        Returns the float view and ``(A, t)``: photo point = A @ ref pixel + t."""
+        Returns the float view, ``(A, t)`` and ``H``: photo point = A @ H(ref pixel) + t, where
+        ``H`` (3x3, projective) is the perspective warp, or None without one (identity)."""
         zoom = math.exp(self._uniform(g, *self.log_scale))
         theta = math.radians(self._uniform(g, -self.max_rotation, self.max_rotation))
         r = self.ref_patch
         A = _rotation(theta) / zoom
         half = (r - 1) / 2
-        ext = np.abs(A).sum(1) * half                        # half extent of the view's footprint (x, y)
+        H = None
+        if self.max_perspective > 0:
+            moves = (torch.rand(4, 2, generator=g, dtype=torch.float64) * 2 - 1) * (self.max_perspective * r)
+            H, corners = _corner_homography(r, moves)
+            ext = np.abs((corners - half) @ A.T).max(0)    # the warped corners bound the footprint
+        else:
+            ext = np.abs(A).sum(1) * half                    # half extent of the view's footprint (x, y)
         h, w = img.shape[-2:]
         c = np.array(center, dtype=np.float64)
         for i, size in enumerate((w, h)):                    # keep the footprint inside the photo if it fits
@@ -260,14 +332,22 @@ class ViewPairDataset(Dataset):
         # crop the footprint's bounding box, then sample it (no float copy of the whole photo)
         x0, x1 = max(0, int(math.floor(c[0] - ext[0])) - 2), min(w, int(math.ceil(c[0] + ext[0])) + 3)
         y0, y1 = max(0, int(math.floor(c[1] - ext[1])) - 2), min(h, int(math.ceil(c[1] + ext[1])) + 3)
+        if self.antialias and zoom < 1:                      # pad the box for the filter's reach
+            reach = int(math.ceil(3 * _antialias_sigma(zoom))) + 1
+            x0, x1, y0, y1 = max(0, x0 - reach), min(w, x1 + reach), max(0, y0 - reach), min(h, y1 + reach)
         box = img[:, y0:y1, x0:x1].float().div(255)
+        if self.antialias and zoom < 1:
+            box = _lowpass(box, _antialias_sigma(zoom))
         gy, gx = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64), indexing="ij")
+        if H is not None:                                    # ref pixel -> unwarped position, then the affine
+            den = H[2, 0] * gx + H[2, 1] * gy + H[2, 2]
+            gx, gy = (H[0, 0] * gx + H[0, 1] * gy + H[0, 2]) / den, (H[1, 0] * gx + H[1, 1] * gy + H[1, 2]) / den
         px = A[0, 0] * gx + A[0, 1] * gy + t[0] - x0
         py = A[1, 0] * gx + A[1, 1] * gy + t[1] - y0
         bw, bh = x1 - x0, y1 - y0
         grid = torch.stack([2 * px / max(bw - 1, 1) - 1, 2 * py / max(bh - 1, 1) - 1], -1).float()
         view = F.grid_sample(box[None], grid[None], mode="bilinear", padding_mode="reflection", align_corners=True)[0]
-        return view.clamp(0, 1), A, t
+        return view.clamp(0, 1), A, t, H
 
     # ------------------------------------------------------------------ item
     def __getitem__(self, index: int) -> dict:
@@ -290,22 +370,31 @@ class ViewPairDataset(Dataset):
         if unrelated:
             sh, sw = self.photos[other].shape[-2:]
             center = (self._uniform(g, 0, sw - 1), self._uniform(g, 0, sh - 1))
-        ref, A, t = self._view(self.photos[other if unrelated else k], center, g)
+        ref, A, t, H = self._view(self.photos[other if unrelated else k], center, g)
         # flips / quarter turns of both views (as if the photo had been flipped), cheaper
         # on the crops than on the photo; the correspondence is conjugated accordingly
         hr, ref = flip_rot(hr, **flips), flip_rot(ref, **flips)
 
         if unrelated:
             affine = np.full((2, 3), np.nan)
+            homography = np.full((3, 3), np.nan)
             coords = torch.full((2, p, p), float("nan"))
         else:
             inv = np.linalg.inv(A)                           # ref pixel = inv @ (photo point - t)
             hr_to_ref = np.eye(3)
             hr_to_ref[:2] = np.concatenate([inv, (inv @ (np.array([x0, y0]) - t))[:, None]], 1)
-            affine = (_flip_matrix(r, **flips) @ hr_to_ref @ np.linalg.inv(_flip_matrix(p, **flips)))[:2]
             gy, gx = torch.meshgrid(torch.arange(p, dtype=torch.float64), torch.arange(p, dtype=torch.float64), indexing="ij")
-            coords = torch.stack([affine[0, 0] * gx + affine[0, 1] * gy + affine[0, 2],
-                                  affine[1, 0] * gx + affine[1, 1] * gy + affine[1, 2]])
+            if H is None:
+                affine = (_flip_matrix(r, **flips) @ hr_to_ref @ np.linalg.inv(_flip_matrix(p, **flips)))[:2]
+                homography = np.concatenate([affine, [[0.0, 0.0, 1.0]]])
+                coords = torch.stack([affine[0, 0] * gx + affine[0, 1] * gy + affine[0, 2],
+                                      affine[1, 0] * gx + affine[1, 1] * gy + affine[1, 2]])
+            else:                                            # undo the perspective warp last
+                homography = (_flip_matrix(r, **flips) @ np.linalg.inv(H) @ hr_to_ref
+                              @ np.linalg.inv(_flip_matrix(p, **flips)))
+                homography = homography / homography[2, 2]
+                coords = _apply_homography(homography, gx, gy)
+                affine = _linearise(homography, (p - 1) / 2)
             inside = ((coords >= 0) & (coords <= r - 1)).all(0)
             coords = torch.where(inside[None], coords, torch.full_like(coords, float("nan"))).float()
         if color:
@@ -323,6 +412,7 @@ class ViewPairDataset(Dataset):
             "ref_coords": coords.contiguous(),
             "ref_valid": torch.isfinite(coords).all(0, keepdim=True),
             "ref_affine": torch.from_numpy(affine).float(),
+            "ref_homography": torch.from_numpy(homography).float(),
             "shuffle": shuffle,
             "photo": self.names[k],
             "ref_photo": self.names[other if unrelated else k],

@@ -1,7 +1,7 @@
 """Training configuration: a YAML file -> nested dataclasses, validated with clear errors.
 
-A file has the sections ``stage``, ``model``, ``data``, ``optim``, ``loss``, ``init`` and
-``train`` (see ``train/configs/paper_stage1.yaml`` for every key with a comment). Unknown
+A file has the sections ``stage``, ``model``, ``data``, ``degradation``, ``optim``, ``loss``,
+``init`` and ``train`` (see ``train/configs/paper_stage1.yaml`` for every key with a comment). Unknown
 keys, wrong types and inconsistent values raise :class:`ConfigError` naming the key and the
 file. Command-line overrides use dotted keys: ``train.max_steps=10``, values parsed as YAML.
 
@@ -20,8 +20,12 @@ from typing import Any, Optional, Union
 
 import yaml
 
-__all__ = ["ConfigError", "ModelSection", "SyntheticSection", "ViewsSection", "DataSection", "OptimSection", "LossSection",
-           "InitSection", "TrainSection", "TrainConfig", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "ModelSection", "SyntheticSection", "ViewsSection", "DataSection", "DegradationSection",
+           "OptimSection", "LossSection", "InitSection", "TrainSection", "TrainConfig", "load_config", "parse_overrides",
+           "DEGRADATION_KINDS"]
+
+#: Values of ``degradation.kind``.
+DEGRADATION_KINDS = ("bicubic", "realworld")
 
 
 class ConfigError(ValueError):
@@ -50,8 +54,9 @@ class SyntheticSection:
 @dataclass
 class ViewsSection:
     """Ref/LR pairs made from single photos (:class:`frfsr.data.views.ViewPairDataset`): the Ref
-    is another view of the same scene (offset, zoom, rotation, colour change, optional block
-    shuffle), or with probability ``p_unrelated`` a view of another photo."""
+    is another view of the same scene (offset, zoom, rotation, optional perspective warp,
+    colour change, optional block shuffle), or with probability ``p_unrelated`` a view of
+    another photo."""
 
     photos: Optional[list] = None       # skimage.data names; null = frfsr.data.views.TRAIN_PHOTOS
     ref_patch: Optional[int] = None     # Ref side; null = data.patch
@@ -59,6 +64,8 @@ class ViewsSection:
     scale_range: list = field(default_factory=lambda: [0.8, 1.25])
     max_rotation: float = 10.0          # degrees
     max_offset: float = 0.25            # fraction of the patch, per axis
+    max_perspective: float = 0.0        # corner moves of a perspective warp, fraction of ref_patch (0 = none)
+    antialias: bool = False             # low-pass the photo before sampling zoomed-out (zoom < 1) views
     color: bool = True                  # brightness / contrast / saturation change of the Ref
     p_shuffle: float = 0.0
     shuffle_choices: list = field(default_factory=lambda: [2, 4, 8])
@@ -78,6 +85,27 @@ class DataSection:
     ref_jitter: Union[bool, dict] = False
     synthetic: Optional[SyntheticSection] = None
     views: Optional[ViewsSection] = None   # train on views of photos instead of CUFED (root is then unused)
+
+
+@dataclass
+class DegradationSection:
+    """How the LR of each training batch is made from its HR. ``bicubic``: the data's own LR
+    (PIL bicubic x1/4 of the 8-bit HR, the paper's protocol). ``realworld``: made on the
+    training device by :class:`frfsr.data.realworld.RealWorldDegradation` (blur, resize,
+    noise and JPEG twice, then resize to HR/4 and JPEG); ``first`` / ``second`` / ``final``
+    change the fields of its :class:`~frfsr.data.realworld.RealWorldOptions` (missing ones keep
+    their defaults)."""
+
+    kind: str = "bicubic"
+    first: dict = field(default_factory=dict)     # frfsr.data.realworld.DegradationStage fields, first round
+    second: dict = field(default_factory=dict)    # the same, second round
+    final: dict = field(default_factory=dict)     # frfsr.data.realworld.FinalStage fields
+
+    def options(self):
+        """The :class:`~frfsr.data.realworld.RealWorldOptions` of these keys."""
+        from ..data.realworld import RealWorldOptions
+        return RealWorldOptions.from_dict({"first": self.first, "second": self.second, "final": self.final},
+                                          prefix="degradation.")
 
 
 @dataclass
@@ -150,6 +178,7 @@ class TrainConfig:
     stage: int = 1
     model: Optional[ModelSection] = None
     data: DataSection = field(default_factory=DataSection)
+    degradation: DegradationSection = field(default_factory=DegradationSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossSection = field(default_factory=LossSection)
     init: InitSection = field(default_factory=InitSection)
@@ -224,6 +253,20 @@ class TrainConfig:
                 fail("data.views.p_unrelated and data.views.p_shuffle must be in [0, 1]")
             if v.length < 1 or len(v.scale_range) != 2:
                 fail("data.views.length must be >= 1 and data.views.scale_range two numbers")
+            if not (all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.scale_range)
+                    and 0 < v.scale_range[0] <= v.scale_range[1]):
+                fail(f"data.views.scale_range must be [low, high] with 0 < low <= high (Ref zoom); got {v.scale_range!r}")
+            if not 0 <= v.max_rotation <= 180:
+                fail(f"data.views.max_rotation must be in [0, 180] degrees; got {v.max_rotation}")
+            if not 0 <= v.max_perspective <= 0.25:
+                fail(f"data.views.max_perspective must be in [0, 0.25] (a fraction of the Ref side); got {v.max_perspective}")
+        g = self.degradation
+        if g.kind not in DEGRADATION_KINDS:
+            fail(f"degradation.kind must be one of {', '.join(DEGRADATION_KINDS)}; got {g.kind!r}")
+        try:
+            g.options()                     # checked whatever the kind, so that a typo never waits for a switch
+        except (TypeError, ValueError) as e:
+            fail(str(e))
         if l.perceptual_net not in ("vgg19", "ref_extractor"):
             fail(f"loss.perceptual_net must be vgg19 or ref_extractor; got {l.perceptual_net!r}")
         from ..data import SHUFFLE_LEVELS

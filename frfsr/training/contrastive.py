@@ -5,6 +5,10 @@ only feeds the argmax of the patch matching, so the restoration loss gives it no
 Like C2-Matching's teacher, it is trained on its own, from pairs whose dense correspondence
 is known: an LR view (bicubic-upsampled exactly as :meth:`frfsr.FRFSR.match` does) and a Ref
 view of the same photo made by a known warp (:class:`frfsr.data.views.ViewPairDataset`).
+With ``degradation: {kind: realworld}`` the LR views are made on the training device by
+:class:`frfsr.data.realworld.RealWorldDegradation` (blur, resize, noise, JPEG) instead of
+the bicubic ones, so that the LR trunk learns to match real, degraded inputs; the held-out
+evaluation keeps the bicubic LRs, comparable across runs.
 
 Objective (our choice: InfoNCE rather than C2-Matching's margin triplet loss, because it
 uses every negative at once and has a single hyper-parameter, the temperature):
@@ -46,8 +50,8 @@ from ..config import FRFSRConfig
 from ..models.texture_encoder import TextureEncoder
 
 __all__ = ["DEFAULT_CONFIG", "PREFIX", "lr_upsample", "texture_coords", "contrastive_loss", "matching_accuracy",
-           "evaluate_encoder", "model_config", "merge_config", "encoder_state_dict", "load_encoder_weights",
-           "train_encoder"]
+           "evaluate_encoder", "model_config", "merge_config", "degradation_from_config", "encoder_state_dict",
+           "load_encoder_weights", "train_encoder"]
 
 PREFIX = "texture_encoder."
 """Key prefix of the saved weights: the encoder's names inside an :class:`frfsr.FRFSR`."""
@@ -62,6 +66,8 @@ DEFAULT_CONFIG: dict = {
         "scale_range": [0.8, 1.25],
         "max_rotation": 10.0,
         "max_offset": 0.25,
+        "max_perspective": 0.0,      # perspective warp of the Ref (corner moves, fraction of ref_patch)
+        "antialias": False,          # low-pass the photo before sampling zoomed-out Refs
         "color": True,
         "p_shuffle": 0.3,
         "shuffle_choices": [2, 4],
@@ -86,6 +92,9 @@ DEFAULT_CONFIG: dict = {
         "tie_init": True,            # start the Ref trunk as a copy of the LR trunk (C2-Matching starts
                                      # both from one VGG16); ignored with `init`
     },
+    # how the training LR views are made: bicubic (the dataset's) or realworld (on the device;
+    # first / second / final: fields of frfsr.data.realworld.RealWorldOptions to change)
+    "degradation": {"kind": "bicubic", "first": {}, "second": {}, "final": {}},
     "eval": {"kinds": ["relevant", "medium", "unrelated"], "n": 12, "patch": 96, "seed": 0},
 }
 
@@ -195,8 +204,24 @@ def matching_accuracy(encoder: TextureEncoder, lr: torch.Tensor, ref: torch.Tens
             "mean_score": float(score.mean())}
 
 
-def _stack(pairs: list[dict]) -> dict:
-    return {key: torch.stack([p[key] for p in pairs]) for key in ("lr", "ref", "ref_coords")}
+def _stack(pairs: list[dict], keys=("lr", "ref", "ref_coords")) -> dict:
+    return {key: torch.stack([p[key] for p in pairs]) for key in keys}
+
+
+def _stack_with_hr(pairs: list[dict]) -> dict:
+    return _stack(pairs, ("hr", "lr", "ref", "ref_coords"))
+
+
+def degradation_from_config(config: dict):
+    """The :class:`frfsr.data.realworld.RealWorldDegradation` of ``config['degradation']``,
+    or None for ``kind: bicubic``. Bad kinds or options raise ``ValueError`` naming the key."""
+    from ..data.realworld import RealWorldDegradation, RealWorldOptions
+    d = dict(config.get("degradation") or {})
+    kind = d.pop("kind", "bicubic")
+    if kind not in ("bicubic", "realworld"):
+        raise ValueError(f"degradation.kind must be bicubic or realworld; got {kind!r}")
+    options = RealWorldOptions.from_dict({k: v for k, v in d.items() if v}, prefix="degradation.")
+    return RealWorldDegradation(options) if kind == "realworld" else None
 
 
 @torch.no_grad()
@@ -290,6 +315,7 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
 
     cfg = merge_config(config)
     tc, dc, ec = cfg["train"], cfg["data"], cfg["eval"]
+    degrade = degradation_from_config(cfg)
     if max_steps is not None:
         tc["steps"] = int(max_steps)
     if max_minutes is not None:
@@ -316,11 +342,12 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
     dataset = ViewPairDataset(photos, patch=dc["patch"], ref_patch=dc["ref_patch"],
                               length=max(1, steps) * bs * accelerator.num_processes,
                               scale_range=dc["scale_range"], max_rotation=dc["max_rotation"],
-                              max_offset=dc["max_offset"], color=dc["color"], p_shuffle=dc["p_shuffle"],
+                              max_offset=dc["max_offset"], max_perspective=dc["max_perspective"],
+                              antialias=dc["antialias"], color=dc["color"], p_shuffle=dc["p_shuffle"],
                               shuffle_choices=dc["shuffle_choices"], p_unrelated=dc["p_unrelated"],
                               seed=int(tc["seed"]))
     loader = DataLoader(dataset, batch_size=bs, shuffle=False, drop_last=True, num_workers=int(dc["num_workers"]),
-                        collate_fn=_stack)
+                        collate_fn=_stack if degrade is None else _stack_with_hr)
     eval_sets = {}
     if accelerator.is_main_process:
         eval_sets = {kind: heldout_pairs(kind, patch=ec["patch"], n=ec["n"], seed=ec["seed"], photos=eval_photos)
@@ -365,6 +392,11 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
     for batch in loader:
         if step >= steps:
             break
+        if degrade is not None:                  # real-world LR views, seeded by (seed, step, rank)
+            from ..data.realworld import device_generator
+            g = device_generator(batch["hr"].device, (int(tc["seed"]) * 1_000_003 + step) * 64 + accelerator.process_index)
+            with torch.no_grad():
+                batch["lr"] = degrade(batch["hr"], generator=g)
         f_lr, f_ref = model(lr_upsample(batch["lr"]), batch["ref"])
         loss, stats = contrastive_loss(f_lr, f_ref, texture_coords(batch["ref_coords"]),
                                        samples_per_image=int(tc["samples_per_image"]),

@@ -7,10 +7,16 @@ and, after ``loss.l1_warmup_steps`` L1-only steps, adds the VGG19 perceptual los
 WGAN-GP adversarial loss with a discriminator step per generator step (C2-Matching's
 schedule). Learning rates follow MultiStep milestones counted in optimiser steps.
 
+With ``degradation.kind: realworld`` the LR of every micro-batch is made on the training
+device from its HR by :class:`frfsr.data.realworld.RealWorldDegradation` (the data's bicubic
+LR is dropped); the Ref stays as the data gives it.
+
 Reproducibility: the data order and augmentations are a function of (seed, epoch, index)
 only (each epoch's dataset is seeded and its permutation drawn from a seeded generator), so
-a resumed run sees exactly the batches an uninterrupted one would; the gradient penalty's
-interpolation weights come from a generator seeded by (seed, step, rank).
+a resumed run sees exactly the batches an uninterrupted one would; the real-world
+degradations come from a generator seeded by (seed, micro-batch, rank), on the training
+device; the gradient penalty's interpolation weights come from a generator seeded by
+(seed, step, rank).
 """
 from __future__ import annotations
 
@@ -67,6 +73,9 @@ def _mix(*ints: int) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
+_DEGRADE_STREAM = 0xDE6                 # keeps the degradation seeds apart from the others
+
+
 class Trainer:
     """Builds the model, optimisers, schedulers and data of a :class:`TrainConfig` and runs
     :meth:`fit`. :meth:`train_step` runs one optimiser step on given micro-batches (used by
@@ -110,6 +119,10 @@ class Trainer:
             self.perceptual.to(acc.device)
         acc.register_for_checkpointing(*self.schedulers)
         set_seed(t.seed, device_specific=True)
+        self.degrade = None                 # real-world LR maker (degradation.kind: realworld)
+        if cfg.degradation.kind == "realworld":
+            from ..data.realworld import RealWorldDegradation
+            self.degrade = RealWorldDegradation(cfg.degradation.options())
         self.step = 0                       # optimiser steps done
         self.micro = 0                      # micro-batches consumed per process
         self._data_ready = False
@@ -189,7 +202,8 @@ class Trainer:
             self._photos = load_skimage_photos(names)
         return ViewPairDataset(self._photos, patch=d.patch, ref_patch=v.ref_patch, length=v.length,
                                scale_range=tuple(v.scale_range), max_rotation=v.max_rotation,
-                               max_offset=v.max_offset, color=v.color, p_shuffle=v.p_shuffle,
+                               max_offset=v.max_offset, max_perspective=v.max_perspective, antialias=v.antialias,
+                               color=v.color, p_shuffle=v.p_shuffle,
                                shuffle_choices=tuple(v.shuffle_choices), p_unrelated=v.p_unrelated,
                                flip=d.augment, seed=self._epoch_seed(epoch))
 
@@ -215,6 +229,7 @@ class Trainer:
         self._setup_data()
         d = self.cfg.data
         epoch, offset = divmod(start_micro, self.batches_per_epoch)
+        micro = start_micro
         while True:
             ds = self._dataset(epoch)
             indices = self._rank_indices(epoch, len(ds))[offset * d.batch_size:]
@@ -222,8 +237,20 @@ class Trainer:
                                 collate_fn=collate_train, drop_last=True,
                                 pin_memory=self.acc.device.type == "cuda")
             for batch in loader:
-                yield {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
+                batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
+                if self.degrade is not None:
+                    batch["lr"] = self.degraded_lr(batch["hr"], micro)
+                micro += 1
+                yield batch
             epoch, offset = epoch + 1, 0
+
+    def degraded_lr(self, hr: torch.Tensor, micro: int) -> torch.Tensor:
+        """The real-world LR of micro-batch number ``micro`` (of this process) from its HR, on
+        the HR's device; the same for the same (seed, micro, rank)."""
+        from ..data.realworld import device_generator
+        g = device_generator(hr.device, _mix(self.cfg.train.seed, micro, self.acc.process_index, _DEGRADE_STREAM))
+        with torch.no_grad():
+            return self.degrade(hr, generator=g)
 
     # ------------------------------------------------------------------ one step
     def _generator_losses(self, sr, hr, full: bool) -> dict[str, torch.Tensor]:
