@@ -256,25 +256,25 @@ class FRFSR(nn.Module, PretrainedMixin):
         return EncodedRefs(tuple(images), textures, feats, layout, tuple(sources))
 
     # ------------------------------------------------------------------ steps
-    def match(self, lr: torch.Tensor, ref, match_mode: str | None = None) -> Correspondence:
+    def match(self, lr: torch.Tensor, ref, match_mode: str | None = None, *, check: bool = True) -> Correspondence:
         """Correlation-based texture warp, matching step (paper eq. 5-9). ``ref``: Ref
         tensor(s) or an :class:`EncodedRefs`. ``match_mode``: "exact" (every LR patch against
         every Ref patch, the release's), "fast" (coarse-to-fine, cost linear in the LR) or
         "auto" (fast above :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`); None: ``self.match_mode``
-        (default "auto"; :meth:`use_match_mode` sets it for a block)."""
+        (default "auto"; :meth:`use_match_mode` sets it for a block). ``check=False``: ``lr``
+        was checked already (:meth:`check_lr`) and ``ref`` is encoded Refs that serve it, as
+        for each tile of :meth:`restore_tile`."""
         mode = self.match_mode if match_mode is None else match_mode
         if mode not in MATCH_MODES:
             raise ValueError(f"unknown match_mode {mode!r}; accepted: {', '.join(MATCH_MODES)}")
-        self.check_lr(lr)
-        check_dtype(lr, "lr", self.dtype)
-        refs = self.encode_refs(ref, lr.shape[0])          # Ref tensors are checked there
-        if isinstance(ref, EncodedRefs):
+        if check:
+            self.check_lr(lr)
+            check_dtype(lr, "lr", self.dtype)
+        refs = self.encode_refs(ref, lr.shape[0])              # Ref tensors are checked there
+        if check:
             self.check_encoded(refs, lr.shape[0])
-        if refs.images[0].device != lr.device:
-            raise ValueError(f"the Refs are on {refs.images[0].device} but lr is on {lr.device}")
-        return self._match(lr, refs, mode)
-
-    def _match(self, lr: torch.Tensor, refs: EncodedRefs, mode: str) -> Correspondence:
+            if refs.images[0].device != lr.device:
+                raise ValueError(f"the Refs are on {refs.images[0].device} but lr is on {lr.device}")
         b, p = lr.shape[0], self.config.patch_size
         lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
         lr_tex = self.texture_encoder.encode_lr(lr_up)
@@ -331,7 +331,7 @@ class FRFSR(nn.Module, PretrainedMixin):
         :meth:`check_lr` (no checks repeated per tile). ``origin`` (y, x, LR pixels): where the
         tile starts in the whole LR, so the Ref is read "at the same position" as untiled.
         What :mod:`frfsr.tiling` runs per tile."""
-        tex = dataclasses.replace(self.align(self._match(lr, refs, self.match_mode)), origin=origin)
+        tex = dataclasses.replace(self.align(self.match(lr, refs, check=False)), origin=origin)
         return self.restore(lr, tex), tex
 
     def forward(self, lr: torch.Tensor, ref) -> torch.Tensor:
