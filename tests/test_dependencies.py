@@ -17,8 +17,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 MODULE_OF = {"huggingface-hub": "huggingface_hub", "pillow": "PIL", "pypng": "png", "pyyaml": "yaml",
              "scikit-image": "skimage"}
 # imported only inside a try / where available: the fused kernels, LPIPS in evaluation, a free-RAM probe,
-# and ComfyUI's own modules (the node pack runs inside ComfyUI)
-OPTIONAL = {"triton", "lpips", "psutil", "comfy", "folder_paths", "server", "comfy_execution", "nodes"}
+# matplotlib where it holds the sample photo to fetch (or its wheel is passed), and ComfyUI's own
+# modules (the node pack runs inside ComfyUI)
+OPTIONAL = {"triton", "lpips", "psutil", "matplotlib", "comfy", "folder_paths", "server", "comfy_execution", "nodes"}
 TRAINING_ONLY = ("frfsr/training/", "frfsr/data/", "frfsr/evaluate.py")
 
 

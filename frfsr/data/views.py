@@ -28,10 +28,12 @@ With a perspective warp the map from HR to Ref pixels is a homography (``ref_hom
 ``ref_coords`` follow it exactly. This is what the contrastive texture-encoder training
 (:mod:`frfsr.training.contrastive`) learns from.
 
-Photos: :func:`load_skimage_photos` reads the photographs bundled with scikit-image
-(``skimage.data``, no download). :data:`TRAIN_PHOTOS` are for training,
+Photos: :mod:`frfsr.data.photos` holds the table of photo sources and their training /
+held-out splits. :func:`load_skimage_photos` reads the photographs bundled with scikit-image
+(``skimage.data``, no download); :data:`TRAIN_PHOTOS` are for training,
 :data:`HELDOUT_PHOTOS` are never trained on and feed :func:`heldout_pairs`, a fixed
-evaluation set.
+evaluation set. :class:`ViewPairDataset` also takes photo names of any source
+(``wallpapers:Path``, ``matplotlib:grace_hopper``) or image paths.
 """
 from __future__ import annotations
 
@@ -45,22 +47,11 @@ from torch.utils.data import Dataset
 
 from .augment import SHUFFLE_LEVELS, color_jitter, flip_rot, sample_flip_rot, shuffle_blocks
 from .degrade import bicubic_downsample
+# the photo table lives in .photos; these names stay importable from here
+from .photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, load_photos, load_skimage_photos
 
 __all__ = ["TRAIN_PHOTOS", "HELDOUT_PHOTOS", "DEFAULT_VIEW_JITTER", "HELDOUT_KINDS",
            "load_skimage_photos", "ViewPairDataset", "heldout_pairs"]
-
-#: Photos of ``skimage.data`` used for training (all load offline from scikit-image's own
-#: files). Colour: astronaut, immunohistochemistry, hubble_deep_field, retina, colorwheel,
-#: logo (RGBA -> RGB), the left view of stereo_motorcycle; grayscale (-> RGB): camera,
-#: brick, grass, gravel, coins, moon, clock, cell, page, text.
-TRAIN_PHOTOS = ("astronaut", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel", "logo",
-                "stereo_motorcycle", "camera", "brick", "grass", "gravel", "coins", "moon", "clock", "cell",
-                "page", "text")
-
-#: Photos never trained on: an evaluation set of natural colour photos with textures
-#: (coffee cup and beans, a rocket on its launch pad, a cat's fur). ``skimage.data.cat`` is
-#: the same image as ``chelsea``, so it is excluded from training too.
-HELDOUT_PHOTOS = ("coffee", "rocket", "chelsea")
 
 #: Colour change of the Ref view (:func:`frfsr.data.color_jitter` strengths).
 DEFAULT_VIEW_JITTER = {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25}
@@ -68,55 +59,6 @@ DEFAULT_VIEW_JITTER = {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25}
 #: Kinds of :func:`heldout_pairs`: a relevant Ref, an unrelated Ref, and the relevant Ref
 #: block-shuffled 2x2 / 4x4 / 8x8 (:data:`frfsr.data.SHUFFLE_LEVELS`).
 HELDOUT_KINDS = ("relevant", "unrelated", "easy", "medium", "hard")
-
-_SKIMAGE_ALIASES = {"cat": "chelsea"}
-_photo_cache: dict[str, np.ndarray] = {}
-
-
-def load_skimage_photos(names=None) -> dict[str, np.ndarray]:
-    """Load ``skimage.data`` photographs as ``name -> (H, W, 3) uint8`` arrays.
-
-    ``names`` defaults to :data:`TRAIN_PHOTOS` + :data:`HELDOUT_PHOTOS`. Grayscale images are
-    repeated to RGB, RGBA drops alpha, ``stereo_motorcycle`` gives its left view. Results are
-    cached (read-only arrays). Names that scikit-image cannot provide offline (some need a
-    download) raise ``ValueError`` naming them.
-    """
-    try:
-        import skimage.data as skdata
-    except ImportError as e:  # scikit-image is a test / training extra, not a core dependency
-        raise ImportError("load_skimage_photos needs scikit-image (pip install scikit-image)") from e
-    names = list(TRAIN_PHOTOS + HELDOUT_PHOTOS) if names is None else list(names)
-    out, failed = {}, []
-    for name in names:
-        if name not in _photo_cache:
-            fn = getattr(skdata, _SKIMAGE_ALIASES.get(name, name), None)
-            try:
-                if fn is None or not callable(fn):
-                    raise AttributeError(name)
-                img = fn()
-            except Exception as e:  # noqa: BLE001 - missing files, pooch downloads without internet, ...
-                failed.append(f"{name} ({type(e).__name__})")
-                continue
-            if isinstance(img, tuple):          # stereo_motorcycle: (left, right, disparity)
-                img = img[0]
-            img = np.asarray(img)
-            if img.dtype == bool:
-                img = img.astype(np.uint8) * 255
-            if img.dtype != np.uint8:
-                raise ValueError(f"skimage.data.{name} is {img.dtype}, expected uint8")
-            if img.ndim == 2:
-                img = np.repeat(img[:, :, None], 3, axis=2)
-            elif img.shape[2] == 4:
-                img = img[:, :, :3]
-            img = np.ascontiguousarray(img)
-            img.setflags(write=False)
-            _photo_cache[name] = img
-        if name in _photo_cache:
-            out[name] = _photo_cache[name]
-    if failed:
-        raise ValueError(f"skimage.data photo(s) not available offline: {', '.join(failed)}")
-    return out
-
 
 def _rotation(theta: float) -> np.ndarray:
     c, s = math.cos(theta), math.sin(theta)
@@ -201,7 +143,8 @@ class ViewPairDataset(Dataset):
     """Ref/LR pairs made from photos: see the module docstring for what an item holds.
 
     Args:
-        photos: ``name -> (H, W, 3) uint8`` array (e.g. from :func:`load_skimage_photos`);
+        photos: ``name -> (H, W, 3) uint8`` array (e.g. from :func:`load_skimage_photos`), or
+            a list of photo names / image paths (:func:`frfsr.data.photos.load_photos`);
             every photo must be at least ``patch`` pixels on each side; two or more photos are
             needed when ``p_unrelated > 0``. Item ``i`` is cut from photo ``i % len(photos)``.
         patch: HR size (a multiple of 4); ``ref_patch``: Ref size (default ``patch``).
@@ -243,6 +186,8 @@ class ViewPairDataset(Dataset):
                  max_perspective: float = 0.0, antialias: bool = False):
         if not photos:
             raise ValueError("ViewPairDataset needs at least one photo")
+        if not isinstance(photos, dict):            # names of any photo source, or image paths
+            photos = load_photos(photos)
         if isinstance(patch, bool) or not isinstance(patch, int) or patch < 16 or patch % 4:
             raise ValueError(f"patch must be a multiple of 4 and >= 16; got {patch!r}")
         ref_patch = patch if ref_patch is None else ref_patch

@@ -1,0 +1,457 @@
+"""Real inputs on held-out photos: degraded LRs, Refs at another zoom or angle, no Ref at all.
+
+Every *kind* of input pairs one LR with one Ref, both cut from the held-out photos of
+:mod:`frfsr.data.photos` (never trained on; every source):
+
+* the *scene* is the photo at half its resolution (PIL bicubic), so that the full-resolution
+  photo can serve as a Ref with twice the detail; the HR is a ``patch`` x ``patch`` crop of
+  the scene (8-bit), ``crops`` deterministic crops per photo (seeded, flat crops redrawn);
+* LR kinds: ``clean`` and every ``ref_*`` / ``self`` / ``unrelated`` kind use the PIL-bicubic
+  x1/4 of the HR (the CUFED protocol); ``jpeg50`` / ``jpeg70`` / ``jpeg90`` save that LR as a
+  JPEG of that quality (PIL, 4:2:0); ``blur_noise`` blurs the HR with a Gaussian of sigma
+  :data:`BLUR_SIGMA` (HR pixels) before the x1/4 and adds Gaussian noise of sigma
+  :data:`NOISE_SIGMA` (seeded), then rounds to 8 bits;
+* Ref kinds: another view of the same scene, its field of view moved by a quarter of its
+  side from the HR's centre (right and down, or left and up on alternate crops), at the HR's
+  zoom (``clean``, the JPEG and ``blur_noise`` kinds), at half the magnification
+  (``ref_zoom0.5``: twice the field of view, antialiased), at twice the magnification
+  (``ref_zoom2``: half the field, cut from the full-resolution photo: real detail), or
+  rotated by 15 / 30 degrees (``ref_rot15``, ``ref_rot30``: bilinear); ``self`` gives the
+  bicubic-upsampled LR as the Ref (the model alone); ``unrelated`` gives the same-zoom Ref of
+  the same crop of the next held-out photo. A Ref is ``patch`` x ``patch`` pixels, smaller
+  where the photo cannot hold its field of view (``ref_zoom0.5`` on scikit-image's photos).
+
+:func:`evaluate` reports per model and kind the PSNR-Y / SSIM-Y (4-pixel border, float
+images) of bicubic, of the model with the kind's Ref, and of the model alone (the self Ref
+for the same LR), the gain (model - bicubic), the Ref gain (model - model alone) and the mean
+relevance (:attr:`frfsr.Correspondence.relevance`). ``frfsr evaluate --layout heldout`` and
+``benchmarks/eval_default.py`` run it and print a markdown table (:func:`markdown`).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["KINDS", "LR_KINDS", "BLUR_SIGMA", "NOISE_SIGMA", "SCENE_SCALE", "Case", "Scene", "load_scene",
+           "crop_positions", "jpeg", "blur_noise", "degrade_lr", "make_ref", "build_cases", "evaluate",
+           "markdown", "add_arguments", "run"]
+
+#: Every kind, in table order (see the module docstring).
+KINDS = ("clean", "jpeg50", "jpeg70", "jpeg90", "blur_noise", "ref_zoom0.5", "ref_zoom2", "ref_rot15", "ref_rot30",
+         "self", "unrelated")
+#: Kinds whose LR is degraded (all others use the clean LR).
+LR_KINDS = ("jpeg50", "jpeg70", "jpeg90", "blur_noise")
+BLUR_SIGMA = 1.0            # HR pixels
+NOISE_SIGMA = 5 / 255       # on the [0, 1] scale, added to the LR
+SCENE_SCALE = 0.5           # scene pixels per photo pixel
+DEFAULT_PATCH, DEFAULT_CROPS = 128, 3
+_REF_GEOMETRY = {"ref_zoom0.5": (0.5, 0.0), "ref_zoom2": (2.0, 0.0), "ref_rot15": (1.0, 15.0), "ref_rot30": (1.0, 30.0)}
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(",".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def _check_kinds(kinds) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"unknown kind(s) {', '.join(map(repr, bad)) or '(none given)'}; accepted: {', '.join(KINDS)}")
+    return kinds
+
+
+# ---------------------------------------------------------------------- scenes and crops
+@dataclass
+class Scene:
+    """A photo (3, H, W uint8) and its scene, the photo at :data:`SCENE_SCALE` (uint8)."""
+
+    name: str
+    photo: torch.Tensor
+    scene: torch.Tensor
+
+
+def load_scene(name: str) -> Scene:
+    """The :class:`Scene` of a photo (any name :func:`frfsr.data.photos.load_photo` takes)."""
+    from .data.degrade import bicubic_resize
+    from .data.photos import load_photo
+    arr = load_photo(name)
+    h, w = arr.shape[:2]
+    scene = bicubic_resize(np.ascontiguousarray(arr), (round(h * SCENE_SCALE), round(w * SCENE_SCALE)))
+    to_t = lambda a: torch.from_numpy(np.array(a)).permute(2, 0, 1).contiguous()  # noqa: E731
+    return Scene(str(name), to_t(arr), to_t(scene))
+
+
+def crop_positions(scene: Scene, patch: int, n: int, seed: int = 0, min_std: float = 0.04) -> list[tuple[int, int]]:
+    """``n`` (y, x) corners of ``patch`` x ``patch`` HR crops of the scene, a fixed function of
+    (photo name, patch, n, seed); crops flatter than ``min_std`` are redrawn (up to 20 times)."""
+    _, h, w = scene.scene.shape
+    if min(h, w) < patch:
+        raise ValueError(f"{scene.name}: its scene ({h}x{w}, the photo at {SCENE_SCALE}) is smaller than patch={patch}")
+    g = torch.Generator().manual_seed(_seed("crops", scene.name, patch, n, seed))
+    out = []
+    for _ in range(n):
+        for _ in range(20):
+            y = int(torch.randint(0, h - patch + 1, (), generator=g))
+            x = int(torch.randint(0, w - patch + 1, (), generator=g))
+            if scene.scene[:, y:y + patch, x:x + patch].float().div(255).std() >= min_std:
+                break
+        out.append((y, x))
+    return out
+
+
+# ---------------------------------------------------------------------- degradations
+def _u8(img: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] or uint8 -> (H, W, 3) uint8."""
+    if img.dtype != torch.uint8:
+        img = img.clamp(0, 1).mul(255).round().to(torch.uint8)
+    return np.ascontiguousarray(img.permute(1, 2, 0).numpy())
+
+
+def _float(arr) -> torch.Tensor:
+    t = torch.from_numpy(np.array(arr)) if isinstance(arr, np.ndarray) else arr
+    if t.dim() == 3 and t.shape[-1] == 3 and t.shape[0] != 3:
+        t = t.permute(2, 0, 1)
+    return t.float().div(255) if t.dtype == torch.uint8 else t.float()
+
+
+def jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """``img`` (3, H, W; float in [0, 1] or uint8) saved as a JPEG of ``quality`` (PIL, 4:2:0
+    chroma) and read back, float in [0, 1]."""
+    from PIL import Image
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be 1..100; got {quality!r}")
+    buf = io.BytesIO()
+    Image.fromarray(_u8(img)).save(buf, format="JPEG", quality=int(quality), subsampling=2)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return _float(np.asarray(im.convert("RGB")))
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = img.shape[0]
+    out = F.pad(img[None], (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out[0]
+
+
+def blur_noise(hr: torch.Tensor, sigma: float = BLUR_SIGMA, noise: float = NOISE_SIGMA,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The LR of ``hr`` (3, H, W) for a blurry, noisy camera: Gaussian blur of ``sigma`` HR
+    pixels, PIL bicubic x1/4, Gaussian noise of ``noise`` (seeded by ``generator``), 8 bits."""
+    from .data.degrade import bicubic_downsample
+    lr = bicubic_downsample(_gaussian_blur(_float(hr), sigma), 4)
+    lr = lr + noise * torch.randn(lr.shape, generator=generator)
+    return lr.clamp(0, 1).mul(255).round().div(255)
+
+
+def degrade_lr(hr: torch.Tensor, kind: str, seed: int = 0) -> torch.Tensor:
+    """The LR (3, H/4, W/4, float) of the 8-bit HR crop ``hr`` (3, H, W uint8) for ``kind``."""
+    from .data.degrade import bicubic_downsample
+    _check_kinds([kind])
+    if kind == "blur_noise":
+        return blur_noise(hr, generator=torch.Generator().manual_seed(seed))
+    lr = _float(bicubic_downsample(hr.contiguous(), 4))
+    if kind.startswith("jpeg"):
+        return jpeg(lr, int(kind[4:]))
+    return lr
+
+
+def _field(center: float, extent: float, size: int) -> float:
+    """A field of view's start along one axis: centred on ``center``, kept in [0, size)."""
+    start = center - extent / 2
+    return float(min(max(start, 0.0), max(size - extent, 0.0)))
+
+
+def make_ref(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1) -> torch.Tensor:
+    """The Ref (3, h, w float) of ``kind`` for the HR crop at (y, x) of the scene: another view
+    whose field of view is centred a quarter of its side away from the HR's centre (``sign``
+    +1: right and down, -1: left and up); see the module docstring."""
+    from .data.degrade import bicubic_resize
+    zoom, angle = _REF_GEOMETRY.get(kind, (1.0, 0.0))
+    _, sh, sw = scene.scene.shape
+    cy, cx = y + patch / 2, x + patch / 2
+    fy, fx = min(patch / zoom, sh), min(patch / zoom, sw)          # field of view, scene pixels
+    cy, cx = cy + sign * fy / 4, cx + sign * fx / 4
+    if angle:
+        theta = math.radians(angle)
+        half = (patch - 1) / 2
+        ext = half * (abs(math.cos(theta)) + abs(math.sin(theta)))      # half extent of the rotated footprint
+        cy = min(max(cy, ext), sh - 1 - ext) if 2 * ext < sh - 1 else (sh - 1) / 2
+        cx = min(max(cx, ext), sw - 1 - ext) if 2 * ext < sw - 1 else (sw - 1) / 2
+        g = torch.arange(patch, dtype=torch.float64) - half
+        gy, gx = torch.meshgrid(g, g, indexing="ij")
+        c, s = math.cos(theta), math.sin(theta)
+        px, py = cx - 0.5 + c * gx - s * gy, cy - 0.5 + s * gx + c * gy      # pixel-centre coordinates
+        grid = torch.stack([2 * px / (sw - 1) - 1, 2 * py / (sh - 1) - 1], -1).float()
+        out = F.grid_sample(_float(scene.scene)[None], grid[None], mode="bilinear", padding_mode="reflection",
+                            align_corners=True)[0]
+        return out.clamp(0, 1).mul(255).round().div(255)
+    y0, x0 = _field(cy, fy, sh), _field(cx, fx, sw)
+    if zoom == 2.0:        # from the full-resolution photo: the field at twice the detail
+        ph, pw = scene.photo.shape[-2:]
+        n_y, n_x = min(round(fy * 2), ph), min(round(fx * 2), pw)
+        Y0, X0 = min(round(y0 * 2), ph - n_y), min(round(x0 * 2), pw - n_x)
+        return _float(scene.photo[:, Y0:Y0 + n_y, X0:X0 + n_x])
+    n_y, n_x = round(fy), round(fx)
+    Y0, X0 = min(round(y0), sh - n_y), min(round(x0), sw - n_x)
+    field = scene.scene[:, Y0:Y0 + n_y, X0:X0 + n_x]
+    if zoom == 1.0:
+        return _float(field)
+    size = (max(1, round(n_y * zoom)), max(1, round(n_x * zoom)))
+    return _float(bicubic_resize(_u8(field), size))
+
+
+# ---------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One LR/Ref pair: ``hr`` (3, P, P), ``lr`` (3, P/4, P/4), ``ref`` (3, h, w), float in
+    [0, 1]; ``lr_key`` names the LR (photo, crop, LR degradation) so that the model alone runs
+    once per LR."""
+
+    photo: str
+    crop: int
+    kind: str
+    hr: torch.Tensor
+    lr: torch.Tensor
+    ref: torch.Tensor
+    ref_photo: str
+
+    @property
+    def lr_key(self) -> tuple:
+        return self.photo, self.crop, self.kind if self.kind in LR_KINDS else "clean"
+
+
+def build_cases(photos=None, kinds=KINDS, patch: int = DEFAULT_PATCH, crops: int = DEFAULT_CROPS,
+                seed: int = 0, sources=None) -> list[Case]:
+    """Every (photo, crop, kind) :class:`Case`, a fixed function of the arguments. ``photos``:
+    names (default: every held-out photo of ``sources``, all sources by default: a source
+    not fetched raises :class:`frfsr.data.photos.PhotoNotFetched`). ``unrelated`` needs two
+    photos or more."""
+    from .data.photos import heldout_photos
+    kinds = _check_kinds(kinds)
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 64 or patch % 4:
+        raise ValueError(f"patch must be a multiple of 4 and at least 64; got {patch!r}")
+    names = list(heldout_photos(sources) if photos is None else photos)
+    if "unrelated" in kinds and len(names) < 2:
+        raise ValueError("the 'unrelated' kind needs at least two photos")
+    scenes = [load_scene(n) for n in names]
+    corners = [crop_positions(s, patch, crops, seed) for s in scenes]
+    cases = []
+    for i, (sc, pos) in enumerate(zip(scenes, corners)):
+        for j, (y, x) in enumerate(pos):
+            hr8 = sc.scene[:, y:y + patch, x:x + patch]
+            sign = 1 if j % 2 == 0 else -1
+            lrs: dict[str, torch.Tensor] = {}
+            for kind in kinds:
+                lr_kind = kind if kind in LR_KINDS else "clean"
+                if lr_kind not in lrs:
+                    lrs[lr_kind] = degrade_lr(hr8, lr_kind, _seed("lr", sc.name, j, lr_kind, seed))
+                lr = lrs[lr_kind]
+                ref_photo = sc.name
+                if kind == "self":
+                    from .data.degrade import bicubic_upsample
+                    ref = bicubic_upsample(lr, 4).clamp(0, 1)
+                elif kind == "unrelated":
+                    k = (i + 1) % len(scenes)
+                    oy, ox = corners[k][j]
+                    ref, ref_photo = make_ref(scenes[k], oy, ox, patch, "clean", sign), scenes[k].name
+                else:
+                    ref = make_ref(sc, y, x, patch, kind, sign)
+                cases.append(Case(sc.name, j, kind, _float(hr8), lr, ref, ref_photo))
+    return cases
+
+
+# ---------------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def _run_model(model, lr: torch.Tensor, ref: torch.Tensor, ref_scales=None) -> tuple[torch.Tensor, float]:
+    """SR (3, 4h, 4w) of one LR with one Ref, and the relevance."""
+    dev, dtype = model.device, model.dtype
+    lr_b, ref_b = lr[None].to(dev, dtype), ref[None].to(dev, dtype)
+    refs = model.encode_refs(ref_b, 1, scales=ref_scales) if ref_scales else ref_b
+    corr = model.match(lr_b, refs)
+    sr = model.restore(lr_b, model.align(corr)).sr[0].float().clamp(0, 1).cpu()
+    return sr, float(corr.relevance[0])
+
+
+def _mean(vals):
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None) -> dict:
+    """Metrics of every model on ``cases``: ``{"rows": [...], "cases": [...]}``. A row per
+    (model, kind): ``model, kind, n, bicubic_psnr, bicubic_ssim, psnr, ssim, alone_psnr,
+    alone_ssim, gain, ref_gain, relevance, alone_relevance``; a case entry per (model, case)
+    with the per-image values. ``ref_scales``: the Ref scale pyramid for the kinds' Refs
+    (the self Ref of the model alone is matched as given). ``progress(done, total)``."""
+    from .data.degrade import bicubic_upsample
+    from .metrics import psnr_y, ssim_y
+    kinds = list(dict.fromkeys(c.kind for c in cases))
+    per_case, rows = [], []
+    total, done = len(models) * len(cases), 0
+    bic_cache: dict[tuple, tuple[float, float]] = {}
+    for label, model in models.items():
+        alone: dict[tuple, tuple] = {}
+        for c in cases:
+            if c.lr_key not in bic_cache:
+                bic = bicubic_upsample(c.lr, 4).clamp(0, 1)
+                bic_cache[c.lr_key] = (psnr_y(bic[None], c.hr[None]), ssim_y(bic[None], c.hr[None]))
+            if c.lr_key not in alone:
+                sr, rel = _run_model(model, c.lr, bicubic_upsample(c.lr, 4).clamp(0, 1))
+                alone[c.lr_key] = (psnr_y(sr[None], c.hr[None]), ssim_y(sr[None], c.hr[None]), rel)
+            if c.kind == "self":
+                p, s, rel = alone[c.lr_key]
+            else:
+                sr, rel = _run_model(model, c.lr, c.ref, ref_scales)
+                p, s = psnr_y(sr[None], c.hr[None]), ssim_y(sr[None], c.hr[None])
+            bp, bs = bic_cache[c.lr_key]
+            ap, as_, arel = alone[c.lr_key]
+            per_case.append({"model": label, "photo": c.photo, "crop": c.crop, "kind": c.kind, "ref_photo": c.ref_photo,
+                             "ref_size": list(c.ref.shape[-2:]), "bicubic_psnr": bp, "bicubic_ssim": bs, "psnr": p,
+                             "ssim": s, "alone_psnr": ap, "alone_ssim": as_, "relevance": rel,
+                             "alone_relevance": arel})
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        for kind in kinds:
+            rs = [r for r in per_case if r["model"] == label and r["kind"] == kind]
+            row = {"model": label, "kind": kind, "n": len(rs)}
+            for key in ("bicubic_psnr", "bicubic_ssim", "psnr", "ssim", "alone_psnr", "alone_ssim", "relevance",
+                        "alone_relevance"):
+                row[key] = _mean([r[key] for r in rs])
+            row["gain"] = row["psnr"] - row["bicubic_psnr"]
+            row["ref_gain"] = row["psnr"] - row["alone_psnr"]
+            rows.append(row)
+    return {"rows": rows, "cases": per_case}
+
+
+_KIND_LABELS = {
+    "clean": "clean LR, Ref: another view, same zoom",
+    "jpeg50": "LR as JPEG q50, same-zoom Ref",
+    "jpeg70": "LR as JPEG q70, same-zoom Ref",
+    "jpeg90": "LR as JPEG q90, same-zoom Ref",
+    "blur_noise": "LR blurred (sigma 1) + noise (5/255), same-zoom Ref",
+    "ref_zoom0.5": "Ref at half the zoom (2x field of view)",
+    "ref_zoom2": "Ref at twice the zoom (half the field, 2x detail)",
+    "ref_rot15": "Ref rotated 15 degrees",
+    "ref_rot30": "Ref rotated 30 degrees",
+    "self": "no Ref (LR as its own Ref)",
+    "unrelated": "Ref from another held-out photo",
+}
+
+
+def markdown(result: dict) -> str:
+    """The rows as a markdown table: per kind, bicubic then, per model, PSNR-Y / SSIM-Y with
+    the kind's Ref and alone, gain, Ref gain and relevance."""
+    rows = result["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    head = ["kind", "input", "pairs", "bicubic"]
+    for m in models:
+        pre = f"{m}: " if len(models) > 1 else ""
+        head += [f"{pre}model", f"{pre}model alone", f"{pre}gain", f"{pre}Ref gain", f"{pre}relevance"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    by = {(r["model"], r["kind"]): r for r in rows}
+    for kind in kinds:
+        first = by[(models[0], kind)]
+        cells = [f"`{kind}`", _KIND_LABELS.get(kind, kind), str(first["n"]),
+                 f"{first['bicubic_psnr']:.2f} / {first['bicubic_ssim']:.4f}"]
+        for m in models:
+            r = by[(m, kind)]
+            cells += [f"{r['psnr']:.2f} / {r['ssim']:.4f}", f"{r['alone_psnr']:.2f} / {r['alone_ssim']:.4f}",
+                      f"{r['gain']:+.2f}", f"{r['ref_gain']:+.2f}", f"{r['relevance']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- command line
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def add_arguments(p: argparse.ArgumentParser, weights_flag: bool = True) -> None:
+    """The held-out evaluation's options (``--weights``, ``--kinds``, ...) on ``p``."""
+    g = p.add_argument_group("held-out real-input evaluation (--layout heldout)")
+    if weights_flag:
+        g.add_argument("--weights", nargs="+", metavar="W",
+                       help="model folders / Hub repo ids / 'default' (the bundled weights) to put side by side "
+                            "(default: --model, else the bundled weights)")
+    g.add_argument("--names", nargs="+", help="a label per --weights entry (default: the names given)")
+    g.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
+                   help=f"input kinds (default: all: {' '.join(KINDS)})")
+    g.add_argument("--ref-scales", type=float, nargs="+", metavar="S",
+                   help="match every kind's Ref also at these factors (the Ref scale pyramid), e.g. 1 0.71 0.5")
+    g.add_argument("--sources", nargs="+", metavar="SRC",
+                   help="photo sources whose held-out photos are used (default: all; see frfsr.data.photos)")
+    g.add_argument("--patch", type=int, default=DEFAULT_PATCH, help="HR crop side (default: %(default)s)")
+    g.add_argument("--crops", type=int, default=DEFAULT_CROPS, help="crops per photo (default: %(default)s)")
+    g.add_argument("--json", metavar="PATH", help="also write the rows and per-case values as JSON")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _load(weights: str, device: str):
+    from .pipeline import FRFSRPipeline
+    name = None if weights in (None, "default", "frfsr-default") else weights
+    return FRFSRPipeline.from_pretrained(name, device=device).model.eval()
+
+
+def run(args: argparse.Namespace, command: str | None = None) -> int:
+    """Run the evaluation from parsed :func:`add_arguments` options; prints the markdown
+    table (and writes ``--json``). Returns the exit code."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = list(getattr(args, "weights", None) or [getattr(args, "model", None) or "default"])
+    names = list(args.names or weights)
+    if len(names) != len(weights):
+        raise ValueError(f"give one --names label per --weights entry ({len(weights)}), got {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"the model labels must differ; got {names} (use --names)")
+    device = getattr(args, "device", None) or "cpu"
+    t0 = time.perf_counter()
+    cases = build_cases(kinds=args.kinds, patch=args.patch, crops=args.crops, seed=getattr(args, "seed", 0) or 0,
+                        sources=args.sources)
+    models = {n: _load(w, device) for n, w in zip(names, weights)}
+
+    def progress(done, total):
+        if done % 20 == 0 or done == total:
+            print(f"  {done}/{total} runs, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    result = evaluate(models, cases, ref_scales=args.ref_scales, progress=progress)
+    seconds = time.perf_counter() - t0
+    photos = sorted({c.photo for c in cases})
+    result["config"] = {"weights": dict(zip(names, weights)), "kinds": list(args.kinds), "patch": args.patch,
+                        "crops": args.crops, "photos": photos, "ref_scales": args.ref_scales,
+                        "seed": getattr(args, "seed", 0) or 0, "command": command}
+    result["env"] = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "device": device, "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d")}
+    print(markdown(result))
+    print(f"\n({len(photos)} held-out photos x {args.crops} crops, HR {args.patch}x{args.patch}, "
+          f"{seconds:.0f} s on {cpu_name()}, {torch.get_num_threads()} threads)", file=sys.stderr)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
