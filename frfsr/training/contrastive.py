@@ -311,7 +311,7 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
-    from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset, heldout_pairs, load_skimage_photos
+    from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset, heldout_pairs, load_photos
 
     cfg = merge_config(config)
     tc, dc, ec = cfg["train"], cfg["data"], cfg["eval"]
@@ -334,7 +334,7 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
     elif tc["tie_init"]:
         encoder.ref_trunk.load_state_dict(encoder.lr_trunk.state_dict())
     if photos is None:
-        photos = load_skimage_photos(dc["photos"] or TRAIN_PHOTOS)
+        photos = load_photos(dc["photos"] or TRAIN_PHOTOS)
     leaked = set(photos) & set(HELDOUT_PHOTOS + ("cat",))
     if leaked and eval_photos is None:
         raise ValueError(f"training photos include held-out photo(s): {', '.join(sorted(leaked))}")

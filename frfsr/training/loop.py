@@ -191,15 +191,16 @@ class Trainer:
                                  ref_jitter=d.ref_jitter, seed=self._epoch_seed(epoch))
 
     def _views_dataset(self, epoch: int):
-        """Ref/LR views of the training photos (never :data:`HELDOUT_PHOTOS`), seeded per epoch."""
-        from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset, load_skimage_photos
+        """Ref/LR views of the training photos (never a held-out photo of any source), seeded per epoch."""
+        from ..data.photos import split_of
+        from ..data.views import TRAIN_PHOTOS, ViewPairDataset, load_photos
         d, v = self.cfg.data, self.cfg.data.views
         if getattr(self, "_photos", None) is None:
             names = list(v.photos or TRAIN_PHOTOS)
-            leaked = sorted(set(names) & set(HELDOUT_PHOTOS + ("cat",)))
+            leaked = sorted(str(n) for n in names if split_of(n) == "heldout")
             if leaked:
                 raise ValueError(f"data.views.photos includes held-out photo(s) {leaked}; they are for evaluation only")
-            self._photos = load_skimage_photos(names)
+            self._photos = load_photos(names)
         return ViewPairDataset(self._photos, patch=d.patch, ref_patch=v.ref_patch, length=v.length,
                                scale_range=tuple(v.scale_range), max_rotation=v.max_rotation,
                                max_offset=v.max_offset, max_perspective=v.max_perspective, antialias=v.antialias,
