@@ -29,8 +29,13 @@ def check_image(t, name: str, min_size: int, check_finite: bool = True) -> torch
     h, w = t.shape[-2:]
     if h < min_size or w < min_size:
         raise ValueError(f"{name} is {h}x{w}; the minimum size is {min_size}x{min_size}")
-    if check_finite and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    if check_finite:
+        finite = torch.isfinite(t).all()
+        if torch.compiler.is_compiling():
+            # a traced graph cannot branch on tensor values: the check runs as an assertion in the graph
+            torch._assert_async(finite, f"{name} contains NaN or Inf values")
+        elif not bool(finite):
+            raise ValueError(f"{name} contains NaN or Inf values")
     return t
 
 
