@@ -13,7 +13,11 @@ class FRFSRWarning(UserWarning):
 
 
 def check_image(t, name: str, min_size: int, check_finite: bool = True) -> torch.Tensor:
-    """A (B, 3, H, W) floating tensor in [0, 1], at least ``min_size`` on each side."""
+    """A (B, 3, H, W) floating tensor in [0, 1], at least ``min_size`` on each side.
+
+    ``check_finite``: NaN/Inf raise ``ValueError`` (one host sync). Under ``torch.compile``
+    the check is an assertion inside the graph instead (no graph break): ``RuntimeError`` on
+    CPU, a device-side assertion on CUDA; pass False to leave it out."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(t).__name__}")
     if t.dim() != 4:
