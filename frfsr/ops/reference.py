@@ -214,13 +214,13 @@ def pair(v, name: str = "value") -> tuple[int, int]:
 class _DeformPlan:
     """Geometry of one :func:`deform_conv` call in the compute dtype, shared by the forward
     and the backward pass: the (padded) input per deformable group, the weight as a matrix,
-    the tap positions and the output-row chunks."""
+    the tap positions and the output-row chunks. The arguments are checked by the caller."""
 
     def __init__(self, x, offset, mask, weight, stride, padding, dilation, max_column_elems):
-        self.G = G = check_deform_conv_args(x, offset, mask, weight, None, stride, dilation, padding)
         B, cin, h_in, w_in = x.shape
         cout, _, kh, kw = weight.shape
         K = kh * kw
+        self.G = G = offset.shape[1] // (2 * K)
         self.dtype = dtype = _compute_dtype(x, offset, mask, weight)
         x, self.offset, self.mask, weight = (t.to(dtype) for t in (x, offset, mask, weight))
         self.h_out, self.w_out = h_out, w_out = offset.shape[-2:]
