@@ -515,16 +515,16 @@ def test_deform_conv_and_ddf_gradients_agree_between_backends_through_the_ops():
 
 def _opcheck_cases():
     g = _gen(47)
-    query, key, _ = _separated_pair(1, 4, 5, 6, 7, 7, 3, seed=48)
+    query, key, _ = _separated_pair(1, 4, 4, 5, 6, 6, 2, seed=48)
     query.requires_grad_()
     key.requires_grad_()
-    x, off, mask, w, b = _dcn_inputs(1, 4, 4, 5, 3, 2, 3, 3, 3, 4, 1.5, True, seed=49)
+    x, off, mask, w, b = _dcn_inputs(1, 2, 4, 5, 3, 1, 2, 2, 3, 4, 1.5, True, seed=49)   # 2x2 taps, 1 group
     xd, cf, sf = (_randn(1, 3, 4, 5, g=g, requires_grad=True), _randn(1, 3, 9, g=g, requires_grad=True),
                   _randn(1, 9, 4, 5, g=g, requires_grad=True))
     go_dc, go_ddf = _randn(1, 3, 3, 4, g=g), _randn(1, 3, 4, 5, g=g)
     f = torch.ops.frfsr
     return {
-        "patch_match": (f.patch_match.default, (query, key, 3, None)),
+        "patch_match": (f.patch_match.default, (query, key, 2, None)),
         "deform_conv": (f.deform_conv.default, (x, off, mask, w, b, [1, 1], [1, 1], [1, 1])),
         "deform_conv_backward": (f.deform_conv_backward.default,
                                  (go_dc, *(t.detach() for t in (x, off, mask, w, b)), [1, 1], [1, 1], [1, 1],

@@ -584,7 +584,7 @@ def _opcheck_cases(dtype=torch.float64, device="cpu"):
     return [
         ("patch_match", torch.ops.frfsr.patch_match.default, (q, k, 3, None)),
         ("patch_match", torch.ops.frfsr.patch_match.default, (q, k, 2, 5)),
-        ("window_match", torch.ops.frfsr.window_match.default, (q, k, flows, 2, 1, 3, None)),
+        ("window_match", torch.ops.frfsr.window_match.default, (q[:1], k[:1], flows[:1], 2, 1, 3, None)),
         ("deform_conv", torch.ops.frfsr.deform_conv.default, (x, off, mask, w, b, [1, 1], [1, 1], [1, 1])),
         ("deform_conv", torch.ops.frfsr.deform_conv.default,
          (x, off, mask.detach(), w, None, [1, 1], [1, 2], [1, 1])),
@@ -597,11 +597,16 @@ def _opcheck_cases(dtype=torch.float64, device="cpu"):
     ]
 
 
-@pytest.mark.parametrize("i", range(9))
+_OPCHECK_IDS = ["patch_match", "patch_match-p2-blocks", "window_match", "deform_conv", "deform_conv-no-bias",
+                "deform_conv_backward", "ddf", "ddf-flat-filter-dilation2", "ddf_backward"]
+
+
+@pytest.mark.parametrize("i", range(len(_OPCHECK_IDS)), ids=_OPCHECK_IDS)
 def test_opcheck_reference(i):
     """torch.library.opcheck: schema, fake kernel against the real one, autograd registration
     and AOT dispatch (forward and backward traced, static and dynamic shapes)."""
     name, op, args = _opcheck_cases()[i]
+    assert _OPCHECK_IDS[i].split("-")[0] == name
     torch.library.opcheck(op, (*args, "reference"))
 
 
