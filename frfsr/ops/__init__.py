@@ -5,13 +5,15 @@ Every operator is registered with :mod:`torch.library` in the namespace ``frfsr`
 operators ``deform_conv_backward`` and ``ddf_backward``; :mod:`frfsr.ops.custom_ops`). The
 functions below keep the plain signatures and call them. Each operator has
 
-* a reference kernel in plain PyTorch (:mod:`frfsr.ops.reference`, :mod:`frfsr.ops.window`):
-  CPU and GPU, the ground truth, and the CUDA fallback;
+* a reference kernel in plain PyTorch (:mod:`frfsr.ops.reference`, :mod:`frfsr.ops.window`,
+  whose functions also work on their own, differentiable by autograd): CPU and GPU, the
+  ground truth, and the CUDA fallback;
 * a fused Triton kernel (:mod:`frfsr.ops.triton`): CUDA tensors, or CPU tensors under the
   Triton interpreter (``TRITON_INTERPRET=1`` set before Triton is imported);
 * a fake (meta) kernel, which validates the arguments and gives the output shapes, so
   ``torch.compile`` traces a model with these operators in one graph (``fullgraph=True``);
-  the operators themselves are opaque to the compiler;
+  the operators themselves are opaque to the compiler. (:func:`fast_patch_match` sizes its
+  search from the data, which costs a graph break; exact matching does not);
 * one autograd formula for both kernels (below).
 
 Backend choice, from highest to lowest priority:
