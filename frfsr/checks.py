@@ -14,7 +14,11 @@ class FRFSRWarning(UserWarning):
 
 def check_image(t, name: str, min_size: int, check_finite: bool = True, what: str = "") -> torch.Tensor:
     """A (B, 3, H, W) floating tensor in [0, 1], at least ``min_size`` on each side
-    (``what``: "LR" or "Ref", for the message)."""
+    (``what``: "LR" or "Ref", for the message).
+
+    ``check_finite``: NaN/Inf raise ``ValueError`` (one host sync). Under ``torch.compile``
+    the check is an assertion inside the graph instead (no graph break): ``RuntimeError`` on
+    CPU, a device-side assertion on CUDA; pass False to leave it out."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(t).__name__}")
     if t.dim() != 4:
@@ -30,8 +34,13 @@ def check_image(t, name: str, min_size: int, check_finite: bool = True, what: st
     h, w = t.shape[-2:]
     if h < min_size or w < min_size:
         raise ValueError(f"{name} is {h}x{w}; the minimum {what + ' ' if what else ''}size is {min_size}x{min_size}")
-    if check_finite and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    if check_finite:
+        finite = torch.isfinite(t).all()
+        if torch.compiler.is_compiling():
+            # a traced graph cannot branch on tensor values: the check runs as an assertion in the graph
+            torch._assert_async(finite, f"{name} contains NaN or Inf values")
+        elif not bool(finite):
+            raise ValueError(f"{name} contains NaN or Inf values")
     return t
 
 

@@ -467,5 +467,82 @@ def test_dispatcher_fused_backend_calls_the_kernels(monkeypatch, name):
         _assert_close(out, r_out, 1e-4)
 
 
+# --------------------------------------------------------------------------------------
+# the custom operators: one gradient semantics for both backends, opcheck
+# --------------------------------------------------------------------------------------
+
+def _grads_per_backend(fn, inputs, seed):
+    """Outputs of ``fn(*inputs)`` and the gradients w.r.t. ``inputs`` under each backend."""
+    res = {}
+    for backend in ("reference", "fused"):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        with ops.use_backend(backend):
+            out = fn(*leaves)
+        go = torch.randn(out.shape, generator=_gen(seed)).to(out.device)
+        res[backend] = (out, torch.autograd.grad(out, leaves, go))
+    return res
+
+
+def test_patch_match_score_gradient_is_the_same_for_both_backends():
+    """Before the custom ops the fused score had no gradient; now both backends share one
+    backward, so wherever they pick the same patches the gradients agree."""
+    query, key, expect = _separated_pair(2, 4, 6, 7, 9, 10, 3, seed=41)
+    res = _grads_per_backend(lambda q, k: ops.patch_match(q, k, 3)[0], (query, key), seed=42)
+    with ops.use_backend("fused"):
+        assert torch.equal(ops.patch_match(query, key, 3)[1], expect)
+    (r_out, r_grads), (f_out, f_grads) = res["reference"], res["fused"]
+    _assert_close(f_out, r_out, 1e-5, "score")
+    for name, a, e in zip(("query", "key"), f_grads, r_grads):
+        assert e.abs().sum() > 0
+        _assert_close(a, e, 1e-5, f"grad_{name}")
+
+
+def test_deform_conv_and_ddf_gradients_agree_between_backends_through_the_ops():
+    x, off, mask, w, b = _dcn_inputs(1, 4, 5, 6, 3, 2, 3, 3, 4, 5, 2.0, True, seed=43)
+    res = _grads_per_backend(lambda *a: ops.deform_conv(*a, stride=1, padding=1, dilation=1),
+                             (x, off, mask, w, b), seed=44)
+    _assert_close(res["fused"][0], res["reference"][0], 1e-4, "deform_conv out")
+    for name, a, e in zip(("x", "offset", "mask", "weight", "bias"), res["fused"][1], res["reference"][1]):
+        _assert_close(a, e, 1e-4, f"deform_conv grad_{name}")
+    g = _gen(45)
+    x, cf, sf = _randn(2, 3, 5, 6, g=g), _randn(2, 3, 3, 3, g=g), _randn(2, 9, 5, 6, g=g)
+    res = _grads_per_backend(lambda a, c, s: ops.ddf(a, c, s, 3, 2), (x, cf, sf), seed=46)
+    _assert_close(res["fused"][0], res["reference"][0], 1e-5, "ddf out")
+    for name, a, e in zip(("x", "channel_filter", "spatial_filter"), res["fused"][1], res["reference"][1]):
+        assert a.shape == e.shape
+        _assert_close(a, e, 4e-5, f"ddf grad_{name}")
+
+
+def _opcheck_cases():
+    g = _gen(47)
+    query, key, _ = _separated_pair(1, 4, 4, 5, 6, 6, 2, seed=48)
+    query.requires_grad_()
+    key.requires_grad_()
+    x, off, mask, w, b = _dcn_inputs(1, 2, 4, 5, 3, 1, 2, 2, 3, 4, 1.5, True, seed=49)   # 2x2 taps, 1 group
+    xd, cf, sf = (_randn(1, 3, 4, 5, g=g, requires_grad=True), _randn(1, 3, 9, g=g, requires_grad=True),
+                  _randn(1, 9, 4, 5, g=g, requires_grad=True))
+    go_dc, go_ddf = _randn(1, 3, 3, 4, g=g), _randn(1, 3, 4, 5, g=g)
+    f = torch.ops.frfsr
+    return {
+        "patch_match": (f.patch_match.default, (query, key, 2, None)),
+        "deform_conv": (f.deform_conv.default, (x, off, mask, w, b, [1, 1], [1, 1], [1, 1])),
+        "deform_conv_backward": (f.deform_conv_backward.default,
+                                 (go_dc, *(t.detach() for t in (x, off, mask, w, b)), [1, 1], [1, 1], [1, 1],
+                                  [True, True, True, True, True])),
+        "ddf": (f.ddf.default, (xd, cf, sf, 3, 1)),
+        "ddf_backward": (f.ddf_backward.default,
+                         (go_ddf, xd.detach(), cf.detach(), sf.detach(), 3, 2, [True, True, True])),
+    }
+
+
+@pytest.mark.parametrize("name", ["patch_match", "deform_conv", "deform_conv_backward", "ddf", "ddf_backward"])
+def test_opcheck_fused(name):
+    """torch.library.opcheck with the fused kernels (Triton interpreter on CPU): the fake
+    kernel agrees with the Triton one, the schema holds, autograd is registered and AOT
+    dispatch traces forward and backward (window_match: tests/test_match_fast.py)."""
+    op, args = _opcheck_cases()[name]
+    torch.library.opcheck(op, (*args, "fused"))
+
+
 if _COMPILE_MAIN:
     print("\n".join(_compile_for_sm90()))

@@ -416,3 +416,282 @@ def test_ddf_validation():
         ref.ddf(x, cf, sf[..., :5])
     with pytest.raises(ValueError, match="spatial_filter shape"):
         ref.ddf(x, cf, sf[:, :8])
+
+
+# --------------------------------------------------------------------------------------
+# The custom operators (reference backend): backward formulas, gradcheck, opcheck
+# --------------------------------------------------------------------------------------
+
+import frfsr.ops as ops  # noqa: E402
+from frfsr.ops import custom_ops  # noqa: E402
+from frfsr.ops.window import window_match as window_match_reference  # noqa: E402
+
+
+def test_match_score_backward_is_the_autograd_of_both_references():
+    g = _rng(30)
+    for p in (1, 2, 3):
+        query = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+        key = torch.randn(2, 3, 8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        score, index = ref.patch_match(query, key, p)
+        go = torch.randn(score.shape, generator=g, dtype=torch.float64)
+        expected = torch.autograd.grad(score, (query, key), go)
+        got = ref.match_score_backward(go, query.detach(), key.detach(), index, p)
+        for a, e in zip(got, expected):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    # windowed matching
+    query = F.normalize(torch.randn(1, 4, 9, 9, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    key = F.normalize(torch.randn(1, 4, 11, 10, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    flows = torch.randint(-3, 3, (1, 2, 2, 2, 2), generator=g)
+    score, index = window_match_reference(query, key, flows, 4, 1)
+    go = torch.randn(score.shape, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(score, (query, key), go)
+    got = ref.match_score_backward(go, query.detach(), key.detach(), index, 3)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    # query patches without a candidate (index -1, score -inf) contribute nothing (autograd
+    # through the reference gives NaN there: -inf / (||q|| + 1e-5))
+    flows[0, 1, 1] = 40                                  # every window of that cell is off the key
+    score, index = window_match_reference(query, key, flows, 4, 1)
+    assert (index == -1).sum() == 9 and torch.isneginf(score).sum() == 9
+    got = ref.match_score_backward(go, query.detach(), key.detach(), index, 3)
+    masked = ref.match_score_backward(torch.where(index < 0, 0.0, go), query.detach(), key.detach(), index, 3)
+    for a, m in zip(got, masked):
+        assert torch.isfinite(a).all() and torch.equal(a, m)
+    assert torch.equal(got[0][0, :, 8, 8], torch.zeros(4, dtype=torch.float64))   # covered by those only
+
+
+@pytest.mark.parametrize("case", DEFORM_CASES)
+def test_deform_conv_backward_is_the_autograd_of_the_reference(case):
+    B, cin, cout, hin, win, ho, wo, kh, kw, G, bias, stride, padding, dilation = case
+    inputs = _deform_inputs(B, cin, cout, hin, win, ho, wo, kh, kw, G, 31, bias, stride, padding, dilation)
+    args = [t.clone().requires_grad_() if t is not None else None for t in inputs]
+    out = ref.deform_conv(*args, stride=stride, padding=padding, dilation=dilation)
+    go = torch.randn(out.shape, generator=_rng(32), dtype=torch.float64)
+    expected = torch.autograd.grad(out, [t for t in args if t is not None], go)
+    for limit in (None, 1):                              # one chunk, one output row per chunk
+        got = ref.deform_conv_backward(go, *inputs, stride=stride, padding=padding, dilation=dilation,
+                                       max_column_elems=limit)
+        assert (got[4] is None) == (not bias)
+        got = [a for a in got if a is not None]
+        assert len(got) == len(expected)
+        for a, e in zip(got, expected):
+            torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
+    partial = ref.deform_conv_backward(go, *inputs, stride=stride, padding=padding, dilation=dilation,
+                                       needs=(False, True, False, True, False))
+    assert partial[0] is None and partial[2] is None and partial[4] is None
+    assert partial[1] is not None and partial[3] is not None
+
+
+def test_deform_conv_pairs_of_stride_padding_dilation():
+    x, offset, mask, weight, b = _deform_inputs(1, 4, 2, 9, 10, 4, 3, 3, 3, 1, 33, True)
+    out = ref.deform_conv(x, offset, mask, weight, b, stride=(2, 3), padding=(1, 0), dilation=(1, 2))
+    expected, _ = bf_deform_conv_pairs(x, offset, mask, weight, b, (2, 3), (1, 0), (1, 2))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="pair"):
+        ref.deform_conv(x, offset, mask, weight, b, stride=(1, 1, 1))
+
+
+def bf_deform_conv_pairs(x, offset, mask, weight, bias, stride, padding, dilation):
+    """bf_deform_conv with (h, w) pairs, by sampling the image transposed for the w axis."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    x, offset, mask, weight = (t.double().numpy() for t in (x, offset, mask, weight))
+    B, cin = x.shape[:2]
+    cout, _, kh, kw = weight.shape
+    K = kh * kw
+    G = offset.shape[1] // (2 * K)
+    Ho, Wo = offset.shape[-2:]
+    out = np.zeros((B, cout, Ho, Wo))
+    for b in range(B):
+        for yo in range(Ho):
+            for xo in range(Wo):
+                for c in range(cin):
+                    g = c // (cin // G)
+                    for i in range(kh):
+                        for j in range(kw):
+                            k = i * kw + j
+                            y = yo * sh - ph + i * dh + offset[b, 2 * (g * K + k), yo, xo]
+                            xx = xo * sw - pw + j * dw + offset[b, 2 * (g * K + k) + 1, yo, xo]
+                            v = _bilinear(x[b, c], y, xx) * mask[b, g * K + k, yo, xo]
+                            out[b, :, yo, xo] += weight[:, c, i, j] * v
+    if bias is not None:
+        out += bias.double().numpy()[None, :, None, None]
+    return torch.from_numpy(out), None
+
+
+def test_ddf_backward_is_the_autograd_of_the_reference():
+    g = _rng(34)
+    x = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    cf = torch.randn(2, 3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    sf = torch.randn(2, 9, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    out = ref.ddf(x, cf, sf, 3, 2)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(out, (x, cf, sf), go)
+    got = ref.ddf_backward(go, x.detach(), cf.detach(), sf.detach(), 3, 2)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert ref.ddf_backward(go, x.detach(), cf.detach(), sf.detach(), 3, 2, (False, True, False))[::2] == (None, None)
+
+
+@pytest.fixture
+def reference_backend():
+    with ops.use_backend("reference"):
+        yield
+
+
+def test_custom_op_gradcheck_reference(reference_backend):
+    """gradcheck (float64, finite differences) of every operator through its custom op and
+    its registered backward, reference kernels."""
+    g = _rng(35)
+    q = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ops.patch_match(a, b, 2)[0], (q, k))
+    assert torch.autograd.gradcheck(lambda a, b: ops.patch_match(a, b, 2, max_block_elems=3)[0], (q, k))
+    q6 = torch.randn(1, 2, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    flows = torch.tensor([[0, 0], [1, -1]]).expand(1, 2, 2, 2, 2).contiguous()
+    assert torch.autograd.gradcheck(lambda a, b: ops.window_match(a, b, flows, 2, 1)[0], (q6, k))
+    # deform_conv: offsets away from the bilinear kinks (as test_deform_conv_gradcheck)
+    K, G = 4, 2
+    x = torch.randn(1, 2, 4, 3, generator=g, dtype=torch.float64)
+    offset = (torch.randint(-2, 2, (1, 2 * G * K, 3, 2), generator=g)
+              + 0.2 + 0.6 * torch.rand(1, 2 * G * K, 3, 2, generator=g)).double()
+    mask = torch.rand(1, G * K, 3, 2, generator=g, dtype=torch.float64)
+    weight = torch.randn(2, 2, 2, 2, generator=g, dtype=torch.float64)
+    bias = torch.randn(2, generator=g, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, offset, mask, weight, bias))
+    assert torch.autograd.gradcheck(lambda *a: ops.deform_conv(*a, stride=1, padding=1), inputs)
+    assert torch.autograd.gradcheck(lambda a, b: ops.deform_conv(a, offset.detach(), b, weight.detach(), None),
+                                    (x, mask))
+    x = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    cf = torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    sf = torch.randn(1, 9, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.ddf(a, b, c, 3, 2), (x, cf, sf))
+    assert torch.autograd.gradcheck(lambda b: ops.ddf(x.detach(), b, sf.detach(), 3, 1), (cf,))
+
+
+def _opcheck_cases(dtype=torch.float64, device="cpu"):
+    """(operator, args) with small inputs for torch.library.opcheck, backend given last."""
+    g = _rng(36)
+
+    def t(*shape, grad=True, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device, dtype).requires_grad_(grad)
+
+    q, k = t(2, 3, 5, 6), t(2, 3, 7, 6)
+    flows = torch.randint(-2, 3, (2, 2, 2, 2, 2), generator=g).to(device)
+    x, off, mask, w, b = t(1, 4, 5, 6), t(1, 36, 4, 5, scale=1.5), t(1, 18, 4, 5), t(3, 4, 3, 3), t(3)
+    xd, cf, sf = t(2, 3, 5, 4), t(2, 3, 3, 3), t(2, 9, 5, 4)
+    go_dc, go_ddf = t(1, 3, 4, 5, grad=False), t(2, 3, 5, 4, grad=False)
+    nograd = [a.detach() for a in (x, off, mask, w, b)]
+    return [
+        ("patch_match", torch.ops.frfsr.patch_match.default, (q, k, 3, None)),
+        ("patch_match", torch.ops.frfsr.patch_match.default, (q, k, 2, 5)),
+        ("window_match", torch.ops.frfsr.window_match.default, (q[:1], k[:1], flows[:1], 2, 1, 3, None)),
+        ("deform_conv", torch.ops.frfsr.deform_conv.default, (x, off, mask, w, b, [1, 1], [1, 1], [1, 1])),
+        ("deform_conv", torch.ops.frfsr.deform_conv.default,
+         (x, off, mask.detach(), w, None, [1, 1], [1, 2], [1, 1])),
+        ("deform_conv_backward", torch.ops.frfsr.deform_conv_backward.default,
+         (go_dc, *nograd, [1, 1], [1, 1], [1, 1], [True, True, True, True, True])),
+        ("ddf", torch.ops.frfsr.ddf.default, (xd, cf, sf, 3, 1)),
+        ("ddf", torch.ops.frfsr.ddf.default, (xd, cf.detach().flatten(2), sf, 3, 2)),
+        ("ddf_backward", torch.ops.frfsr.ddf_backward.default,
+         (go_ddf, xd.detach(), cf.detach(), sf.detach(), 3, 1, [True, False, True])),
+    ]
+
+
+_OPCHECK_IDS = ["patch_match", "patch_match-p2-blocks", "window_match", "deform_conv", "deform_conv-no-bias",
+                "deform_conv_backward", "ddf", "ddf-flat-filter-dilation2", "ddf_backward"]
+
+
+@pytest.mark.parametrize("i", range(len(_OPCHECK_IDS)), ids=_OPCHECK_IDS)
+def test_opcheck_reference(i):
+    """torch.library.opcheck: schema, fake kernel against the real one, autograd registration
+    and AOT dispatch (forward and backward traced, static and dynamic shapes)."""
+    name, op, args = _opcheck_cases()[i]
+    assert _OPCHECK_IDS[i].split("-")[0] == name
+    torch.library.opcheck(op, (*args, "reference"))
+
+
+def test_fake_kernels_validate_like_the_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        q, k = torch.empty(1, 3, 5, 5), torch.empty(1, 2, 6, 6)
+        with pytest.raises(ValueError, match="channel counts differ"):
+            torch.ops.frfsr.patch_match(q, k, 3, None, "reference")
+        with pytest.raises(ValueError, match="unknown ops backend"):
+            torch.ops.frfsr.ddf(torch.empty(1, 2, 4, 4), torch.empty(1, 2, 9), torch.empty(1, 9, 4, 4), 3, 1, "gpu")
+        score, index = torch.ops.frfsr.patch_match(q, torch.empty(1, 3, 6, 7), 3, None, "reference")
+        assert score.shape == index.shape == (1, 3, 3) and index.dtype == torch.int64
+    with pytest.raises(ValueError, match="floating query and key"):
+        ops.patch_match(torch.zeros(1, 3, 5, 5, dtype=torch.long), torch.zeros(1, 3, 5, 5, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------------------
+# The backend switch
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def clean_backend(monkeypatch):
+    monkeypatch.delenv("FRFSR_OPS_BACKEND", raising=False)
+    prev = ops._forced
+    ops.set_backend(None)
+    yield monkeypatch
+    ops.set_backend(prev)
+
+
+def test_use_backend_is_a_pure_context_manager(clean_backend):
+    assert ops.get_backend() == "auto"
+    cm = ops.use_backend("fused")                       # constructing it changes nothing
+    assert ops.get_backend() == "auto"
+    with cm as entered:
+        assert entered is cm and ops.get_backend() == "fused"
+        with ops.use_backend("reference"):
+            assert ops.get_backend() == "reference"
+        assert ops.get_backend() == "fused"
+        with cm:                                        # re-entrant
+            assert ops.get_backend() == "fused"
+        assert ops.get_backend() == "fused"
+    assert ops.get_backend() == "auto"
+    with pytest.raises(KeyError):
+        with ops.use_backend("reference"):
+            raise KeyError("restored on the way out")
+    assert ops.get_backend() == "auto"
+
+    @ops.use_backend("reference")                       # as a decorator: only during each call
+    def inside():
+        return ops.get_backend()
+
+    assert ops.get_backend() == "auto"
+    assert inside() == "reference" and inside() == "reference"
+    assert ops.get_backend() == "auto"
+    with pytest.raises(ValueError, match="unknown ops backend 'cuda'"):
+        ops.use_backend("cuda")
+    assert ops.get_backend() == "auto"
+
+
+def test_set_backend_is_global_and_the_priorities_hold(clean_backend):
+    monkeypatch = clean_backend
+    monkeypatch.setenv("FRFSR_OPS_BACKEND", "Reference ")
+    assert ops.get_backend() == "reference"              # the environment variable
+    ops.set_backend("auto")
+    assert ops.get_backend() == "auto"                   # set_backend beats the environment
+    with ops.use_backend("fused"):
+        assert ops.get_backend() == "fused"              # use_backend beats set_backend
+        ops.set_backend("reference")                     # changed inside a block: restored on leaving
+    assert ops.get_backend() == "auto"
+    with ops.use_backend(None):
+        assert ops.get_backend() == "reference"          # None: as if nothing were forced
+    ops.set_backend(None)
+    assert ops.get_backend() == "reference"
+    monkeypatch.setenv("FRFSR_OPS_BACKEND", "triton")
+    with pytest.raises(ValueError, match="unknown ops backend 'triton'"):
+        ops.get_backend()
+    with pytest.raises(ValueError, match="accepted: auto, reference, fused"):
+        ops.set_backend("gpu")
+
+
+def test_fused_without_triton_is_a_clear_error(clean_backend):
+    clean_backend.setattr(custom_ops, "fused_available", lambda: False)
+    q = torch.randn(1, 3, 5, 5)
+    with ops.use_backend("fused"), pytest.raises(RuntimeError, match="Triton is not importable"):
+        ops.patch_match(q, q)
+    with ops.use_backend("auto"):                         # auto falls back to the reference
+        assert ops._backend_for(q) == "reference"

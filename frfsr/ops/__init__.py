@@ -1,14 +1,51 @@
-"""Low-level operators with one dispatch point each.
+"""Low-level operators, each a PyTorch custom operator with two kernels.
 
-Every operator has a plain-PyTorch reference implementation (``frfsr.ops.reference``),
-which runs on CPU and GPU, supports autograd and is the ground truth, and optionally a
-fused Triton implementation (``frfsr.ops.triton``) used on CUDA tensors.
+Every operator is registered with :mod:`torch.library` in the namespace ``frfsr``
+(``torch.ops.frfsr.patch_match``, ``window_match``, ``deform_conv``, ``ddf``, and the backward
+operators ``deform_conv_backward`` and ``ddf_backward``; :mod:`frfsr.ops.custom_ops`). The
+functions below keep the plain signatures and call them. Each operator has
+
+* a reference kernel in plain PyTorch (:mod:`frfsr.ops.reference`, :mod:`frfsr.ops.window`,
+  whose functions also work on their own, differentiable by autograd): CPU and GPU, the
+  ground truth, and the CUDA fallback;
+* a fused Triton kernel (:mod:`frfsr.ops.triton`): CUDA tensors, or CPU tensors under the
+  Triton interpreter (``TRITON_INTERPRET=1`` set before Triton is imported);
+* a fake (meta) kernel, which validates the arguments and gives the output shapes, so
+  ``torch.compile`` traces a model with these operators in one graph (``fullgraph=True``);
+  the operators themselves are opaque to the compiler. (:func:`fast_patch_match` sizes its
+  search from the data, which costs a graph break; exact matching does not);
+* one autograd formula for both kernels (below).
 
 Backend choice, from highest to lowest priority:
 
-* ``frfsr.ops.use_backend("reference" | "fused" | "auto")`` (also a context manager),
-* the environment variable ``FRFSR_OPS_BACKEND`` (same values),
+* ``with frfsr.ops.use_backend("reference" | "fused" | "auto"):`` for a block (or as a
+  decorator, for each call of the function): constructing it changes nothing, entering it
+  forces the backend and leaving it restores the previous state;
+* ``frfsr.ops.set_backend(name)`` for the whole process (``set_backend(None)`` removes it);
+* the environment variable ``FRFSR_OPS_BACKEND`` (same values);
 * ``"auto"``: fused kernels for CUDA tensors when Triton imports, reference otherwise.
+
+The backend is resolved when a function below is called and handed to the operator as its
+last argument, so a ``torch.compile``-d caller is retraced when the choice changes.
+``"fused"`` without Triton raises ``RuntimeError``; the fused kernels raise it for CPU
+tensors outside the interpreter.
+
+Gradients (the same for both backends)
+--------------------------------------
+``patch_match``, ``window_match``
+    ``score`` is differentiable w.r.t. ``query`` and ``key`` through the selected key patch
+    (the selection held fixed): one PyTorch formula,
+    :func:`frfsr.ops.reference.match_score_backward`, whichever kernel matched. ``index`` is
+    not differentiable; a ``window_match`` position without candidates (index -1) gets no
+    gradient.
+``deform_conv``
+    Differentiable w.r.t. ``x``, ``offset``, ``mask``, ``weight`` and ``bias``, by the backward
+    kernel of the same backend (explicit formulas, chunked like the forward pass, in the
+    reference; Triton kernels in the fused one).
+``ddf``
+    Differentiable w.r.t. ``x`` and both filters, likewise.
+
+Double backward is not supported for ``deform_conv`` and ``ddf``.
 
 Operators
 ---------
@@ -31,8 +68,9 @@ Operators
 ``deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1)``
     Modulated deformable convolution (DCNv2). ``x`` (B, Cin, Hin, Win) of any size;
     ``offset`` (B, 2*G*K, Ho, Wo) holding (dy, dx) per deformable group and tap;
-    ``mask`` (B, G*K, Ho, Wo); ``weight`` (Cout, Cin, kh, kw). The output grid (Ho, Wo) is
-    taken from ``offset``, independent of the input size.
+    ``mask`` (B, G*K, Ho, Wo); ``weight`` (Cout, Cin, kh, kw); ``stride``, ``padding``,
+    ``dilation``: ints or (h, w) pairs. The output grid (Ho, Wo) is taken from ``offset``,
+    independent of the input size.
 
 ``ddf(x, channel_filter, spatial_filter, kernel_size=3, dilation=1)``
     Decoupled dynamic filter, 'mul' combine: out[b,c,p] = sum_t x[b,c,p+d_t] *
@@ -46,81 +84,72 @@ import os
 import torch
 
 from . import reference
-from . import window as _window
+from .custom_ops import BACKENDS, check_backend, fused_available, kernel_backend
 
-_BACKENDS = ("auto", "reference", "fused")
 _forced: str | None = None
 
 
-def _check_backend(name: str) -> str:
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown ops backend {name!r}; accepted: {', '.join(_BACKENDS)}")
-    return name
-
-
 def get_backend() -> str:
-    """The requested backend: 'auto', 'reference' or 'fused'."""
+    """The requested backend: 'auto', 'reference' or 'fused' (see the module docstring)."""
     if _forced is not None:
         return _forced
-    return _check_backend(os.environ.get("FRFSR_OPS_BACKEND", "auto").strip().lower() or "auto")
+    return check_backend(os.environ.get("FRFSR_OPS_BACKEND", "auto").strip().lower() or "auto")
+
+
+def set_backend(name: str | None) -> None:
+    """Force ``name`` ('auto', 'reference' or 'fused') for the whole process; None removes
+    the forced choice (``FRFSR_OPS_BACKEND`` or 'auto' decide again)."""
+    global _forced
+    _forced = None if name is None else check_backend(name)
 
 
 class use_backend(contextlib.ContextDecorator):
-    """Force a backend globally, or for a ``with`` block."""
+    """``with use_backend("fused"): ...`` forces a backend inside the block and restores the
+    previous choice on leaving it (also after an exception). Creating the object only checks
+    the name; as a decorator it applies to each call of the function. ``None`` inside the
+    block: as if nothing were forced. Re-entrant; the choice is process-wide while active."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str | None):
+        self.name = None if name is None else check_backend(name)
+        self._saved: list[str | None] = []
+
+    def __enter__(self) -> "use_backend":
         global _forced
-        self._prev = _forced
-        _forced = _check_backend(name)
-
-    def __enter__(self):
+        self._saved.append(_forced)
+        _forced = self.name
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         global _forced
-        _forced = self._prev
+        _forced = self._saved.pop()
         return False
 
 
-def fused_available() -> bool:
-    """True when the Triton kernels import (Triton installed)."""
-    try:
-        from . import triton as _fused  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def _impl(name: str, t: torch.Tensor, ref_module=reference):
-    backend = get_backend()
-    if backend == "reference":
-        return getattr(ref_module, name)
-    if backend == "fused" or (t.is_cuda and fused_available()):
-        if backend == "fused" and not fused_available():
-            raise RuntimeError("FRFSR ops backend 'fused' was requested but Triton is not importable; "
-                               "install the 'fused' extra (pip install 'frfsr[fused]') or use 'reference'")
-        from . import triton as fused
-        return getattr(fused, name)
-    return getattr(ref_module, name)
+def _backend_for(t: torch.Tensor) -> str:
+    """'reference' or 'fused' for an operator call on ``t``'s device."""
+    return kernel_backend(get_backend(), t.device)
 
 
 def patch_match(query, key, patch_size: int = 3, max_block_elems: int | None = None):
-    return _impl("patch_match", query)(query, key, patch_size=patch_size, max_block_elems=max_block_elems)
+    return torch.ops.frfsr.patch_match(query, key, int(patch_size), max_block_elems, _backend_for(query))
 
 
 def window_match(query, key, flows, cell: int, radius: int, patch_size: int = 3, max_block_elems: int | None = None):
-    return _impl("window_match", query, _window)(query, key, flows, cell, radius, patch_size=patch_size,
-                                                  max_block_elems=max_block_elems)
+    return torch.ops.frfsr.window_match(query, key, flows, int(cell), int(radius), int(patch_size), max_block_elems,
+                                        _backend_for(query))
 
 
-def deform_conv(x, offset, mask, weight, bias=None, stride: int = 1, padding: int = 1, dilation: int = 1):
-    return _impl("deform_conv", x)(x, offset, mask, weight, bias, stride=stride, padding=padding, dilation=dilation)
+def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1):
+    return torch.ops.frfsr.deform_conv(x, offset, mask, weight, bias, reference.pair(stride, "stride"),
+                                       reference.pair(padding, "padding"), reference.pair(dilation, "dilation"),
+                                       _backend_for(x))
 
 
 def ddf(x, channel_filter, spatial_filter, kernel_size: int = 3, dilation: int = 1):
-    return _impl("ddf", x)(x, channel_filter, spatial_filter, kernel_size=kernel_size, dilation=dilation)
+    return torch.ops.frfsr.ddf(x, channel_filter, spatial_filter, int(kernel_size), int(dilation), _backend_for(x))
 
 
 from .fast_match import FAST_MATCH_MIN_PAIRS, MATCH_MODES, fast_patch_match  # noqa: E402
 
-__all__ = ["patch_match", "window_match", "fast_patch_match", "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "deform_conv", "ddf", "use_backend", "get_backend", "fused_available", "reference"]
+__all__ = ["patch_match", "window_match", "fast_patch_match", "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "deform_conv",
+           "ddf", "use_backend", "set_backend", "get_backend", "fused_available", "BACKENDS", "reference"]

@@ -92,7 +92,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         if t.ops_backend:
             from .. import ops
-            ops.use_backend(t.ops_backend)
+            ops.set_backend(t.ops_backend)
         self.csv = None
         trackers = []
         for name in t.log_with:

@@ -12,6 +12,12 @@
 * :func:`ddf` -- decoupled dynamic filter in one pass per output tile; Triton backward
   kernels for the input and both filters.
 
+:func:`deform_conv_backward` and :func:`ddf_backward` are the backward passes on their own
+(the ``frfsr::deform_conv`` / ``frfsr::ddf`` custom operators call them). The matching
+kernels have no backward of their own: the custom operators ``frfsr::patch_match`` and
+``frfsr::window_match`` differentiate the score with one PyTorch formula for both backends
+(:mod:`frfsr.ops.custom_ops`).
+
 The kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter
 (``TRITON_INTERPRET=1`` set before Triton is imported). Importing this package raises
 :class:`ImportError` when Triton is not installed (or fails to import).
@@ -26,9 +32,9 @@ except Exception as exc:  # pragma: no cover - depends on the environment
         "frfsr.ops.triton needs Triton (pip install 'frfsr[fused]'); "
         f"importing it failed: {type(exc).__name__}: {exc}") from exc
 
-from .ddf import ddf
-from .deform_conv import deform_conv
+from .ddf import ddf, ddf_backward
+from .deform_conv import deform_conv, deform_conv_backward
 from .patch_match import patch_match
 from .window_match import window_match
 
-__all__ = ["patch_match", "window_match", "deform_conv", "ddf"]
+__all__ = ["patch_match", "window_match", "deform_conv", "deform_conv_backward", "ddf", "ddf_backward"]

@@ -197,39 +197,47 @@ class _DDFFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, go):
         x, cf, sf = ctx.saved_tensors
-        k, dil = ctx.k, ctx.dil
-        need_x, need_cf, need_sf = (bool(n) for n in ctx.needs_input_grad[:3])
-        B, C, H, W = x.shape
-        HW = H * W
-        gx = gcf = gsf = None
-        if x.numel() == 0:
-            return (torch.zeros_like(x) if need_x else None, torch.zeros_like(cf) if need_cf else None,
-                    torch.zeros_like(sf) if need_sf else None, None, None)
-        BLOCK_C, BLOCK_P = _BLOCK_C, _BLOCK_P
-        with _device_ctx(x):
-            if need_x:
-                gx = torch.empty(B, C, H, W, device=x.device, dtype=x.dtype)
-                grid = (triton.cdiv(HW, BLOCK_P), triton.cdiv(C, BLOCK_C), B)
-                _ddf_bwd_x_kernel[grid](
-                    go, cf, sf, gx, C, H, W, dil,
-                    *go.stride(), *cf.stride(), *sf.stride(), *gx.stride(),
-                    KS=k, BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, num_warps=_WARPS)
-            if need_cf or need_sf:
-                n_pt = triton.cdiv(HW, _F_BLOCK_P)
-                gsf32 = torch.empty(B, k * k, H, W, device=x.device, dtype=torch.float32) if need_sf else None
-                part = torch.empty(n_pt, B, C, k * k, device=x.device, dtype=torch.float32) if need_cf else None
-                dummy = gsf32 if gsf32 is not None else part
-                _ddf_bwd_filters_kernel[(n_pt, B)](
-                    go, x, cf, sf, gsf32 if need_sf else dummy, part if need_cf else dummy,
-                    B, C, H, W, dil,
-                    *go.stride(), *x.stride(), *cf.stride(), *sf.stride(),
-                    KS=k, NEED_SF=need_sf, NEED_CF=need_cf,
-                    BLOCK_C=_F_BLOCK_C, BLOCK_P=_F_BLOCK_P, num_warps=_F_WARPS)
-                if need_sf:
-                    gsf = gsf32.to(sf.dtype)
-                if need_cf:
-                    gcf = part.sum(0).to(cf.dtype)
+        gx, gcf, gsf = ddf_backward(go, x, cf, sf, ctx.k, ctx.dil, ctx.needs_input_grad[:3])
         return gx, gcf, gsf, None, None
+
+
+def ddf_backward(go: torch.Tensor, x: torch.Tensor, cf: torch.Tensor, sf: torch.Tensor, k: int, dil: int,
+                 needs=(True, True, True)):
+    """Gradients w.r.t. ``x`` (B, C, H, W), ``cf`` (B, C, k*k) and ``sf`` (B, k*k, H, W) for the
+    output gradient ``go`` (any strides), each in its input's dtype; None where ``needs``
+    (three flags) is false. The backward kernels of the module docstring."""
+    need_x, need_cf, need_sf = (bool(n) for n in needs)
+    B, C, H, W = x.shape
+    HW = H * W
+    gx = gcf = gsf = None
+    if x.numel() == 0:
+        return (torch.zeros_like(x) if need_x else None, torch.zeros_like(cf) if need_cf else None,
+                torch.zeros_like(sf) if need_sf else None)
+    BLOCK_C, BLOCK_P = _BLOCK_C, _BLOCK_P
+    with _device_ctx(x):
+        if need_x:
+            gx = torch.empty(B, C, H, W, device=x.device, dtype=x.dtype)
+            grid = (triton.cdiv(HW, BLOCK_P), triton.cdiv(C, BLOCK_C), B)
+            _ddf_bwd_x_kernel[grid](
+                go, cf, sf, gx, C, H, W, dil,
+                *go.stride(), *cf.stride(), *sf.stride(), *gx.stride(),
+                KS=k, BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, num_warps=_WARPS)
+        if need_cf or need_sf:
+            n_pt = triton.cdiv(HW, _F_BLOCK_P)
+            gsf32 = torch.empty(B, k * k, H, W, device=x.device, dtype=torch.float32) if need_sf else None
+            part = torch.empty(n_pt, B, C, k * k, device=x.device, dtype=torch.float32) if need_cf else None
+            dummy = gsf32 if gsf32 is not None else part
+            _ddf_bwd_filters_kernel[(n_pt, B)](
+                go, x, cf, sf, gsf32 if need_sf else dummy, part if need_cf else dummy,
+                B, C, H, W, dil,
+                *go.stride(), *x.stride(), *cf.stride(), *sf.stride(),
+                KS=k, NEED_SF=need_sf, NEED_CF=need_cf,
+                BLOCK_C=_F_BLOCK_C, BLOCK_P=_F_BLOCK_P, num_warps=_F_WARPS)
+            if need_sf:
+                gsf = gsf32.to(sf.dtype)
+            if need_cf:
+                gcf = part.sum(0).to(cf.dtype)
+    return gx, gcf, gsf
 
 
 def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Tensor,
@@ -242,6 +250,10 @@ def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Ten
     """
     k, d = int(kernel_size), int(dilation)
     cf = check_ddf_args(x, channel_filter, spatial_filter, k, d)
+    _check_device(x)
+    return _DDFFn.apply(x, cf, spatial_filter, k, d)
+
+
+def _check_device(x: torch.Tensor) -> None:
     if x.device.type != "cuda" and not _is_interpreted(_ddf_fwd_kernel):
         raise RuntimeError("frfsr.ops.triton.ddf needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
-    return _DDFFn.apply(x, cf, spatial_filter, k, d)

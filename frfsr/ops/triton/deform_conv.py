@@ -530,6 +530,19 @@ class _DeformConvFn(torch.autograd.Function):
         return gx, goff, gmsk, gw, gb, None, None, None
 
 
+def deform_conv_backward(grad_out, x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1,
+                         needs=(True, True, True, True, True)):
+    """Gradients w.r.t. (x, offset, mask, weight, bias) for the output gradient ``grad_out``
+    (any strides), each in its input's dtype, None where ``needs`` (five flags) is false or
+    the bias is None: the backward kernels of the module docstring."""
+    check_deform_conv_args(x, offset, mask, weight, bias, stride, dilation, padding)
+    _check_device(x, offset, mask, weight, bias)
+    st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
+    needs = tuple(bool(n) for n in needs)
+    needs = needs[:4] + (needs[4] and bias is not None,)
+    return _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs)
+
+
 def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1):
     """Modulated deformable convolution (DCNv2), fused Triton forward and backward.
 

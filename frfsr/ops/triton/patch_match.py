@@ -118,7 +118,9 @@ def patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     signature compatibility with the reference (which chunks its similarity matrix); the
     fused kernel only ever holds ``BLOCK_M x BLOCK_N`` similarities in registers, so it is
     ignored. ``precision``: ``"bf16"`` (CUDA default), ``"tf32"`` or ``"ieee"`` (fp32
-    operands; the only choice under the interpreter). Not differentiable.
+    operands; the only choice under the interpreter). The kernel has no backward: call
+    :func:`frfsr.ops.patch_match` (the ``frfsr::patch_match`` custom operator) for a
+    differentiable score.
     """
     del max_block_elems
     p = check_patch_match_args(query, key, patch_size)

@@ -104,7 +104,9 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     """:func:`frfsr.ops.window.window_match` as one fused kernel (same arguments and
     outputs; ``max_block_elems`` is accepted and ignored: the kernel holds one
     ``cell**2 x (cell + 2 radius)**2`` tile in registers). ``precision``: ``"tf32"`` (CUDA
-    default) or ``"ieee"`` (the only choice under the interpreter). Not differentiable."""
+    default) or ``"ieee"`` (the only choice under the interpreter). The kernel has no backward:
+    :func:`frfsr.ops.window_match` (the ``frfsr::window_match`` custom operator) differentiates
+    the score."""
     del max_block_elems
     p, s, r = check_window_match_args(query, key, flows, cell, radius, patch_size)
     interpreted = _is_interpreted(_window_match_kernel)
