@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .reference import PATCH_MATCH_MAX_BLOCK_ELEMS
+from .window import _EPS, patch_norms
 from .window import window_match as _reference_window_match
 
 __all__ = ["fast_patch_match", "coarse_topk", "cell_flows", "flop_counts", "resolve_match_mode",
@@ -46,7 +47,8 @@ as long at 2**24 pairs (LR 64 / Ref 256) and fast is about 6x faster at 2**28 (L
 Ref 512); below the threshold exact matching costs a few seconds at most and is kept
 because it is the release's."""
 
-FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 4, "topk": 4, "neighbours": 0, "radius": 1}
+FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 4, "topk": 4, "neighbours": 0, "radius": 1,
+                       "rounds": 0, "jumps": (1,), "samples": 0, "search_radius": 8}
 """Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching)."""
 
 
@@ -174,10 +176,110 @@ def unique_flows(flows: torch.Tensor) -> torch.Tensor:
     return torch.stack((dy, dx), dim=-1)
 
 
+def corner_scores(query: torch.Tensor, key: torch.Tensor, qn: torch.Tensor, kn: torch.Tensor, ky: torch.Tensor,
+                  kx: torch.Tensor, patch_size: int, max_block_elems: int | None = None) -> torch.Tensor:
+    """Cosine of every query patch with the key patches whose top-left corners are
+    (``ky``, ``kx``) (B, n, hq, wq), in the key patch grid: (B, n, hq, wq), the cosine of
+    :func:`frfsr.ops.patch_match` (``qn``, ``kn``: the patch norms, (B, hq, wq) and
+    (B, hk, wk)). Computed tap by tap from gathered key pixels, in row chunks whose
+    gathered pixels hold at most ``max_block_elems`` elements; differentiable."""
+    p = patch_size
+    B, C, h, w = query.shape
+    H, W = key.shape[-2:]
+    n, hq, wq = ky.shape[1:]
+    hk, wk = H - p + 1, W - p + 1
+    kflat = key.permute(0, 2, 3, 1).reshape(B * H * W, C)
+    limit = PATCH_MATCH_MAX_BLOCK_ELEMS if max_block_elems is None else int(max_block_elems)
+    rows = max(1, min(hq, limit // max(1, B * n * wq * C)))
+    base = (torch.arange(B, device=ky.device) * (H * W)).view(B, 1, 1, 1)
+    out = []
+    for y0 in range(0, hq, rows):
+        y1 = min(hq, y0 + rows)
+        cy, cx = ky[:, :, y0:y1], kx[:, :, y0:y1]
+        corner = base + cy * W + cx
+        acc = None
+        for ty in range(p):
+            for tx in range(p):
+                qt = query[:, :, y0 + ty:y1 + ty, tx:tx + wq].permute(0, 2, 3, 1).unsqueeze(1)   # (B, 1, r, wq, C)
+                kt = kflat.index_select(0, (corner + (ty * W + tx)).reshape(-1)).view(*corner.shape, C)
+                d = (kt * qt).sum(-1)
+                acc = d if acc is None else acc + d
+        knv = kn.reshape(B, 1, hk * wk).expand(B, n, hk * wk).gather(2, (cy * wk + cx).reshape(B, n, -1))
+        out.append(acc / (knv.view(cy.shape) + _EPS))
+    return torch.cat(out, 2) / (qn.unsqueeze(1) + _EPS)
+
+
+def _offset_table(rounds: int, samples: int, radius: int, seed: int = 0) -> list[torch.Tensor]:
+    """Per round, ``samples`` fixed pseudo-random (dy, dx) offsets, non-zero, the j-th of
+    them within radius max(1, radius / 2**j) (PatchMatch's shrinking random search)."""
+    g = torch.Generator().manual_seed(seed)
+    table = []
+    for _ in range(rounds):
+        offs = []
+        for j in range(samples):
+            r = max(1, radius >> j)
+            while True:
+                o = torch.randint(-r, r + 1, (2,), generator=g)
+                if o.abs().sum() > 0:
+                    break
+            offs.append(o)
+        table.append(torch.stack(offs) if offs else torch.zeros(0, 2, dtype=torch.long))
+    return table
+
+
+def propagate(query: torch.Tensor, key: torch.Tensor, index: torch.Tensor, patch_size: int, rounds: int,
+              jumps: tuple[int, ...] = (1,), samples: int = 0, search_radius: int = 8,
+              max_block_elems: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PatchMatch refinement of a full-resolution match ``index`` (B, hq, wq) (row-major
+    key corners, all valid): ``rounds`` times, every query patch tries the flows of the
+    patches ``j`` positions above, below, left and right (j in ``jumps``) and ``samples``
+    random offsets of its own flow (radius ``search_radius`` halving per sample), and keeps
+    the best (ties: lowest index). Memory: the chunks of :func:`corner_scores`, for
+    4 * len(jumps) + samples candidates. Returns (score, index)."""
+    p = patch_size
+    B, _, h, w = query.shape
+    H, W = key.shape[-2:]
+    hq, wq, hk, wk = h - p + 1, w - p + 1, H - p + 1, W - p + 1
+    dev = query.device
+    qn, kn = patch_norms(query, p), patch_norms(key, p)
+    ky, kx = torch.div(index, wk, rounding_mode="floor"), index % wk
+    gy = torch.arange(hq, device=dev).view(1, hq, 1)
+    gx = torch.arange(wq, device=dev).view(1, 1, wq)
+    fy, fx = ky - gy, kx - gx
+    best = corner_scores(query, key, qn, kn, ky[:, None], kx[:, None], p, max_block_elems)[:, 0]
+    table = _offset_table(rounds, samples, search_radius)
+    for it in range(rounds):
+        cfy, cfx = [], []
+        for j in jumps:
+            for dy, dx in ((-j, 0), (j, 0), (0, -j), (0, j)):
+                iy = (torch.arange(hq, device=dev) + dy).clamp(0, hq - 1)
+                ix = (torch.arange(wq, device=dev) + dx).clamp(0, wq - 1)
+                cfy.append(fy[:, iy][:, :, ix])
+                cfx.append(fx[:, iy][:, :, ix])
+        for o in table[it].tolist():
+            cfy.append(fy + o[0])
+            cfx.append(fx + o[1])
+        cky = (torch.stack(cfy, 1) + gy[:, None]).clamp(0, hk - 1)
+        ckx = (torch.stack(cfx, 1) + gx[:, None]).clamp(0, wk - 1)
+        sc = corner_scores(query, key, qn, kn, cky, ckx, p, max_block_elems)
+        cidx = cky * wk + ckx
+        m = sc.max(1).values
+        ci = torch.where(sc == m[:, None], cidx, torch.full_like(cidx, hk * wk)).min(1).values
+        cur = ky * wk + kx
+        take = (m > best) | ((m == best) & (ci < cur))
+        new = torch.where(take, ci, cur)
+        best = torch.maximum(best, m)
+        ky, kx = torch.div(new, wk, rounding_mode="floor"), new % wk
+        fy, fx = ky - gy, kx - gx
+    return best, ky * wk + kx
+
+
 def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3, *, cell: int | None = None,
                      search_cell: int | None = None,
                      key_stride: int | None = None, topk: int | None = None, neighbours: int | None = None,
-                     radius: int | None = None, max_block_elems: int | None = None, window_match=None):
+                     radius: int | None = None, rounds: int | None = None, jumps: tuple[int, ...] | None = None,
+                     samples: int | None = None, search_radius: int | None = None,
+                     max_block_elems: int | None = None, window_match=None):
     """Coarse-to-fine :func:`frfsr.ops.patch_match` (same arguments and outputs; see the
     module docstring). Parameters left None take :data:`FAST_MATCH_DEFAULTS`;
     ``window_match``: the windowed-search implementation (default: the dispatched
@@ -191,11 +293,17 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
     topk = d["topk"] if topk is None else int(topk)
     neighbours = d["neighbours"] if neighbours is None else int(neighbours)
     radius = d["radius"] if radius is None else int(radius)
+    rounds = d["rounds"] if rounds is None else int(rounds)
+    jumps = tuple(d["jumps"] if jumps is None else (int(j) for j in jumps))
+    samples = d["samples"] if samples is None else int(samples)
+    search_radius = d["search_radius"] if search_radius is None else int(search_radius)
     if cell < 1 or key_stride < 1 or cell % key_stride or topk < 1 or neighbours < 0 or search_cell % cell:
         raise ValueError(f"fast_patch_match needs cell >= 1, key_stride dividing cell, topk >= 1 and neighbours >= 0; "
                          f"got cell={cell}, key_stride={key_stride}, topk={topk}, neighbours={neighbours}")
-    if radius < 0:
-        raise ValueError(f"fast_patch_match needs radius >= 0, got {radius}")
+    if radius < 0 or rounds < 0 or samples < 0 or search_radius < 1 or any(j < 1 for j in jumps):
+        raise ValueError(f"fast_patch_match needs radius, rounds, samples >= 0 and search_radius, jumps >= 1; got "
+                         f"radius={radius}, rounds={rounds}, samples={samples}, search_radius={search_radius}, "
+                         f"jumps={jumps}")
     if window_match is None:
         from . import window_match
     hk, wk = key.shape[-2] - p + 1, key.shape[-1] - p + 1
@@ -206,7 +314,17 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
         del qd, kd
         flows = group_flows(cell_flows(cand, grid_q, grid_k, cell, key_stride, neighbours), search_cell // cell)
         flows = unique_flows(_clamp_flows(flows, hk, wk, search_cell, radius))
-    return window_match(query, key, flows, search_cell, radius, patch_size=p)
+    if rounds == 0 or not (jumps or samples):
+        return window_match(query, key, flows, search_cell, radius, patch_size=p)
+    with torch.no_grad():
+        _, index = window_match(query.detach(), key.detach(), flows, search_cell, radius, patch_size=p)
+        _, index = propagate(query.detach().float(), key.detach().float(), index, p, rounds, jumps, samples,
+                             search_radius, max_block_elems)
+    # the score of the final match, differentiable like the exact mode's
+    q, k = query.float(), key.float()
+    ky, kx = torch.div(index, wk, rounding_mode="floor")[:, None], (index % wk)[:, None]
+    score = corner_scores(q, k, patch_norms(q, p), patch_norms(k, p), ky, kx, p, max_block_elems)[:, 0]
+    return score.to(query.dtype), index
 
 
 def flop_counts(n_query: int, n_key: int, channels: int, patch_size: int = 3, **params) -> dict:
