@@ -47,8 +47,8 @@ as long at 2**24 pairs (LR 64 / Ref 256) and fast is about 6x faster at 2**28 (L
 Ref 512); below the threshold exact matching costs a few seconds at most and is kept
 because it is the release's."""
 
-FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 4, "topk": 4, "neighbours": 0, "radius": 1,
-                       "rounds": 0, "jumps": (1,), "samples": 0, "search_radius": 8}
+FAST_MATCH_DEFAULTS = {"cell": 2, "search_cell": 8, "key_stride": 2, "topk": 4, "neighbours": 0, "radius": 1,
+                       "context": 1, "query_stride": None, "rounds": 0, "jumps": (1,), "samples": 0, "search_radius": 8}
 """Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching)."""
 
 
@@ -62,7 +62,8 @@ def resolve_match_mode(mode: str, n_query: int, n_key: int) -> str:
     return mode
 
 
-def _coarse_descriptors(x: torch.Tensor, cell: int, stride: int, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def _coarse_descriptors(x: torch.Tensor, cell: int, stride: int, patch_size: int,
+                        context: int = 3) -> tuple[torch.Tensor, tuple[int, int]]:
     """Coarse descriptors of a per-pixel normalised map (B, C, H, W): coarse position j sits
     at patch corner ``stride * j`` and pools the patch centres [stride*j, stride*j + cell)
     (+ p//2); its descriptor is the 3 x 3 coarse neighbourhood at spacing ``cell``.
@@ -74,6 +75,8 @@ def _coarse_descriptors(x: torch.Tensor, cell: int, stride: int, patch_size: int
     sh = F.pad(sh, (0, max(0, stride * (nx - 1) + cell - sh.shape[-1]), 0, max(0, stride * (ny - 1) + cell - sh.shape[-2])))
     pooled = F.normalize(F.avg_pool2d(sh, cell, stride=stride)[..., :ny, :nx], dim=1)
     d = cell // stride
+    if context == 1:
+        return pooled.flatten(2), (ny, nx)
     desc = F.unfold(pooled, 3, dilation=d, padding=d)
     return F.normalize(desc, dim=1), (ny, nx)
 
@@ -105,7 +108,7 @@ def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int
 
 
 def cell_flows(cand: torch.Tensor, grid_q: tuple[int, int], grid_k: tuple[int, int], cell: int, key_stride: int,
-               neighbours: int) -> torch.Tensor:
+               neighbours: int) -> torch.Tensor:  # cell: the query grid's step
     """Flows (B, hc, wc, M, 2) int64, (dy, dx) in patch positions, of every query cell from
     the coarse candidates ``cand`` (B, hc * wc, k) (indices into the coarse key grid), with
     the candidates of the cells up to ``neighbours`` away (clamped at the border)."""
@@ -279,6 +282,7 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
                      key_stride: int | None = None, topk: int | None = None, neighbours: int | None = None,
                      radius: int | None = None, rounds: int | None = None, jumps: tuple[int, ...] | None = None,
                      samples: int | None = None, search_radius: int | None = None,
+                     query_stride: int | None = None, context: int | None = None,
                      max_block_elems: int | None = None, window_match=None):
     """Coarse-to-fine :func:`frfsr.ops.patch_match` (same arguments and outputs; see the
     module docstring). Parameters left None take :data:`FAST_MATCH_DEFAULTS`;
@@ -297,7 +301,12 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
     jumps = tuple(d["jumps"] if jumps is None else (int(j) for j in jumps))
     samples = d["samples"] if samples is None else int(samples)
     search_radius = d["search_radius"] if search_radius is None else int(search_radius)
-    if cell < 1 or key_stride < 1 or cell % key_stride or topk < 1 or neighbours < 0 or search_cell % cell:
+    qs = d.get("query_stride", cell) if query_stride is None else int(query_stride)
+    qs = qs or cell
+    context = d["context"] if context is None else int(context)
+    if context not in (1, 3):
+        raise ValueError(f"fast_patch_match needs context 1 or 3, got {context}")
+    if cell < 1 or key_stride < 1 or cell % key_stride or topk < 1 or neighbours < 0 or search_cell % qs or cell % qs:
         raise ValueError(f"fast_patch_match needs cell >= 1, key_stride dividing cell, topk >= 1 and neighbours >= 0; "
                          f"got cell={cell}, key_stride={key_stride}, topk={topk}, neighbours={neighbours}")
     if radius < 0 or rounds < 0 or samples < 0 or search_radius < 1 or any(j < 1 for j in jumps):
@@ -308,11 +317,11 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
         from . import window_match
     hk, wk = key.shape[-2] - p + 1, key.shape[-1] - p + 1
     with torch.no_grad():
-        qd, grid_q = _coarse_descriptors(query.detach().float(), cell, cell, p)
-        kd, grid_k = _coarse_descriptors(key.detach().float(), cell, key_stride, p)
+        qd, grid_q = _coarse_descriptors(query.detach().float(), cell, qs, p, context)
+        kd, grid_k = _coarse_descriptors(key.detach().float(), cell, key_stride, p, context)
         cand = coarse_topk(qd, kd, topk, max_block_elems)
         del qd, kd
-        flows = group_flows(cell_flows(cand, grid_q, grid_k, cell, key_stride, neighbours), search_cell // cell)
+        flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, key_stride, neighbours), search_cell // qs)
         flows = unique_flows(_clamp_flows(flows, hk, wk, search_cell, radius))
     if rounds == 0 or not (jumps or samples):
         return window_match(query, key, flows, search_cell, radius, patch_size=p)
@@ -334,10 +343,11 @@ def flop_counts(n_query: int, n_key: int, channels: int, patch_size: int = 3, **
     with the largest number of distinct flows a search cell can have (an upper bound)."""
     d = {**FAST_MATCH_DEFAULTS, **params}
     s, sc, sk, k, n, r = d["cell"], d["search_cell"], d["key_stride"], d["topk"], d["neighbours"], d["radius"]
+    qs = d["query_stride"] or s
     D = channels * patch_size * patch_size
     exact = 2.0 * n_query * n_key * D
-    coarse = 2.0 * (n_query / (s * s)) * (n_key / (sk * sk)) * D
-    M = k * (sc // s + 2 * n) ** 2
+    coarse = 2.0 * (n_query / (qs * qs)) * (n_key / (sk * sk)) * channels * d["context"] ** 2
+    M = k * (sc // qs + 2 * n) ** 2
     A, T = sc + patch_size - 1, sc + 2 * r + patch_size - 1
     window = 2.0 * (n_query / (sc * sc)) * M * A * A * T * T * channels
     return {"exact": exact, "fast": coarse + window, "fast_coarse": coarse, "fast_window": window, "max_flows": M}
