@@ -154,6 +154,56 @@ def test_fast_finds_a_shifted_copy_in_a_larger_ref():
     assert (score - es).abs().max() < 1e-4
 
 
+def _scene(c, coords_y, coords_x, seed):
+    """A textured multi-channel scene (bicubic-interpolated noise, one sample every 2 px on
+    [-24, 72) in both axes) sampled at the given pixel coordinates, per-pixel normalised."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, c, 48, 48, generator=g)
+    gy, gx = torch.meshgrid(coords_y, coords_x, indexing="ij")
+    grid = torch.stack(((gx + 24) / 95 * 2 - 1, (gy + 24) / 95 * 2 - 1), dim=-1)[None]
+    return F.normalize(F.grid_sample(base, grid.float(), mode="bicubic", align_corners=True), dim=1)
+
+
+def test_fast_finds_a_shifted_and_zoomed_copy_like_exact():
+    """The Ref shows the LR's scene zoomed by 1.3 and shifted: the match of LR patch corner
+    (y, x) should lie near ((y + 1) * 1.3 + offset - 1, likewise x); fast finds it at most
+    positions, about as often as exact."""
+    zoom, oy, ox = 1.3, 5.0, 3.0
+    lr = _scene(16, torch.arange(32.0), torch.arange(32.0), seed=24)
+    ref = _scene(16, (torch.arange(64.0) - oy) / zoom, (torch.arange(60.0) - ox) / zoom, seed=24)
+    hq, wk = 30, 58
+    g = torch.arange(hq, dtype=torch.float64)
+    ty, tx = (g + 1) * zoom + oy - 1, (g + 1) * zoom + ox - 1
+    rates = {}
+    for name, fn in (("exact", R.patch_match), ("fast", lambda q, k: fast_patch_match(q, k, window_match=window_match))):
+        _, index = fn(lr, ref)
+        ky, kx = torch.div(index[0], wk, rounding_mode="floor"), index[0] % wk
+        ok = ((ky - ty[:, None]).abs() <= 1.5) & ((kx - tx[None, :]).abs() <= 1.5)
+        rates[name] = float(ok.float().mean())
+    assert rates["exact"] > 0.9, rates
+    assert rates["fast"] > 0.85 and rates["fast"] >= rates["exact"] - 0.05, rates
+
+
+def test_several_refs_and_the_scale_pyramid_in_fast_mode_agree_with_exact():
+    """Two Refs, each also matched at scales 0.71 and 0.5, through FRFSR.match: fast keeps
+    exact's confidence (within 1e-3) at most positions and is never above it."""
+    from frfsr import FRFSR, FRFSRConfig
+    torch.manual_seed(0)
+    model = FRFSR(FRFSRConfig.tiny()).eval()
+    g = torch.Generator().manual_seed(25)
+    img = F.interpolate(torch.rand(1, 3, 24, 24, generator=g), size=(96, 96), mode="bicubic", align_corners=False)
+    lr = F.interpolate(img[..., 8:72, 12:76], size=(16, 16), mode="area").clamp(0, 1)
+    refs = [img.clamp(0, 1), torch.rand(1, 3, 64, 72, generator=g)]
+    with torch.no_grad():
+        encoded = model.encode_refs(refs, scales=(1, 0.71, 0.5))
+        ce = model.match(lr, encoded, match_mode="exact")
+        cf = model.match(lr, encoded, match_mode="fast")
+    e, f = ce.confidence[..., 1:-1, 1:-1], cf.confidence[..., 1:-1, 1:-1]
+    assert (f <= e + 1e-5).all()
+    assert (f >= e - 1e-3).float().mean() >= 0.9
+    assert (cf.ref_id == ce.ref_id).float().mean() >= 0.8
+
+
 def test_fast_agrees_with_exact_on_structured_inputs():
     q, k = _smooth(16, 28, 28, seed=5), _smooth(16, 36, 36, seed=6)
     fs, fi = fast_patch_match(q, k, window_match=window_match)
