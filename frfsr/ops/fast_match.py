@@ -4,10 +4,11 @@
 ``index``; same cosine, same tie rule) but searches only where a coarse match points:
 
 1. *Coarse descriptors.* The per-pixel normalised features are averaged over cells of
-   ``cell`` x ``cell`` patch centres (the query on a grid of step ``cell``, the key on a
-   grid of step ``key_stride``), renormalised per coarse pixel, and every coarse position
-   is described by the 3 x 3 coarse pixels around it (the same ``3 * cell`` span on both
-   sides), normalised.
+   ``cell`` x ``cell`` patch centres (the query on a grid of step ``query_stride``, default
+   ``cell``, the key on a grid of step ``key_stride``) and renormalised per coarse pixel;
+   with ``context=3`` a coarse position is described by the 3 x 3 coarse pixels around it
+   (the same ``3 * cell`` span on both sides), normalised, with ``context=1`` (default) by
+   its own coarse pixel.
 2. *Candidates.* For every query cell, the ``topk`` most similar key positions over the whole
    coarse key (exact top-k by blocked matrix products), as displacements (flows).
 3. *Propagation.* A cell also takes the flows of the cells up to ``neighbours`` cells away
@@ -17,9 +18,14 @@
 4. *Windowed search.* Every query patch of a search cell compares itself, for each of the
    search cell's flows, with the key patches in the search cell's square moved by the flow
    and widened by ``radius`` (:func:`frfsr.ops.window_match`), and keeps the best cosine.
+5. *Propagation* (optional, ``rounds`` > 0; off by default: measured, it gained a few
+   points of agreement for several times the cost). PatchMatch at full resolution: every
+   query patch tries the flows of the patches ``jumps`` positions away and ``samples``
+   random offsets of its own flow (:func:`propagate`).
 
-Cost: step 2 is (query / cell^2) x (key / key_stride^2) coarse dot products of 9 C values,
-step 4 at most (query positions / search_cell^2) x topk x (search_cell / cell + 2
+Cost: step 2 is (query / query_stride^2) x (key / key_stride^2) coarse dot products of
+context^2 C values,
+step 4 at most (query positions / search_cell^2) x topk x (search_cell / query_stride + 2
 neighbours)^2 block products of (search_cell + p - 1)^2 x (search_cell + 2 radius + p - 1)^2
 x C, linear in the query and independent of the key's size; see :func:`flop_counts`. Memory: bounded by the chunk sizes, never by query x key.
 
@@ -34,7 +40,7 @@ from .reference import PATCH_MATCH_MAX_BLOCK_ELEMS
 from .window import _EPS, patch_norms
 from .window import window_match as _reference_window_match
 
-__all__ = ["fast_patch_match", "coarse_topk", "cell_flows", "flop_counts", "resolve_match_mode",
+__all__ = ["fast_patch_match", "coarse_topk", "cell_flows", "propagate", "corner_scores", "flop_counts", "resolve_match_mode",
            "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "FAST_MATCH_DEFAULTS"]
 
 MATCH_MODES = ("exact", "fast", "auto")
