@@ -1,14 +1,25 @@
-"""PSNR-Y / SSIM-Y of model folders on the held-out views (never trained on), as a markdown table.
+"""PSNR-Y / SSIM-Y of model folders on held-out photos (never trained on), as a markdown table.
 
-Pairs come from :func:`frfsr.data.views.heldout_pairs` (scikit-image's coffee, rocket and
-chelsea photos only), for every kind: ``relevant`` (another view of the same scene),
-``unrelated`` (a Ref from another held-out photo) and ``easy`` / ``medium`` / ``hard`` (the
-relevant Ref cut into 2x2 / 4x4 / 8x8 shuffled blocks); all kinds share their HR crops, so
-the bicubic row is one row. Metrics: :func:`frfsr.metrics.psnr_y` / ``ssim_y`` (4-px border
-crop, float images).
+Real-input kinds (the default; :mod:`frfsr.real_inputs`, the same code as
+``frfsr evaluate --layout heldout``): the held-out photos of every source of
+:mod:`frfsr.data.photos` (fetch them first: ``python train/fetch_photos.py``), an LR that is
+clean, saved as JPEG (q50 / 70 / 90) or blurred and noisy, with a Ref that is another view at
+the same zoom, at half or twice the zoom, rotated 15 or 30 degrees, the LR itself (the model
+alone) or another photo. Per kind: bicubic, the model with the kind's Ref, the model alone,
+the gain over bicubic, the Ref's gain over the model alone and the mean relevance.
 
-    python benchmarks/eval_default.py                       # the bundled default weights
-    python benchmarks/eval_default.py outputs/default_stage2/final outputs/default_stage2_noreuse/final \
+    python benchmarks/eval_default.py                                   # the bundled weights
+    python benchmarks/eval_default.py --weights default outputs/run/final --names bundled new
+    python benchmarks/eval_default.py --kinds clean jpeg50 --sources skimage --json out.json
+
+``--views``: the earlier table instead, on :func:`frfsr.data.views.heldout_pairs`
+(scikit-image's coffee, rocket and chelsea only): ``relevant`` (another view of the same
+scene), ``unrelated`` (a Ref from another held-out photo) and ``easy`` / ``medium`` /
+``hard`` (the relevant Ref cut into 2x2 / 4x4 / 8x8 shuffled blocks); all kinds share their
+HR crops, so the bicubic row is one row. Metrics: :func:`frfsr.metrics.psnr_y` / ``ssim_y``
+(4-px border crop, float images).
+
+    python benchmarks/eval_default.py --views outputs/default_stage2/final outputs/default_stage2_noreuse/final \
         --names "stage 2, reuse" "stage 2, no reuse"        # compare model folders
 """
 from __future__ import annotations
@@ -26,6 +37,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from frfsr import real_inputs
 from frfsr.data.degrade import bicubic_upsample
 from frfsr.data.views import HELDOUT_KINDS, heldout_pairs
 from frfsr.metrics import psnr_y, ssim_y
@@ -73,6 +85,27 @@ def markdown(rows: list[dict], command: str) -> str:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--views" in argv:
+        return main_views([a for a in argv if a != "--views"])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="*", help="model folders (same as --weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops")
+    p.add_argument("--device", default="cpu")
+    real_inputs.add_arguments(p)
+    args = p.parse_args(argv)
+    if args.models and args.weights:
+        p.error("give the models as arguments or with --weights, not both")
+    args.weights = args.models or args.weights
+    command = "python benchmarks/eval_default.py " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        return real_inputs.run(args, command=command.strip())
+    except (ValueError, FileNotFoundError) as e:
+        p.exit(2, f"eval_default: error: {e}\n")
+
+
+def main_views(argv=None) -> int:
+    """The earlier table (``--views``): heldout_pairs kinds on scikit-image's held-out photos."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="*", default=["default"],
                    help="model folders (config.json + model.safetensors); 'default' = the bundled weights")
@@ -91,7 +124,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     models = {name: load_model(m) for name, m in zip(names, args.models)}
     rows = evaluate(models, args.kinds, args.patch, args.n, args.seed)
-    command = "python benchmarks/eval_default.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/eval_default.py --views " + " ".join(shlex.quote(a) for a in (argv or []))
     print(markdown(rows, command.strip()))
     print(f"\n({time.perf_counter() - t0:.1f} s; held-out photos only, patch {args.patch}, {args.n} pairs per kind, "
           f"seed {args.seed})", file=sys.stderr)

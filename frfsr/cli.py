@@ -233,7 +233,9 @@ def _info(p: argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------- entry
-@subcommand("evaluate", "PSNR/SSIM (Y channel) per Ref level and shuffle level on CUFED5 or pair folders")
+@subcommand("evaluate", "PSNR/SSIM (Y channel) per Ref level and shuffle level on CUFED5 or pair folders, or on "
+                        "the held-out photos with real inputs (--layout heldout: JPEG / noisy LRs, Refs at other "
+                        "zooms and angles)")
 def _evaluate(p: argparse.ArgumentParser):
     from .evaluate import configure_parser
     return configure_parser(p)

@@ -1,7 +1,10 @@
-"""Evaluate a model on CUFED5 or a folder of (HR, Ref) pairs, as the Ref-SR literature does.
+"""Evaluate a model on CUFED5 or a folder of (HR, Ref) pairs, as the Ref-SR literature does,
+or on the held-out photos with real-input kinds (:mod:`frfsr.real_inputs`).
 
     python -m frfsr.evaluate --model DIR --data ROOT --layout cufed5|pairs
                              [--levels 1,2,3,4,5] [--shuffle easy,medium,hard] --out DIR
+    python -m frfsr.evaluate --layout heldout [--weights A B] [--kinds clean jpeg50 ...]
+                             [--ref-scales 1 0.71 0.5] [--json out.json]
 
 The LR is the HR (cropped to a multiple of 4) downsampled with PIL bicubic; the SR is
 rounded to 8 bits (as when saved as PNG) and compared with the HR by PSNR and SSIM on the
@@ -219,25 +222,37 @@ def _shuffle_list(text: str) -> list:
 def configure_parser(p: argparse.ArgumentParser):
     """Add the evaluation arguments to ``p``; returns ``run(args) -> exit code`` (the builder
     signature of :func:`frfsr.cli.subcommand`)."""
-    p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors), "
-                   "'frfsr-default' or a Hub repo id")
-    p.add_argument("--data", required=True, help="dataset root")
-    p.add_argument("--layout", required=True, choices=["cufed5", "pairs"],
-                   help="cufed5: ROOT/NNN_0 (HR) + NNN_1..5 (Refs); pairs: ROOT/hr/ + ROOT/ref/ or ROOT/NAME/{hr,ref}")
+    p.add_argument("--model", help="model folder (config.json + model.safetensors), "
+                   "'frfsr-default' or a Hub repo id (required for cufed5 / pairs)")
+    p.add_argument("--data", help="dataset root (cufed5 / pairs)")
+    p.add_argument("--layout", required=True, choices=["cufed5", "pairs", "heldout"],
+                   help="cufed5: ROOT/NNN_0 (HR) + NNN_1..5 (Refs); pairs: ROOT/hr/ + ROOT/ref/ or ROOT/NAME/{hr,ref}; "
+                        "heldout: the held-out photos of frfsr.data.photos with real-input kinds (JPEG, noisy LRs, "
+                        "Refs at other zooms and angles; no --data)")
     p.add_argument("--levels", type=_int_list, default=[1, 2, 3, 4, 5], help="CUFED5 Ref levels (default 1,2,3,4,5)")
     p.add_argument("--shuffle", type=_shuffle_list, default=[], help="also evaluate with shuffled Refs: easy,medium,hard")
-    p.add_argument("--out", required=True, help="output folder for the CSVs and sample images")
+    p.add_argument("--out", help="output folder for the CSVs and sample images (cufed5 / pairs)")
     p.add_argument("--crop-border", type=int, default=4, help="pixels removed per side before the metrics (default 4)")
     p.add_argument("--samples", type=int, default=4, help="comparison images for the first N images (default 4)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip LPIPS even when installed")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Ref shuffles")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Ref shuffles (heldout: of the crops)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .real_inputs import add_arguments
+    add_arguments(p)
     return run
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.layout == "heldout":
+        from .real_inputs import run as run_heldout
+        if args.weights and args.model:
+            raise ValueError("give the models with --weights or --model, not both")
+        return run_heldout(args)
+    missing = [f"--{k}" for k in ("model", "data", "out") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"--layout {args.layout} needs {', '.join(missing)}")
     from .data import CUFED5Dataset, PairFolderDataset
     dataset = CUFED5Dataset(args.data) if args.layout == "cufed5" else PairFolderDataset(args.data)
     model = _load_model(args.model, args.device)

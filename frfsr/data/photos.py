@@ -304,12 +304,15 @@ def _not_fetched(source: str, why: str) -> PhotoNotFetched:
     return PhotoNotFetched(f"{why}. Fetch the {source!r} photos with: {SOURCES[source].fetch_command}")
 
 
-def _install(dest: Path, data: bytes, pf: PhotoFile, source: str, label: str) -> None:
-    """Verify ``data`` against the table, then write it to ``dest`` atomically."""
+def _verify(data: bytes, pf: PhotoFile, source: str, label: str) -> None:
     if pf.size and (len(data) != pf.size or hashlib.sha256(data).hexdigest() != pf.sha256):
         raise _not_fetched(source, f"{label} is {len(data)} bytes with sha256 {hashlib.sha256(data).hexdigest()[:16]}..., "
                                    f"not the recorded {pf.size} bytes / {pf.sha256[:16]}... (the held-out figures "
                                    "were measured on the recorded files)")
+
+
+def _install(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` atomically (a temporary file in the same folder, renamed)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
@@ -339,8 +342,8 @@ def _fetch_skimage(force: bool) -> list[Path]:
             out.append(dest)
             continue
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        _install(dest, buf.getvalue(), PhotoFile("", 0, pf.sha256, pf.shape), "skimage", name)
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=1)        # a cache copy: fast over small
+        _install(dest, buf.getvalue())
         out.append(dest)
     return out
 
@@ -405,10 +408,12 @@ def _fetch_from_archive(source: str, read, force: bool) -> list[Path]:
             todo[name] = (pf, dest)
     if todo:
         data = read({pf.member for pf, _ in todo.values()})
-        for name, (pf, dest) in todo.items():
+        for name, (pf, dest) in todo.items():                # every file checked before any is written
             if pf.member not in data:
                 raise _not_fetched(source, f"{pf.member} is missing from the archive")
-            _install(dest, data[pf.member], pf, source, pf.member)
+            _verify(data[pf.member], pf, source, pf.member)
+        for name, (pf, dest) in todo.items():
+            _install(dest, data[pf.member])
             out.append(dest)
     return out
 
