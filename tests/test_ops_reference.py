@@ -78,7 +78,9 @@ def _bilinear(img, y, x):
 
 
 def bf_deform_conv(x, offset, mask, weight, bias, stride, padding, dilation):
-    """Returns the output and the list of sampled (y, x) positions."""
+    """Returns the output and the list of sampled (y, x) positions; ``stride``, ``padding``
+    and ``dilation`` are ints or (h, w) pairs."""
+    (sh, sw), (ph, pw), (dh, dw) = ((v, v) if isinstance(v, int) else tuple(v) for v in (stride, padding, dilation))
     x, offset, mask, weight = (t.double().numpy() for t in (x, offset, mask, weight))
     B, cin, _, _ = x.shape
     cout, _, kh, kw = weight.shape
@@ -95,8 +97,8 @@ def bf_deform_conv(x, offset, mask, weight, bias, stride, padding, dilation):
                     for i in range(kh):
                         for j in range(kw):
                             k = i * kw + j
-                            y = yo * stride - padding + i * dilation + offset[b, 2 * (g * K + k), yo, xo]
-                            xx = xo * stride - padding + j * dilation + offset[b, 2 * (g * K + k) + 1, yo, xo]
+                            y = yo * sh - ph + i * dh + offset[b, 2 * (g * K + k), yo, xo]
+                            xx = xo * sw - pw + j * dw + offset[b, 2 * (g * K + k) + 1, yo, xo]
                             positions.append((y, xx))
                             v = _bilinear(x[b, c], y, xx) * mask[b, g * K + k, yo, xo]
                             out[b, :, yo, xo] += weight[:, c, i, j] * v
@@ -485,37 +487,10 @@ def test_deform_conv_backward_is_the_autograd_of_the_reference(case):
 def test_deform_conv_pairs_of_stride_padding_dilation():
     x, offset, mask, weight, b = _deform_inputs(1, 4, 2, 9, 10, 4, 3, 3, 3, 1, 33, True)
     out = ref.deform_conv(x, offset, mask, weight, b, stride=(2, 3), padding=(1, 0), dilation=(1, 2))
-    expected, _ = bf_deform_conv_pairs(x, offset, mask, weight, b, (2, 3), (1, 0), (1, 2))
+    expected, _ = bf_deform_conv(x, offset, mask, weight, b, (2, 3), (1, 0), (1, 2))
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="pair"):
         ref.deform_conv(x, offset, mask, weight, b, stride=(1, 1, 1))
-
-
-def bf_deform_conv_pairs(x, offset, mask, weight, bias, stride, padding, dilation):
-    """bf_deform_conv with (h, w) pairs, by sampling the image transposed for the w axis."""
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    x, offset, mask, weight = (t.double().numpy() for t in (x, offset, mask, weight))
-    B, cin = x.shape[:2]
-    cout, _, kh, kw = weight.shape
-    K = kh * kw
-    G = offset.shape[1] // (2 * K)
-    Ho, Wo = offset.shape[-2:]
-    out = np.zeros((B, cout, Ho, Wo))
-    for b in range(B):
-        for yo in range(Ho):
-            for xo in range(Wo):
-                for c in range(cin):
-                    g = c // (cin // G)
-                    for i in range(kh):
-                        for j in range(kw):
-                            k = i * kw + j
-                            y = yo * sh - ph + i * dh + offset[b, 2 * (g * K + k), yo, xo]
-                            xx = xo * sw - pw + j * dw + offset[b, 2 * (g * K + k) + 1, yo, xo]
-                            v = _bilinear(x[b, c], y, xx) * mask[b, g * K + k, yo, xo]
-                            out[b, :, yo, xo] += weight[:, c, i, j] * v
-    if bias is not None:
-        out += bias.double().numpy()[None, :, None, None]
-    return torch.from_numpy(out), None
 
 
 def test_ddf_backward_is_the_autograd_of_the_reference():
