@@ -2,6 +2,8 @@
 
     frfsr upscale LR --ref REF [--ref REF2] -o OUT [--model ID_OR_DIR] [--tile N] [--device D]
                  [--dtype T] [--save-confidence PATH] [--save-warped-ref PATH] [--match-mode M]
+    frfsr upscale INPUT [INPUT ...] (--ref REF ... | --ref-dir DIR) -o OUT_DIR [--ext .png] [--overwrite]
+                 (folders, globs; resumable; split between processes under accelerate launch)
     frfsr convert CKPT [CKPT ...] -o OUT_DIR [--kind auto|official|c2matching|esrgan|vgg16|vgg19]
                  [--config paper|tiny|config.json] [--base ID_OR_DIR] [--allow-partial]
     frfsr info [ID_OR_DIR_OR_CHECKPOINT]
@@ -73,31 +75,75 @@ def _tile(value: str):
 
 
 # ---------------------------------------------------------------------- upscale
-@subcommand("upscale", "4x super-resolve an image using reference image(s)")
+def _single_file(args) -> bool:
+    """One input file and ``-o`` a file name: the one-image mode (``-o`` ending in a path
+    separator, several inputs, a folder or a glob: the batch mode, ``-o`` a folder)."""
+    import glob
+    import os
+    if len(args.inputs) != 1 or args.output.endswith(("/", os.sep)):
+        return False
+    return not glob.has_magic(args.inputs[0]) and not Path(args.inputs[0]).is_dir()
+
+
+def _ref_paths(args) -> list[str]:
+    from .batch import list_inputs
+    from .image_files import IMAGE_SUFFIXES
+    refs = list(args.ref or [])
+    if args.ref_dir:
+        if not Path(args.ref_dir).is_dir():
+            raise CLIError(f"--ref-dir {args.ref_dir}: not a folder")
+        refs += [str(p) for p, _ in list_inputs([args.ref_dir], IMAGE_SUFFIXES)]
+    if not refs:
+        raise CLIError("give the reference image(s): --ref REF (repeat for several) or --ref-dir DIR")
+    return refs
+
+
+def _pipe_kwargs(args) -> dict:
+    return dict(tile=args.tile, overlap=args.overlap, match_mode=args.match_mode)
+
+
+@subcommand("upscale", "4x super-resolve images using reference image(s)")
 def _upscale(p: argparse.ArgumentParser):
     from .checks import MIN_LR_SIZE, MIN_REF_SIZE
-    p.description = (f"4x super-resolve an image using reference image(s). The LR must be at least "
+    p.description = (f"4x super-resolve images using reference image(s). The LR must be at least "
                      f"{MIN_LR_SIZE}x{MIN_LR_SIZE} pixels and every Ref at least {MIN_REF_SIZE}x{MIN_REF_SIZE}. "
                      "Large LRs are processed in tiles automatically (--tile auto): the tile size comes from the "
                      "free memory and is halved on out-of-memory. 8- and 16-bit, grayscale, alpha and float TIFF "
-                     "inputs give the same kind of output.")
-    p.add_argument("lr", help=f"the low-resolution image (at least {MIN_LR_SIZE}x{MIN_LR_SIZE})")
-    p.add_argument("--ref", action="append", required=True,
-                   help=f"a reference image, at least {MIN_REF_SIZE}x{MIN_REF_SIZE} (repeat for several)")
+                     "inputs give the same kind of output. One input file: -o names the output file. Several "
+                     "inputs, folders or globs (or -o ending in '/'): -o is a folder, the inputs' layout is kept "
+                     "below it, outputs already complete are skipped (the run is resumable), a failing input is "
+                     "reported and the others go on (exit code 1 if any failed). Under 'accelerate launch' the "
+                     "inputs are split between the processes.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=f"low-resolution image(s) (at least {MIN_LR_SIZE}x{MIN_LR_SIZE}), folders (searched "
+                        "recursively) or glob patterns (quoted, e.g. 'photos/**/*.jpg'); videos where frfsr[video] "
+                        "is installed")
+    p.add_argument("--ref", action="append",
+                   help=f"a reference image, at least {MIN_REF_SIZE}x{MIN_REF_SIZE} (repeat for several); every "
+                        "input uses every Ref, encoded once")
+    p.add_argument("--ref-dir", metavar="DIR", help="use every image in this folder as a Ref (with or instead of --ref)")
     p.add_argument("-o", "--output", required=True,
-                   help="where to write the 4x image; the format comes from the extension (checked before the run)")
+                   help="one input: where to write the 4x image (the format comes from the extension, checked "
+                        "before the run); otherwise the output folder")
+    p.add_argument("--ext", help="batch mode: the outputs' suffix, e.g. .png (default: each input's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="batch mode: compute outputs that already exist complete too (default: skip them)")
     _model_args(p)
     p.add_argument("--tile", type=_tile, default="auto",
                    help="LR tile side in pixels; 'auto' (default: from free memory, halved on out-of-memory) or 0 "
                         "(the whole image at once)")
     p.add_argument("--overlap", type=int, default=16, help="LR pixels shared by neighbouring tiles (default: 16)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: CUDA if available)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, mps or auto (default: CUDA if available; under accelerate launch, "
+                        "auto and cuda mean each process's own GPU)")
     p.add_argument("--dtype", default="auto",
                    help="auto (default: bfloat16 on GPUs and CPUs that compute it natively, else float32), "
                         "float32, float16, bfloat16")
-    p.add_argument("--save-confidence", metavar="PATH", help="also write the match confidence map (grayscale, LR size)")
-    p.add_argument("--save-warped-ref", metavar="PATH", help="also write the Ref warped onto the output grid")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--save-confidence", metavar="PATH",
+                   help="one input image only: also write the match confidence map (grayscale, LR size)")
+    p.add_argument("--save-warped-ref", metavar="PATH",
+                   help="one input image only: also write the Ref warped onto the output grid")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--ref-scales", type=float, nargs="+", metavar="S",
                    help="also match every Ref resized by these factors (the Ref scale pyramid), e.g. "
                         "--ref-scales 1 0.71 0.5 for a Ref shot closer than the LR (default: the Ref as given)")
@@ -106,35 +152,93 @@ def _upscale(p: argparse.ArgumentParser):
                         "linear in the image) or auto (fast for large inputs; default)")
 
     def run(args):
-        import warnings
-
-        from PIL import Image
-
-        from .image_files import check_output, to_writable, write_image
-        from .pipeline import FRFSRWarning
-        lr = _open_image(args.lr, "LR")
-        refs = [_open_image(r, "Ref") for r in args.ref]
-        check_output(args.output, lr)                   # before any computation
-        for extra in (args.save_confidence, args.save_warped_ref):
-            if extra:
-                check_output(extra, Image.new("RGB", (1, 1)))
-        pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", FRFSRWarning)
-            out = pipe(lr, refs, tile=args.tile, overlap=args.overlap, return_details=True,
-                       progress=not args.no_progress, match_mode=args.match_mode, ref_scales=args.ref_scales)
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-        write_image(out.images, args.output)
-        w, h = out.images.size if isinstance(out.images, Image.Image) else out.images.shape[1::-1]
-        print(f"wrote {args.output} ({w}x{h}), relevance {out.relevance:.3f}")
-        if args.save_confidence:
-            write_image(to_writable(out.confidence), args.save_confidence)
-            print(f"wrote {args.save_confidence} (match confidence)")
-        if args.save_warped_ref:
-            write_image(to_writable(out.warped_ref), args.save_warped_ref)
-            print(f"wrote {args.save_warped_ref} (warped Ref)")
+        if _single_file(args):
+            return _upscale_one(args)
+        return _upscale_many(args)
     return run
+
+
+def _upscale_one(args):
+    import warnings
+
+    from PIL import Image
+
+    from .batch import video_suffixes
+    from .image_files import check_output, to_writable, write_image
+    from .pipeline import FRFSRWarning
+    src = args.inputs[0]
+    if Path(src).suffix.lower() in video_suffixes():
+        return _upscale_one_video(args)
+    lr = _open_image(src, "LR")
+    refs = [_open_image(r, "Ref") for r in _ref_paths(args)]
+    check_output(args.output, lr)                   # before any computation
+    for extra in (args.save_confidence, args.save_warped_ref):
+        if extra:
+            check_output(extra, Image.new("RGB", (1, 1)))
+    pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FRFSRWarning)
+        out = pipe(lr, refs, return_details=True, progress=not args.no_progress, ref_scales=args.ref_scales,
+                   **_pipe_kwargs(args))
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    write_image(out.images, args.output)
+    w, h = out.images.size if isinstance(out.images, Image.Image) else out.images.shape[1::-1]
+    print(f"wrote {args.output} ({w}x{h}), relevance {out.relevance:.3f}")
+    if args.save_confidence:
+        write_image(to_writable(out.confidence), args.save_confidence)
+        print(f"wrote {args.save_confidence} (match confidence)")
+    if args.save_warped_ref:
+        write_image(to_writable(out.warped_ref), args.save_warped_ref)
+        print(f"wrote {args.save_warped_ref} (warped Ref)")
+
+
+def _upscale_one_video(args):
+    if args.save_confidence or args.save_warped_ref:
+        raise CLIError("--save-confidence and --save-warped-ref take an input image, not a video")
+    try:
+        from .video import upscale_video
+    except ImportError as e:
+        raise CLIError(f"{args.inputs[0]} is a video; video needs PyAV: pip install 'frfsr[video]' ({e})") from None
+    refs = [_open_image(r, "Ref") for r in _ref_paths(args)]
+    pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
+    try:
+        upscale_video(pipe, args.inputs[0], args.output, pipe.encode_refs(refs, ref_scales=args.ref_scales),
+                      progress=not args.no_progress, **_pipe_kwargs(args))
+    except ImportError as e:
+        raise CLIError(f"video needs PyAV: pip install 'frfsr[video]' ({e})") from None
+    print(f"wrote {args.output}")
+
+
+def _upscale_many(args):
+    from .batch import distributed_state, gather_results, upscale_files
+    if args.save_confidence or args.save_warped_ref:
+        raise CLIError("--save-confidence and --save-warped-ref take one input image with -o a file name; "
+                       "leave them out for several inputs, folders or globs")
+    refs = _ref_paths(args)
+    try:
+        state = distributed_state(cpu=True if args.device == "cpu" else None)   # None in a single process
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    device = args.device
+    if state is not None and device in ("auto", "cuda"):
+        device = str(state.device)                  # each process its own GPU (or the CPU)
+    prefix = f"[process {state.process_index}/{state.num_processes}] " if state is not None else ""
+
+    def log(message: str) -> None:
+        print(prefix + message, file=sys.stderr if message.startswith(("failed", "warning")) else sys.stdout,
+              flush=True)
+
+    pipe = _load_pipeline(args, device=device, dtype=args.dtype)
+    result = upscale_files(pipe, args.inputs, refs, args.output, ext=args.ext, overwrite=args.overwrite,
+                           progress=not args.no_progress, state=state, ref_scales=args.ref_scales, log=log,
+                           **_pipe_kwargs(args))
+    total = gather_results(result, state)
+    if state is None or state.is_main_process:
+        print(total.summary(), flush=True)
+    if state is not None and hasattr(state, "destroy_process_group"):
+        state.destroy_process_group()
+    return 1 if total.failed else 0
 
 
 # ---------------------------------------------------------------------- convert

@@ -19,6 +19,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ._fs import umask
 
+# the image files taken as inputs where a folder or a glob is given (frfsr.batch); lower case
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_16BIT_COLOUR = {2: 3, 4: 2, 6: 4}        # PNG colour type -> channels (RGB, gray + alpha, RGBA)
 
