@@ -21,6 +21,12 @@ MODULE_OF = {"huggingface-hub": "huggingface_hub", "pillow": "PIL", "pypng": "pn
 # modules (the node pack runs inside ComfyUI)
 OPTIONAL = {"triton", "lpips", "psutil", "matplotlib", "comfy", "folder_paths", "server", "comfy_execution", "nodes"}
 TRAINING_ONLY = ("frfsr/training/", "frfsr/data/", "frfsr/evaluate.py")
+# imported by an inference module only where several processes run (accelerate launch / torchrun)
+MULTI_PROCESS_ONLY = {"accelerate": ("frfsr/batch.py",)}
+
+
+def _inference_file(module: str, path: str) -> bool:
+    return not path.startswith(TRAINING_ONLY) and path not in MULTI_PROCESS_ONLY.get(module, ())
 
 
 def _names(reqs) -> set[str]:
@@ -58,8 +64,7 @@ def _files(*folders):
 
 def test_core_dependencies_are_what_inference_imports():
     core = _names(PYPROJECT["project"]["dependencies"])
-    inference = {m: f for m, f in _imports(_files("frfsr")).items()
-                 if any(not x.startswith(TRAINING_ONLY) for x in f)}
+    inference = {m: f for m, f in _imports(_files("frfsr")).items() if any(_inference_file(m, x) for x in f)}
     undeclared = set(inference) - core - OPTIONAL
     assert not undeclared, {m: sorted(inference[m]) for m in undeclared}
     unused = core - set(inference)
@@ -80,7 +85,7 @@ def test_training_extra_is_what_training_imports():
 def test_comfyui_requirements_list_every_module_the_pack_imports():
     reqs = _names((ROOT / "requirements.txt").read_text().splitlines())
     used = {m: f for m, f in _imports(_files("frfsr_nodes", "frfsr")).items()
-            if any(x.startswith("frfsr_nodes") or not x.startswith(TRAINING_ONLY) for x in f)}
+            if any(x.startswith("frfsr_nodes") or _inference_file(m, x) for x in f)}
     missing = set(used) - reqs - OPTIONAL - {"torch"}          # ComfyUI ships its own torch build
     assert not missing, {m: sorted(used[m]) for m in missing}
     assert "torch" not in reqs
@@ -89,7 +94,7 @@ def test_comfyui_requirements_list_every_module_the_pack_imports():
 def test_inference_runs_without_the_training_packages(tmp_path):
     """accelerate, kornia and xformers unimportable, and yaml refused to frfsr's own modules
     (huggingface_hub needs it for model cards): the package imports, the pipeline runs and the
-    CLI saves and upscales."""
+    CLI saves and upscales, one file and a folder."""
     script = textwrap.dedent(f"""
         import importlib.abc, sys
         BLOCKED = {{"accelerate", "kornia", "xformers"}}
@@ -118,6 +123,12 @@ def test_inference_runs_without_the_training_packages(tmp_path):
         code = cli.main(["upscale", r"{tmp_path}/lr.png", "--ref", r"{tmp_path}/lr.png", "-o", r"{tmp_path}/sr.png",
                          "--model", r"{tmp_path}/m", "--no-progress", "--dtype", "float32"])
         assert code == 0 and Image.open(r"{tmp_path}/sr.png").size == (64, 64)
+        import os
+        os.makedirs(r"{tmp_path}/lrs")
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(r"{tmp_path}/lrs/a.png")
+        code = cli.main(["upscale", r"{tmp_path}/lrs", "--ref", r"{tmp_path}/lr.png", "-o", r"{tmp_path}/out",
+                         "--model", r"{tmp_path}/m", "--no-progress", "--dtype", "float32"])
+        assert code == 0 and Image.open(r"{tmp_path}/out/a.png").size == (64, 64)
         assert not {{"accelerate", "kornia", "xformers"}} & set(sys.modules)
         print("ran")
     """)
