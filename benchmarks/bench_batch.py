@@ -6,7 +6,7 @@ The folder holds ``--count`` LRs of ``--size`` x ``--size`` pixels (crops of the
 LR at different places), the Ref is the bundled demo Ref, and the model the bundled default
 weights. Each case is the real command in a fresh output folder: one process with every
 core's thread, or ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N``
-with ``cores / N`` threads each (OMP_NUM_THREADS). "run" is the time the command itself
+with ``cores / N`` threads each (OMP_NUM_THREADS; ``--threads`` sets it for every case). "run" is the time the command itself
 reports from listing the inputs to the last output (images/s over it), "wall" the whole
 command, process starts and model loading included. Prints one JSON line per case and a
 Markdown table with the commands.
@@ -76,14 +76,14 @@ def command(processes: int, lrs: str, ref: str, out: str, model: str) -> list[st
             str(_free_port()), *upscale]
 
 
-def run_case(processes: int, work: Path, model: str, cores: int) -> dict:
-    """One run over ``work/lrs`` with ``work/ref.png`` into a fresh ``work/out_<processes>``."""
-    threads = max(1, cores // processes)
+def run_case(processes: int, work: Path, model: str, cores: int, threads: int | None = None) -> dict:
+    """One run over ``work/lrs`` with ``work/ref.png`` into a fresh ``work/out_<processes>_<threads>``."""
+    threads = threads or max(1, cores // processes)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if processes > 1:
         env["ACCELERATE_USE_CPU"] = "1"
-    cmd = command(processes, "lrs", "ref.png", f"out_{processes}", model)
+    cmd = command(processes, "lrs", "ref.png", f"out_{processes}_{threads}", model)
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
     wall = time.perf_counter() - t
@@ -104,6 +104,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts (default: 1 2)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1,
                     help="threads shared out between the processes (default: this machine's cores, %(default)s)")
+    ap.add_argument("--threads", type=int, help="threads per process (default: cores / processes)")
     ap.add_argument("--model", default="frfsr-default", help="model (default: the bundled weights)")
     args = ap.parse_args(argv)
     if args.count < 1 or args.size < 15:
@@ -113,12 +114,12 @@ def main(argv=None) -> list[dict]:
         tmp = Path(tmp)
         make_inputs(tmp / "lrs", args.count, args.size)
         for n in args.processes:
-            row = run_case(n, tmp, args.model, args.cores)
+            row = run_case(n, tmp, args.model, args.cores, args.threads)
             if row["images"] != args.count:
                 raise SystemExit(f"{row['images']} of {args.count} images written: {row}")
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print(f"\n`python benchmarks/bench_batch.py {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
+    print(f"\n`{shlex.join(['python', 'benchmarks/bench_batch.py', *(argv if argv is not None else sys.argv[1:])])}`; "
           f"CPU: {_cpu_name()}, {args.cores} cores; {args.count} LRs of {args.size}x{args.size}, Ref 400x400 "
           f"(bundled demo), {args.model}\n")
     print("| processes x threads | images | run (s) | images/s | wall incl. start (s) | command |")

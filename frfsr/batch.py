@@ -37,6 +37,7 @@ installed) go to :func:`frfsr.video.upscale_video`, which needs PyAV (``frfsr[vi
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import time
@@ -56,6 +57,7 @@ class BatchError(ValueError):
     """Inputs or outputs that a batch run cannot use (nothing matches, two inputs with one output name, ...)."""
 
 
+@functools.lru_cache(maxsize=None)
 def video_suffixes() -> tuple[str, ...]:
     """The video suffixes :mod:`frfsr.video` handles, () where that module is not installed."""
     try:

@@ -159,6 +159,7 @@ def _upscale(p: argparse.ArgumentParser):
 
 
 def _upscale_one(args):
+    import os
     import warnings
 
     from PIL import Image
@@ -167,6 +168,9 @@ def _upscale_one(args):
     from .image_files import check_output, to_writable, write_image
     from .pipeline import FRFSRWarning
     src = args.inputs[0]
+    if (os.environ.get("RANK") or "0") != "0":     # one output file: under accelerate launch the first process writes it
+        print(f"process {os.environ['RANK']}: one input file, written by process 0")
+        return 0
     if Path(src).suffix.lower() in video_suffixes():
         return _upscale_one_video(args)
     lr = _open_image(src, "LR")

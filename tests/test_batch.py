@@ -230,6 +230,22 @@ def test_cli_folder_with_a_failing_input_and_ref_dir(files, tmp_path, capsys):
     assert cli.main(["upscale", str(lrs / "a.png"), "-o", str(tmp_path / "x.png"), "--model",
                      str(files / "model")]) == 2
     assert "--ref REF" in capsys.readouterr().err
+    # one file into a folder: -o ending in a slash
+    assert cli.main(["upscale", str(lrs / "a.png"), "--ref", str(files / "refs" / "a.png"), "-o",
+                     str(tmp_path / "one") + "/", "--model", str(files / "model"), "--device", "cpu",
+                     "--no-progress"]) == 0
+    assert "1 written" in capsys.readouterr().out and Image.open(tmp_path / "one" / "a.png").size == (96, 96)
+
+
+def test_bench_batch_runs(files):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_batch", REPO_ROOT / "benchmarks" / "bench_batch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--count", "2", "--size", "16", "--processes", "1", "--cores", "1", "--model",
+                       str(files / "model")])
+    assert [(r["processes"], r["images"]) for r in rows] == [(1, 2)] and rows[0]["images_per_s"] > 0
+    assert "frfsr.cli upscale lrs --ref ref.png" in rows[0]["command"]
 
 
 def _free_port() -> int:
