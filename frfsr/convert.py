@@ -415,12 +415,9 @@ def convert_state_dict(state_dict: dict, kind: str = "auto", model=None) -> tupl
         extra = sorted(k for k in out if k not in ours)
         shapes = [f"{k}: {tuple(out[k].shape)} in the checkpoint, {tuple(ours[k].shape)} in the model"
                   for k in out if k in ours and out[k].shape != ours[k].shape]
+        problems = [f"{len(shapes)} tensors have other shapes ({'; '.join(shapes[:3])})" if shapes else "",
+                    f"{len(extra)} tensors have no place in the model ({', '.join(extra[:3])})" if extra else ""]
         if extra or shapes:
-            msg = []
-            if shapes:
-                msg.append(f"{len(shapes)} tensors have other shapes ({'; '.join(shapes[:3])})")
-            if extra:
-                msg.append(f"{len(extra)} tensors have no place in the model ({', '.join(extra[:3])})")
             raise ValueError(f"this {kind} checkpoint does not fit the model's config ({model.config.name}): "
-                             + ", ".join(msg))
+                             + ", ".join(p for p in problems if p))
     return out, report
