@@ -16,9 +16,13 @@ def umask() -> int:
 
 
 def sha256(path) -> str:
-    """The hex sha256 of a file, read in 4 MiB chunks."""
+    """The hex sha256 of a file."""
     import hashlib
-    h = hashlib.sha256()
+    return digest(path, hashlib.sha256())
+
+
+def digest(path, h) -> str:
+    """The hex digest of a file by the hash object ``h`` (fed in 4 MiB chunks)."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
