@@ -182,6 +182,9 @@ class _Writer:
         formats = [f.name for f in c.video_formats or ()]
         self.v = self.out.add_stream(codec, rate=fps)
         self.v.width, self.v.height = w, h
+        sar = vin.codec_context.sample_aspect_ratio
+        if sar:                                      # anamorphic sources keep their pixel shape
+            self.v.codec_context.sample_aspect_ratio = sar
         self.v.pix_fmt = "yuv420p" if not formats or "yuv420p" in formats else formats[0]
         # the source's time base where the encoder and container take it (MPEG-4 part 2 needs a
         # denominator < 2^16; AVI has one frame per time-base tick)

@@ -30,10 +30,12 @@ def _frames(n=N, w=W, h=H):
         yield np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8)
 
 
-def make_clip(path, n=N, fps=FPS, audio="aac"):
+def make_clip(path, n=N, fps=FPS, audio="aac", sar=None):
     out = av.open(str(path), "w")
     v = out.add_stream("libx264", rate=fps)
     v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+    if sar:
+        v.codec_context.sample_aspect_ratio = sar
     v.options = {"crf": "10"}
     a = None
     if audio:
@@ -65,7 +67,7 @@ def probe(path):
         audio = [(s.codec_context.name, s.codec_context.sample_rate) for s in c.streams.audio]
         # audio duration from the decoded samples (containers differ in what their headers say)
         samples = sum(f.samples for f in c.decode(audio=0)) if audio else 0
-        return {"fps": v.average_rate, "frames": frames, "audio": audio,
+        return {"fps": v.average_rate, "frames": frames, "sar": v.codec_context.sample_aspect_ratio, "audio": audio,
                 "audio_seconds": samples / c.streams.audio[0].codec_context.sample_rate if audio else 0.0}
 
 
@@ -157,11 +159,12 @@ def test_audio_the_container_refuses_is_reencoded_and_said(pipe, ref, clip, tmp_
 
 
 def test_mpeg4_codec_with_quality(pipe, ref, tmp_path):
-    src = make_clip(tmp_path / "silent.mov", n=5, audio=None)
+    src = make_clip(tmp_path / "silent.mov", n=5, audio=None, sar=Fraction(4, 3))
     res = upscale_video(pipe, src, tmp_path / "sr.avi", ref, codec="mpeg4", crf=2, progress=False)
     assert (res.codec, res.audio, res.frames) == ("mpeg4", "none", 5)
     out = probe(tmp_path / "sr.avi")
     assert len(out["frames"]) == 5 and out["fps"] == FPS and out["frames"][0].shape == (4 * H, 4 * W, 3)
+    assert out["sar"] == Fraction(4, 3)                     # anamorphic pixels stay so
     upscale_video(pipe, src, tmp_path / "coarse.avi", ref, codec="mpeg4", crf=31, progress=False)
     assert (tmp_path / "coarse.avi").stat().st_size < 0.7 * (tmp_path / "sr.avi").stat().st_size
 
@@ -227,3 +230,19 @@ def test_suffixes_are_writable_here():
     for s in VIDEO_SUFFIXES:
         assert av.format.ContainerFormat({".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".avi": "avi",
                                           ".webm": "webm"}[s], "w")
+
+
+def test_bench_video_runs(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_video.py"
+    spec = importlib.util.spec_from_file_location("bench_video", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--seconds", "0.3", "--size", "16x16", "--batch-size", "2", "--threads", "1"])
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    r = rows[0]
+    assert (r["frames"], r["size"], r["audio"]) == (3, "64x64", "copied") and r["peak_mib"] >= r["over_baseline_mib"] > 0
+    assert "| 0.3 s @ 10 fps | 16x16 | 3 | tiny |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--size", "15x16"])
