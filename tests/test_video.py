@@ -218,9 +218,12 @@ def test_low_relevance_is_one_warning_for_the_clip(ref, clip, tmp_path):
     torch.manual_seed(0)
     p = FRFSRPipeline(FRFSR(FRFSRConfig.tiny()))
     p.relevance_threshold = 2.0            # above any cosine similarity: every frame is "low"
+    from PIL import Image
+    ref_file = tmp_path / "ref.png"        # a Ref given as an image path, as the command line has it
+    Image.fromarray(ref).save(ref_file)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = upscale_video(p, clip, tmp_path / "sr.mp4", ref, batch_size=6, progress=False)
+        res = upscale_video(p, clip, tmp_path / "sr.mp4", [str(ref_file)], batch_size=6, progress=False)
     msgs = [str(w.message) for w in caught if issubclass(w.category, FRFSRWarning)]
     assert len(msgs) == 1 and f"{N} of {N} frames" in msgs[0]
     assert res.low_relevance_frames == N
