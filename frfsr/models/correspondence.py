@@ -85,23 +85,27 @@ def normalize_features(feat: torch.Tensor) -> torch.Tensor:
 def relevance_of(confidence: torch.Tensor) -> torch.Tensor:
     """Relevance per sample (B,) of a match-confidence map (B, 1, h, w), float32: the mean,
     over the LR positions where a whole 3x3 patch fits (the one-position border, which
-    :meth:`frfsr.FRFSR.match` sets to zero, is left out), of the cosine similarity of each LR texture patch with its best
-    Ref patch. :attr:`frfsr.Correspondence.relevance` and the pipeline (whose tiled path
-    blends the tiles' maps into one) both call this.
+    :meth:`frfsr.FRFSR.match` sets to zero, is left out), of the cosine similarity of each
+    LR texture patch with its best Ref patch. :attr:`frfsr.Correspondence.relevance` and the
+    pipeline (whose tiled path blends the tiles' maps into one) both call this.
 
-    The scale, in [-1, 1]: 1 is a Ref that repeats the LR's texture patch for patch; with
-    the bundled default weights, on held-out photos, relevant Refs (another view of the
-    scene, also at half or twice the zoom, rotated, or with a JPEG / blurred LR) give a
-    median of 0.58 (95 % at or above :data:`RELEVANCE_THRESHOLD`, 0.47), the LR as its own
-    Ref 0.79, and Refs from another photo 0.36 (90 % below 0.47; flat regions such as sky
-    match anything, so an unrelated Ref seldom scores below 0.1).
+    The scale, in [-1, 1]: 1 would be Ref texture features equal to the LR's, patch for
+    patch (the texture encoder has one trunk for the LR and one for the Ref, so even the LR
+    as its own Ref stays below 1). With the bundled default weights, on held-out photos,
+    relevant Refs (another view of the scene, also at half or twice the zoom, rotated, or
+    with a JPEG / blurred LR) give a median of 0.58 (95 % at or above
+    :data:`RELEVANCE_THRESHOLD`, 0.47), the LR as its own Ref 0.79, and Refs from another
+    photo 0.36 (90 % below 0.47; flat regions such as sky match anything, so an unrelated
+    Ref seldom scores below 0.1).
 
     Tried and not better (ROC AUC relevant vs unrelated on the crop-seed-0 pairs, where the
-    mean gives 0.974):
-    the share of positions above a similarity level (0.965 at 0.5), the similarity relative
-    to the LR's match with itself (0.971) or minus a per-LR null from real unrelated Refs
-    (0.956), the median (0.970), a texture-weighted mean (0.970) and the share of
-    positions whose flow agrees with a neighbour's (0.75)."""
+    mean gives 0.974): the share of positions above a similarity level (0.965 at 0.5), the
+    similarity relative to the LR's match with itself (0.971) or minus a per-LR null from
+    real unrelated Refs (0.956), the median (0.970), a texture-weighted mean (0.970), the
+    share of positions whose flow agrees with a neighbour's (0.75); and, over both crop
+    seeds (the mean: 0.971), the similarity minus the LR patch's best match elsewhere in the
+    LR (0.971) or weighted by how unlike the rest of the LR the patch is (0.973, at a cost
+    quadratic in the LR)."""
     if not isinstance(confidence, torch.Tensor) or confidence.dim() != 4 or confidence.shape[1] != 1:
         shape = tuple(confidence.shape) if isinstance(confidence, torch.Tensor) else type(confidence).__name__
         raise ValueError(f"relevance_of needs a (B, 1, h, w) confidence map, got {shape}")
