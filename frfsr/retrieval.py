@@ -96,9 +96,12 @@ def _rotate(img: torch.Tensor, degrees: float) -> torch.Tensor:
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def _check_image(img: torch.Tensor, name: str) -> torch.Tensor:
+def _check_image(img, name: str) -> torch.Tensor:
+    """One image as a (1, 3, H, W) tensor: a tensor (3, H, W) / (1, 3, H, W), or a PIL image
+    or numpy array (:func:`frfsr.image_io.to_rgb`)."""
     if not isinstance(img, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor (3, H, W) or (1, 3, H, W); got {type(img).__name__}")
+        from .image_io import to_rgb
+        img = to_rgb(img, name)
     if img.dim() == 3:
         img = img[None]
     if img.dim() != 4 or img.shape[0] != 1 or img.shape[1] != 3:
@@ -108,7 +111,8 @@ def _check_image(img: torch.Tensor, name: str) -> torch.Tensor:
 
 @torch.no_grad()
 def ref_descriptor(model, ref: torch.Tensor, scales=SCALES, cell: int = CELL, max_cells: int = MAX_CELLS) -> torch.Tensor:
-    """The descriptor of a candidate Ref (3, H, W) or (1, 3, H, W) in [0, 1]: (N, C) unit
+    """The descriptor of a candidate Ref ((3, H, W) or (1, 3, H, W) in [0, 1], or a PIL image or
+    numpy array): (N, C) unit
     vectors of its texture cells at every scale (see the module docstring), float16."""
     from .models.frfsr import REF_TILE, resize_ref
     ref = _check_image(ref, "ref").to(model.device, model.dtype)
@@ -167,10 +171,11 @@ def descriptor_scores(query, descriptors, chunk: int = 1 << 22) -> torch.Tensor:
 
 def model_identity(model, scales=SCALES, cell: int = CELL, max_cells: int = MAX_CELLS) -> str:
     """A hex key naming what a descriptor depends on: the texture encoder's weights (their
-    bytes, in float32), the descriptor's settings and :data:`DESCRIPTOR_VERSION`."""
+    bytes, in float32), the precision it runs in, the descriptor's settings and
+    :data:`DESCRIPTOR_VERSION`."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": DESCRIPTOR_VERSION, "scales": [float(s) for s in scales], "cell": cell,
-                         "max_cells": max_cells}, sort_keys=True).encode())
+                         "max_cells": max_cells, "dtype": str(model.dtype)}, sort_keys=True).encode())
     for name, t in sorted(model.texture_encoder.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -225,14 +230,14 @@ class Selection:
 class RefIndex:
     """Candidate Refs, described once, to rank and select from for many LRs.
 
-    ``candidates``: image files (paths), or tensors (3, H, W) / (1, 3, H, W) in [0, 1], or a
-    mix; ``names``: labels for them (default: the paths, ``candidate[i]`` for tensors).
-    ``cache_dir``: where file descriptors are cached (default :func:`descriptor_cache_dir`;
-    None: no disk cache). The descriptors are computed here, at construction; ``computed``
+    ``candidates``: image files (paths), or images in memory (tensors (3, H, W) /
+    (1, 3, H, W) in [0, 1], PIL images, numpy arrays), or a mix; ``names``: labels for them (default: the paths, ``candidate[i]`` for tensors).
+    ``cache_dir``: where file descriptors are cached (True, the default:
+    :func:`descriptor_cache_dir`; None or False: no disk cache). The descriptors are computed here, at construction; ``computed``
     and ``cache_hits`` count how many were described and how many read from the cache.
     """
 
-    def __init__(self, model, candidates, names=None, *, cache_dir: str | os.PathLike | None = "default",
+    def __init__(self, model, candidates, names=None, *, cache_dir: str | os.PathLike | bool | None = True,
                  progress=None):
         candidates = list(candidates)
         if not candidates:
@@ -244,8 +249,8 @@ class RefIndex:
         self.names = [str(n) for n in names] if names is not None else [
             str(c) if isinstance(c, (str, os.PathLike)) else f"candidate[{i}]" for i, c in enumerate(candidates)]
         self.identity = model_identity(model)
-        self.cache_dir = (descriptor_cache_dir() if cache_dir == "default" else
-                          None if cache_dir is None else Path(cache_dir))
+        self.cache_dir = (descriptor_cache_dir() if cache_dir is True else
+                          None if cache_dir is None or cache_dir is False else Path(cache_dir))
         self.computed = self.cache_hits = 0
         self.descriptors = []
         for i, c in enumerate(candidates):
@@ -283,7 +288,7 @@ class RefIndex:
         return len(self.candidates)
 
     def _describe(self, candidate, name: str) -> torch.Tensor:
-        if isinstance(candidate, torch.Tensor):
+        if not isinstance(candidate, (str, os.PathLike)):
             self.computed += 1
             return ref_descriptor(self.model, candidate)
         path = Path(candidate)
@@ -306,16 +311,17 @@ class RefIndex:
     def image(self, index: int) -> torch.Tensor:
         """Candidate ``index`` as a (1, 3, H, W) float tensor (files are read again)."""
         c = self.candidates[index]
-        return _check_image(c, self.names[index]) if isinstance(c, torch.Tensor) else _read_candidate(Path(c))
+        return _read_candidate(Path(c)) if isinstance(c, (str, os.PathLike)) else _check_image(c, self.names[index])
 
-    def rank(self, lr: torch.Tensor) -> list[tuple[int, float]]:
-        """Every candidate as ``(index, score)``, best first (descriptor scores only)."""
+    def rank(self, lr) -> list[tuple[int, float]]:
+        """Every candidate as ``(index, score)``, best first (descriptor scores only). ``lr``:
+        a tensor (3, h, w) / (1, 3, h, w), a PIL image or a numpy array."""
         scores = descriptor_scores(lr_descriptor(self.model, lr), self.descriptors)
         order = torch.argsort(scores, descending=True, stable=True)
         return [(int(i), float(scores[i])) for i in order]
 
     @torch.no_grad()
-    def select(self, lr: torch.Tensor, k: int = 1, rerank: int | None = None) -> list[Selection]:
+    def select(self, lr, k: int = 1, rerank: int | None = None) -> list[Selection]:
         """The ``k`` most relevant candidates for ``lr``, best first: the best ``rerank``
         (default ``max(k, 3)``; 0: none) by descriptor score, matched against the LR and
         ordered by relevance + score; past them, the descriptor order. ``k`` larger than

@@ -226,3 +226,14 @@ def test_relevant_ref_is_in_the_top_3_on_held_out_photos(model, monkeypatch):
     assert overall["kind"] == "all"
     assert overall["top3"] >= 0.95, result["per"]
     assert overall["top1"] >= 0.6, result["per"]
+
+
+def test_pil_and_numpy_images_are_accepted(model):
+    lr, views, others = _views()
+    as_pil = [Image.fromarray(t.mul(255).round().byte().permute(1, 2, 0).numpy()) for t in (others[0], views["shifted"])]
+    index = RefIndex(model, as_pil, cache_dir=None)
+    lr_np = lr.mul(255).round().byte().permute(1, 2, 0).numpy()
+    assert index.rank(lr_np)[0][0] == 1
+    assert index.image(1).shape == (1, 3, 128, 128)
+    half = FRFSR.from_pretrained("frfsr-default", torch_dtype=torch.bfloat16)
+    assert retrieval.model_identity(half) != retrieval.model_identity(model)      # another precision, another key
