@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--crops", type=int, default=5, help="LR crops per held-out photo")
     ap.add_argument("--patch", type=int, default=128, help="HR crop side (the Refs are about this size)")
     ap.add_argument("--candidates", type=int, default=100, help="candidates per LR (at least 50 distractors)")
-    ap.add_argument("--rerank", type=int, nargs="+", default=[3, 8], help="candidates re-ranked by the match "
+    ap.add_argument("--rerank", type=int, nargs="+", default=[0, 3, 8], help="candidates re-ranked by the match "
                     "(a row group per value)")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--verbose", action="store_true", help="list the LRs whose own Ref was not selected first")
@@ -152,8 +152,9 @@ def main(argv=None) -> int:
                 if not r["top1"]:
                     print(f"  {r['photo']} {r['kind']}: descriptor rank {r['desc_rank']}, selected {r['selected']}")
     cmd = "python benchmarks/bench_retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"\n`{cmd.strip()}`: {len(queries)} LRs ({args.patch // 4}x{args.patch // 4}), {result['n_candidates']} candidates each "
-          f"({len(cands) - len(queries)} distractors; {len(cands)} images described once), describing them: {result['t_index']:.1f} s; "
+    print(f"\n`{cmd.strip()}`: {len(queries)} LRs ({args.patch // 4}x{args.patch // 4}), "
+          f"{result['n_candidates']} candidates each ({len(cands) - len(queries)} distractors; {len(cands)} images "
+          f"described once), describing them: {result['t_index']:.1f} s; "
           f"{cpu_name()}, {torch.get_num_threads()} threads")
     return 0
 

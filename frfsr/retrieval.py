@@ -52,8 +52,9 @@ import torch.nn.functional as F
 
 from ._fs import cache_root, sha256, umask
 
-__all__ = ["CELL", "MAX_CELLS", "MAX_QUERY_CELLS", "SCALES", "QUERY_ROTATIONS", "DESCRIPTOR_VERSION", "Selection", "RefIndex", "descriptor_cache_dir",
-           "model_identity", "ref_descriptor", "lr_descriptor", "descriptor_scores", "select_references",
+__all__ = ["CELL", "MAX_CELLS", "MAX_QUERY_CELLS", "SCALES", "QUERY_ROTATIONS", "DESCRIPTOR_VERSION", "Selection",
+           "RefIndex", "descriptor_cache_dir", "model_identity", "ref_descriptor", "lr_descriptor", "descriptor_scores",
+           "select_references",
            "write_selection_json", "sidecar_path", "IMAGE_SUFFIXES"]
 
 CELL = 2                    # texture pixels per cell side (8 image pixels)
@@ -110,7 +111,7 @@ def _check_image(img, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ref_descriptor(model, ref: torch.Tensor, scales=SCALES, cell: int = CELL, max_cells: int = MAX_CELLS) -> torch.Tensor:
+def ref_descriptor(model, ref, scales=SCALES, cell: int = CELL, max_cells: int = MAX_CELLS) -> torch.Tensor:
     """The descriptor of a candidate Ref ((3, H, W) or (1, 3, H, W) in [0, 1], or a PIL image or
     numpy array): (N, C) unit
     vectors of its texture cells at every scale (see the module docstring), float16."""
@@ -231,10 +232,12 @@ class RefIndex:
     """Candidate Refs, described once, to rank and select from for many LRs.
 
     ``candidates``: image files (paths), or images in memory (tensors (3, H, W) /
-    (1, 3, H, W) in [0, 1], PIL images, numpy arrays), or a mix; ``names``: labels for them (default: the paths, ``candidate[i]`` for tensors).
-    ``cache_dir``: where file descriptors are cached (True, the default:
-    :func:`descriptor_cache_dir`; None or False: no disk cache). The descriptors are computed here, at construction; ``computed``
-    and ``cache_hits`` count how many were described and how many read from the cache.
+    (1, 3, H, W) in [0, 1], PIL images, numpy arrays), or a mix; ``names``: labels for them
+    (default: the paths, ``candidate[i]`` for images in memory). ``cache_dir``: where file
+    descriptors are cached (True, the default: :func:`descriptor_cache_dir`; None or False:
+    no disk cache; images in memory are never cached). The descriptors are computed here,
+    at construction (``progress(done, total)`` after each); ``computed`` and ``cache_hits``
+    count how many were described and how many read from the cache.
     """
 
     def __init__(self, model, candidates, names=None, *, cache_dir: str | os.PathLike | bool | None = True,

@@ -230,7 +230,8 @@ def test_relevant_ref_is_in_the_top_3_on_held_out_photos(model, monkeypatch):
 
 def test_pil_and_numpy_images_are_accepted(model):
     lr, views, others = _views()
-    as_pil = [Image.fromarray(t.mul(255).round().byte().permute(1, 2, 0).numpy()) for t in (others[0], views["shifted"])]
+    as_pil = [Image.fromarray(t.mul(255).round().byte().permute(1, 2, 0).numpy())
+              for t in (others[0], views["shifted"])]
     index = RefIndex(model, as_pil, cache_dir=None)
     lr_np = lr.mul(255).round().byte().permute(1, 2, 0).numpy()
     assert index.rank(lr_np)[0][0] == 1
