@@ -226,6 +226,8 @@ def test_relevant_ref_is_in_the_top_3_on_held_out_photos(model, monkeypatch):
     assert overall["kind"] == "all"
     assert overall["top3"] >= 0.95, result["per"]
     assert overall["top1"] >= 0.6, result["per"]
+    table = bench.markdown(result, "frfsr-default").splitlines()
+    assert len(table) == 2 + len(bench.REF_KINDS) + 1 and table[-1].startswith("| frfsr-default | all | 15 | 61 |")
 
 
 def test_pil_and_numpy_images_are_accepted(model):
