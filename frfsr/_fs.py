@@ -15,6 +15,16 @@ def umask() -> int:
     return mask
 
 
+def cache_root() -> Path:
+    """The root of frfsr's caches (fetched photos, Ref descriptors): ``$FRFSR_CACHE``, else
+    ``$XDG_CACHE_HOME/frfsr``, else ``~/.cache/frfsr``."""
+    root = os.environ.get("FRFSR_CACHE")
+    if root:
+        return Path(root).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "frfsr"
+
+
 def sha256(path) -> str:
     """The hex sha256 of a file."""
     import hashlib

@@ -7,6 +7,8 @@ layout, move things between devices, and report progress and cancellation to Com
 Graph: LoadFRFSR / LoadFRFSRFromHub -> FRFSR_MODEL; then either Upscale (one node: LR +
 Reference(s) -> IMAGE 4x), or the three steps MatchReference -> FRFSR_MATCH, AlignTextures
 -> FRFSR_TEXTURES, SuperResolve -> IMAGE (4x), which show the match on the way.
+SelectReferences picks, from a batch of candidate IMAGEs, the Reference(s) most relevant to
+an LR (:mod:`frfsr.retrieval`), for any of them.
 """
 from __future__ import annotations
 
@@ -558,6 +560,59 @@ class Upscale(_FourTimesImage):
             return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap)
 
 
+class SelectReferences:
+    """Choose, among many candidate References, the k most relevant to the LR image."""
+
+    DESCRIPTION = ("Picks the k candidate References most relevant to the LR image: every candidate is ranked "
+                   "by a texture descriptor of the model's texture encoder (robust to crops, zoom and rotation), "
+                   "the best few are matched against the LR and re-ranked by the match relevance. Outputs the "
+                   "selected References (best first) and a JSON report of their indices, scores and relevances.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("references", "selection")
+    OUTPUT_TOOLTIPS = ("the selected References, best first, as one batch (for the Reference input of FRFSR "
+                       "Upscale or Match Reference, which gives the LR all of them)",
+                       "JSON: per selected Reference its index in the candidate batch (from 0), descriptor score "
+                       "and match relevance")
+    FUNCTION = "select"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": _MODEL_INPUT,
+            "image": ("IMAGE", {"tooltip": "the low-resolution image (one; the first of a batch is used)"}),
+            "candidates": ("IMAGE", {"tooltip": "candidate References, a batch (e.g. from Batch Images or a "
+                                                "folder loader); images of other sizes: one batch each, batched"}),
+            "k": ("INT", {"default": 1, "min": 1, "max": 64, "step": 1,
+                          "tooltip": "how many References to select"}),
+            "rerank": ("INT", {"default": 3, "min": 0, "max": 256, "step": 1, "tooltip":
+                               "how many of the best candidates by descriptor are matched against the LR and "
+                               "re-ranked by the match relevance (0: the descriptor order only)"}),
+        }}
+
+    def select(self, model: FRFSRModel, image, candidates, k: int = 1, rerank: int = 3):
+        import json
+
+        from frfsr.retrieval import RefIndex
+
+        lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
+        if lr.shape[0] != 1:
+            warnings.warn(f"FRFSR Select References: image is a batch of {lr.shape[0]}; the first image is used",
+                          stacklevel=2)
+        cands = image_to_nchw(candidates, "candidates", cc.intermediate_device(), model.dtype)
+        pixels = cands.shape[-2] * cands.shape[-1]
+        with model.active(memory_estimate(model.model, lr.shape, pixels)) as net:
+            cc.check_interrupt()
+            index = RefIndex(net, [c.to(model.device) for c in cands.split(1)], cache_dir=None,
+                             progress=lambda *_: cc.check_interrupt())
+            chosen = index.select(lr[:1].to(model.device), max(1, int(k)), max(0, int(rerank)))
+        picked = torch.cat([cands[s.index: s.index + 1] for s in chosen])
+        report = {"k": len(chosen), "candidates": len(index),
+                  "selected": [{"index": s.index, "score": round(s.score, 6),
+                                "relevance": None if s.relevance is None else round(s.relevance, 6)} for s in chosen]}
+        return (nchw_to_image(picked), json.dumps(report))
+
+
 NODE_CLASS_MAPPINGS = {
     "LoadFRFSR": LoadFRFSR,
     "LoadFRFSRFromHub": LoadFRFSRFromHub,
@@ -565,6 +620,7 @@ NODE_CLASS_MAPPINGS = {
     "FRFSRAlignTextures": AlignTextures,
     "FRFSRSuperResolve": SuperResolve,
     "FRFSRUpscale": Upscale,
+    "FRFSRSelectReferences": SelectReferences,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -574,4 +630,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FRFSRAlignTextures": "FRFSR Align Textures",
     "FRFSRSuperResolve": "FRFSR Super-Resolve (4x)",
     "FRFSRUpscale": "FRFSR Upscale (4x)",
+    "FRFSRSelectReferences": "FRFSR Select References",
 }
