@@ -560,35 +560,28 @@ class Upscale(_FourTimesImage):
             return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap)
 
 
-class SelectReferences:
+class SelectReferences(_Node):
     """Choose, among many candidate References, the k most relevant to the LR image."""
 
     DESCRIPTION = ("Picks the k candidate References most relevant to the LR image: every candidate is ranked "
                    "by a texture descriptor of the model's texture encoder (robust to crops, zoom and rotation), "
                    "the best few are matched against the LR and re-ranked by the match relevance. Outputs the "
                    "selected References (best first) and a JSON report of their indices, scores and relevances.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("references", "selection")
-    OUTPUT_TOOLTIPS = ("the selected References, best first, as one batch (for the Reference input of FRFSR "
-                       "Upscale or Match Reference, which gives the LR all of them)",
-                       "JSON: per selected Reference its index in the candidate batch (from 0), descriptor score "
-                       "and match relevance")
+    OUTPUTS = (("IMAGE", "references", "the selected References, best first, as one batch (for the Reference input "
+                "of FRFSR Upscale or Match Reference, which gives the LR all of them)"),
+               ("STRING", "selection", "JSON: per selected Reference its index in the candidate batch (from 0), "
+                "descriptor score and match relevance"))
     FUNCTION = "select"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _MODEL_INPUT,
-            "image": ("IMAGE", {"tooltip": "the low-resolution image (one; the first of a batch is used)"}),
-            "candidates": ("IMAGE", {"tooltip": "candidate References, a batch (e.g. from Batch Images or a "
-                                                "folder loader); images of other sizes: one batch each, batched"}),
-            "k": ("INT", {"default": 1, "min": 1, "max": 64, "step": 1,
-                          "tooltip": "how many References to select"}),
-            "rerank": ("INT", {"default": 3, "min": 0, "max": 256, "step": 1, "tooltip":
-                               "how many of the best candidates by descriptor are matched against the LR and "
-                               "re-ranked by the match relevance (0: the descriptor order only)"}),
-        }}
+    REQUIRED = {
+        "model": _MODEL_INPUT,
+        "image": ("IMAGE", {"tooltip": "the low-resolution image (one; the first of a batch is used)"}),
+        "candidates": ("IMAGE", {"tooltip": "candidate References, a batch (e.g. from Batch Images or a "
+                                            "folder loader); images of other sizes: one batch each, batched"}),
+        "k": ("INT", {"default": 1, "min": 1, "max": 64, "step": 1, "tooltip": "how many References to select"}),
+        "rerank": ("INT", {"default": 3, "min": 0, "max": 256, "step": 1, "tooltip":
+                           "how many of the best candidates by descriptor are matched against the LR and "
+                           "re-ranked by the match relevance (0: the descriptor order only)"}),
+    }
 
     def select(self, model: FRFSRModel, image, candidates, k: int = 1, rerank: int = 3):
         import json
