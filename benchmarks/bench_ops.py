@@ -31,6 +31,7 @@ if _CPU_CHECK:
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import frfsr.ops as ops  # noqa: E402
 import frfsr.ops.triton as fused  # noqa: E402
 from frfsr.ops import reference as ref  # noqa: E402
 
@@ -168,11 +169,11 @@ def run(args) -> list[dict]:
             lambda: fused.deform_conv(*[t.detach() for t in ins]),
             lambda: ref.deform_conv(*[t.detach() for t in ins]), flops=flops, diff=diff)
         go = torch.randn(c["B"], c["Cout"], c["Ho"], c["Wo"], device=device)
-        gdiff = _maxdiff(torch.autograd.grad(fused.deform_conv(*ins), ins, go),
-                         torch.autograd.grad(ref.deform_conv(*ins), ins, go))
+        f_op, r_op = _op("deform_conv", "fused"), _op("deform_conv", "reference")
+        gdiff = _maxdiff(torch.autograd.grad(f_op(*ins), ins, go), torch.autograd.grad(r_op(*ins), ins, go))
         add("deform_conv", name, "fwd+bwd",
-            lambda: torch.autograd.grad(fused.deform_conv(*ins), ins, go),
-            lambda: torch.autograd.grad(ref.deform_conv(*ins), ins, go), flops=3 * flops, diff=gdiff)
+            lambda: torch.autograd.grad(f_op(*ins), ins, go),
+            lambda: torch.autograd.grad(r_op(*ins), ins, go), flops=3 * flops, diff=gdiff)
 
     for c in _ddf_cases(cpu):
         kk = c["k"] * c["k"]
@@ -187,13 +188,25 @@ def run(args) -> list[dict]:
         add("ddf", name, "fwd", lambda: fused.ddf(*[t.detach() for t in ins], **kw),
             lambda: ref.ddf(*[t.detach() for t in ins], **kw), diff=diff)
         go = torch.randn_like(x)
-        gdiff = _maxdiff(torch.autograd.grad(fused.ddf(*ins, **kw), ins, go),
-                         torch.autograd.grad(ref.ddf(*ins, **kw), ins, go))
+        f_op, r_op = _op("ddf", "fused"), _op("ddf", "reference")
+        gdiff = _maxdiff(torch.autograd.grad(f_op(*ins, **kw), ins, go),
+                         torch.autograd.grad(r_op(*ins, **kw), ins, go))
         add("ddf", name, "fwd+bwd",
-            lambda: torch.autograd.grad(fused.ddf(*ins, **kw), ins, go),
-            lambda: torch.autograd.grad(ref.ddf(*ins, **kw), ins, go), diff=gdiff)
+            lambda: torch.autograd.grad(f_op(*ins, **kw), ins, go),
+            lambda: torch.autograd.grad(r_op(*ins, **kw), ins, go), diff=gdiff)
 
     return rows, mm_tflops
+
+
+def _op(name: str, backend: str):
+    """``frfsr.ops.<name>`` on one backend: the custom operator, whose autograd is the
+    backend's backward kernel (the kernel functions themselves record no autograd)."""
+    fn = getattr(ops, name)
+
+    def call(*args, **kwargs):
+        with ops.use_backend(backend):
+            return fn(*args, **kwargs)
+    return call
 
 
 def _fmt(v, spec):

@@ -15,10 +15,24 @@ def umask() -> int:
     return mask
 
 
+def cache_root() -> Path:
+    """The root of frfsr's caches (fetched photos, Ref descriptors): ``$FRFSR_CACHE``, else
+    ``$XDG_CACHE_HOME/frfsr``, else ``~/.cache/frfsr``."""
+    root = os.environ.get("FRFSR_CACHE")
+    if root:
+        return Path(root).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "frfsr"
+
+
 def sha256(path) -> str:
-    """The hex sha256 of a file, read in 4 MiB chunks."""
+    """The hex sha256 of a file."""
     import hashlib
-    h = hashlib.sha256()
+    return digest(path, hashlib.sha256())
+
+
+def digest(path, h) -> str:
+    """The hex digest of a file by the hash object ``h`` (fed in 4 MiB chunks)."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)

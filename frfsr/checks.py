@@ -1,4 +1,5 @@
-"""Input validation with messages that say what was wrong and what is accepted."""
+"""Validation of inputs and of loaded weights, with messages that say what was wrong and
+what is accepted."""
 from __future__ import annotations
 
 import torch
@@ -48,3 +49,27 @@ def check_dtype(t: torch.Tensor, name: str, dtype: torch.dtype) -> None:
     if t.dtype != dtype and not torch.is_autocast_enabled(t.device.type):
         raise TypeError(f"{name} has dtype {t.dtype} but the model's weights are {dtype}; "
                         f"convert the input with .to({dtype}) or the model with .to({t.dtype})")
+
+
+def check_state_dict(state: dict, model: torch.nn.Module, what: str) -> None:
+    """ValueError naming every missing, unexpected or mis-shaped tensor of the weights
+    ``state`` for ``model`` (``what`` names the file)."""
+    ours = model.state_dict()
+    problems = {"wrong shapes": [f"{k}: {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} for this config"
+                                 for k in ours if k in state and state[k].shape != ours[k].shape],
+                "missing": sorted(set(ours) - set(state)), "unexpected": sorted(set(state) - set(ours))}
+    found = [f"{len(v)} {title} ({'; '.join(v[:4])}{', ...' if len(v) > 4 else ''})" for title, v in problems.items() if v]
+    if found:
+        raise ValueError(f"{what} does not fit the config: " + ", ".join(found))
+
+
+def check_finite_state_dict(state: dict, what: str) -> None:
+    """ValueError naming the floating tensors that hold NaN or Inf (weights that would turn
+    every output into NaN)."""
+    floats = [v for v in state.values() if v.is_floating_point()]
+    if not floats or bool(torch.isfinite(torch.cat([v.reshape(-1).float() for v in floats])).all()):
+        return                             # one pass over all weights; names are looked up only on failure
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    raise ValueError(f"{what} holds non-finite weights (NaN or Inf) in {len(bad)} tensor(s): "
+                     f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}; the file is damaged or was saved "
+                     "from a diverged training run")

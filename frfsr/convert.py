@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -185,12 +186,25 @@ def unwrap_state_dict(obj, key: str | None = None) -> dict:
     return obj
 
 
+def read_safetensors(path) -> tuple[dict, dict]:
+    """(state dict on the CPU, metadata) of a safetensors file; ValueError if it is not one."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a safetensors file (an interrupted copy or download?)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path), device="cpu"), meta
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a valid safetensors file: {e}") from None
+
+
 def load_checkpoint(path, key: str | None = None) -> dict:
     """Read a foreign checkpoint safely and return its state dict. ``.safetensors`` files
     are read with safetensors; anything else with ``torch.load(weights_only=True)``, so a
     pickle that would run code on load is refused (ValueError) instead of executed."""
     import pickle
-    from pathlib import Path
 
     p = Path(path)
     if not p.is_file():
@@ -199,12 +213,7 @@ def load_checkpoint(path, key: str | None = None) -> dict:
         raise ValueError(f"{p} is empty (0 bytes): not a checkpoint; accepted: a PyTorch state dict (.pth, .pt, .bin) "
                          "or a .safetensors file")
     if p.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return unwrap_state_dict(load_file(str(p), device="cpu"), key)
-        except SafetensorError as e:
-            raise ValueError(f"{p} is not a valid safetensors file: {e}") from None
+        return unwrap_state_dict(read_safetensors(p)[0], key)
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -415,12 +424,9 @@ def convert_state_dict(state_dict: dict, kind: str = "auto", model=None) -> tupl
         extra = sorted(k for k in out if k not in ours)
         shapes = [f"{k}: {tuple(out[k].shape)} in the checkpoint, {tuple(ours[k].shape)} in the model"
                   for k in out if k in ours and out[k].shape != ours[k].shape]
+        problems = [f"{len(shapes)} tensors have other shapes ({'; '.join(shapes[:3])})" if shapes else "",
+                    f"{len(extra)} tensors have no place in the model ({', '.join(extra[:3])})" if extra else ""]
         if extra or shapes:
-            msg = []
-            if shapes:
-                msg.append(f"{len(shapes)} tensors have other shapes ({'; '.join(shapes[:3])})")
-            if extra:
-                msg.append(f"{len(extra)} tensors have no place in the model ({', '.join(extra[:3])})")
             raise ValueError(f"this {kind} checkpoint does not fit the model's config ({model.config.name}): "
-                             + ", ".join(msg))
+                             + ", ".join(p for p in problems if p))
     return out, report

@@ -1,15 +1,8 @@
 """What is FRFSR's own in loading and saving models (``FRFSR.from_pretrained`` /
-``save_pretrained`` / ``push_to_hub`` go through huggingface_hub's ``ModelHubMixin``).
-
-A model is a folder or Hub repository with ``config.json`` (the :class:`FRFSRConfig` and
-``"_class_name": "FRFSR"``), ``model.safetensors`` (the full state dict, its metadata a
-one-line description) and ``README.md`` (:func:`model_card`). :func:`resolve_model_files`
-tries a local folder, then the bundled ``"frfsr-default"`` (also ``None``), then a Hub repo
-id, validated before any request and downloaded with ``hf_hub_download`` (cache, revision
-pinning, ``HF_HUB_OFFLINE`` / ``local_files_only``, token, ``HF_ENDPOINT`` read at call
-time) and verified against the Hub's hashes. Configs and weights are checked on load
-(:func:`read_config`, :func:`read_weights`, :func:`check_state_dict`,
-:func:`check_finite_state_dict`).
+``save_pretrained`` / ``push_to_hub`` go through huggingface_hub's ``ModelHubMixin``): the
+file names, where a name's files are (:func:`resolve_model_files`: a local folder, the
+bundled ``"frfsr-default"`` (also None), or a Hub repo id, validated before any request,
+fetched with ``hf_hub_download`` and verified against the Hub's hashes), the model card.
 """
 from __future__ import annotations
 
@@ -22,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ._fs import recover_interrupted_replace
+from ._fs import digest, recover_interrupted_replace
 from .config import FRFSRConfig
 
 CONFIG_NAME = "config.json"
@@ -62,22 +55,15 @@ def _verify_blob(path: str, filename: str, where: str) -> None:
     the damaged file from the cache and raise ValueError."""
     real = os.path.realpath(path)
     etag = os.path.basename(real)
-    if os.path.basename(os.path.dirname(real)) != "blobs":
+    hashes = {64: hashlib.sha256, 40: lambda: hashlib.sha1(b"blob %d\0" % os.path.getsize(real))}
+    if os.path.basename(os.path.dirname(real)) != "blobs" or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag):
         return                                  # cache without symlinks: the etag is not recorded
-    if re.fullmatch(r"[0-9a-f]{64}", etag):
-        h = hashlib.sha256()
-    elif re.fullmatch(r"[0-9a-f]{40}", etag):
-        h = hashlib.sha1(b"blob %d\0" % os.path.getsize(real))
-    else:
-        return
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    if h.hexdigest() != etag:
+    actual = digest(real, hashes[len(etag)]())
+    if actual != etag:
         for p in {path, real}:
             if os.path.lexists(p):
                 os.remove(p)
-        raise ValueError(f"the download of {filename} from {where} is corrupt: its hash is {h.hexdigest()} but the "
+        raise ValueError(f"the download of {filename} from {where} is corrupt: its hash is {actual} but the "
                          f"Hub announced {etag}. The damaged file was removed from the cache; try again")
 
 
@@ -90,12 +76,11 @@ def _unresolvable(endpoint: str | None) -> str | None:
     from huggingface_hub import constants
     host = urlparse(endpoint or constants.ENDPOINT).hostname
     try:
-        if host:
-            socket.getaddrinfo(host, None)
+        socket.getaddrinfo(host, None) if host else None
     except socket.gaierror as e:
         return f"the Hub host {host} does not resolve ({e.strerror or e})"
     except OSError:
-        pass
+        pass                             # some other failure: left to the client
     return None
 
 
@@ -191,55 +176,6 @@ def resolve_model_files(pretrained: str | os.PathLike | None = None, *, revision
     commit = parts[parts.index("snapshots") - 1] if "snapshots" in parts else None
     weights = _download(name, prefix + WEIGHTS_NAME, revision=commit or revision, **kw)
     return ModelFiles(config, weights, name, "hub", commit)
-
-
-# ------------------------------------------------------------------ config and weights
-def read_config(path: Path) -> FRFSRConfig:
-    """Parse and validate a config.json (class name, version, every field)."""
-    return FRFSRConfig.from_json(Path(path))
-
-
-def read_weights(path: Path) -> tuple[dict, dict]:
-    """(state dict, metadata) of a safetensors file; ValueError if it is not one."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-    if Path(path).stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes): not a safetensors file (an interrupted copy or download?)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path), device="cpu"), meta
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a valid safetensors file: {e}") from None
-
-
-def check_state_dict(state: dict, model: torch.nn.Module, what: str) -> None:
-    """ValueError naming every missing, unexpected or mis-shaped tensor."""
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} for this config"
-              for k in ours if k in state and state[k].shape != ours[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for title, items in (("wrong shapes", shapes), ("missing", missing), ("unexpected", unexpected)):
-            if items:
-                parts.append(f"{len(items)} {title} ({'; '.join(items[:4])}{', ...' if len(items) > 4 else ''})")
-        raise ValueError(f"{what} does not fit the config: " + ", ".join(parts))
-
-
-def check_finite_state_dict(state: dict, what: str) -> None:
-    """ValueError naming the floating tensors that hold NaN or Inf (weights that would turn
-    every output into NaN)."""
-    floats = [v for v in state.values() if v.is_floating_point()]
-    if not floats or bool(torch.isfinite(torch.cat([v.reshape(-1).float() for v in floats])).all()):
-        return                             # one pass over all weights; names are looked up only on failure
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(f"{what} holds non-finite weights (NaN or Inf) in {len(bad)} tensor(s): "
-                         f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}; the file is damaged or was saved "
-                         "from a diverged training run")
-
 
 
 # ------------------------------------------------------------------ saving

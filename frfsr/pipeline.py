@@ -12,9 +12,12 @@ result has the input's kind and bit depth unless ``output_type`` / ``output_dtyp
 otherwise. Large LRs are processed in tiles (:mod:`frfsr.tiling`).
 
 Relevance: the mean match confidence (cosine similarity of the best Ref texture patch per
-LR position, :attr:`Correspondence.relevance`). Below :data:`RELEVANCE_THRESHOLD` the Ref
-hardly matches the LR and the output is mostly the model's own reconstruction; the
-pipeline then warns with :class:`FRFSRWarning`.
+LR position), computed by :func:`frfsr.models.correspondence.relevance_of` from the whole
+image's confidence map (also when tiled), as :attr:`Correspondence.relevance` computes it.
+Below :data:`RELEVANCE_THRESHOLD` (0.47, measured with the bundled weights: it flags
+about 90 % of Refs from another photo and 5 % of relevant ones) the Ref hardly matches the
+LR and the output is mostly the model's own reconstruction; the pipeline then warns with
+:class:`FRFSRWarning`.
 """
 from __future__ import annotations
 
@@ -27,14 +30,8 @@ import torch
 
 from .checks import FRFSRWarning
 from .image_io import from_model_output, map_to_output, to_model_input, upscale_alpha
+from .models.correspondence import RELEVANCE_THRESHOLD, relevance_of
 from .tiling import DEFAULT_OVERLAP, encode_refs, upscale_tiled
-
-# Mean match confidence below which the pipeline warns. The scale depends on the texture
-# encoder's weights: with the bundled default weights, 12 held-out pairs each
-# (frfsr.data.views.heldout_pairs, 128 px) gave relevant Refs 0.58-0.70, 8x8-shuffled
-# relevant Refs 0.47-0.65 and unrelated Refs 0.05-0.52 (median 0.27). Set
-# ``pipe.relevance_threshold`` for other weights.
-RELEVANCE_THRESHOLD = 0.3
 
 # The Ref scale pyramid used when a call does not say (``pipe.ref_scales``): the Ref as given.
 # ``(1, 0.71, 0.5)`` also matches it at 0.71x and 0.5x, for Refs shot closer than the LR
@@ -242,7 +239,7 @@ class FRFSRPipeline:
                                 return_details=True, keep_warped_ref=details, ref_scales=scales, name=name)
         finally:
             bar.close()
-        relevance = [float(r) for r in res.confidence[:, :, 1:-1, 1:-1].flatten(1).mean(1)]
+        relevance = [float(r) for r in relevance_of(res.confidence)]
         self._warn_relevance(relevance, name)
         alpha_hr = upscale_alpha(alpha.to(res.sr.device)) if alpha is not None else None
         images = from_model_output(res.sr, alpha_hr, info, output_type, output_dtype)

@@ -413,9 +413,9 @@ def add_arguments(p: argparse.ArgumentParser, weights_flag: bool = True) -> None
 
 
 def _load(weights: str, device: str):
-    from .pipeline import FRFSRPipeline
+    from .models import FRFSR
     name = None if weights in (None, "default", "frfsr-default") else weights
-    return FRFSRPipeline.from_pretrained(name, device=device).model.eval()
+    return FRFSR.from_pretrained(name, device=device).eval()
 
 
 def run(args: argparse.Namespace, command: str | None = None) -> int:

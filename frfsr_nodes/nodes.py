@@ -7,6 +7,8 @@ layout, move things between devices, and report progress and cancellation to Com
 Graph: LoadFRFSR / LoadFRFSRFromHub -> FRFSR_MODEL; then either Upscale (one node: LR +
 Reference(s) -> IMAGE 4x), or the three steps MatchReference -> FRFSR_MATCH, AlignTextures
 -> FRFSR_TEXTURES, SuperResolve -> IMAGE (4x), which show the match on the way.
+SelectReferences picks, from a batch of candidate IMAGEs, the Reference(s) most relevant to
+an LR (:mod:`frfsr.retrieval`), for any of them.
 """
 from __future__ import annotations
 
@@ -298,24 +300,48 @@ def parse_ref_scales(text: str) -> tuple[float, ...]:
 _REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
                          "pair: Reference i serves LR i; all: every Reference serves every LR; "
                          "auto: pair when the batch sizes match (or one Reference serves all), else all"})
-_TILE_SIZE_INPUT = ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8, "tooltip":
-                            "tile side in LR pixels; 0 = auto (from free memory, halved on out-of-memory); "
-                            "larger than the image = one piece; the minimum is 15"})
-_TILE_OVERLAP_INPUT = ("INT", {"default": 16, "min": 0, "max": 256, "step": 1, "tooltip":
-                               "LR pixels shared by neighbouring tiles, blended smoothly (at most half the tile)"})
+_TILE_INPUTS = {             # the tiling of the restoration step (SuperResolve and Upscale)
+    "tile_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8, "tooltip":
+                          "tile side in LR pixels; 0 = auto (from free memory, halved on out-of-memory); "
+                          "larger than the image = one piece; the minimum is 15"}),
+    "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 256, "step": 1, "tooltip":
+                             "LR pixels shared by neighbouring tiles, blended smoothly (at most half the tile)"}),
+}
 
 
-class LoadFRFSR:
+class _Node:
+    """Every node of the pack: its category, and its outputs declared once as
+    (type, name, tooltip) triples, from which ComfyUI's RETURN_TYPES, RETURN_NAMES and
+    OUTPUT_TOOLTIPS are derived."""
+
+    CATEGORY = CATEGORY
+    OUTPUTS: tuple = ()
+    REQUIRED: dict = {}           # ComfyUI's INPUT_TYPES: these two, or a classmethod of the node's own
+    OPTIONAL: dict = {}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": dict(cls.REQUIRED), **({"optional": dict(cls.OPTIONAL)} if cls.OPTIONAL else {})}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "OUTPUTS" in cls.__dict__:
+            cls.RETURN_TYPES, cls.RETURN_NAMES, cls.OUTPUT_TOOLTIPS = (tuple(c) for c in zip(*cls.OUTPUTS))
+
+
+class _ModelLoader(_Node):
+    """What the two loaders share: one MODEL output, made by ``load``."""
+
+    OUTPUTS = ((MODEL_TYPE, "model", "the FRFSR network, for FRFSR Upscale or the three step nodes"),)
+    FUNCTION = "load"
+
+
+class LoadFRFSR(_ModelLoader):
     """Load an FRFSR model from ComfyUI/models/frfsr."""
 
     DESCRIPTION = ("Loads FRFSR weights: frfsr-default (bundled, works offline) or a model folder "
                    "ComfyUI/models/frfsr/<name>/ (config.json + model.safetensors, as save_pretrained "
                    "writes them and the Hub holds them).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("the FRFSR network, for FRFSR Upscale or the three step nodes",)
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -354,16 +380,11 @@ class LoadFRFSR:
         return _handle(load_model(folder, dtype, device), model_name, device)
 
 
-class LoadFRFSRFromHub:
+class LoadFRFSRFromHub(_ModelLoader):
     """Download an FRFSR model from the Hugging Face Hub (cached) and load it."""
 
     DESCRIPTION = ("Downloads FRFSR weights from a Hugging Face Hub repo into the Hugging Face cache "
                    "and loads them. Set HF_HUB_OFFLINE=1 to use the cache only.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("the FRFSR network",)
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -405,30 +426,26 @@ class LoadFRFSRFromHub:
         return _handle(model, label, device)
 
 
-class MatchReference:
+class MatchReference(_Node):
     """Find, for every LR patch, the most similar Reference patch."""
 
     DESCRIPTION = ("Matches the low-resolution image against the Reference image(s). A Reference batch "
                    "of the LR batch's size pairs them one to one; a batch of 1 serves every LR; other "
                    "batches give every LR all the References. Outputs the match and its confidence map.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (MATCH_TYPE, "IMAGE")
-    RETURN_NAMES = ("match", "confidence")
-    OUTPUT_TOOLTIPS = ("correspondence between LR and Reference, for AlignTextures",
-                       "match confidence per LR pixel (white = the Reference explains this patch well)")
+    OUTPUTS = ((MATCH_TYPE, "match", "correspondence between LR and Reference, for AlignTextures"),
+               ("IMAGE", "confidence", "match confidence per LR pixel (white = the Reference explains this patch well)"))
     FUNCTION = "match"
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _MODEL_INPUT,
-            "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
-            "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s), at least 12x12"}),
-            "reference_mode": _REFERENCE_MODE_INPUT,
-        }, "optional": {                                # optional: workflows saved before them still validate
-            "match_mode": _MATCH_MODE_INPUT,
-            "ref_scales": _REF_SCALES_INPUT,
-        }}
+    REQUIRED = {
+        "model": _MODEL_INPUT,
+        "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
+        "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s), at least 12x12"}),
+        "reference_mode": _REFERENCE_MODE_INPUT,
+    }
+    OPTIONAL = {                                # optional: workflows saved before them still validate
+        "match_mode": _MATCH_MODE_INPUT,
+        "ref_scales": _REF_SCALES_INPUT,
+    }
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
               ref_scales: str = "1"):
@@ -445,23 +462,19 @@ class MatchReference:
         return (corr, confidence)
 
 
-class AlignTextures:
+class AlignTextures(_Node):
     """Warp the Reference features onto the LR grid along the match."""
 
     DESCRIPTION = "Warps the Reference textures onto the LR image along the match; previews the warped Reference."
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (TEXTURES_TYPE, "IMAGE")
-    RETURN_NAMES = ("textures", "warped_reference")
-    OUTPUT_TOOLTIPS = ("aligned Reference textures, for SuperResolve",
-                       "the Reference warped onto the 4x output grid (a preview of what gets transferred)")
+    OUTPUTS = ((TEXTURES_TYPE, "textures", "aligned Reference textures, for SuperResolve"),
+               ("IMAGE", "warped_reference",
+                "the Reference warped onto the 4x output grid (a preview of what gets transferred)"))
     FUNCTION = "align"
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _MODEL_INPUT,
-            "match": (MATCH_TYPE, {"tooltip": "the match from FRFSR Match Reference"}),
-        }}
+    REQUIRED = {
+        "model": _MODEL_INPUT,
+        "match": (MATCH_TYPE, {"tooltip": "the match from FRFSR Match Reference"}),
+    }
 
     def align(self, model: FRFSRModel, match: Correspondence):
         if not isinstance(match, Correspondence):
@@ -475,13 +488,10 @@ class AlignTextures:
         return (tex, preview)
 
 
-class _FourTimesImage:
+class _FourTimesImage(_Node):
     """What both super-resolving nodes return: the 4x IMAGE, from their ``upscale`` method."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("the 4x super-resolved image(s)",)
+    OUTPUTS = (("IMAGE", "image", "the 4x super-resolved image(s)"),)
     FUNCTION = "upscale"
 
 
@@ -491,15 +501,12 @@ class SuperResolve(_FourTimesImage):
     DESCRIPTION = ("Restores the 4x image from the LR image and the aligned textures, tile by tile "
                    "(tile_size in LR pixels bounds the memory; 0 picks it from the free memory).")
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _MODEL_INPUT,
-            "image": ("IMAGE", {"tooltip": "the same LR image(s) given to FRFSR Match Reference"}),
-            "textures": (TEXTURES_TYPE, {"tooltip": "the aligned textures from FRFSR Align Textures"}),
-            "tile_size": _TILE_SIZE_INPUT,
-            "tile_overlap": _TILE_OVERLAP_INPUT,
-        }}
+    REQUIRED = {
+        "model": _MODEL_INPUT,
+        "image": ("IMAGE", {"tooltip": "the same LR image(s) given to FRFSR Match Reference"}),
+        "textures": (TEXTURES_TYPE, {"tooltip": "the aligned textures from FRFSR Align Textures"}),
+        **_TILE_INPUTS,
+    }
 
     def upscale(self, model: FRFSRModel, image, textures: AlignedTextures, tile_size: int = 0,
                 tile_overlap: int = 16):
@@ -524,20 +531,18 @@ class Upscale(_FourTimesImage):
                    "align and restore in one node, tile by tile (memory bounded by the tile). The three "
                    "step nodes do the same and show the match confidence and the warped Reference.")
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _MODEL_INPUT,
-            "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
-            "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s) of the same scene, objects or "
-                                               "textures, at least 12x12 (several: a batch, e.g. from Batch Images)"}),
-            "reference_mode": _REFERENCE_MODE_INPUT,
-            "tile_size": _TILE_SIZE_INPUT,
-            "tile_overlap": _TILE_OVERLAP_INPUT,
-        }, "optional": {
-            "match_mode": _MATCH_MODE_INPUT,
-            "ref_scales": _REF_SCALES_INPUT,
-        }}
+    REQUIRED = {
+        "model": _MODEL_INPUT,
+        "image": ("IMAGE", {"tooltip": "the low-resolution image(s) to upscale, at least 15x15"}),
+        "reference": ("IMAGE", {"tooltip": "high-resolution Reference image(s) of the same scene, objects or "
+                                           "textures, at least 12x12 (several: a batch, e.g. from Batch Images)"}),
+        "reference_mode": _REFERENCE_MODE_INPUT,
+        **_TILE_INPUTS,
+    }
+    OPTIONAL = {
+        "match_mode": _MATCH_MODE_INPUT,
+        "ref_scales": _REF_SCALES_INPUT,
+    }
 
     def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
                 tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1"):
@@ -555,6 +560,52 @@ class Upscale(_FourTimesImage):
             return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap)
 
 
+class SelectReferences(_Node):
+    """Choose, among many candidate References, the k most relevant to the LR image."""
+
+    DESCRIPTION = ("Picks the k candidate References most relevant to the LR image: every candidate is ranked "
+                   "by a texture descriptor of the model's texture encoder (robust to crops, zoom and rotation), "
+                   "the best few are matched against the LR and re-ranked by the match relevance. Outputs the "
+                   "selected References (best first) and a JSON report of their indices, scores and relevances.")
+    OUTPUTS = (("IMAGE", "references", "the selected References, best first, as one batch (for the Reference input "
+                "of FRFSR Upscale or Match Reference, which gives the LR all of them)"),
+               ("STRING", "selection", "JSON: per selected Reference its index in the candidate batch (from 0), "
+                "descriptor score and match relevance"))
+    FUNCTION = "select"
+    REQUIRED = {
+        "model": _MODEL_INPUT,
+        "image": ("IMAGE", {"tooltip": "the low-resolution image (one; the first of a batch is used)"}),
+        "candidates": ("IMAGE", {"tooltip": "candidate References, a batch (e.g. from Batch Images or a "
+                                            "folder loader); images of other sizes: one batch each, batched"}),
+        "k": ("INT", {"default": 1, "min": 1, "max": 64, "step": 1, "tooltip": "how many References to select"}),
+        "rerank": ("INT", {"default": 3, "min": 0, "max": 256, "step": 1, "tooltip":
+                           "how many of the best candidates by descriptor are matched against the LR and "
+                           "re-ranked by the match relevance (0: the descriptor order only)"}),
+    }
+
+    def select(self, model: FRFSRModel, image, candidates, k: int = 1, rerank: int = 3):
+        import json
+
+        from frfsr.retrieval import RefIndex
+
+        lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
+        if lr.shape[0] != 1:
+            warnings.warn(f"FRFSR Select References: image is a batch of {lr.shape[0]}; the first image is used",
+                          stacklevel=2)
+        cands = image_to_nchw(candidates, "candidates", cc.intermediate_device(), model.dtype)
+        pixels = cands.shape[-2] * cands.shape[-1]
+        with model.active(memory_estimate(model.model, lr.shape, pixels)) as net:
+            cc.check_interrupt()
+            index = RefIndex(net, [c.to(model.device) for c in cands.split(1)], cache_dir=None,
+                             progress=lambda *_: cc.check_interrupt())
+            chosen = index.select(lr[:1].to(model.device), max(1, int(k)), max(0, int(rerank)))
+        picked = torch.cat([cands[s.index: s.index + 1] for s in chosen])
+        report = {"k": len(chosen), "candidates": len(index),
+                  "selected": [{"index": s.index, "score": round(s.score, 6),
+                                "relevance": None if s.relevance is None else round(s.relevance, 6)} for s in chosen]}
+        return (nchw_to_image(picked), json.dumps(report))
+
+
 NODE_CLASS_MAPPINGS = {
     "LoadFRFSR": LoadFRFSR,
     "LoadFRFSRFromHub": LoadFRFSRFromHub,
@@ -562,6 +613,7 @@ NODE_CLASS_MAPPINGS = {
     "FRFSRAlignTextures": AlignTextures,
     "FRFSRSuperResolve": SuperResolve,
     "FRFSRUpscale": Upscale,
+    "FRFSRSelectReferences": SelectReferences,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -571,4 +623,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FRFSRAlignTextures": "FRFSR Align Textures",
     "FRFSRSuperResolve": "FRFSR Super-Resolve (4x)",
     "FRFSRUpscale": "FRFSR Upscale (4x)",
+    "FRFSRSelectReferences": "FRFSR Select References",
 }

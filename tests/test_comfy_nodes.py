@@ -24,7 +24,7 @@ from frfsr import FRFSR, FRFSRConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_CLASSES = {"LoadFRFSR", "LoadFRFSRFromHub", "FRFSRMatchReference", "FRFSRAlignTextures", "FRFSRSuperResolve",
-                "FRFSRUpscale"}
+                "FRFSRUpscale", "FRFSRSelectReferences"}
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 MODEL_NAME = "frfsr-paper/model.safetensors"      # a model folder in models/frfsr (the workflows use frfsr-default)
 
@@ -244,7 +244,7 @@ def test_custom_types_flow_from_producers_to_consumers(pack):
     assert custom <= produced and custom <= consumed
 
 
-def test_signatures_of_the_six_nodes(pack):
+def test_signatures_of_the_nodes(pack):
     m = pack.NODE_CLASS_MAPPINGS
     assert m["LoadFRFSR"].RETURN_TYPES == ("FRFSR_MODEL",)
     assert m["LoadFRFSRFromHub"].RETURN_TYPES == ("FRFSR_MODEL",)
@@ -257,6 +257,8 @@ def test_signatures_of_the_six_nodes(pack):
     assert {"repo_id", "revision"} <= set(m["LoadFRFSRFromHub"].INPUT_TYPES()["required"])
     assert "file" in m["LoadFRFSRFromHub"].INPUT_TYPES()["optional"]
     assert "tile_size" in m["FRFSRSuperResolve"].INPUT_TYPES()["required"]
+    assert m["FRFSRSelectReferences"].RETURN_TYPES == ("IMAGE", "STRING")
+    assert list(m["FRFSRSelectReferences"].INPUT_TYPES()["required"]) == ["model", "image", "candidates", "k", "rerank"]
 
 
 # ---------------------------------------------------------------------- model folder safety

@@ -21,6 +21,8 @@ MODULE_OF = {"huggingface-hub": "huggingface_hub", "pillow": "PIL", "pypng": "pn
 # modules (the node pack runs inside ComfyUI)
 OPTIONAL = {"triton", "lpips", "psutil", "matplotlib", "comfy", "folder_paths", "server", "comfy_execution", "nodes"}
 TRAINING_ONLY = ("frfsr/training/", "frfsr/data/", "frfsr/evaluate.py")
+# modules of an extra: imported lazily by the files named, which say which extra to install
+EXTRA_ONLY = {"av": ("video", ("frfsr/video.py",))}
 # imported by an inference module only where several processes run (accelerate launch / torchrun)
 MULTI_PROCESS_ONLY = {"accelerate": ("frfsr/batch.py",)}
 
@@ -65,7 +67,7 @@ def _files(*folders):
 def test_core_dependencies_are_what_inference_imports():
     core = _names(PYPROJECT["project"]["dependencies"])
     inference = {m: f for m, f in _imports(_files("frfsr")).items() if any(_inference_file(m, x) for x in f)}
-    undeclared = set(inference) - core - OPTIONAL
+    undeclared = set(inference) - core - OPTIONAL - set(EXTRA_ONLY)
     assert not undeclared, {m: sorted(inference[m]) for m in undeclared}
     unused = core - set(inference)
     assert not unused, f"declared but imported by no inference module: {sorted(unused)}"
@@ -77,7 +79,7 @@ def test_training_extra_is_what_training_imports():
     assert "xformers" not in extras                       # FRFSR has no attention (README)
     core, train = _names(PYPROJECT["project"]["dependencies"]), _names(extras["train"])
     used = _imports(_files("frfsr", "train"))
-    assert set(used) - OPTIONAL <= core | train, sorted(set(used) - OPTIONAL - core - train)
+    assert set(used) - OPTIONAL - set(EXTRA_ONLY) <= core | train, sorted(set(used) - OPTIONAL - core - train)
     assert train <= set(used), f"in the train extra but imported nowhere: {sorted(train - set(used))}"
     assert "frfsr[train]" in extras["test"]
 
@@ -86,9 +88,26 @@ def test_comfyui_requirements_list_every_module_the_pack_imports():
     reqs = _names((ROOT / "requirements.txt").read_text().splitlines())
     used = {m: f for m, f in _imports(_files("frfsr_nodes", "frfsr")).items()
             if any(x.startswith("frfsr_nodes") or _inference_file(m, x) for x in f)}
-    missing = set(used) - reqs - OPTIONAL - {"torch"}          # ComfyUI ships its own torch build
+    missing = set(used) - reqs - OPTIONAL - set(EXTRA_ONLY) - {"torch"}   # ComfyUI ships its own torch build
     assert not missing, {m: sorted(used[m]) for m in missing}
     assert "torch" not in reqs
+
+
+def test_extras_declare_what_their_modules_import():
+    """Each extra-only module is declared in its extra (and in the test extra, so CI runs its
+    tests), is imported only by the files that belong to it, and only lazily (inside a
+    function, so ``import frfsr.video`` works without it)."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    used = _imports(_files("frfsr", "frfsr_nodes", "train"))
+    for module, (extra, owners) in EXTRA_ONLY.items():
+        assert module in _names(extras[extra]), (module, extra)
+        assert f"frfsr[{extra}]" in extras["test"], extra
+        assert used.get(module, set()) <= set(owners), sorted(used.get(module, set()) - set(owners))
+        for owner in owners:
+            tree = ast.parse((ROOT / owner).read_text())
+            top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+            assert not any(module in (a.name.split(".")[0] for a in n.names) if isinstance(n, ast.Import)
+                           else (n.module or "").split(".")[0] == module for n in top), f"{owner} imports {module} at top"
 
 
 def test_inference_runs_without_the_training_packages(tmp_path):

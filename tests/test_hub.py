@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 import frfsr._fs
 from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline
 from frfsr import hub as frfsr_hub
+from frfsr.checks import check_finite_state_dict, check_state_dict
+from frfsr.convert import read_safetensors
 
 from hub_server import FakeHub
 
@@ -283,10 +285,10 @@ def _save_loop(model, folder, conn):
 def _load_description(folder, paper_model):
     """What from_pretrained checks before building the model: config, every tensor, shapes, finiteness."""
     files = frfsr_hub.resolve_model_files(folder)
-    assert frfsr_hub.read_config(files.config) == paper_model.config
-    state, meta = frfsr_hub.read_weights(files.weights)
-    frfsr_hub.check_state_dict(state, paper_model, str(folder))
-    frfsr_hub.check_finite_state_dict(state, str(folder))
+    assert FRFSRConfig.from_json(files.config) == paper_model.config
+    state, meta = read_safetensors(files.weights)
+    check_state_dict(state, paper_model, str(folder))
+    check_finite_state_dict(state, str(folder))
     return meta[frfsr_hub._DESCRIPTION_KEY]
 
 

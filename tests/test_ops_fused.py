@@ -67,6 +67,13 @@ def _rand(*shape, g, device=DEV, requires_grad=False):
     return torch.rand(*shape, generator=g).to(device).requires_grad_(requires_grad)
 
 
+def _fused_op(name, *args, **kwargs):
+    """``frfsr.ops.<name>`` on the fused kernels: the custom operator, which carries the
+    fused backward (the functions of frfsr.ops.triton compute forward passes only)."""
+    with ops.use_backend("fused"):
+        return getattr(ops, name)(*args, **kwargs)
+
+
 def _assert_close(actual, expected, rel, name=""):
     assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
     assert actual.dtype == expected.dtype, (name, actual.dtype, expected.dtype)
@@ -283,7 +290,7 @@ def _dcn_inputs(B, Cin, Hin, Win, Cout, G, kh, kw, Ho, Wo, off_scale, bias, seed
 def _check_dcn(args, stride, padding, dilation, rel, seed=0):
     x, off, mask, w, b = args
     inputs = [t for t in (x, off, mask, w, b) if t is not None]
-    out = fused.deform_conv(x, off, mask, w, b, stride=stride, padding=padding, dilation=dilation)
+    out = _fused_op("deform_conv", x, off, mask, w, b, stride=stride, padding=padding, dilation=dilation)
     r_out = ref.deform_conv(x, off, mask, w, b, stride=stride, padding=padding, dilation=dilation)
     assert out.shape == (x.shape[0], w.shape[0], *off.shape[-2:])
     _assert_close(out, r_out, rel, "out")
@@ -316,7 +323,7 @@ def test_deform_conv_several_channel_and_output_blocks():
 def test_deform_conv_partial_grads():
     x, off, mask, w, b = _dcn_inputs(1, 4, 5, 6, 3, 2, 3, 3, 4, 5, 2.0, True, seed=9)
     off, w = off.detach(), w.detach()
-    out = fused.deform_conv(x, off, mask, w, b)
+    out = _fused_op("deform_conv", x, off, mask, w, b)
     r_out = ref.deform_conv(x, off, mask, w, b)
     go = torch.randn(out.shape, generator=_gen(4)).to(out.device)
     for a, e in zip(torch.autograd.grad(out, (x, mask, b), go), torch.autograd.grad(r_out, (x, mask, b), go)):
@@ -344,7 +351,7 @@ def _check_ddf(B, C, H, W, k, d, four_d, seed, rel=1e-5, device=DEV):
     x = _randn(B, C, H, W, g=g, device=device, requires_grad=True)
     cf = _randn(*((B, C, k, k) if four_d else (B, C, k * k)), g=g, device=device, requires_grad=True)
     sf = _randn(B, k * k, H, W, g=g, device=device, requires_grad=True)
-    out = fused.ddf(x, cf, sf, kernel_size=k, dilation=d)
+    out = _fused_op("ddf", x, cf, sf, kernel_size=k, dilation=d)
     r_out = ref.ddf(x, cf, sf, kernel_size=k, dilation=d)
     _assert_close(out, r_out, rel, "out")
     go = torch.randn(out.shape, generator=_gen(seed + 1)).to(device)
@@ -370,7 +377,7 @@ def test_ddf_partial_grads_and_noncontiguous():
     x = _randn(1, 6, 8, 5, g=g).transpose(2, 3).requires_grad_()   # (1, 6, 5, 8) non-contiguous
     cf = _randn(1, 6, 9, g=g)
     sf = _randn(1, 9, 5, 8, g=g, requires_grad=True)
-    out = fused.ddf(x, cf, sf, 3, 2)
+    out = _fused_op("ddf", x, cf, sf, 3, 2)
     r_out = ref.ddf(x, cf, sf, 3, 2)
     _assert_close(out, r_out, 1e-5)
     go = torch.randn(out.shape, generator=_gen(18)).to(DEV)
@@ -391,7 +398,7 @@ def test_channels_last_inputs_match_the_reference():
     # modulated deformable conv
     x, off, mask, w, b = _dcn_inputs(2, 6, 7, 9, 5, 2, 3, 3, 6, 8, 2.0, True, seed=11)
     x_cl, off_cl, mask_cl = (t.detach().contiguous(memory_format=cl).requires_grad_() for t in (x, off, mask))
-    out = fused.deform_conv(x_cl, off_cl, mask_cl, w, b, stride=1, padding=1, dilation=1)
+    out = _fused_op("deform_conv", x_cl, off_cl, mask_cl, w, b, stride=1, padding=1, dilation=1)
     r_out = ref.deform_conv(x, off, mask, w, b, stride=1, padding=1, dilation=1)
     _assert_close(out, r_out, 1e-4, "deform_conv out")
     go = torch.randn(out.shape, generator=_gen(12)).to(DEV).contiguous(memory_format=cl)
@@ -407,7 +414,7 @@ def test_channels_last_inputs_match_the_reference():
     x_cl, sf_cl = (t.contiguous(memory_format=cl).requires_grad_() for t in (x, sf))
     x.requires_grad_()
     sf.requires_grad_()
-    out = fused.ddf(x_cl, cf, sf_cl, 3, 1)
+    out = _fused_op("ddf", x_cl, cf, sf_cl, 3, 1)
     r_out = ref.ddf(x, cf, sf, 3, 1)
     _assert_close(out, r_out, 1e-5, "ddf out")
     go = torch.randn(out.shape, generator=_gen(14)).to(DEV).contiguous(memory_format=cl)

@@ -91,8 +91,8 @@ def test_bad_arguments_are_named():
 
 @pytest.fixture(scope="module")
 def model():
-    from frfsr import FRFSRPipeline
-    return FRFSRPipeline.from_pretrained().model.eval()
+    from frfsr import FRFSR
+    return FRFSR.from_pretrained().eval()
 
 
 def test_evaluate_rows_and_table(model, cases):

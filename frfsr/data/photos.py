@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import umask
+from .._fs import cache_root, umask
 
 __all__ = ["PhotoFile", "PhotoSource", "SOURCES", "PhotoNotFetched", "FETCH_SCRIPT", "cache_dir",
            "photo_names", "heldout_photos", "train_photos", "split_of", "resolve", "is_fetched", "fetch",
@@ -193,11 +193,7 @@ class PhotoNotFetched(FileNotFoundError):
 def cache_dir() -> Path:
     """Where fetched photos live: ``$FRFSR_CACHE/photos``, else ``$XDG_CACHE_HOME/frfsr/photos``,
     else ``~/.cache/frfsr/photos`` (one sub-folder per source)."""
-    root = os.environ.get("FRFSR_CACHE")
-    if root:
-        return Path(root).expanduser() / "photos"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "frfsr" / "photos"
+    return cache_root() / "photos"
 
 
 def _check_sources(sources) -> list[str]:

@@ -18,6 +18,10 @@ coarse-to-fine (:func:`frfsr.ops.fast_patch_match`, cost linear in the LR, same 
 ``"auto"`` (default) takes fast where LR positions x Ref patches (all Refs) exceed
 :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`. Both modes match each Ref on its own and keep the
 best, the earlier Ref on ties.
+
+Relevance (:func:`relevance_of`, :data:`RELEVANCE_THRESHOLD`): how well the Refs match an
+LR, one number per LR, computed from the confidence map alone (so that a tiled run, which
+only blends the tiles' confidence maps, computes it the same way as one match).
 """
 from __future__ import annotations
 
@@ -30,6 +34,16 @@ from .. import ops
 
 SCALES = (4, 2, 1)          # mosaic factor of relu1_1, relu2_1, relu3_1 w.r.t. the texture grid
 MOSAIC_GAP = 2              # zero columns between Refs, in texture-grid (1/4) pixels
+
+# Relevance below which the Refs hardly match the LR (the pipeline warns). Measured with the
+# bundled default weights on the held-out photos of every source (benchmarks/eval_relevance.py:
+# 9 photos x 3 crops x 2 crop seeds, 486 relevant and 1350 unrelated pairs): ROC AUC 0.971;
+# at 0.47 the warning fires for 89.8 % of unrelated Refs and 4.9 % of relevant ones
+# (same-zoom views with clean, JPEG or blurred LRs, Refs at 0.5x / 2x zoom, rotated 15 / 30
+# degrees); no threshold gives both >= 90 % and <= 5 % there (0.471: 90.1 % and 5.1 %).
+# The scale depends on the texture encoder's weights: set ``pipe.relevance_threshold`` for
+# others (measure it with that script's ``--weights``).
+RELEVANCE_THRESHOLD = 0.47
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,39 @@ class MosaicLayout:
 def normalize_features(feat: torch.Tensor) -> torch.Tensor:
     """L2-normalise a feature map per pixel over channels."""
     return F.normalize(feat, dim=1)
+
+
+def relevance_of(confidence: torch.Tensor) -> torch.Tensor:
+    """Relevance per sample (B,) of a match-confidence map (B, 1, h, w), float32: the mean,
+    over the LR positions where a whole 3x3 patch fits (the one-position border, which
+    :meth:`frfsr.FRFSR.match` sets to zero, is left out), of the cosine similarity of each
+    LR texture patch with its best Ref patch. :attr:`frfsr.Correspondence.relevance` and the
+    pipeline (whose tiled path blends the tiles' maps into one) both call this.
+
+    The scale, in [-1, 1]: 1 would be Ref texture features equal to the LR's, patch for
+    patch (the texture encoder has one trunk for the LR and one for the Ref, so even the LR
+    as its own Ref stays below 1). With the bundled default weights, on held-out photos,
+    relevant Refs (another view of the scene, also at half or twice the zoom, rotated, or
+    with a JPEG / blurred LR) give a median of 0.58 (95 % at or above
+    :data:`RELEVANCE_THRESHOLD`, 0.47), the LR as its own Ref 0.79, and Refs from another
+    photo 0.36 (90 % below 0.47; flat regions such as sky match anything, so an unrelated
+    Ref seldom scores below 0.1).
+
+    Tried and not better (ROC AUC relevant vs unrelated on the crop-seed-0 pairs, where the
+    mean gives 0.974): the share of positions above a similarity level (0.965 at 0.5), the
+    similarity relative to the LR's match with itself (0.971) or minus a per-LR null from
+    real unrelated Refs (0.956), the median (0.970), a texture-weighted mean (0.970), the
+    share of positions whose flow agrees with a neighbour's (0.75); and, over both crop
+    seeds (the mean: 0.971), the similarity minus the LR patch's best match elsewhere in the
+    LR (0.971) or weighted by how unlike the rest of the LR the patch is (0.973, at a cost
+    quadratic in the LR)."""
+    if not isinstance(confidence, torch.Tensor) or confidence.dim() != 4 or confidence.shape[1] != 1:
+        shape = tuple(confidence.shape) if isinstance(confidence, torch.Tensor) else type(confidence).__name__
+        raise ValueError(f"relevance_of needs a (B, 1, h, w) confidence map, got {shape}")
+    h, w = confidence.shape[-2:]
+    if h < 3 or w < 3:
+        raise ValueError(f"a {h}x{w} confidence map has no position inside its border; it needs at least 3x3")
+    return confidence[:, :, 1:-1, 1:-1].float().flatten(1).mean(1)
 
 
 def resolve_match_mode(match_mode: str, lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], patch_size: int = 3) -> str:

@@ -13,7 +13,7 @@ from ..checks import MIN_LR_SIZE, MIN_REF_SIZE, check_dtype, check_image
 from ..config import FRFSRConfig
 from ..ops.fast_match import MATCH_MODES
 from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, pre_offsets,
-                             upscale_flow)
+                             relevance_of, upscale_flow)
 from .pretrained import PretrainedMixin
 from .restoration import RestorationNet
 from .sife import SIFE
@@ -80,8 +80,11 @@ class Correspondence(_Tensors):
 
     @property
     def relevance(self) -> torch.Tensor:
-        """Mean match confidence per sample (B,): how much of the LR the Refs explain."""
-        return self.confidence[:, :, 1:-1, 1:-1].flatten(1).mean(1)
+        """Relevance per sample (B,): the mean match confidence, how much of the LR the Refs
+        explain (:func:`frfsr.models.correspondence.relevance_of`, where the scale is
+        described; below :data:`~frfsr.models.correspondence.RELEVANCE_THRESHOLD` the Refs
+        hardly match)."""
+        return relevance_of(self.confidence)
 
 
 @dataclass

@@ -22,7 +22,8 @@ from huggingface_hub import ModelCard, ModelHubMixin
 
 from .. import hub
 from .._fs import replace_folder, sha256
-from ..config import CLASS_NAME
+from ..checks import check_finite_state_dict, check_state_dict
+from ..config import CLASS_NAME, FRFSRConfig
 from ..devices import parse_device, parse_dtype, warn_if_emulated
 
 
@@ -82,17 +83,18 @@ class PretrainedMixin(ModelHubMixin, library_name="frfsr", license="mit", pipeli
         files = hub.resolve_model_files(pretrained_model_name_or_path, revision=revision, subfolder=subfolder,
                                         cache_dir=cache_dir, token=token, local_files_only=local_files_only,
                                         force_download=force_download, hub_only=hub_only)
-        config = hub.read_config(files.config)   # checked here: the mixin reads the same file again
+        config = FRFSRConfig.from_json(files.config)   # checked here: the mixin reads the same file again
         return super().from_pretrained(files.config.parent, config=config, files=files, torch_dtype=torch_dtype,
                                        device=device)
 
     @classmethod
     def _from_pretrained(cls, *, model_id, config, files, torch_dtype, device, **_hub_kwargs):
-        state, meta = hub.read_weights(files.weights)
+        from ..convert import read_safetensors
+        state, meta = read_safetensors(files.weights)
         model = cls(config)
         what = f"{files.weights} ({files.source})"
-        hub.check_state_dict(state, model, what)
-        hub.check_finite_state_dict(state, what)
+        check_state_dict(state, model, what)
+        check_finite_state_dict(state, what)
         model.load_state_dict(state, strict=True)
         auto = isinstance(torch_dtype, str) and torch_dtype.strip().lower() == "auto"
         dtype = (next(iter(state.values())).dtype if auto and state else parse_dtype(torch_dtype)) or torch.float32

@@ -372,28 +372,6 @@ def _ddf_taps(k: int, dilation: int):
     return [(i * k + j, i * dilation, j * dilation) for i in range(k) for j in range(k)], (lo, hi)
 
 
-class _DDF(torch.autograd.Function):
-    """out = sum_t shift_t(x) * sf[:, t] * cf[:, :, t]; backward recomputes per tap."""
-
-    @staticmethod
-    def forward(ctx, x, cf, sf, k, dilation):
-        taps, (lo, hi) = _ddf_taps(k, dilation)
-        H, W = x.shape[-2:]
-        xp = F.pad(x, (lo, hi, lo, hi))
-        out = torch.zeros_like(x)
-        for t, dy, dx in taps:
-            out.addcmul_(xp[:, :, dy:dy + H, dx:dx + W] * sf[:, t:t + 1], cf[:, :, t, None, None])
-        ctx.save_for_backward(x, cf, sf)
-        ctx.k, ctx.dilation = k, dilation
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, cf, sf = ctx.saved_tensors
-        gx, gcf, gsf = ddf_backward(grad, x, cf, sf, ctx.k, ctx.dilation, ctx.needs_input_grad[:3])
-        return gx, gcf, gsf, None, None
-
-
 def ddf_backward(grad: torch.Tensor, x: torch.Tensor, cf: torch.Tensor, sf: torch.Tensor, k: int, dilation: int,
                  needs=(True, True, True)):
     """Gradients of the DDF sum w.r.t. ``x`` (B, C, H, W), ``cf`` (B, C, k*k) and ``sf``
@@ -436,8 +414,13 @@ def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Ten
     k, d = int(kernel_size), int(dilation)
     cf = check_ddf_args(x, channel_filter, spatial_filter, k, d)
     dtype = _compute_dtype(x, cf, spatial_filter)
-    out = _DDF.apply(x.to(dtype).contiguous(), cf.to(dtype).contiguous(),
-                     spatial_filter.to(dtype).contiguous(), k, d)
+    taps, (lo, hi) = _ddf_taps(k, d)
+    H, W = x.shape[-2:]
+    xp = F.pad(x.to(dtype), (lo, hi, lo, hi))
+    sf, cf = spatial_filter.to(dtype), cf.to(dtype)
+    out = xp.new_zeros(xp.shape[:2] + (H, W))
+    for t, dy, dx in taps:    # autograd (where called directly) records these; frfsr::ddf uses ddf_backward
+        out.addcmul_(xp[:, :, dy:dy + H, dx:dx + W] * sf[:, t:t + 1], cf[:, :, t, None, None])
     return out.to(x.dtype)
 
 

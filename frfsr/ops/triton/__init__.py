@@ -12,8 +12,9 @@
 * :func:`ddf` -- decoupled dynamic filter in one pass per output tile; Triton backward
   kernels for the input and both filters.
 
-:func:`deform_conv_backward` and :func:`ddf_backward` are the backward passes on their own
-(the ``frfsr::deform_conv`` / ``frfsr::ddf`` custom operators call them). The matching
+The functions here compute forward passes and do not record autograd;
+:func:`deform_conv_backward` and :func:`ddf_backward` are the backward passes, which the
+custom operators ``frfsr::deform_conv`` / ``frfsr::ddf`` register as their gradients. The matching
 kernels have no backward of their own: the custom operators ``frfsr::patch_match`` and
 ``frfsr::window_match`` differentiate the score with one PyTorch formula for both backends
 (:mod:`frfsr.ops.custom_ops`).

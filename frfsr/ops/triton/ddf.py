@@ -176,29 +176,18 @@ _BLOCK_C, _BLOCK_P, _WARPS = 16, 128, 8          # forward and grad_x
 _F_BLOCK_C, _F_BLOCK_P, _F_WARPS = 16, 128, 4    # filter gradients
 
 
-class _DDFFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, cf, sf, k, dil):
-        B, C, H, W = x.shape
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        BLOCK_C, BLOCK_P = _BLOCK_C, _BLOCK_P
-        grid = (triton.cdiv(H * W, BLOCK_P), triton.cdiv(C, BLOCK_C), B)
-        if out.numel():
-            with _device_ctx(x):
-                _ddf_fwd_kernel[grid](
-                    x, cf, sf, out, C, H, W, dil,
-                    *x.stride(), *cf.stride(), *sf.stride(), *out.stride(),
-                    KS=k, BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, num_warps=_WARPS)
-        ctx.save_for_backward(x, cf, sf)
-        ctx.k, ctx.dil = k, dil
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, go):
-        x, cf, sf = ctx.saved_tensors
-        gx, gcf, gsf = ddf_backward(go, x, cf, sf, ctx.k, ctx.dil, ctx.needs_input_grad[:3])
-        return gx, gcf, gsf, None, None
+def _forward(x, cf, sf, k, dil):
+    B, C, H, W = x.shape
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    BLOCK_C, BLOCK_P = _BLOCK_C, _BLOCK_P
+    grid = (triton.cdiv(H * W, BLOCK_P), triton.cdiv(C, BLOCK_C), B)
+    if out.numel():
+        with _device_ctx(x):
+            _ddf_fwd_kernel[grid](
+                x, cf, sf, out, C, H, W, dil,
+                *x.stride(), *cf.stride(), *sf.stride(), *out.stride(),
+                KS=k, BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, num_warps=_WARPS)
+    return out
 
 
 def ddf_backward(go: torch.Tensor, x: torch.Tensor, cf: torch.Tensor, sf: torch.Tensor, k: int, dil: int,
@@ -242,16 +231,16 @@ def ddf_backward(go: torch.Tensor, x: torch.Tensor, cf: torch.Tensor, sf: torch.
 
 def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Tensor,
         kernel_size: int = 3, dilation: int = 1) -> torch.Tensor:
-    """Decoupled dynamic filter ('mul' combine), fused Triton forward and backward.
+    """Decoupled dynamic filter ('mul' combine), the fused Triton forward.
 
     ``x`` (B, C, H, W), ``channel_filter`` (B, C, k*k) or (B, C, k, k), ``spatial_filter``
-    (B, k*k, H, W). Returns (B, C, H, W) in ``x``'s dtype; the channel-filter gradient has
-    the shape that was passed in.
+    (B, k*k, H, W). Returns (B, C, H, W) in ``x``'s dtype. Not differentiable by itself:
+    ``frfsr::ddf`` (:mod:`frfsr.ops.custom_ops`) pairs it with :func:`ddf_backward`.
     """
     k, d = int(kernel_size), int(dilation)
     cf = check_ddf_args(x, channel_filter, spatial_filter, k, d)
     _check_device(x)
-    return _DDFFn.apply(x, cf, spatial_filter, k, d)
+    return _forward(x, cf, spatial_filter, k, d)
 
 
 def _check_device(x: torch.Tensor) -> None:

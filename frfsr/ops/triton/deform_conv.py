@@ -511,25 +511,6 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
     return gx, goff, gmsk, gw, gb
 
 
-class _DeformConvFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, offset, mask, weight, bias, st, pd, dl):
-        out = _forward(x, offset, mask, weight, bias, st, pd, dl)
-        ctx.save_for_backward(x, offset, mask, weight, bias)
-        ctx.conf = (st, pd, dl)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, offset, mask, weight, bias = ctx.saved_tensors
-        st, pd, dl = ctx.conf
-        needs = tuple(bool(n) for n in ctx.needs_input_grad[:5])
-        needs = needs[:4] + (needs[4] and bias is not None,)
-        gx, goff, gmsk, gw, gb = _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs)
-        return gx, goff, gmsk, gw, gb, None, None, None
-
-
 def deform_conv_backward(grad_out, x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1,
                          needs=(True, True, True, True, True)):
     """Gradients w.r.t. (x, offset, mask, weight, bias) for the output gradient ``grad_out``
@@ -544,12 +525,14 @@ def deform_conv_backward(grad_out, x, offset, mask, weight, bias=None, stride=1,
 
 
 def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1):
-    """Modulated deformable convolution (DCNv2), fused Triton forward and backward.
+    """Modulated deformable convolution (DCNv2), the fused Triton forward.
 
     See the module docstring for the exact semantics; the output grid is
-    ``offset.shape[-2:]`` whatever the size of ``x``.
+    ``offset.shape[-2:]`` whatever the size of ``x``. Not differentiable by itself:
+    ``frfsr::deform_conv`` (:mod:`frfsr.ops.custom_ops`) pairs it with
+    :func:`deform_conv_backward`.
     """
     check_deform_conv_args(x, offset, mask, weight, bias, stride, dilation)
     _check_device(x, offset, mask, weight, bias)
     st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
-    return _DeformConvFn.apply(x, offset, mask, weight, bias, st, pd, dl)
+    return _forward(x, offset, mask, weight, bias, st, pd, dl)
