@@ -85,17 +85,43 @@ def _single_file(args) -> bool:
     return not glob.has_magic(args.inputs[0]) and not Path(args.inputs[0]).is_dir()
 
 
-def _ref_paths(args) -> list[str]:
+def _candidates(args) -> list[str]:
     from .batch import list_inputs
     from .image_files import IMAGE_SUFFIXES
-    refs = list(args.ref or [])
-    if args.ref_dir:
-        if not Path(args.ref_dir).is_dir():
-            raise CLIError(f"--ref-dir {args.ref_dir}: not a folder")
-        refs += [str(p) for p, _ in list_inputs([args.ref_dir], IMAGE_SUFFIXES)]
+    if not args.ref_dir:
+        return []
+    if not Path(args.ref_dir).is_dir():
+        raise CLIError(f"--ref-dir {args.ref_dir}: not a folder")
+    return [str(p) for p, _ in list_inputs([args.ref_dir], IMAGE_SUFFIXES)]
+
+
+def _ref_paths(args) -> list[str]:
+    refs = list(args.ref or []) + _candidates(args)
     if not refs:
         raise CLIError("give the reference image(s): --ref REF (repeat for several) or --ref-dir DIR")
     return refs
+
+
+def _check_top_k(args) -> None:
+    if args.top_k is None:
+        if args.rerank is not None:
+            raise CLIError("--rerank goes with --top-k (how many of the best candidates are re-ranked)")
+        return
+    if not args.ref_dir:
+        raise CLIError("--top-k chooses among the images of --ref-dir; give --ref-dir DIR")
+    if args.top_k < 1 or (args.rerank is not None and args.rerank < 0):
+        raise CLIError(f"--top-k must be >= 1 and --rerank >= 0, got {args.top_k} and {args.rerank}")
+
+
+def _ref_chooser(args, pipe, outputs):
+    """refs(input) choosing --top-k of --ref-dir per input (sidecar JSON beside each output)."""
+    from .retrieval import RefChooser, RefIndex
+    candidates = _candidates(args)
+    if not candidates:
+        raise CLIError(f"--ref-dir {args.ref_dir} holds no images to choose from")
+    index = RefIndex(pipe.model, candidates)
+    print(f"{len(candidates)} candidate Refs described ({index.cache_hits} from the cache)", flush=True)
+    return RefChooser(index, args.top_k, args.rerank, extra=list(args.ref or []), outputs=outputs)
 
 
 def _pipe_kwargs(args) -> dict:
@@ -122,6 +148,14 @@ def _upscale(p: argparse.ArgumentParser):
                    help=f"a reference image, at least {MIN_REF_SIZE}x{MIN_REF_SIZE} (repeat for several); every "
                         "input uses every Ref, encoded once")
     p.add_argument("--ref-dir", metavar="DIR", help="use every image in this folder as a Ref (with or instead of --ref)")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="with --ref-dir: give each input only the K candidates of the folder most relevant to it "
+                        "(ranked by a texture descriptor, cached by file hash, the best re-ranked by the match); "
+                        "which ones, and their relevance, is written beside each output as <output>.refs.json; "
+                        "--ref Refs are added to every input")
+    p.add_argument("--rerank", type=int, metavar="R",
+                   help="with --top-k: how many of the best candidates are matched and re-ranked (default: "
+                        "max(K, 3); 0: the descriptor order alone)")
     p.add_argument("-o", "--output", required=True,
                    help="one input: where to write the 4x image (the format comes from the extension, checked "
                         "before the run); otherwise the output folder")
@@ -173,13 +207,17 @@ def _upscale_one(args):
         return 0
     if Path(src).suffix.lower() in video_suffixes():
         return _upscale_one_video(args)
+    _check_top_k(args)
     lr = _open_image(src, "LR")
-    refs = [_open_image(r, "Ref") for r in _ref_paths(args)]
+    refs = [_open_image(r, "Ref") for r in _ref_paths(args)] if args.top_k is None else None
     check_output(args.output, lr)                   # before any computation
     for extra in (args.save_confidence, args.save_warped_ref):
         if extra:
             check_output(extra, Image.new("RGB", (1, 1)))
     pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
+    if refs is None:
+        refs = [_open_image(r, "Ref") if isinstance(r, str) else r
+                for r in _ref_chooser(args, pipe, {src: args.output})(src)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FRFSRWarning)
         out = pipe(lr, refs, return_details=True, progress=not args.no_progress, ref_scales=args.ref_scales,
@@ -200,6 +238,8 @@ def _upscale_one(args):
 def _upscale_one_video(args):
     if args.save_confidence or args.save_warped_ref:
         raise CLIError("--save-confidence and --save-warped-ref take an input image, not a video")
+    if args.top_k is not None:
+        raise CLIError("--top-k chooses Refs for images; for a video name its Refs with --ref (or all of --ref-dir)")
     try:
         from .video import upscale_video
     except ImportError as e:
@@ -215,10 +255,11 @@ def _upscale_one_video(args):
 
 
 def _upscale_many(args):
-    from .batch import distributed_state, gather_results, upscale_files
+    from .batch import distributed_state, gather_results, plan, upscale_files
     if args.save_confidence or args.save_warped_ref:
         raise CLIError("--save-confidence and --save-warped-ref take one input image with -o a file name; "
                        "leave them out for several inputs, folders or globs")
+    _check_top_k(args)
     refs = _ref_paths(args)
     try:
         state = distributed_state(cpu=True if args.device == "cpu" else None)   # None in a single process
@@ -234,6 +275,8 @@ def _upscale_many(args):
               flush=True)
 
     pipe = _load_pipeline(args, device=device, dtype=args.dtype)
+    if args.top_k is not None:
+        refs = _ref_chooser(args, pipe, {i.src: i.dst for i in plan(args.inputs, args.output, args.ext)})
     result = upscale_files(pipe, args.inputs, refs, args.output, ext=args.ext, overwrite=args.overwrite,
                            progress=not args.no_progress, state=state, ref_scales=args.ref_scales, log=log,
                            **_pipe_kwargs(args))

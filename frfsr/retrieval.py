@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from ._fs import cache_root, sha256, umask
 
-__all__ = ["CELL", "MAX_CELLS", "MAX_QUERY_CELLS", "SCALES", "QUERY_ROTATIONS", "DESCRIPTOR_VERSION", "Selection",
+__all__ = ["RefChooser", "CELL", "MAX_CELLS", "MAX_QUERY_CELLS", "SCALES", "QUERY_ROTATIONS", "DESCRIPTOR_VERSION", "Selection",
            "RefIndex", "descriptor_cache_dir", "model_identity", "ref_descriptor", "lr_descriptor", "descriptor_scores",
            "select_references",
            "write_selection_json", "sidecar_path", "IMAGE_SUFFIXES"]
@@ -361,6 +361,29 @@ def select_references(model, lr: torch.Tensor, candidates, k: int = 1, rerank: i
         index = RefIndex(model, candidates, **index_kwargs)
     chosen = index.select(lr, k, rerank)
     return [index.image(s.index) for s in chosen], chosen
+
+
+class RefChooser:
+    """``refs(input_path)`` for :func:`frfsr.batch.upscale_files`: the fixed Refs ``extra``
+    and the ``k`` candidates of ``index`` most relevant to that input (read from its file;
+    ``rerank`` as in :meth:`RefIndex.select`). Candidates that are files are returned as
+    their paths, so consecutive inputs that choose the same Refs share one encoding. With
+    ``outputs`` (input path -> output path) the selection is written beside each output
+    (:func:`sidecar_path`) before the output itself."""
+
+    def __init__(self, index: RefIndex, k: int, rerank: int | None = None, *, extra=(), outputs=None):
+        self.index, self.k, self.rerank, self.extra = index, k, rerank, list(extra)
+        self.outputs = {Path(a): Path(b) for a, b in (outputs or {}).items()}
+
+    def __call__(self, src) -> list:
+        from .image_files import read_image
+        from .image_io import to_model_input
+        lr = to_model_input(read_image(src, "LR"), "LR")[0]
+        chosen = self.index.select(lr, self.k, self.rerank)
+        if Path(src) in self.outputs:
+            write_selection_json(sidecar_path(self.outputs[Path(src)]), chosen, lr=str(src),
+                                 fixed_refs=[str(r) for r in self.extra])
+        return [*self.extra, *(self.index.candidates[s.index] for s in chosen)]
 
 
 def sidecar_path(output) -> Path:

@@ -1,5 +1,6 @@
 """Folders, globs and resumable runs (frfsr.batch, `frfsr upscale` with several inputs), and the
 work split between two Accelerate processes on the CPU."""
+import json
 import os
 import signal
 import socket
@@ -283,3 +284,37 @@ def test_two_accelerate_processes_split_the_folder(files, tmp_path):
     assert "9 written, 1 skipped (already complete), 0 failed by 2 processes" in res.stdout
     assert pre.stat().st_mtime_ns == before
     assert all(Image.open(out / p.name).size == (96, 96) for p in lrs.glob("*.png"))
+
+
+def test_cli_top_k_chooses_each_inputs_refs_and_records_them(tmp_path, monkeypatch):
+    """--ref-dir with --top-k: every LR gets the candidate of its own scene (bundled weights),
+    written beside its output as <output>.refs.json; the fixed --ref is added to each."""
+    skimage_data = pytest.importorskip("skimage.data")
+    monkeypatch.setenv("FRFSR_CACHE", str(tmp_path / "cache"))
+    scenes = {"astronaut": skimage_data.astronaut(), "coffee": skimage_data.coffee(), "camera": skimage_data.camera(),
+              "rocket": skimage_data.rocket()}
+    lrs, cands = tmp_path / "lrs", tmp_path / "cands"
+    lrs.mkdir()
+    cands.mkdir()
+    for name, a in scenes.items():
+        img = Image.fromarray(a).convert("RGB")
+        img.crop((40, 40, 296, 296)).resize((160, 160), Image.BICUBIC).save(cands / f"{name}.png")
+        if name in ("astronaut", "coffee"):
+            img.crop((72, 72, 264, 264)).resize((48, 48), Image.BICUBIC).save(lrs / f"{name}.png")
+    fixed = cands / "camera.png"
+    out = tmp_path / "out"
+    args = ["upscale", str(lrs), "--ref-dir", str(cands), "--top-k", "1", "--ref", str(fixed), "-o", str(out),
+            "--device", "cpu", "--dtype", "float32", "--tile", "0", "--no-progress"]
+    assert cli.main(args) == 0
+    for name in ("astronaut", "coffee"):
+        assert Image.open(out / f"{name}.png").size == (192, 192)
+        record = json.loads((out / f"{name}.png.refs.json").read_text())
+        assert [Path(r["name"]).name for r in record["refs"]] == [f"{name}.png"]
+        assert record["refs"][0]["relevance"] is not None and record["fixed_refs"] == [str(fixed)]
+        assert Path(record["lr"]).name == f"{name}.png"
+    stamps = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert cli.main(args) == 0                                        # complete: nothing chosen or written again
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    # --top-k needs --ref-dir (refused before anything is written)
+    assert cli.main(["upscale", str(lrs), "--ref", str(fixed), "--top-k", "2", "-o", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()
