@@ -249,3 +249,26 @@ def test_bench_video_runs(monkeypatch, capsys):
     assert "| 0.3 s @ 10 fps | 16x16 | 3 | tiny |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--size", "15x16"])
+
+
+def test_cli_upscales_a_clip_and_a_folder_with_a_clip(clip, tmp_path, capsys):
+    """`frfsr upscale clip.mp4 --ref still.png -o out.mp4`, and a clip inside a folder run
+    (skipped when complete on the second run)."""
+    from PIL import Image
+
+    from frfsr import cli
+    torch.manual_seed(0)
+    FRFSR(FRFSRConfig.tiny()).save_pretrained(tmp_path / "model")
+    still = tmp_path / "still.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(still)
+    common = ["--ref", str(still), "--model", str(tmp_path / "model"), "--device", "cpu", "--no-progress"]
+    assert cli.main(["upscale", str(clip), "-o", str(tmp_path / "out.mp4"), *common]) == 0
+    out = probe(tmp_path / "out.mp4")
+    assert len(out["frames"]) == N and out["frames"][0].shape == (4 * H, 4 * W, 3) and out["audio"]
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(clip.read_bytes())
+    args = ["upscale", str(folder), "-o", str(tmp_path / "sr"), *common]
+    assert cli.main(args) == 0 and "1 written" in capsys.readouterr().out
+    assert len(probe(tmp_path / "sr" / "clip.mp4")["frames"]) == N
+    assert cli.main(args) == 0 and "0 written, 1 skipped" in capsys.readouterr().out
