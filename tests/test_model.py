@@ -243,3 +243,22 @@ def test_results_move_with_every_nested_tensor(tiny):
     assert moved.refs.feats[2].dtype == torch.float64 and moved.ref_id.dtype == torch.int64
     assert isinstance(moved.refs.layout, type(corr.refs.layout))
     assert all(t.device.type == "meta" for t in tensors(corr.to("meta")))
+
+
+def test_flow_warp_in_half_precision_samples_where_float32_does():
+    """bf16 / fp16 features on a wide Ref: the positions stay float32 (a half-precision grid
+    is off by pixels at x ~ 2000, and PyTorch's CPU sampler then read outside the input), so
+    the warp equals the float32 warp up to the features' own rounding."""
+    from frfsr.models.correspondence import flow_warp
+    W = 2048
+    xs = torch.arange(W, dtype=torch.float32)
+    feat = torch.stack([torch.sin(xs / 7), torch.cos(xs / 5)])[None, :, None, :].expand(1, 2, 4, W).contiguous()
+    h, w = 4, 64
+    flow = torch.zeros(1, h, w, 2)
+    flow[..., 0] = torch.linspace(W - 80, W - 1.25, w)            # sample near the right edge, between pixels
+    flow[..., 1] = torch.rand(1, h, w, generator=torch.Generator().manual_seed(0))
+    expect = flow_warp(feat, flow)
+    for dtype in (torch.bfloat16, torch.float16):
+        got = flow_warp(feat.to(dtype), flow)                      # flows are float32 (index_to_flow)
+        assert got.dtype == dtype and got.shape == expect.shape
+        torch.testing.assert_close(got.float(), expect, atol=1e-2, rtol=0)

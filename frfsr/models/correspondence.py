@@ -178,15 +178,28 @@ def pre_offsets(flow: torch.Tensor, step: int, taps: int = 3) -> torch.Tensor:
     return torch.stack(shifts, dim=1)
 
 
+_WARP_CHUNK_ELEMS = 1 << 26      # float32 elements of the features sampled at once (256 MiB)
+
+
 def flow_warp(feat: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Sample ``feat`` (B, C, H, W) at (grid + flow) for the grid of ``flow`` (B, h, w, 2):
     bilinear, zeros outside, pixel-centre convention of align_corners=True. The output
     is (B, C, h, w); ``feat`` need not have the flow's size."""
     b, h, w, _ = flow.shape
     H, W = feat.shape[-2:]
+    # Positions in half precision (8 to 11 bits of mantissa) are off by pixels on a Ref of
+    # 2000 px, and PyTorch's CPU sampler can then read outside the input (a segfault, seen with
+    # bf16): the grid is float32 at least, and half-precision features are sampled in float32,
+    # a few channels at a time (bounded extra memory), and cast back.
+    full = feat.dtype in (torch.float32, torch.float64)
+    flow = flow.to(feat.dtype if full else torch.float32)
     gy, gx = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
                             torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
     x = 2.0 * (gx + flow[..., 0]) / max(W - 1, 1) - 1.0
     y = 2.0 * (gy + flow[..., 1]) / max(H - 1, 1) - 1.0
-    grid = torch.stack((x, y), dim=-1).to(feat.dtype)
-    return F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    grid = torch.stack((x, y), dim=-1)
+    if full:
+        return F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    step = max(1, _WARP_CHUNK_ELEMS // max(1, feat.shape[0] * H * W))
+    return torch.cat([F.grid_sample(feat[:, c:c + step].float(), grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=True).to(feat.dtype) for c in range(0, feat.shape[1], step)], 1)
