@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import socket
@@ -28,17 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"(\d+) written, (\d+) skipped .*? in ([\d.]+) s")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _free_port() -> int:
@@ -119,8 +107,9 @@ def main(argv=None) -> list[dict]:
                 raise SystemExit(f"{row['images']} of {args.count} images written: {row}")
             print(json.dumps(row), flush=True)
             rows.append(row)
+    from frfsr.devices import cpu_name
     print(f"\n`{shlex.join(['python', 'benchmarks/bench_batch.py', *(argv if argv is not None else sys.argv[1:])])}`; "
-          f"CPU: {_cpu_name()}, {args.cores} cores; {args.count} LRs of {args.size}x{args.size}, Ref 400x400 "
+          f"CPU: {cpu_name()}, {args.cores} cores; {args.count} LRs of {args.size}x{args.size}, Ref 400x400 "
           f"(bundled demo), {args.model}\n")
     print("| processes x threads | images | run (s) | images/s | wall incl. start (s) | command |")
     print("| --- | --- | --- | --- | --- | --- |")

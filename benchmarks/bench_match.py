@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,18 +28,8 @@ except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from frfsr import ops
+from frfsr.devices import cpu_name
 from frfsr.ops.fast_match import FAST_MATCH_DEFAULTS, flop_counts
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def features(side: int, channels: int, seed: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -39,17 +38,6 @@ print(json.dumps({"ref": f"{w}x{h}", "preset": preset, "tile": tile, "seconds": 
 """
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="4000x3000", help="Ref size WxH")
@@ -67,7 +55,8 @@ def main(argv=None) -> int:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\nCPU: {_cpu_name()}, {os.cpu_count()} cores, torch threads: default")
+    from frfsr.devices import cpu_name
+    print(f"\nCPU: {cpu_name()}, {os.cpu_count()} cores, torch threads: default")
     print("| Ref | preset | extractor tile | peak during encoding | kept (encoded Ref) | time |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:

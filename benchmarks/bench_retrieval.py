@@ -127,7 +127,7 @@ def markdown(result, label: str) -> str:
 
 def main(argv=None) -> int:
     from frfsr import FRFSR
-    from frfsr.real_inputs import cpu_name
+    from frfsr.devices import cpu_name
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="frfsr-default", help="weights (a folder, 'frfsr-default' or a Hub id)")
     ap.add_argument("--sources", nargs="+", help="photo sources (default: all; see frfsr.data.photos)")

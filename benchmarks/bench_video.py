@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -78,17 +77,6 @@ def make_clip(path: Path, seconds: float, width: int, height: int, fps: int, sam
     return n
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", nargs="+", type=float, default=[2, 20], help="clip lengths")
@@ -118,7 +106,8 @@ def main(argv=None) -> list[dict]:
                 row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print(f"\nCPU: {_cpu_name()}, {os.cpu_count()} cores, torch threads: {args.threads or 'default'}")
+    from frfsr.devices import cpu_name
+    print(f"\nCPU: {cpu_name()}, {os.cpu_count()} cores, torch threads: {args.threads or 'default'}")
     print("| clip | LR | frames | model | batch | peak RSS | over baseline | time | frames/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

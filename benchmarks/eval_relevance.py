@@ -33,6 +33,7 @@ except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from frfsr import real_inputs
+from frfsr.devices import cpu_name
 from frfsr.models.correspondence import RELEVANCE_THRESHOLD
 
 #: Kinds whose Ref shows the LR's scene.
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     photos = sorted({r["photo"] for r in rows})
     print(f"\n({len(photos)} held-out photos of {', '.join(sources)} x {args.crops} crops x seeds "
-          f"{' '.join(map(str, args.seeds))}, HR {args.patch}; {seconds:.0f} s on {real_inputs.cpu_name()}, "
+          f"{' '.join(map(str, args.seeds))}, HR {args.patch}; {seconds:.0f} s on {cpu_name()}, "
           f"{torch.get_num_threads()} threads)", file=sys.stderr)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .devices import cpu_name
 
 __all__ = ["KINDS", "LR_KINDS", "BLUR_SIGMA", "NOISE_SIGMA", "SCENE_SCALE", "Case", "Scene", "load_scene",
            "crop_positions", "jpeg", "blur_noise", "degrade_lr", "make_ref", "build_cases", "evaluate",
@@ -381,17 +382,6 @@ def markdown(result: dict) -> str:
 
 
 # ---------------------------------------------------------------------- command line
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def add_arguments(p: argparse.ArgumentParser, weights_flag: bool = True) -> None:
     """The held-out evaluation's options (``--weights``, ``--kinds``, ...) on ``p``."""
     g = p.add_argument_group("held-out real-input evaluation (--layout heldout)")

@@ -13,6 +13,7 @@ if os.environ.get("FRFSR_TEST_CUDA") != "1":
 # on each other and a tiny forward gets 10-20x slower (measured: 0.4 s -> 7-13 s).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 try:
@@ -21,3 +22,13 @@ except ValueError:          # e.g. "4,2" (nested levels) or empty: leave torch's
     pass
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, whatever OMP_NUM_THREADS says (tiny models run
+    fastest so, and a busy CI box does not oversubscribe); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

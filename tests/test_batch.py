@@ -17,6 +17,7 @@ from PIL import Image
 
 from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline, cli
 from frfsr.batch import BatchError, is_complete, list_inputs, plan, upscale_files
+from benchmark_scripts import load_benchmark
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_LR = 20
@@ -239,10 +240,7 @@ def test_cli_folder_with_a_failing_input_and_ref_dir(files, tmp_path, capsys):
 
 
 def test_bench_batch_runs(files):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_batch", REPO_ROOT / "benchmarks" / "bench_batch.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_batch")
     rows = bench.main(["--count", "2", "--size", "16", "--processes", "1", "--cores", "1", "--model",
                        str(files / "model")])
     assert [(r["processes"], r["images"]) for r in rows] == [(1, 2)] and rows[0]["images_per_s"] > 0

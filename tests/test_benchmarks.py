@@ -1,23 +1,18 @@
 """The benchmark scripts run end to end (tiny sizes, CPU), so a GPU run does not fail on them."""
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_bench_inference_cpu_with_accuracy(tmp_path):
-    bench = _script("bench_inference")
+    bench = load_benchmark("bench_inference")
     out = tmp_path / "inf"
     # tiny sizes (bf16 autocast is emulated, slowly, on CPUs without native bf16): HR 132x64, LR 33x16, two
     # tiles of 32 (the smallest with the default overlap of 16); the bundled weights on the central 16x16 LR
@@ -37,7 +32,7 @@ def test_bench_inference_cpu_with_accuracy(tmp_path):
 
 
 def test_bench_inference_rejects_sizes_not_divisible_by_4():
-    bench = _script("bench_inference")
+    bench = load_benchmark("bench_inference")
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--sizes", "97x64"])
     with pytest.raises(SystemExit):
@@ -45,7 +40,7 @@ def test_bench_inference_rejects_sizes_not_divisible_by_4():
 
 
 def test_bench_train_smoke(tmp_path):
-    bench = _script("bench_train")
+    bench = load_benchmark("bench_train")
     out = tmp_path / "train.json"
     assert bench.main(["--smoke", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
@@ -53,6 +48,6 @@ def test_bench_train_smoke(tmp_path):
 
 
 def test_bench_train_official_needs_the_paper_stage1(tmp_path):
-    bench = _script("bench_train")
+    bench = load_benchmark("bench_train")
     with pytest.raises(SystemExit, match="paper preset"):
         bench.main(["--smoke", "--official-port", str(tmp_path / "port.py")])

@@ -17,7 +17,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from test_comfy_nodes import MODEL_NAME, REPO_ROOT, _one_thread, models_dir, pack, pack_modules  # noqa: F401
+from test_comfy_nodes import MODEL_NAME, REPO_ROOT, models_dir, pack, pack_modules  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------- a fake ComfyUI

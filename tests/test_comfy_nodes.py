@@ -30,13 +30,7 @@ MODEL_NAME = "frfsr-paper/model.safetensors"      # a model folder in models/frf
 
 
 # ---------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and a busy CI box does not oversubscribe)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_pack(name: str):

@@ -16,8 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from test_comfy_nodes import (MODEL_NAME, PRIMITIVES, REPO_ROOT, _one_thread, models_dir, pack,  # noqa: F401
+from test_comfy_nodes import (MODEL_NAME, PRIMITIVES, REPO_ROOT, models_dir, pack,  # noqa: F401
                               pack_modules, save_tiny_model, value_error, widget_inputs)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORKFLOWS = REPO_ROOT / "workflows"
 API_FILES = sorted(p.name for p in WORKFLOWS.glob("*_api.json"))

@@ -1,7 +1,6 @@
 """The Ref relevance: one function (relevance_of) behind Correspondence.relevance and the
 pipeline's warning, and a threshold that tells held-out unrelated Refs from relevant ones
 with the bundled weights."""
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -13,15 +12,11 @@ from frfsr import FRFSRPipeline, real_inputs
 from frfsr.checks import FRFSRWarning
 from frfsr.models.correspondence import RELEVANCE_THRESHOLD, relevance_of
 from frfsr.pipeline import RELEVANCE_THRESHOLD as PIPELINE_THRESHOLD
+from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +74,7 @@ def test_pipeline_warning_and_correspondence_agree(pipe):
 def test_warning_separates_heldout_unrelated_from_relevant_refs(tmp_path, capsys):
     # scikit-image's held-out photos (always there), one crop each, every relevant kind, the
     # unrelated kind and every LR against the other photos' Refs: 27 relevant, 21 unrelated pairs
-    bench = _script("eval_relevance")
+    bench = load_benchmark("eval_relevance")
     out = tmp_path / "rel.json"
     assert bench.main(["--sources", "skimage", "--crops", "1", "--seeds", "0", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())

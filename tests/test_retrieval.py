@@ -2,10 +2,8 @@
 with re-ranking, the JSON sidecar, the ComfyUI node, and the held-out hit rate."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +15,12 @@ from PIL import Image
 from frfsr import FRFSR, FRFSRConfig
 from frfsr import retrieval
 from frfsr.retrieval import RefIndex, Selection, select_references, sidecar_path, write_selection_json
+from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +209,7 @@ def test_relevant_ref_is_in_the_top_3_on_held_out_photos(model, monkeypatch):
     """benchmarks/bench_retrieval.py on scikit-image's held-out photos: 15 LRs, each with its
     relevant Ref (same zoom, half / twice the zoom, rotated 15 / 30 degrees) among 61
     candidates (50 distractors from the training photos)."""
-    spec = importlib.util.spec_from_file_location("bench_retrieval", ROOT / "benchmarks" / "bench_retrieval.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_retrieval", bench)          # its dataclass looks itself up there
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_retrieval")
     queries, cands, names = bench.build(["skimage"], crops=5, patch=128, candidates=61)
     result = bench.evaluate(model, queries, cands, names, rerank=3)
     assert result["n_candidates"] == 61 and len(result["per"]) == 15

@@ -15,6 +15,7 @@ from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline  # noqa: E402
 from frfsr.checks import FRFSRWarning  # noqa: E402
 from frfsr.models import EncodedRefs  # noqa: E402
 from frfsr.video import VIDEO_SUFFIXES, VideoFileError, VideoResult, upscale_video  # noqa: E402
+from benchmark_scripts import load_benchmark  # noqa: E402
 
 W, H, FPS, N = 32, 24, 10, 12
 SAMPLE_RATE = 16000
@@ -236,12 +237,7 @@ def test_suffixes_are_writable_here():
 
 
 def test_bench_video_runs(monkeypatch, capsys):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_video.py"
-    spec = importlib.util.spec_from_file_location("bench_video", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_video")
     rows = bench.main(["--seconds", "0.3", "--size", "16x16", "--batch-size", "2", "--threads", "1"])
     assert len(rows) == 1 and "error" not in rows[0], rows
     r = rows[0]
