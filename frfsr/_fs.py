@@ -1,7 +1,9 @@
 """File-system helpers shared by everything that writes files atomically (model folders,
-checkpoints, images): umask, fsync, and replacing a folder as a whole."""
+checkpoints, images): umask, fsync, a file written beside its name and renamed into place,
+and replacing a folder as a whole."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -23,6 +25,24 @@ def cache_root() -> Path:
         return Path(root).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "frfsr"
+
+
+@contextlib.contextmanager
+def atomic_file(dest, suffix: str = ".part"):
+    """A temporary path beside ``dest`` (``.<name>.XXXX<suffix>``) to write; when the block
+    ends normally it gets the mode a plain ``open()`` would give and is renamed onto ``dest``,
+    otherwise it is removed. So ``dest`` is never seen half-written."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())          # mkstemp makes 0600 files
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def sha256(path) -> str:

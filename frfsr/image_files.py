@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ._fs import umask
+from ._fs import atomic_file
 
 # the image files taken as inputs where a folder or a glob is given (frfsr.batch); lower case
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
@@ -115,20 +114,12 @@ def write_image(image, path) -> None:
     p = Path(path)
     check_output(p, image)
     fmt = _format_of(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(image, np.ndarray):
-                _write_png16(image, f)
-            else:
-                mode = _writable_mode(image.mode, fmt)
-                (image.convert(mode) if mode != image.mode else image).save(f, format=fmt)
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(p) as tmp, open(tmp, "wb") as f:
+        if isinstance(image, np.ndarray):
+            _write_png16(image, f)
+        else:
+            mode = _writable_mode(image.mode, fmt)
+            (image.convert(mode) if mode != image.mode else image).save(f, format=fmt)
 
 
 def _write_png16(a: np.ndarray, f) -> None:

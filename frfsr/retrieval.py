@@ -43,14 +43,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ._fs import cache_root, sha256, umask
+from ._fs import atomic_file, cache_root, sha256
 
 __all__ = ["RefChooser", "CELL", "MAX_CELLS", "MAX_QUERY_CELLS", "SCALES", "QUERY_ROTATIONS", "DESCRIPTOR_VERSION", "Selection",
            "RefIndex", "descriptor_cache_dir", "model_identity", "ref_descriptor", "lr_descriptor", "descriptor_scores",
@@ -196,16 +195,8 @@ def _load_cached(path: Path) -> torch.Tensor | None:
 def _save_cached(path: Path, desc: torch.Tensor, meta: dict) -> None:
     """Write a descriptor atomically (a temporary file in the same folder, renamed)."""
     from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"descriptor": desc.contiguous()}, tmp, metadata={k: str(v) for k, v in meta.items()})
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file({"descriptor": desc.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
 
 
 def _read_candidate(path: Path) -> torch.Tensor:
@@ -400,14 +391,6 @@ def write_selection_json(path, selections, **extra) -> Path:
     refs = [{"rank": r, **asdict(s)} for r, s in enumerate(selections, 1)]
     text = json.dumps({"refs": refs, **{k: (str(v) if isinstance(v, Path) else v) for k, v in extra.items()}},
                       indent=1)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(p) as tmp:
+        tmp.write_text(text + "\n")
     return p

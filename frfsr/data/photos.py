@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import cache_root, umask
+from .._fs import atomic_file, cache_root
 
 __all__ = ["PhotoFile", "PhotoSource", "SOURCES", "PhotoNotFetched", "FETCH_SCRIPT", "cache_dir",
            "photo_names", "heldout_photos", "train_photos", "split_of", "resolve", "is_fetched", "fetch",
@@ -309,16 +309,8 @@ def _verify(data: bytes, pf: PhotoFile, source: str, label: str) -> None:
 
 def _install(dest: Path, data: bytes) -> None:
     """Write ``data`` to ``dest`` atomically (a temporary file in the same folder, renamed)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~umask())               # mkstemp makes 0600 files
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(dest, suffix="") as tmp:
+        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------------- fetching
