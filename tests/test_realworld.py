@@ -203,6 +203,23 @@ def test_pipeline_lr_size_batched_reproducible():
         deg(torch.rand(3, 64, 64), _g(0))
 
 
+def test_clean_prob_keeps_the_clean_lr_for_a_share_of_the_images():
+    hr = _smooth(b=16, size=32)
+    clean = F.avg_pool2d(hr, 4)
+    degraded = RealWorldDegradation()(hr, _g(3))
+    mixed = RealWorldDegradation({"clean_prob": 0.5})(hr, _g(3), clean=clean)
+    kept = [torch.equal(mixed[i], clean[i]) for i in range(16)]
+    assert 0 < sum(kept) < 16                                                   # a share, drawn per image
+    for i in range(16):                                                          # the others: as without the mix
+        assert kept[i] or torch.equal(mixed[i], degraded[i])
+    assert torch.equal(RealWorldDegradation({"clean_prob": 0.5})(hr, _g(3), clean=clean), mixed)
+    assert torch.equal(RealWorldDegradation({"clean_prob": 1.0})(hr, _g(3), clean=clean), clean)
+    with pytest.raises(ValueError, match="needs the clean LR"):
+        RealWorldDegradation({"clean_prob": 0.5})(hr, _g(3))
+    with pytest.raises(ValueError, match=r"clean_prob must be in \[0, 1\]"):
+        RealWorldOptions(clean_prob=1.5)
+
+
 def test_degraded_lr_is_worse_than_bicubic_on_a_photo(photo_batch):
     """Upsampled back, the real-world LR is farther from the HR than the bicubic LR is, and
     it differs measurably from the bicubic LR itself."""
@@ -293,6 +310,7 @@ def test_config_keys_parse_and_bad_values_name_the_key(tmp_path):
                           ({"degradation": {"final": {"jpeg_range": 50}}}, r"degradation\.final\.jpeg_range"),
                           ({"degradation": {"second": {"foo": 1}}}, r"unknown key\(s\) degradation\.second\.foo"),
                           ({"degradation": {"strength": 1}}, r"unknown key\(s\) degradation\.strength"),
+                          ({"degradation": {"clean_prob": -0.1}}, r"clean_prob must be in \[0, 1\]"),
                           ({"degradation": {"first": 3}}, r"degradation\.first must be dict"),
                           ({"data": {"views": {"max_perspective": 0.5}}}, r"data\.views\.max_perspective"),
                           ({"data": {"views": {"scale_range": [2.0, 0.5]}}}, r"data\.views\.scale_range"),

@@ -219,6 +219,7 @@ class RealWorldOptions:
     second: DegradationStage = field(default_factory=lambda: DegradationStage(**SECOND_STAGE_DEFAULTS))
     final: FinalStage = field(default_factory=FinalStage)
     scale: int = 4
+    clean_prob: float = 0.0         # share of images that keep the clean LR passed in (see __call__)
 
     def __post_init__(self):
         self.first = _stage(DegradationStage, self.first, "first")
@@ -226,6 +227,9 @@ class RealWorldOptions:
         self.final = _stage(FinalStage, self.final, "final")
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
             raise ValueError(f"scale must be a positive int; got {self.scale!r}")
+        self.clean_prob = _number("clean_prob", self.clean_prob)
+        if not 0 <= self.clean_prob <= 1:
+            raise ValueError(f"clean_prob must be in [0, 1] (a probability); got {self.clean_prob}")
 
     @classmethod
     def from_dict(cls, d: dict | None, prefix: str = "") -> "RealWorldOptions":
@@ -242,8 +246,7 @@ class RealWorldOptions:
         parts = (("first", DegradationStage, None), ("second", DegradationStage, SECOND_STAGE_DEFAULTS),
                  ("final", FinalStage, None))
         kw = {name: _stage(tp, d.get(name), prefix + name, defaults) for name, tp, defaults in parts if name in d}
-        if "scale" in d:
-            kw["scale"] = d["scale"]
+        kw.update({k: d[k] for k in ("scale", "clean_prob") if k in d})
         return cls(**kw)
 
     def to_dict(self) -> dict:
@@ -549,7 +552,12 @@ class RealWorldDegradation:
         x = random_noise(x, options, generator)
         return random_jpeg(x, options.jpeg_prob, options.jpeg_range, generator)
 
-    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None,
+                 clean: torch.Tensor | None = None) -> torch.Tensor:
+        """``clean``: the clean LR of the batch (e.g. the data's PIL-bicubic one), needed when
+        ``options.clean_prob > 0``: each image keeps it with that probability (drawn last,
+        so the degraded images are the same as with ``clean_prob = 0``), so that a model
+        trained on these LRs still sees clean ones."""
         _check_images(hr, "hr")
         o, s = self.options, self.options.scale
         h, w = hr.shape[-2:]
@@ -566,7 +574,14 @@ class RealWorldDegradation:
         x = random_jpeg(x, o.final.jpeg_prob, o.final.jpeg_range, generator)
         if o.final.quantize:
             x = quantize(x)
-        return x.clamp(0, 1).to(hr.dtype)
+        x = x.clamp(0, 1)
+        if o.clean_prob > 0:
+            if clean is None or clean.shape != x.shape:
+                raise ValueError(f"clean_prob {o.clean_prob} needs the clean LR of shape {tuple(x.shape)}; got "
+                                 f"{None if clean is None else tuple(clean.shape)}")
+            keep = torch.rand(x.shape[0], generator=generator, device=dev).to(x.device) < o.clean_prob
+            x = torch.where(keep[:, None, None, None], clean.to(x), x)
+        return x.to(hr.dtype)
 
 
 def degrade_realworld(hr: torch.Tensor, generator: torch.Generator | None = None,

@@ -94,18 +94,20 @@ class DegradationSection:
     training device by :class:`frfsr.data.realworld.RealWorldDegradation` (blur, resize,
     noise and JPEG twice, then resize to HR/4 and JPEG); ``first`` / ``second`` / ``final``
     change the fields of its :class:`~frfsr.data.realworld.RealWorldOptions` (missing ones keep
-    their defaults)."""
+    their defaults); ``clean_prob``: the share of samples that keep the data's bicubic LR, so
+    that a model trained for degraded LRs stays good on clean ones."""
 
     kind: str = "bicubic"
     first: dict = field(default_factory=dict)     # frfsr.data.realworld.DegradationStage fields, first round
     second: dict = field(default_factory=dict)    # the same, second round
     final: dict = field(default_factory=dict)     # frfsr.data.realworld.FinalStage fields
+    clean_prob: float = 0.0                       # share of samples that keep the bicubic LR
 
     def options(self):
         """The :class:`~frfsr.data.realworld.RealWorldOptions` of these keys."""
         from ..data.realworld import RealWorldOptions
-        return RealWorldOptions.from_dict({"first": self.first, "second": self.second, "final": self.final},
-                                          prefix="degradation.")
+        return RealWorldOptions.from_dict({"first": self.first, "second": self.second, "final": self.final,
+                                           "clean_prob": self.clean_prob}, prefix="degradation.")
 
 
 @dataclass

@@ -396,7 +396,7 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
             from ..data.realworld import device_generator
             g = device_generator(batch["hr"].device, (int(tc["seed"]) * 1_000_003 + step) * 64 + accelerator.process_index)
             with torch.no_grad():
-                batch["lr"] = degrade(batch["hr"], generator=g)
+                batch["lr"] = degrade(batch["hr"], generator=g, clean=batch["lr"])
         f_lr, f_ref = model(lr_upsample(batch["lr"]), batch["ref"])
         loss, stats = contrastive_loss(f_lr, f_ref, texture_coords(batch["ref_coords"]),
                                        samples_per_image=int(tc["samples_per_image"]),

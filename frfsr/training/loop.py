@@ -240,18 +240,19 @@ class Trainer:
             for batch in loader:
                 batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
                 if self.degrade is not None:
-                    batch["lr"] = self.degraded_lr(batch["hr"], micro)
+                    batch["lr"] = self.degraded_lr(batch["hr"], micro, clean=batch["lr"])
                 micro += 1
                 yield batch
             epoch, offset = epoch + 1, 0
 
-    def degraded_lr(self, hr: torch.Tensor, micro: int) -> torch.Tensor:
+    def degraded_lr(self, hr: torch.Tensor, micro: int, clean: torch.Tensor | None = None) -> torch.Tensor:
         """The real-world LR of micro-batch number ``micro`` (of this process) from its HR, on
-        the HR's device; the same for the same (seed, micro, rank)."""
+        the HR's device; the same for the same (seed, micro, rank). ``clean``: the data's LR,
+        kept for a share ``degradation.clean_prob`` of the samples."""
         from ..data.realworld import device_generator
         g = device_generator(hr.device, _mix(self.cfg.train.seed, micro, self.acc.process_index, _DEGRADE_STREAM))
         with torch.no_grad():
-            return self.degrade(hr, generator=g)
+            return self.degrade(hr, generator=g, clean=clean)
 
     # ------------------------------------------------------------------ one step
     def _generator_losses(self, sr, hr, full: bool) -> dict[str, torch.Tensor]:
