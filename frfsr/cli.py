@@ -124,6 +124,11 @@ def _ref_chooser(args, pipe, outputs):
     return RefChooser(index, args.top_k, args.rerank, extra=list(args.ref or []), outputs=outputs)
 
 
+def _pyramid(args) -> dict:
+    """The Ref pyramid options of the command line (None: the pipeline's defaults)."""
+    return {"ref_scales": args.ref_scales, "ref_angles": args.ref_angles}
+
+
 def _pipe_kwargs(args) -> dict:
     return dict(tile=args.tile, overlap=args.overlap, match_mode=args.match_mode)
 
@@ -181,6 +186,9 @@ def _upscale(p: argparse.ArgumentParser):
     p.add_argument("--ref-scales", type=float, nargs="+", metavar="S",
                    help="also match every Ref resized by these factors (the Ref scale pyramid), e.g. "
                         "--ref-scales 1 0.71 0.5 for a Ref shot closer than the LR (default: the Ref as given)")
+    p.add_argument("--ref-angles", type=float, nargs="+", metavar="DEG",
+                   help="also match every Ref rotated by these angles (degrees, counter-clockwise), e.g. "
+                        "--ref-angles 0 30 -30 for a Ref shot at another camera roll (default: upright as given)")
     p.add_argument("--match-mode", choices=("auto", "exact", "fast"), default="auto",
                    help="patch matching: exact (every LR patch against every Ref patch), fast (coarse-to-fine, "
                         "linear in the image) or auto (fast for large inputs; default)")
@@ -220,7 +228,7 @@ def _upscale_one(args):
                 for r in _ref_chooser(args, pipe, {src: args.output})(src)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FRFSRWarning)
-        out = pipe(lr, refs, return_details=True, progress=not args.no_progress, ref_scales=args.ref_scales,
+        out = pipe(lr, refs, return_details=True, progress=not args.no_progress, **_pyramid(args),
                    **_pipe_kwargs(args))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -247,7 +255,7 @@ def _upscale_one_video(args):
     refs = [_open_image(r, "Ref") for r in _ref_paths(args)]
     pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
     try:
-        upscale_video(pipe, args.inputs[0], args.output, pipe.encode_refs(refs, ref_scales=args.ref_scales),
+        upscale_video(pipe, args.inputs[0], args.output, pipe.encode_refs(refs, **_pyramid(args)),
                       progress=not args.no_progress, **_pipe_kwargs(args))
     except ImportError as e:
         raise CLIError(f"video needs PyAV: pip install 'frfsr[video]' ({e})") from None
@@ -278,7 +286,7 @@ def _upscale_many(args):
     if args.top_k is not None:
         refs = _ref_chooser(args, pipe, {i.src: i.dst for i in plan(args.inputs, args.output, args.ext)})
     result = upscale_files(pipe, args.inputs, refs, args.output, ext=args.ext, overwrite=args.overwrite,
-                           progress=not args.no_progress, state=state, ref_scales=args.ref_scales, log=log,
+                           progress=not args.no_progress, state=state, **_pyramid(args), log=log,
                            **_pipe_kwargs(args))
     total = gather_results(result, state)
     if state is None or state.is_main_process:

@@ -4,7 +4,7 @@ or on the held-out photos with real-input kinds (:mod:`frfsr.real_inputs`).
     python -m frfsr.evaluate --model DIR --data ROOT --layout cufed5|pairs
                              [--levels 1,2,3,4,5] [--shuffle easy,medium,hard] --out DIR
     python -m frfsr.evaluate --layout heldout [--weights A B] [--kinds clean jpeg50 ...]
-                             [--ref-scales 1 0.71 0.5] [--json out.json]
+                             [--ref-scales 1 0.71 0.5] [--ref-angles 0 30 -30] [--json out.json]
 
 The LR is the HR (cropped to a multiple of 4) downsampled with PIL bicubic; the SR is
 rounded to 8 bits (as when saved as PNG) and compared with the HR by PSNR and SSIM on the

@@ -37,6 +37,10 @@ from .tiling import DEFAULT_OVERLAP, encode_refs, upscale_tiled
 # ``(1, 0.71, 0.5)`` also matches it at 0.71x and 0.5x, for Refs shot closer than the LR
 # (BENCHMARKS.md, "Ref scale pyramid").
 DEFAULT_REF_SCALES = (1.0,)
+# The Ref rotations used when a call does not say (``pipe.ref_angles``): the Ref upright as given.
+# ``(0, 30, -30)`` also matches it rotated by 30 degrees either way, for Refs shot at another
+# camera roll (BENCHMARKS.md, "Real inputs").
+DEFAULT_REF_ANGLES = (0.0,)
 
 
 @dataclass
@@ -88,6 +92,7 @@ class FRFSRPipeline:
         self.commit = commit
         self.relevance_threshold: float | None = RELEVANCE_THRESHOLD
         self.ref_scales: tuple[float, ...] = DEFAULT_REF_SCALES
+        self.ref_angles: tuple[float, ...] = DEFAULT_REF_ANGLES
         self._progress_config: dict = {}
 
     # ------------------------------------------------------------------ loading / saving
@@ -169,16 +174,21 @@ class FRFSRPipeline:
                 f"dtype={self.dtype}{src})")
 
     # ------------------------------------------------------------------ refs
-    def encode_refs(self, ref_or_refs, batch_size: int = 1, ref_scales=None):
+    def encode_refs(self, ref_or_refs, batch_size: int = 1, ref_scales=None, ref_angles=None):
         """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, encoded)``.
-        ``ref_scales``: the Ref scale pyramid (see :meth:`FRFSR.encode_refs`); None:
-        ``self.ref_scales``."""
+        ``ref_scales`` / ``ref_angles``: the Ref pyramid's scales and rotations (see
+        :meth:`FRFSR.encode_refs`); None: ``self.ref_scales`` / ``self.ref_angles``."""
         from .models import EncodedRefs
         if isinstance(ref_or_refs, EncodedRefs):
             return ref_or_refs
         with torch.no_grad():
             return encode_refs(self.model, self._ref_tensors(ref_or_refs), batch_size,
-                               scales=self.ref_scales if ref_scales is None else ref_scales)
+                               **self._pyramid(ref_scales, ref_angles))
+
+    def _pyramid(self, ref_scales, ref_angles) -> dict:
+        """The Ref pyramid of a call: the arguments given, else the pipeline's."""
+        return {"scales": self.ref_scales if ref_scales is None else ref_scales,
+                "angles": self.ref_angles if ref_angles is None else ref_angles}
 
     def _ref_tensors(self, ref_or_refs) -> list[torch.Tensor]:
         """Ref images as the model takes them (converted once, here; checked by the model)."""
@@ -191,7 +201,7 @@ class FRFSRPipeline:
     # ------------------------------------------------------------------ inference
     def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,
                  output_dtype=None, return_details: bool = False, progress: bool = True, interrupt=None,
-                 match_mode: str | None = None, ref_scales=None):
+                 match_mode: str | None = None, ref_scales=None, ref_angles=None):
         """4x SR of ``lr`` (an image, a (B, C, H, W) tensor, or a list of images) using
         ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`encode_refs`).
 
@@ -202,41 +212,44 @@ class FRFSRPipeline:
         True to stop; ``match_mode``: "exact", "fast" or "auto" (see :meth:`FRFSR.match`; None:
         the model's, "auto" by default); ``ref_scales``: the Ref scale pyramid, e.g.
         ``(1, 0.71, 0.5)`` for a Ref shot closer than the LR (None: ``self.ref_scales``,
-        :data:`DEFAULT_REF_SCALES`). Returns the image(s), or :class:`FRFSRPipelineOutput`
+        :data:`DEFAULT_REF_SCALES`); ``ref_angles``: Ref rotations in degrees, e.g.
+        ``(0, 30, -30)`` for a Ref shot at another camera roll (None: ``self.ref_angles``,
+        :data:`DEFAULT_REF_ANGLES`). Returns the image(s), or :class:`FRFSRPipelineOutput`
         with ``return_details=True``."""
         from .models import EncodedRefs
         if not isinstance(ref_or_refs, EncodedRefs):
             ref_or_refs = self._ref_tensors(ref_or_refs)
-        scales = self.ref_scales if ref_scales is None else ref_scales
+        pyramid = self._pyramid(ref_scales, ref_angles)
         with self.model.use_match_mode(match_mode):
             return self._call(lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress,
-                              interrupt, scales)
+                              interrupt, pyramid)
 
     def _call(self, lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress, interrupt,
-              scales):
+              pyramid):
         if isinstance(lr, (list, tuple)):
             if not lr:
                 raise ValueError("lr is an empty list; give at least one image")
             from .models import EncodedRefs
             if not isinstance(ref_or_refs, EncodedRefs) and all(r.shape[0] == 1 for r in ref_or_refs):
-                ref_or_refs = self.encode_refs(ref_or_refs, 1, scales)      # once for every image of the list
+                ref_or_refs = self.encode_refs(ref_or_refs, 1, pyramid["scales"], pyramid["angles"])  # once for all
             outs = [self._one(x, ref_or_refs, f"lr[{i}]", tile, overlap, output_type, output_dtype, progress, interrupt,
-                              return_details, scales) for i, x in enumerate(lr)]
+                              return_details, pyramid) for i, x in enumerate(lr)]
             if not return_details:
                 return [o.images for o in outs]
             return FRFSRPipelineOutput([o.images for o in outs], [o.confidence for o in outs],
                                        [o.warped_ref for o in outs], [o.relevance for o in outs])
         out = self._one(lr, ref_or_refs, "lr", tile, overlap, output_type, output_dtype, progress, interrupt,
-                        return_details, scales)
+                        return_details, pyramid)
         return out if return_details else out.images
 
-    def _one(self, lr, refs, name, tile, overlap, output_type, output_dtype, progress, interrupt, details, scales):
+    def _one(self, lr, refs, name, tile, overlap, output_type, output_dtype, progress, interrupt, details, pyramid):
         rgb, alpha, info = to_model_input(lr, name)
         bar = _ProgressBar(progress and not self._progress_config.get("disable", False),
                            {k: v for k, v in self._progress_config.items() if k != "disable"})
         try:
             res = upscale_tiled(self.model, rgb, refs, tile=tile, overlap=overlap, progress=bar, interrupt=interrupt,
-                                return_details=True, keep_warped_ref=details, ref_scales=scales, name=name)
+                                return_details=True, keep_warped_ref=details, ref_scales=pyramid["scales"],
+                                ref_angles=pyramid["angles"], name=name)
         finally:
             bar.close()
         relevance = [float(r) for r in relevance_of(res.confidence)]

@@ -281,11 +281,12 @@ def build_cases(photos=None, kinds=KINDS, patch: int = DEFAULT_PATCH, crops: int
 
 # ---------------------------------------------------------------------- evaluation
 @torch.inference_mode()
-def _run_model(model, lr: torch.Tensor, ref: torch.Tensor, ref_scales=None) -> tuple[torch.Tensor, float]:
-    """SR (3, 4h, 4w) of one LR with one Ref, and the relevance."""
+def _run_model(model, lr: torch.Tensor, ref: torch.Tensor, ref_scales=None,
+               ref_angles=None) -> tuple[torch.Tensor, float]:
+    """SR (3, 4h, 4w) of one LR with one Ref (and the Ref pyramid given), and the relevance."""
     dev, dtype = model.device, model.dtype
     lr_b, ref_b = lr[None].to(dev, dtype), ref[None].to(dev, dtype)
-    refs = model.encode_refs(ref_b, 1, scales=ref_scales) if ref_scales else ref_b
+    refs = model.encode_refs(ref_b, 1, scales=ref_scales or (1.0,), angles=ref_angles or (0.0,))
     corr = model.match(lr_b, refs)
     sr = model.restore(lr_b, model.align(corr)).sr[0].float().clamp(0, 1).cpu()
     return sr, float(corr.relevance[0])
@@ -295,11 +296,11 @@ def _mean(vals):
     return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
-def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None) -> dict:
+def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None, ref_angles=None) -> dict:
     """Metrics of every model on ``cases``: ``{"rows": [...], "cases": [...]}``. A row per
     (model, kind): ``model, kind, n, bicubic_psnr, bicubic_ssim, psnr, ssim, alone_psnr,
     alone_ssim, gain, ref_gain, relevance, alone_relevance``; a case entry per (model, case)
-    with the per-image values. ``ref_scales``: the Ref scale pyramid for the kinds' Refs
+    with the per-image values. ``ref_scales`` / ``ref_angles``: the Ref pyramid for the kinds' Refs
     (the self Ref of the model alone is matched as given). ``progress(done, total)``."""
     from .data.degrade import bicubic_upsample
     from .metrics import psnr_y, ssim_y
@@ -319,7 +320,7 @@ def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None) ->
             if c.kind == "self":
                 p, s, rel = alone[c.lr_key]
             else:
-                sr, rel = _run_model(model, c.lr, c.ref, ref_scales)
+                sr, rel = _run_model(model, c.lr, c.ref, ref_scales, ref_angles)
                 p, s = psnr_y(sr[None], c.hr[None]), ssim_y(sr[None], c.hr[None])
             bp, bs = bic_cache[c.lr_key]
             ap, as_, arel = alone[c.lr_key]
@@ -394,6 +395,8 @@ def add_arguments(p: argparse.ArgumentParser, weights_flag: bool = True) -> None
                    help=f"input kinds (default: all: {' '.join(KINDS)})")
     g.add_argument("--ref-scales", type=float, nargs="+", metavar="S",
                    help="match every kind's Ref also at these factors (the Ref scale pyramid), e.g. 1 0.71 0.5")
+    g.add_argument("--ref-angles", type=float, nargs="+", metavar="DEG",
+                   help="match every kind's Ref also rotated by these angles (degrees), e.g. 0 30 -30")
     g.add_argument("--sources", nargs="+", metavar="SRC",
                    help="photo sources whose held-out photos are used (default: all; see frfsr.data.photos)")
     g.add_argument("--patch", type=int, default=DEFAULT_PATCH, help="HR crop side (default: %(default)s)")
@@ -429,11 +432,12 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         if done % 20 == 0 or done == total:
             print(f"  {done}/{total} runs, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    result = evaluate(models, cases, ref_scales=args.ref_scales, progress=progress)
+    result = evaluate(models, cases, ref_scales=args.ref_scales, progress=progress, ref_angles=args.ref_angles)
     seconds = time.perf_counter() - t0
     photos = sorted({c.photo for c in cases})
     result["config"] = {"weights": dict(zip(names, weights)), "kinds": list(args.kinds), "patch": args.patch,
                         "crops": args.crops, "photos": photos, "ref_scales": args.ref_scales,
+                        "ref_angles": args.ref_angles,
                         "seed": getattr(args, "seed", 0) or 0, "command": command}
     result["env"] = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "device": device, "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d")}

@@ -163,18 +163,18 @@ def auto_tile_size(model, batch_size: int = 1, device=None, budget_bytes: int | 
     return max(MIN_LR_SIZE, min(MAX_AUTO_TILE, side))
 
 
-def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None, scales=(1.0,)) -> int:
+def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None, scales=(1.0,),
+                     angles=(0.0,)) -> int:
     """Bytes that encoding ``refs`` (tensors) needs: what the encoded Refs keep
-    (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel, over every scale of the
-    pyramid) plus one extractor tile's intermediates. MemoryError, saying what to do, when
-    that exceeds the free memory."""
-    from .models.frfsr import REF_TILE, check_ref_scales, ref_bytes_per_pixel
+    (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel, over every copy of the
+    pyramid's scales and angles) plus one extractor tile's intermediates. MemoryError,
+    saying what to do, when that exceeds the free memory."""
+    from .models.frfsr import REF_TILE, ref_bytes_per_pixel, ref_copies_pixels
     from .models.vgg import TILE_HALO
     refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
     cfg, dtype = model.config, model.dtype
-    area = sum(s * s for s in check_ref_scales(scales))
-    keep = int(area * sum(ref_bytes_per_pixel(cfg, dtype) * r.shape[-2] * r.shape[-1] * max(r.shape[0], 1)
-                          for r in refs))
+    keep = ref_bytes_per_pixel(cfg, dtype) * sum(ref_copies_pixels(*r.shape[-2:], scales, angles) * max(r.shape[0], 1)
+                                                 for r in refs)
     side = min(tile or REF_TILE, max(max(r.shape[-2:]) for r in refs)) + 2 * TILE_HALO
     work = 4 * cfg.vgg_widths[0] * side * side * (torch.finfo(dtype).bits // 8)
     need, free = keep + work, free_memory(device if device is not None else model.device)
@@ -191,7 +191,7 @@ def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, 
     return need
 
 
-def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, scales=(1.0,),
+def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, scales=(1.0,), angles=(0.0,),
                 oom_fallback: bool = True):
     """``model.encode_refs`` with the memory checked up front (:func:`ref_memory_check`) and
     the extractor tile halved on out-of-memory; an :class:`EncodedRefs` is passed through."""
@@ -201,10 +201,10 @@ def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, sc
     if isinstance(refs, EncodedRefs):
         return refs
     tile = tile or REF_TILE
-    ref_memory_check(model, refs, batch_size, tile, scales=scales)
+    ref_memory_check(model, refs, batch_size, tile, scales=scales, angles=angles)
     while True:
         try:
-            return model.encode_refs(refs, batch_size, tile=tile, scales=scales)
+            return model.encode_refs(refs, batch_size, tile=tile, scales=scales, angles=angles)
         except Exception as err:
             smallest = 8 * TILE_HALO
             if not (oom_fallback and is_out_of_memory(err)) or tile <= smallest:
@@ -296,7 +296,7 @@ def _check_lr(lr) -> None:
 def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP,
                   progress: ProgressFn | None = None, interrupt: InterruptFn | None = None,
                   return_details: bool = False, keep_warped_ref: bool = True, oom_fallback: bool = True,
-                  ref_scales=(1.0,), name: str = "lr"):
+                  ref_scales=(1.0,), ref_angles=(0.0,), name: str = "lr"):
     """4x SR of ``lr`` (B, 3, h, w) in [0, 1] against ``refs`` (a Ref tensor, a list of them,
     or an :class:`EncodedRefs`), tile by tile.
 
@@ -307,8 +307,8 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     CPU while the model is on a GPU: tiles travel to the model, results come back to
     ``lr``'s device. Returns the SR tensor (float32), or a :class:`TiledOutput` (its
     ``warped_ref`` None when ``keep_warped_ref=False``, which saves an HR-sized buffer).
-    Refs not yet encoded are encoded here, after the LR is checked, with the Ref scale
-    pyramid ``ref_scales``. The LR (``name`` in errors) and the Refs are checked once; the
+    Refs not yet encoded are encoded here, after the LR is checked, with the Ref pyramid's
+    ``ref_scales`` and ``ref_angles``. The LR (``name`` in errors) and the Refs are checked once; the
     tiles are not checked again (:meth:`FRFSR.restore_tile`)."""
     _check_lr(lr)
     _check_tile_args(tile, overlap)
@@ -320,7 +320,8 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
         encoded = refs
     else:                                    # move the Refs to the model and encode them (checked there)
         refs = [r.to(dev, dtype) for r in refs] if isinstance(refs, (list, tuple)) else refs.to(dev, dtype)
-        encoded = encode_refs(model, refs, lr.shape[0], scales=ref_scales, oom_fallback=oom_fallback)
+        encoded = encode_refs(model, refs, lr.shape[0], scales=ref_scales, angles=ref_angles,
+                              oom_fallback=oom_fallback)
 
     def step(y0, y1, x0, x1):
         restored, tex = model.restore_tile(lr[..., y0:y1, x0:x1].to(dev, dtype), encoded, origin=(y0, x0))

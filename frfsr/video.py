@@ -117,19 +117,19 @@ def _check_paths(src: Path, dst: Path) -> None:
                              f"frfsr writes; accepted: {', '.join(VIDEO_SUFFIXES)}")
 
 
-def _load_refs(pipe, refs, ref_scales):
+def _load_refs(pipe, refs, ref_scales, ref_angles):
     """Refs encoded once for every frame (paths are read as image files)."""
     from .models import EncodedRefs
     if isinstance(refs, EncodedRefs):
-        if ref_scales is not None:
-            raise ValueError("ref_scales applies when the Refs are encoded; these Refs are encoded already "
-                             "(pass ref_scales to pipe.encode_refs)")
+        if ref_scales is not None or ref_angles is not None:
+            raise ValueError("ref_scales and ref_angles apply when the Refs are encoded; these Refs are encoded "
+                             "already (pass them to pipe.encode_refs)")
         return refs
     items = list(refs) if isinstance(refs, (list, tuple)) else [refs]
     if any(isinstance(r, (str, os.PathLike)) for r in items):
         from .image_files import read_image
         items = [read_image(r, "Ref") if isinstance(r, (str, os.PathLike)) else r for r in items]
-    return pipe.encode_refs(items, 1, ref_scales)
+    return pipe.encode_refs(items, 1, ref_scales, ref_angles)
 
 
 def _frame_rate(stream) -> Fraction:
@@ -265,7 +265,7 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
     ``{"preset": "slow"}``); ``audio``: "auto" (copy, re-encode where the container does not
     hold the codec), "copy" (fail instead of re-encoding), "reencode" or "drop".
     Other keywords go to the pipeline call (``tile``, ``overlap``, ``match_mode``,
-    ``interrupt``; ``ref_scales`` to the Ref encoding). Returns a :class:`VideoResult`."""
+    ``interrupt``; ``ref_scales`` and ``ref_angles`` to the Ref encoding). Returns a :class:`VideoResult`."""
     av = _import_av()
     src, dst = Path(src), Path(dst)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -279,7 +279,7 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
     suffix = dst.suffix.lower()
     vcodec = _pick_video_codec(av, codec, suffix)
     acodec = _AUDIO_CODECS.get(suffix, _DEFAULT_AUDIO_CODEC)
-    encoded = _load_refs(pipe, refs, pipe_kwargs.pop("ref_scales", None))
+    encoded = _load_refs(pipe, refs, pipe_kwargs.pop("ref_scales", None), pipe_kwargs.pop("ref_angles", None))
 
     try:
         container = av.open(str(src))

@@ -240,15 +240,16 @@ def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
     return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
 
 
-def lr_and_references(model: "FRFSRModel", image, reference, mode: str, scales=(1.0,)):
+def lr_and_references(model: "FRFSRModel", image, reference, mode: str, scales=(1.0,), angles=(0.0,)):
     """The LR and Reference IMAGEs as model inputs on the intermediate device, the References
     as :func:`reference_input` gives them, and the Reference pixels to encode (over every
-    scale of the pyramid ``scales``)."""
+    copy of the pyramid's ``scales`` and ``angles``)."""
+    from frfsr.models.frfsr import ref_copies_pixels
     lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
     ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
                           lr.shape[0], mode)
-    ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in (ref if isinstance(ref, list) else [ref]))
-    return lr, ref, int(ref_pixels * sum(s * s for s in scales))
+    refs = ref if isinstance(ref, list) else [ref]
+    return lr, ref, sum(ref_copies_pixels(*r.shape[-2:], scales, angles) for r in refs)
 
 
 def run_tiled(model: "FRFSRModel", tiler, lr: torch.Tensor, inputs, ref_pixels: int, tile_size: int,
@@ -285,16 +286,29 @@ _MATCH_MODE_INPUT = (("auto", "exact", "fast"), {"default": "auto", "tooltip":
 _REF_SCALES_INPUT = ("STRING", {"default": "1", "tooltip":
                      "Reference scale pyramid: factors the Reference is also matched at, e.g. '1 0.71 0.5' for a "
                      "Reference shot closer than the LR; '1': the Reference as it is"})
+_REF_ANGLES_INPUT = ("STRING", {"default": "0", "tooltip":
+                     "Reference rotations: angles in degrees (counter-clockwise) the Reference is also matched at, "
+                     "e.g. '0 30 -30' for a Reference shot at another camera roll (4.7x the matching cost); '0': "
+                     "upright as it is"})
+
+
+def _numbers(text: str, name: str, example: str) -> list[float]:
+    try:
+        return [float(v) for v in str(text).replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"{name} must be numbers separated by spaces, e.g. '{example}'; got {text!r}") from None
 
 
 def parse_ref_scales(text: str) -> tuple[float, ...]:
     """'1 0.71 0.5' or '1, 0.5' -> (1.0, 0.71, 0.5), checked by the library."""
     from frfsr.models.frfsr import check_ref_scales
-    try:
-        values = [float(v) for v in str(text).replace(",", " ").split()]
-    except ValueError:
-        raise ValueError(f"ref_scales must be numbers separated by spaces, e.g. '1 0.71 0.5'; got {text!r}") from None
-    return check_ref_scales(values)
+    return check_ref_scales(_numbers(text, "ref_scales", "1 0.71 0.5"))
+
+
+def parse_ref_angles(text: str) -> tuple[float, ...]:
+    """'0 30 -30' -> (0.0, 30.0, -30.0), checked by the library."""
+    from frfsr.models.frfsr import check_ref_angles
+    return check_ref_angles(_numbers(text, "ref_angles", "0 30 -30"))
 
 
 _REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
@@ -445,17 +459,18 @@ class MatchReference(_Node):
     OPTIONAL = {                                # optional: workflows saved before them still validate
         "match_mode": _MATCH_MODE_INPUT,
         "ref_scales": _REF_SCALES_INPUT,
+        "ref_angles": _REF_ANGLES_INPUT,
     }
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
-              ref_scales: str = "1"):
-        scales = parse_ref_scales(ref_scales)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales)
+              ref_scales: str = "1", ref_angles: str = "0"):
+        scales, angles = parse_ref_scales(ref_scales), parse_ref_angles(ref_angles)
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales, angles)
         with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
             lr = lr.to(model.device)
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             cc.check_interrupt()
-            refs = net.encode_refs(ref, lr.shape[0], scales=scales)
+            refs = net.encode_refs(ref, lr.shape[0], scales=scales, angles=angles)
             corr = net.match(lr, refs, match_mode=match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
             corr = corr.to(cc.intermediate_device())
@@ -542,19 +557,20 @@ class Upscale(_FourTimesImage):
     OPTIONAL = {
         "match_mode": _MATCH_MODE_INPUT,
         "ref_scales": _REF_SCALES_INPUT,
+        "ref_angles": _REF_ANGLES_INPUT,
     }
 
     def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
-                tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1"):
+                tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1", ref_angles: str = "0"):
         from frfsr.tiling import encode_refs, upscale_tiled
 
-        scales = parse_ref_scales(ref_scales)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales)
+        scales, angles = parse_ref_scales(ref_scales), parse_ref_angles(ref_angles)
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales, angles)
         cc.check_interrupt()
 
         def encoded():                  # called with the model on its device
             refs = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
-            return encode_refs(model.model, refs, lr.shape[0], scales=scales)
+            return encode_refs(model.model, refs, lr.shape[0], scales=scales, angles=angles)
 
         with model.model.use_match_mode(match_mode):
             return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap)

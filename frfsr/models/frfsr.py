@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -55,7 +56,7 @@ class EncodedRefs(_Tensors):
     textures: tuple[torch.Tensor, ...]               # texture features, 1/4 size, each
     feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # VGG19 relu1_1 / relu2_1 / relu3_1 mosaics
     layout: MosaicLayout
-    sources: tuple[tuple[int, float], ...] = ()      # per mosaic image: (which Ref given, its scale)
+    sources: tuple[tuple[int, float, float], ...] = ()   # per mosaic image: (which Ref given, scale, angle)
 
     @property
     def batch_size(self) -> int:
@@ -158,9 +159,58 @@ def check_ref_scales(scales) -> tuple[float, ...]:
 
 def resize_ref(ref: torch.Tensor, scale: float) -> torch.Tensor:
     """A Ref resized by ``scale`` (bicubic, antialiased when shrinking), kept in [0, 1]."""
-    h, w = ref.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    size = ref_copy_size(*ref.shape[-2:], scale)
     out = F.interpolate(ref.float(), size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+    return out.clamp_(0, 1).to(ref.dtype)
+
+
+def check_ref_angles(angles) -> tuple[float, ...]:
+    """The Ref rotations: a non-empty sequence of distinct angles in degrees, in [-180, 180]."""
+    if isinstance(angles, (int, float)) and not isinstance(angles, bool):
+        angles = (angles,)
+    try:
+        out = tuple(float(a) for a in angles)
+    except (TypeError, ValueError):
+        raise ValueError(f"ref_angles must be numbers (degrees), e.g. (0, 30, -30); got {angles!r}") from None
+    if not out or not all(-180 <= a <= 180 for a in out) or len(set(out)) != len(out):
+        raise ValueError(f"ref_angles must be distinct angles in [-180, 180] degrees, e.g. (0, 30, -30); "
+                         f"got {angles!r}")
+    return out
+
+
+def ref_copy_size(h: int, w: int, scale: float = 1.0, angle: float = 0.0) -> tuple[int, int]:
+    """(height, width) of the pyramid's copy of an h x w Ref at ``scale`` and ``angle``
+    (:func:`resize_ref`, then :func:`rotate_ref`)."""
+    if scale != 1:
+        h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    if angle == 0:
+        return h, w
+    c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    return max(1, math.ceil(h * c + w * s - 1e-6)), max(1, math.ceil(w * c + h * s - 1e-6))
+
+
+def ref_copies_pixels(h: int, w: int, scales=(1.0,), angles=(0.0,)) -> int:
+    """Pixels of every pyramid copy of an h x w Ref together (what encoding it costs)."""
+    return sum(math.prod(ref_copy_size(h, w, s, a)) for s in check_ref_scales(scales) for a in check_ref_angles(angles))
+
+
+def rotate_ref(ref: torch.Tensor, angle: float) -> torch.Tensor:
+    """A Ref rotated counter-clockwise by ``angle`` degrees about its centre (bicubic), on a
+    canvas grown to hold all of it; the corners it does not cover are black. Kept in [0, 1]."""
+    if angle == 0:
+        return ref
+    h, w = ref.shape[-2:]
+    t = math.radians(angle)
+    c, s = math.cos(t), math.sin(t)
+    oh, ow = ref_copy_size(h, w, 1.0, angle)
+    ys = torch.arange(oh, dtype=torch.float64, device=ref.device) - (oh - 1) / 2
+    xs = torch.arange(ow, dtype=torch.float64, device=ref.device) - (ow - 1) / 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    sx = c * gx - s * gy + (w - 1) / 2          # the source pixel of each output pixel (y grows downwards)
+    sy = s * gx + c * gy + (h - 1) / 2
+    grid = torch.stack([2 * sx / max(w - 1, 1) - 1, 2 * sy / max(h - 1, 1) - 1], -1).float()
+    grid = grid.expand(ref.shape[0], -1, -1, -1)
+    out = F.grid_sample(ref.float(), grid, mode="bicubic", padding_mode="zeros", align_corners=True)
     return out.clamp_(0, 1).to(ref.dtype)
 
 
@@ -221,7 +271,7 @@ class FRFSR(nn.Module, PretrainedMixin):
             _check_ref_batch(f"ref[{i}]", r.shape[0], batch_size)
 
     def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE,
-                    scales=(1.0,)) -> EncodedRefs:
+                    scales=(1.0,), angles=(0.0,)) -> EncodedRefs:
         """Validate the Ref(s) and compute what depends on them alone. ``ref``: a (B, 3, H, W)
         tensor or a list of them; ``batch_size``: the LR batch they will serve (Refs of batch
         1 are shared by every LR); ``tile``: the feature extractors run in tiles of this many
@@ -233,14 +283,20 @@ class FRFSR(nn.Module, PretrainedMixin):
         detail at the LR's scale); the copies are laid on the same mosaic as several Refs, and
         per LR position the best patch over all of them wins. Copies smaller than the minimum
         Ref size are left out. Cost: memory and matching time grow with the summed area
-        (1 + 0.5 + 0.25 = 1.75x for ``(1, 0.71, 0.5)``)."""
+        (1 + 0.5 + 0.25 = 1.75x for ``(1, 0.71, 0.5)``).
+
+        ``angles``: Ref rotations in degrees (counter-clockwise): every scale's copy is also
+        matched rotated by each angle (:func:`rotate_ref`, on a canvas that holds the whole
+        rotated Ref), so that a Ref shot at another camera roll offers its texture upright.
+        ``(0, 30, -30)`` costs about 4.7x the Ref area (each 30-degree copy's canvas is 1.87x).
+        :attr:`EncodedRefs.sources` names each copy (Ref, scale, angle)."""
         if isinstance(ref, EncodedRefs):
             return ref
         refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
         if not refs:
             raise ValueError("at least one Ref image is required")
         b = batch_size or max(r.shape[0] if isinstance(r, torch.Tensor) and r.dim() == 4 else 1 for r in refs)
-        scales = check_ref_scales(scales)
+        scales, angles = check_ref_scales(scales), check_ref_angles(angles)
         images, sources = [], []
         for i, r in enumerate(refs):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
@@ -248,10 +304,12 @@ class FRFSR(nn.Module, PretrainedMixin):
             check_dtype(r, name, self.dtype)
             _check_ref_batch(name, r.shape[0], b)
             for s in scales:
-                copy = r if s == 1 else resize_ref(r, s)
-                if min(copy.shape[-2:]) >= MIN_REF_SIZE:
-                    images.append(copy)
-                    sources.append((i, s))
+                scaled = r if s == 1 else resize_ref(r, s)
+                if min(scaled.shape[-2:]) < MIN_REF_SIZE:
+                    continue
+                for a in angles:
+                    images.append(rotate_ref(scaled, a))
+                    sources.append((i, s, a))
         layout = MosaicLayout.build([r.shape[-2:] for r in images])
         textures = tuple(self.texture_encoder.encode_ref(r, tile) for r in images)
         per_ref = [run_tiled(self.ref_extractor, r, tile) for r in images]
