@@ -175,15 +175,30 @@ def psnr(a, b, data_range: float = 1.0) -> float:
     return 10.0 * math.log10(float(data_range) ** 2 / mse)
 
 
-def psnr_y(sr, hr, crop_border: int = 4, quantize: bool = False, reduction: str = "mean"):
+def psnr_y(sr, hr, crop_border: int = 4, quantize: bool = False, reduction: str = "mean", mask=None):
     """PSNR on the Y channel (0-255 scale, float64) after cropping ``crop_border`` pixels per side.
 
     ``quantize=True`` first rounds both images to 8 bits, reproducing evaluation on saved PNGs
     (BasicSR's ``tensor2img`` followed by ``calculate_psnr``). For batches, ``reduction='mean'``
     averages the per-image PSNRs and ``'none'`` returns the list. Identical images give ``inf``.
+    ``mask``: a boolean (H, W) map of the uncropped image (or one per image, (B, 1, H, W)):
+    the error is averaged over its pixels only (e.g. the part of an image a Ref shows).
     """
     ya, yb = _prepare_pair(sr, hr, crop_border, quantize)
-    mse = ((ya - yb) ** 2).flatten(1).mean(dim=1)
+    if mask is None:
+        mse = ((ya - yb) ** 2).flatten(1).mean(dim=1)
+    else:
+        m = torch.as_tensor(mask, dtype=torch.bool)
+        m = m.reshape((1, 1) + tuple(m.shape)) if m.dim() == 2 else m
+        c, (h, w) = int(crop_border), m.shape[-2:]
+        if (h - 2 * c, w - 2 * c) != tuple(ya.shape[-2:]) or m.shape[0] not in (1, ya.shape[0]):
+            raise ValueError(f"mask of shape {tuple(m.shape)} does not fit {ya.shape[0]} image(s) of "
+                             f"{ya.shape[-2] + 2 * c}x{ya.shape[-1] + 2 * c}")
+        m = m[..., c:h - c, c:w - c].expand_as(ya).to(ya.device)
+        count = m.flatten(1).sum(1)
+        if bool((count == 0).any()):
+            raise ValueError("mask leaves no pixel inside the cropped image")
+        mse = (((ya - yb) ** 2) * m).flatten(1).sum(1) / count
     values = [math.inf if m == 0 else 10.0 * math.log10(255.0 ** 2 / m) for m in mse.tolist()]
     return _reduce(values, reduction)
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from .devices import cpu_name
 
 __all__ = ["KINDS", "LR_KINDS", "BLUR_SIGMA", "NOISE_SIGMA", "SCENE_SCALE", "Case", "Scene", "load_scene",
-           "crop_positions", "jpeg", "blur_noise", "degrade_lr", "make_ref", "build_cases", "evaluate",
+           "crop_positions", "jpeg", "blur_noise", "degrade_lr", "make_ref", "ref_view", "build_cases", "evaluate",
            "markdown", "add_arguments", "run"]
 
 #: Every kind, in table order (see the module docstring).
@@ -58,6 +58,7 @@ BLUR_SIGMA = 1.0            # HR pixels
 NOISE_SIGMA = 5 / 255       # on the [0, 1] scale, added to the LR
 SCENE_SCALE = 0.5           # scene pixels per photo pixel
 DEFAULT_PATCH, DEFAULT_CROPS = 128, 3
+_BORDER = 4                 # pixels left out of every metric per side (psnr_y's crop_border)
 _REF_GEOMETRY = {"ref_zoom0.5": (0.5, 0.0), "ref_zoom2": (2.0, 0.0), "ref_rot15": (1.0, 15.0), "ref_rot30": (1.0, 30.0)}
 
 
@@ -184,12 +185,20 @@ def make_ref(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1)
     """The Ref (3, h, w float) of ``kind`` for the HR crop at (y, x) of the scene: another view
     whose field of view is centred a quarter of its side away from the HR's centre (``sign``
     +1: right and down, -1: left and up); see the module docstring."""
+    return ref_view(scene, y, x, patch, kind, sign)[0]
+
+
+def ref_view(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Ref, footprint): the :func:`make_ref` Ref and a (patch, patch) bool map of the HR
+    pixels whose scene point the Ref shows (its field of view on the HR crop)."""
     from .data.degrade import bicubic_resize
     zoom, angle = _REF_GEOMETRY.get(kind, (1.0, 0.0))
     _, sh, sw = scene.scene.shape
     cy, cx = y + patch / 2, x + patch / 2
     fy, fx = min(patch / zoom, sh), min(patch / zoom, sw)          # field of view, scene pixels
     cy, cx = cy + sign * fy / 4, cx + sign * fx / 4
+    iy = torch.arange(patch, dtype=torch.float64)[:, None] + y      # the HR pixels' scene indices
+    ix = torch.arange(patch, dtype=torch.float64)[None, :] + x
     if angle:
         theta = math.radians(angle)
         half = (patch - 1) / 2
@@ -201,22 +210,27 @@ def make_ref(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1)
         c, s = math.cos(theta), math.sin(theta)
         px, py = cx - 0.5 + c * gx - s * gy, cy - 0.5 + s * gx + c * gy      # pixel-centre coordinates
         grid = torch.stack([2 * px / (sw - 1) - 1, 2 * py / (sh - 1) - 1], -1).float()
-        out = F.grid_sample(_float(scene.scene)[None], grid[None], mode="bilinear", padding_mode="reflection",
-                            align_corners=True)[0]
-        return out.clamp(0, 1).mul(255).round().div(255)
+        out = F.grid_sample(_float(scene.scene)[None], grid[None], mode="bilinear",
+                            padding_mode="reflection", align_corners=True)[0]
+        dx, dy = ix - (cx - 0.5), iy - (cy - 0.5)                          # back into the Ref's grid
+        inside = ((c * dx + s * dy).abs() <= half + 0.5) & ((-s * dx + c * dy).abs() <= half + 0.5)
+        return out.clamp(0, 1).mul(255).round().div(255), inside
     y0, x0 = _field(cy, fy, sh), _field(cx, fx, sw)
     if zoom == 2.0:        # from the full-resolution photo: the field at twice the detail
         ph, pw = scene.photo.shape[-2:]
         n_y, n_x = min(round(fy * 2), ph), min(round(fx * 2), pw)
         Y0, X0 = min(round(y0 * 2), ph - n_y), min(round(x0 * 2), pw - n_x)
-        return _float(scene.photo[:, Y0:Y0 + n_y, X0:X0 + n_x])
+        inside = (((iy + 0.5) * 2 >= Y0) & ((iy + 0.5) * 2 <= Y0 + n_y)
+                  & ((ix + 0.5) * 2 >= X0) & ((ix + 0.5) * 2 <= X0 + n_x))
+        return _float(scene.photo[:, Y0:Y0 + n_y, X0:X0 + n_x]), inside
     n_y, n_x = round(fy), round(fx)
     Y0, X0 = min(round(y0), sh - n_y), min(round(x0), sw - n_x)
     field = scene.scene[:, Y0:Y0 + n_y, X0:X0 + n_x]
+    inside = (iy >= Y0) & (iy < Y0 + n_y) & (ix >= X0) & (ix < X0 + n_x)
     if zoom == 1.0:
-        return _float(field)
+        return _float(field), inside
     size = (max(1, round(n_y * zoom)), max(1, round(n_x * zoom)))
-    return _float(bicubic_resize(_u8(field), size))
+    return _float(bicubic_resize(_u8(field), size)), inside
 
 
 # ---------------------------------------------------------------------- cases
@@ -233,6 +247,7 @@ class Case:
     lr: torch.Tensor
     ref: torch.Tensor
     ref_photo: str
+    footprint: torch.Tensor | None = None    # (P, P) bool: the HR pixels the Ref shows (None: none, unrelated)
 
     @property
     def lr_key(self) -> tuple:
@@ -265,17 +280,17 @@ def build_cases(photos=None, kinds=KINDS, patch: int = DEFAULT_PATCH, crops: int
                 if lr_kind not in lrs:
                     lrs[lr_kind] = degrade_lr(hr8, lr_kind, _seed("lr", sc.name, j, lr_kind, seed))
                 lr = lrs[lr_kind]
-                ref_photo = sc.name
+                ref_photo, footprint = sc.name, None
                 if kind == "self":
                     from .data.degrade import bicubic_upsample
-                    ref = bicubic_upsample(lr, 4).clamp(0, 1)
+                    ref, footprint = bicubic_upsample(lr, 4).clamp(0, 1), torch.ones(patch, patch, dtype=torch.bool)
                 elif kind == "unrelated":
                     k = (i + 1) % len(scenes)
                     oy, ox = corners[k][j]
                     ref, ref_photo = make_ref(scenes[k], oy, ox, patch, "clean", sign), scenes[k].name
                 else:
-                    ref = make_ref(sc, y, x, patch, kind, sign)
-                cases.append(Case(sc.name, j, kind, _float(hr8), lr, ref, ref_photo))
+                    ref, footprint = ref_view(sc, y, x, patch, kind, sign)
+                cases.append(Case(sc.name, j, kind, _float(hr8), lr, ref, ref_photo, footprint))
     return cases
 
 
@@ -299,8 +314,11 @@ def _mean(vals):
 def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None, ref_angles=None) -> dict:
     """Metrics of every model on ``cases``: ``{"rows": [...], "cases": [...]}``. A row per
     (model, kind): ``model, kind, n, bicubic_psnr, bicubic_ssim, psnr, ssim, alone_psnr,
-    alone_ssim, gain, ref_gain, relevance, alone_relevance``; a case entry per (model, case)
-    with the per-image values. ``ref_scales`` / ``ref_angles``: the Ref pyramid for the kinds' Refs
+    alone_ssim, gain, ref_gain, relevance, alone_relevance, field, field_ref_gain``; a case
+    entry per (model, case) with the per-image values. ``field`` is the share of the HR the
+    Ref shows (:func:`ref_view`), ``field_ref_gain`` the Ref gain measured there only (PSNR-Y
+    of the model with the Ref minus the model alone, over the Ref's footprint; None for
+    unrelated Refs): a Ref that shows a quarter of the scene can only help there. ``ref_scales`` / ``ref_angles``: the Ref pyramid for the kinds' Refs
     (the self Ref of the model alone is matched as given). ``progress(done, total)``."""
     from .data.degrade import bicubic_upsample
     from .metrics import psnr_y, ssim_y
@@ -316,18 +334,23 @@ def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None, re
                 bic_cache[c.lr_key] = (psnr_y(bic[None], c.hr[None]), ssim_y(bic[None], c.hr[None]))
             if c.lr_key not in alone:
                 sr, rel = _run_model(model, c.lr, bicubic_upsample(c.lr, 4).clamp(0, 1))
-                alone[c.lr_key] = (psnr_y(sr[None], c.hr[None]), ssim_y(sr[None], c.hr[None]), rel)
+                alone[c.lr_key] = (psnr_y(sr[None], c.hr[None]), ssim_y(sr[None], c.hr[None]), rel, sr)
+            ap, as_, arel, alone_sr = alone[c.lr_key]
             if c.kind == "self":
-                p, s, rel = alone[c.lr_key]
+                p, s, rel, sr = alone[c.lr_key]
             else:
                 sr, rel = _run_model(model, c.lr, c.ref, ref_scales, ref_angles)
                 p, s = psnr_y(sr[None], c.hr[None]), ssim_y(sr[None], c.hr[None])
             bp, bs = bic_cache[c.lr_key]
-            ap, as_, arel = alone[c.lr_key]
+            fp = c.footprint
+            inner = fp is not None and bool(fp[_BORDER:-_BORDER, _BORDER:-_BORDER].any())
+            field_gain = (psnr_y(sr[None], c.hr[None], mask=fp) - psnr_y(alone_sr[None], c.hr[None], mask=fp)
+                          if inner and c.kind != "self" else 0.0 if inner else None)
             per_case.append({"model": label, "photo": c.photo, "crop": c.crop, "kind": c.kind, "ref_photo": c.ref_photo,
                              "ref_size": list(c.ref.shape[-2:]), "bicubic_psnr": bp, "bicubic_ssim": bs, "psnr": p,
                              "ssim": s, "alone_psnr": ap, "alone_ssim": as_, "relevance": rel,
-                             "alone_relevance": arel})
+                             "alone_relevance": arel, "field": float(fp.float().mean()) if fp is not None else 0.0,
+                             "field_ref_gain": field_gain})
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -339,6 +362,9 @@ def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None, re
                 row[key] = _mean([r[key] for r in rs])
             row["gain"] = row["psnr"] - row["bicubic_psnr"]
             row["ref_gain"] = row["psnr"] - row["alone_psnr"]
+            row["field"] = _mean([r["field"] for r in rs])
+            fg = [r["field_ref_gain"] for r in rs if r["field_ref_gain"] is not None]
+            row["field_ref_gain"] = _mean(fg) if fg else None
             rows.append(row)
     return {"rows": rows, "cases": per_case}
 
@@ -364,20 +390,22 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
-    head = ["kind", "input", "pairs", "bicubic"]
+    head = ["kind", "input", "pairs", "Ref shows", "bicubic"]
     for m in models:
         pre = f"{m}: " if len(models) > 1 else ""
-        head += [f"{pre}model", f"{pre}model alone", f"{pre}gain", f"{pre}Ref gain", f"{pre}relevance"]
+        head += [f"{pre}model", f"{pre}model alone", f"{pre}gain", f"{pre}Ref gain", f"{pre}Ref gain in its field",
+                 f"{pre}relevance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     by = {(r["model"], r["kind"]): r for r in rows}
     for kind in kinds:
         first = by[(models[0], kind)]
-        cells = [f"`{kind}`", _KIND_LABELS.get(kind, kind), str(first["n"]),
+        cells = [f"`{kind}`", _KIND_LABELS.get(kind, kind), str(first["n"]), f"{100 * first['field']:.0f} %",
                  f"{first['bicubic_psnr']:.2f} / {first['bicubic_ssim']:.4f}"]
         for m in models:
             r = by[(m, kind)]
             cells += [f"{r['psnr']:.2f} / {r['ssim']:.4f}", f"{r['alone_psnr']:.2f} / {r['alone_ssim']:.4f}",
-                      f"{r['gain']:+.2f}", f"{r['ref_gain']:+.2f}", f"{r['relevance']:.2f}"]
+                      f"{r['gain']:+.2f}", f"{r['ref_gain']:+.2f}",
+                      "-" if r["field_ref_gain"] is None else f"{r['field_ref_gain']:+.2f}", f"{r['relevance']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -126,3 +126,21 @@ def test_bad_inputs():
         psnr(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="3 channels"):
         rgb_to_y(torch.rand(1, 4, 4))
+
+
+def test_psnr_y_over_a_mask():
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 40, 32, generator=g)
+    sr = (hr + 0.05 * torch.randn(2, 3, 40, 32, generator=g)).clamp(0, 1)
+    sr[..., 20:, :] = hr[..., 20:, :] * 0.5                                       # the lower half much worse
+    full = torch.ones(40, 32, dtype=torch.bool)
+    assert psnr_y(sr, hr, mask=full) == pytest.approx(psnr_y(sr, hr), abs=1e-9)
+    top = torch.zeros(40, 32, dtype=torch.bool)
+    top[:20] = True                                                               # rows 4..19 after the crop
+    expected = psnr_y(sr[..., :24, :], hr[..., :24, :])                           # the same rows, cropped by 4
+    assert psnr_y(sr, hr, mask=top) == pytest.approx(expected, abs=1e-9)
+    assert psnr_y(sr, hr, mask=top) > psnr_y(sr, hr) + 3
+    with pytest.raises(ValueError, match="does not fit"):
+        psnr_y(sr, hr, mask=torch.ones(8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no pixel"):
+        psnr_y(sr, hr, mask=torch.zeros(40, 32, dtype=torch.bool))

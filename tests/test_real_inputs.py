@@ -89,6 +89,27 @@ def test_bad_arguments_are_named():
         ri.build_cases(photos=["coffee"], kinds=["clean"], patch=66)
 
 
+def test_footprints_are_the_part_of_the_hr_each_ref_shows(cases):
+    share = {k: float(by(cases, "coffee", k).footprint.float().mean()) for k in
+             ("clean", "ref_zoom2", "ref_zoom0.5", "ref_rot30", "self")}
+    assert share["clean"] == pytest.approx(9 / 16, abs=0.03)                # moved by a quarter of its side
+    assert share["ref_zoom2"] == pytest.approx(1 / 4, abs=0.03)             # half the field
+    assert share["ref_zoom0.5"] == 1.0 and share["self"] == 1.0             # twice the field; the LR itself
+    assert 0.3 < share["ref_rot30"] < 0.9
+    assert by(cases, "coffee", "unrelated").footprint is None
+    # the clean Ref is a crop of the scene: the HR block inside the footprint is in the Ref, pixel for pixel
+    c = by(cases, "coffee", "clean")
+    rows, cols = c.footprint.any(1).nonzero()[:, 0], c.footprint.any(0).nonzero()[:, 0]
+    assert int(c.footprint.sum()) == len(rows) * len(cols)                  # a rectangle
+    block = c.hr[:, int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1]
+    bh, bw = block.shape[-2:]
+    assert any(torch.equal(c.ref[:, i:i + bh, j:j + bw], block)
+               for i in range(c.ref.shape[1] - bh + 1) for j in range(c.ref.shape[2] - bw + 1))
+    # the rotated Ref's footprint is a tilted square: it fills less than its bounding box
+    f = by(cases, "coffee", "ref_rot30").footprint
+    assert int(f.sum()) < 0.95 * int(f.any(1).sum()) * int(f.any(0).sum())
+
+
 @pytest.fixture(scope="module")
 def model():
     from frfsr import FRFSR
@@ -106,8 +127,12 @@ def test_evaluate_rows_and_table(model, cases):
     for r in rows.values():
         assert r["gain"] == pytest.approx(r["psnr"] - r["bicubic_psnr"])
     assert len(res["cases"]) == len(sub)
+    assert rows["self"]["field_ref_gain"] == 0 and rows["clean"]["field"] == pytest.approx(9 / 16, abs=0.03)
+    clean = [r for r in res["cases"] if r["kind"] == "clean"]
+    assert all(isinstance(r["field_ref_gain"], float) for r in clean)
+    assert rows["clean"]["field_ref_gain"] == pytest.approx(sum(r["field_ref_gain"] for r in clean) / 2)
     table = ri.markdown(res)
-    assert table.count("\n") == 1 + 3 and "`jpeg50`" in table and "Ref gain" in table
+    assert table.count("\n") == 1 + 3 and "`jpeg50`" in table and "Ref gain in its field" in table
 
 
 def test_cli_heldout_layout(tmp_path, capsys):
