@@ -42,7 +42,8 @@ class CLIError(Exception):
 
 def _model_args(p: argparse.ArgumentParser, default_model: str | None = "frfsr-default") -> None:
     p.add_argument("--model", default=default_model,
-                   help="a model folder, 'frfsr-default' (bundled) or a Hub repo id (default: %(default)s)")
+                   help="a model folder, 'frfsr-default' (bundled, clean LRs), 'frfsr-robust' (bundled, JPEG / "
+                        "noisy LRs) or a Hub repo id (default: %(default)s)")
     p.add_argument("--revision", help="Hub branch, tag or commit to pin")
     p.add_argument("--local-files-only", action="store_true", help="use the Hub cache only, no downloads")
     p.add_argument("--cache-dir", help="Hub cache folder (default: the huggingface_hub cache)")
@@ -368,8 +369,9 @@ def _info(p: argparse.ArgumentParser):
         why = "" if fused else (" (no CUDA device)" if not cuda else " (Triton is not installed)")
         print(f"frfsr {__version__}, torch {torch.__version__}, CUDA {yes[cuda]}, fused ops {yes[fused]}{why}")
         if args.target is None:
-            from .hub import BUNDLED_DIR
-            print(f"bundled default weights: {'installed' if BUNDLED_DIR.is_dir() else 'not installed'} ({BUNDLED_DIR})")
+            from .hub import bundled_models
+            for name, folder in bundled_models().items():
+                print(f"bundled weights {name}: {'installed' if folder.is_dir() else 'not installed'} ({folder})")
             return 0
         target = Path(args.target)
         if target.is_file():

@@ -1,7 +1,7 @@
 """What is FRFSR's own in loading and saving models (``FRFSR.from_pretrained`` /
 ``save_pretrained`` / ``push_to_hub`` go through huggingface_hub's ``ModelHubMixin``): the
 file names, where a name's files are (:func:`resolve_model_files`: a local folder, the
-bundled ``"frfsr-default"`` (also None), or a Hub repo id, validated before any request,
+bundled ``"frfsr-default"`` (also None) or ``"frfsr-robust"``, or a Hub repo id, validated before any request,
 fetched with ``hf_hub_download`` and verified against the Hub's hashes), the model card.
 """
 from __future__ import annotations
@@ -23,7 +23,9 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 OUR_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 DEFAULT_MODEL = "frfsr-default"
-BUNDLED_DIR = Path(__file__).parent / "weights" / "default"
+ROBUST_MODEL = "frfsr-robust"
+BUNDLED_DIR = Path(__file__).parent / "weights" / "default"      # DEFAULT_MODEL: clean LRs
+ROBUST_DIR = Path(__file__).parent / "weights" / "robust"        # ROBUST_MODEL: JPEG / noisy / blurred LRs
 _DESCRIPTION_KEY = "frfsr.description"
 _CARD_TEMPLATE = Path(__file__).parent / "assets" / "model_card.md"
 
@@ -121,11 +123,16 @@ def _download(repo_id: str, filename: str, *, revision, cache_dir, token, local_
     return Path(path)
 
 
+def bundled_models() -> dict[str, Path]:
+    """The names of the weights shipped with the package and their folders (present or not)."""
+    return {DEFAULT_MODEL: BUNDLED_DIR, ROBUST_MODEL: ROBUST_DIR}
+
+
 def resolve_model_files(pretrained: str | os.PathLike | None = None, *, revision: str | None = None,
                         subfolder: str | None = None, cache_dir=None, token=None, local_files_only: bool = False,
                         force_download: bool = False, hub_only: bool = False) -> ModelFiles:
     """Find ``config.json`` and ``model.safetensors`` for ``pretrained``: a local folder,
-    ``"frfsr-default"`` / None (the bundled weights), or a Hub repo id (the weights are
+    ``"frfsr-default"`` / None or ``"frfsr-robust"`` (bundled weights), or a Hub repo id (the weights are
     taken from the very commit the config came from; ``subfolder``: where in the repo).
     ``hub_only``: the name is a Hub repo id, never a local folder."""
     if pretrained is None:
@@ -143,12 +150,13 @@ def resolve_model_files(pretrained: str | os.PathLike | None = None, *, revision
             if revision is not None:
                 warnings.warn(f"revision={revision!r} is ignored for the local folder {path}", stacklevel=4)
             return _local_files(path / (subfolder or ""), name, "local")
-        if name == DEFAULT_MODEL:
-            if not BUNDLED_DIR.is_dir():
-                raise FileNotFoundError(f"the bundled default weights ({BUNDLED_DIR}) are not installed with this copy "
-                                        "of frfsr; pass a local model folder or a Hub repo id, e.g. "
+        bundled = bundled_models()
+        if name in bundled:
+            if not bundled[name].is_dir():
+                raise FileNotFoundError(f"the bundled weights {name} ({bundled[name]}) are not installed with this "
+                                        "copy of frfsr; pass a local model folder or a Hub repo id, e.g. "
                                         "FRFSR.from_pretrained('path/to/model') or --model namespace/name")
-            return _local_files(BUNDLED_DIR, name, "bundled")
+            return _local_files(bundled[name], name, "bundled")
         if path.is_file():
             raise ValueError(f"{name} is a file; pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                              "(to bring in a foreign checkpoint use `frfsr convert`)")

@@ -435,7 +435,7 @@ def add_arguments(p: argparse.ArgumentParser, weights_flag: bool = True) -> None
 
 def _load(weights: str, device: str):
     from .models import FRFSR
-    name = None if weights in (None, "default", "frfsr-default") else weights
+    name = None if weights in (None, "default") else weights
     return FRFSR.from_pretrained(name, device=device).eval()
 
 

@@ -119,13 +119,18 @@ def nchw_to_image(t: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- loading
-BUNDLED = "frfsr-default"          # the weights shipped in frfsr/weights/default, when present
+BUNDLED = hub.DEFAULT_MODEL         # the weights shipped in frfsr/weights/default, when present
+
+
+def _bundled() -> dict:
+    """The bundled weights this copy has: name -> folder."""
+    return {name: folder for name, folder in hub.bundled_models().items() if folder.is_dir()}
 
 
 def model_choices() -> list[str]:
-    """LoadFRFSR's list: the bundled weights (if this copy has them), then every
+    """LoadFRFSR's list: the bundled weights (those this copy has), then every
     ``.safetensors`` under the model folders."""
-    return ([BUNDLED] if hub.BUNDLED_DIR.is_dir() else []) + cc.list_models()
+    return list(_bundled()) + cc.list_models()
 
 
 def _check_dtype(dtype: str) -> None:
@@ -146,9 +151,10 @@ def load_model(source, dtype: str, device: str = "auto", **hub_kwargs) -> FRFSR:
 
 def model_folder(name: str) -> Path:
     """The model folder for a LoadFRFSR choice (checked against the listing first)."""
-    if name == BUNDLED:
-        return hub.BUNDLED_DIR
-    weights = cc.resolve_model(name, offered=(BUNDLED,) if hub.BUNDLED_DIR.is_dir() else ())
+    bundled = _bundled()
+    if name in bundled:
+        return bundled[name]
+    weights = cc.resolve_model(name, offered=tuple(bundled))
     if weights.name != WEIGHTS_NAME or not weights.with_name(CONFIG_NAME).is_file():
         raise ValueError(f"{name} is not an FRFSR model folder: put {CONFIG_NAME} and {WEIGHTS_NAME} together in "
                          f"models/{cc.MODEL_FOLDER}/<name>/ (as save_pretrained writes them or the Hub holds them; "
@@ -353,7 +359,8 @@ class _ModelLoader(_Node):
 class LoadFRFSR(_ModelLoader):
     """Load an FRFSR model from ComfyUI/models/frfsr."""
 
-    DESCRIPTION = ("Loads FRFSR weights: frfsr-default (bundled, works offline) or a model folder "
+    DESCRIPTION = ("Loads FRFSR weights: frfsr-default (bundled, works offline; for clean images), frfsr-robust "
+                   "(bundled; for JPEG, noisy or blurred images) or a model folder "
                    "ComfyUI/models/frfsr/<name>/ (config.json + model.safetensors, as save_pretrained "
                    "writes them and the Hub holds them).")
 
@@ -362,7 +369,7 @@ class LoadFRFSR(_ModelLoader):
         cc.install_example_inputs()        # the bundled workflows' images, if the input folder lacks them
         return {"required": {
             "model_name": (model_choices(), {"tooltip": "models/frfsr/<name>/model.safetensors (config.json beside "
-                                                        "it); frfsr-default = the weights bundled with frfsr"}),
+                                                        "it); frfsr-default / frfsr-robust = the weights bundled with frfsr (clean / JPEG or noisy images)"}),
             "device": _DEVICE_INPUT,
             "dtype": _DTYPE_INPUT,
         }}

@@ -115,7 +115,8 @@ def test_info(files, capsys):
     assert cli.main(["info", str(root / "rrdb.pth")]) == 0
     assert "layout: esrgan" in capsys.readouterr().out
     assert cli.main(["info"]) == 0
-    assert "bundled default weights" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "bundled weights frfsr-default" in out and "bundled weights frfsr-robust" in out
 
 
 def test_subcommand_registry_takes_new_commands(capsys):

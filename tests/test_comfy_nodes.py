@@ -260,8 +260,8 @@ def test_models_are_listed_from_the_models_folder(pack, models_dir):
     save_tiny_model(models_dir.root / "other")
     (models_dir.root / "notes.txt").write_text("not a model")
     (models_dir.root / "old.ckpt").write_bytes(b"pickle")
-    from frfsr.hub import BUNDLED_DIR
-    bundled = ["frfsr-default"] if BUNDLED_DIR.is_dir() else []     # the shipped default weights come first
+    from frfsr.hub import bundled_models
+    bundled = [n for n, d in bundled_models().items() if d.is_dir()]  # the shipped weights come first
     assert pack.NODE_CLASS_MAPPINGS["LoadFRFSR"].INPUT_TYPES()["required"]["model_name"][0] == bundled + [
         MODEL_NAME, "other/model.safetensors"]
 
@@ -317,12 +317,18 @@ def test_bundled_weights_are_offered_when_present(pack, models_dir, tmp_path, mo
 
     nodes, _ = pack_modules(pack)
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "absent")
-    assert "frfsr-default" not in nodes.model_choices()
+    monkeypatch.setattr(hub, "ROBUST_DIR", tmp_path / "absent")
+    assert "frfsr-default" not in nodes.model_choices() and "frfsr-robust" not in nodes.model_choices()
     save_tiny_model(tmp_path / "bundled")
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
     assert nodes.model_choices() == ["frfsr-default", MODEL_NAME]
     (handle,) = nodes.LoadFRFSR().load("frfsr-default", "cpu", "float32")
     assert handle.name == "frfsr-default"
+    save_tiny_model(tmp_path / "robust")
+    monkeypatch.setattr(hub, "ROBUST_DIR", tmp_path / "robust")
+    assert nodes.model_choices() == ["frfsr-default", "frfsr-robust", MODEL_NAME]
+    (handle,) = nodes.LoadFRFSR().load("frfsr-robust", "cpu", "float32")
+    assert handle.name == "frfsr-robust"
 
 
 def test_load_in_half_precision(pack, models_dir):

@@ -195,13 +195,22 @@ def test_broken_weights_file_is_refused(tmp_path):
 
 def test_bundled_default(tmp_path, monkeypatch):
     monkeypatch.setattr(frfsr_hub, "BUNDLED_DIR", tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="bundled default weights .* not installed.*Hub repo id"):
+    with pytest.raises(FileNotFoundError, match="bundled weights frfsr-default .* not installed.*Hub repo id"):
         FRFSRPipeline.from_pretrained()
     _model(0).save_pretrained(tmp_path / "default")
     monkeypatch.setattr(frfsr_hub, "BUNDLED_DIR", tmp_path / "default")
     for name in (None, "frfsr-default"):
         pipe = FRFSRPipeline.from_pretrained(name)
         assert pipe.source == "frfsr-default" and _same_weights(pipe.model, _model(0))
+    # the second bundled model, by its own name
+    monkeypatch.setattr(frfsr_hub, "ROBUST_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="bundled weights frfsr-robust .* not installed"):
+        FRFSRPipeline.from_pretrained("frfsr-robust")
+    _model(1).save_pretrained(tmp_path / "robust")
+    monkeypatch.setattr(frfsr_hub, "ROBUST_DIR", tmp_path / "robust")
+    pipe = FRFSRPipeline.from_pretrained("frfsr-robust")
+    assert pipe.source == "frfsr-robust" and _same_weights(pipe.model, _model(1))
+    assert not _same_weights(pipe.model, _model(0))
 
 
 def test_dtype_and_device_options(tmp_path):
