@@ -144,17 +144,29 @@ def ref_bytes_per_pixel(config: FRFSRConfig, dtype: torch.dtype = torch.float32)
     return int(elem * (3 + c1 + c2 / 4 + 2 * c3 / 16))
 
 
+def _distinct_numbers(values, name: str, inside, accepted: str, example: str) -> tuple[float, ...]:
+    """``values`` (a number or a sequence) as a non-empty tuple of distinct floats that
+    ``inside`` accepts; ValueError naming ``name``, what is ``accepted`` and an ``example``."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = (values,)
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, e.g. {example}; got {values!r}") from None
+    if not out or not all(inside(v) for v in out) or len(set(out)) != len(out):
+        raise ValueError(f"{name} must be distinct {accepted}, e.g. {example}; got {values!r}")
+    return out
+
+
 def check_ref_scales(scales) -> tuple[float, ...]:
     """The Ref pyramid's factors: a non-empty sequence of distinct numbers in (0, 4]."""
-    if isinstance(scales, (int, float)) and not isinstance(scales, bool):
-        scales = (scales,)
-    try:
-        out = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ValueError(f"ref_scales must be numbers, e.g. (1, 0.71, 0.5); got {scales!r}") from None
-    if not out or not all(0 < s <= 4 for s in out) or len(set(out)) != len(out):
-        raise ValueError(f"ref_scales must be distinct factors in (0, 4], e.g. (1, 0.71, 0.5); got {scales!r}")
-    return out
+    return _distinct_numbers(scales, "ref_scales", lambda s: 0 < s <= 4, "factors in (0, 4]", "(1, 0.71, 0.5)")
+
+
+def check_ref_angles(angles) -> tuple[float, ...]:
+    """The Ref rotations: a non-empty sequence of distinct angles in degrees, in [-180, 180]."""
+    return _distinct_numbers(angles, "ref_angles", lambda a: -180 <= a <= 180, "angles in [-180, 180] degrees",
+                             "(0, 30, -30)")
 
 
 def resize_ref(ref: torch.Tensor, scale: float) -> torch.Tensor:
@@ -162,20 +174,6 @@ def resize_ref(ref: torch.Tensor, scale: float) -> torch.Tensor:
     size = ref_copy_size(*ref.shape[-2:], scale)
     out = F.interpolate(ref.float(), size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
     return out.clamp_(0, 1).to(ref.dtype)
-
-
-def check_ref_angles(angles) -> tuple[float, ...]:
-    """The Ref rotations: a non-empty sequence of distinct angles in degrees, in [-180, 180]."""
-    if isinstance(angles, (int, float)) and not isinstance(angles, bool):
-        angles = (angles,)
-    try:
-        out = tuple(float(a) for a in angles)
-    except (TypeError, ValueError):
-        raise ValueError(f"ref_angles must be numbers (degrees), e.g. (0, 30, -30); got {angles!r}") from None
-    if not out or not all(-180 <= a <= 180 for a in out) or len(set(out)) != len(out):
-        raise ValueError(f"ref_angles must be distinct angles in [-180, 180] degrees, e.g. (0, 30, -30); "
-                         f"got {angles!r}")
-    return out
 
 
 def ref_copy_size(h: int, w: int, scale: float = 1.0, angle: float = 0.0) -> tuple[int, int]:
