@@ -289,7 +289,7 @@ def test_absolute_path_to_a_listed_file_is_refused(pack, models_dir):
 
 def test_unknown_model_name_lists_what_is_available(pack, models_dir):
     nodes, _ = pack_modules(pack)
-    with pytest.raises(ValueError, match=f"'missing.safetensors' is not in .*available: frfsr-default, {MODEL_NAME}"):
+    with pytest.raises(ValueError, match=f"'missing.safetensors' is not in .*available: frfsr-default, frfsr-robust, {MODEL_NAME}"):
         nodes.LoadFRFSR().load("missing.safetensors")
 
 

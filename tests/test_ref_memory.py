@@ -77,11 +77,11 @@ def test_out_of_memory_while_encoding_halves_the_tile(model, monkeypatch):
     real = FRFSR.encode_refs
     tiles = []
 
-    def fails_above_128(self, ref, batch_size=None, tile=None, scales=(1.0,)):
+    def fails_above_128(self, ref, batch_size=None, tile=None, scales=(1.0,), angles=(0.0,)):
         tiles.append(tile)
         if tile > 128:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, ref, batch_size, tile=tile, scales=scales)
+        return real(self, ref, batch_size, tile=tile, scales=scales, angles=angles)
 
     monkeypatch.setattr(FRFSR, "encode_refs", fails_above_128)
     ref = torch.rand(1, 3, 200, 160)
