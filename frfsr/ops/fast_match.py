@@ -201,7 +201,7 @@ def corner_scores(query: torch.Tensor, key: torch.Tensor, qn: torch.Tensor, kn: 
     H, W = key.shape[-2:]
     n, hq, wq = ky.shape[1:]
     hk, wk = H - p + 1, W - p + 1
-    kflat = key.permute(0, 2, 3, 1).reshape(B * H * W, C)
+    kflat = key.permute(0, 2, 3, 1).contiguous().view(B * H * W, C)
     limit = PATCH_MATCH_MAX_BLOCK_ELEMS if max_block_elems is None else int(max_block_elems)
     rows = max(1, min(hq, limit // max(1, B * n * wq * C)))
     base = (torch.arange(B, device=ky.device) * (H * W)).view(B, 1, 1, 1)

@@ -102,7 +102,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     qpad = F.pad(q, (0, wc * s + p - 1 - w, 0, hc * s + p - 1 - h))
     qblocks = (F.unfold(qpad, A, stride=s).view(B, C, A * A, hc * wc).permute(0, 3, 2, 1)
                .reshape(B * hc * wc, A * A, C).contiguous())
-    kflat = k.permute(0, 2, 3, 1).reshape(B * H * W, C)
+    kflat = k.permute(0, 2, 3, 1).contiguous().view(B * H * W, C)   # channels-last rows: a gather reads whole rows
     knflat = kn.reshape(B * hk * wk)
     fl = flows.reshape(B * hc * wc, M, 2).long()
 
