@@ -11,13 +11,13 @@ back as grayscale, an alpha channel is upscaled separately (bicubic) and put bac
 result has the input's kind and bit depth unless ``output_type`` / ``output_dtype`` say
 otherwise. Large LRs are processed in tiles (:mod:`frfsr.tiling`).
 
-Relevance: the mean match confidence (cosine similarity of the best Ref texture patch per
-LR position), computed by :func:`frfsr.models.correspondence.relevance_of` from the whole
-image's confidence map (also when tiled), as :attr:`Correspondence.relevance` computes it.
-Below :data:`RELEVANCE_THRESHOLD` (0.47, measured with the bundled weights: it flags
-about 90 % of Refs from another photo and 5 % of relevant ones) the Ref hardly matches the
-LR and the output is mostly the model's own reconstruction; the pipeline then warns with
-:class:`FRFSRWarning`.
+Relevance: how well the Refs and the LR match, both ways (the mean cosine similarity of each
+LR texture patch with its best Ref patch, and of each Ref patch with its best LR patch),
+computed by :func:`frfsr.models.correspondence.relevance_of` for the whole image (also when
+tiled), as :attr:`Correspondence.relevance` computes it. Below :data:`RELEVANCE_THRESHOLD`
+(measured with the bundled weights on held-out photos: BENCHMARKS.md, "Ref relevance") the
+Ref hardly matches the LR and the output is mostly the model's own reconstruction; the
+pipeline then warns with :class:`FRFSRWarning`.
 """
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ class FRFSRPipeline:
                                 ref_angles=pyramid["angles"], name=name)
         finally:
             bar.close()
-        relevance = [float(r) for r in relevance_of(res.confidence)]
+        relevance = [float(r) for r in relevance_of(res.confidence, res.ref_confidence)]
         self._warn_relevance(relevance, name)
         alpha_hr = upscale_alpha(alpha.to(res.sr.device)) if alpha is not None else None
         images = from_model_output(res.sr, alpha_hr, info, output_type, output_dtype)

@@ -40,12 +40,15 @@ InterruptFn = Callable[[], bool]               # interrupt() -> True to stop (or
 class TiledOutput:
     """:func:`upscale_tiled` with ``return_details=True``: the SR image (B, 3, 4h, 4w), the
     match confidence on the LR grid (B, 1, h, w), the Ref warped onto the HR grid
-    (B, 3, 4h, 4w) and the tile size that was used (None: the image in one piece)."""
+    (B, 3, 4h, 4w), the tile size that was used (None: the image in one piece) and the
+    Refs' backward confidence (:attr:`frfsr.Correspondence.ref_confidence`, the best over the
+    tiles): with ``confidence``, what :func:`frfsr.models.correspondence.relevance_of` takes."""
 
     sr: torch.Tensor
     confidence: torch.Tensor
     warped_ref: torch.Tensor | None
     tile: int | None
+    ref_confidence: tuple[torch.Tensor, ...] = ()    # per Ref: its sampled patches' best match over all tiles
 
 
 # ------------------------------------------------------------------ planning
@@ -235,7 +238,8 @@ def _release_memory(device) -> None:
 
 # ------------------------------------------------------------------ the loop
 def _run(h: int, w: int, tile, overlap: int, step, progress, interrupt, oom_fallback: bool, device):
-    """Run ``step(y0, y1, x0, x1) -> {name: (tensor, scale)}`` over a plan and blend; on
+    """Run ``step(y0, y1, x0, x1) -> {name: (tensor, scale)}`` over a plan and blend (a
+    ``(tuple of tensors, None)`` entry is kept as the elementwise maximum over the tiles); on
     out-of-memory halve the tile and start again. Returns ({name: blended}, tile used)."""
     while True:
         plan = TilePlan.build(h, w, tile, overlap)
@@ -262,8 +266,11 @@ def _blend(plan: TilePlan, step, progress, interrupt) -> dict:
         if interrupt is not None and interrupt():
             raise InterruptedError("upscaling was interrupted")
         out = step(y0, y1, x0, x1)
+        for name in [k for k, (_, s) in out.items() if s is None]:
+            t = out.pop(name)[0]
+            acc[name] = t if name not in acc else tuple(torch.maximum(a, b) for a, b in zip(acc[name], t))
         if len(windows) == 1:
-            acc = {k: t for k, (t, _) in out.items()}
+            acc.update({k: t for k, (t, _) in out.items()})
         else:
             for name, (t, s) in out.items():
                 if name not in acc:
@@ -276,6 +283,8 @@ def _blend(plan: TilePlan, step, progress, interrupt) -> dict:
             progress(i + 1, len(windows))
     if len(windows) > 1:
         for name, t in acc.items():
+            if not isinstance(t, torch.Tensor):
+                continue
             s = t.shape[-1] // plan.width
             wy, wx = plan.weight_sums(s)
             t /= (wy[:, None] * wx[None, :]).to(t.device).clamp_min(1e-12)
@@ -328,6 +337,7 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
         out = {"sr": (restored.sr.to(lr.device), 4)}
         if return_details:
             out["confidence"] = (tex.confidence.to(lr.device), 1)
+            out["ref_confidence"] = (tuple(r.to(lr.device) for r in tex.ref_confidence), None)
             if keep_warped_ref:
                 out["warped_ref"] = (tex.warped_ref.to(lr.device), 4)
         return out
@@ -336,7 +346,7 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     res, used = _run(h, w, _resolve_tile(tile, model, lr.shape[0]), overlap, step, progress, interrupt, oom_fallback, dev)
     if return_details:
         warped = res["warped_ref"].float() if keep_warped_ref else None
-        return TiledOutput(res["sr"].float(), res["confidence"].float(), warped, used)
+        return TiledOutput(res["sr"].float(), res["confidence"].float(), warped, used, res["ref_confidence"])
     return res["sr"].float()
 
 

@@ -19,9 +19,12 @@ coarse-to-fine (:func:`frfsr.ops.fast_patch_match`, cost linear in the LR, same 
 :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`. Both modes match each Ref on its own and keep the
 best, the earlier Ref on ties.
 
-Relevance (:func:`relevance_of`, :data:`RELEVANCE_THRESHOLD`): how well the Refs match an
-LR, one number per LR, computed from the confidence map alone (so that a tiled run, which
-only blends the tiles' confidence maps, computes it the same way as one match).
+Relevance (:func:`relevance_of`, :data:`RELEVANCE_THRESHOLD`): how well the Refs and an LR
+match, one number per LR, from both directions: the LR's confidence map (each LR patch's best
+Ref patch) and each Ref's *backward* confidence (:func:`ref_confidence`: each Ref patch's
+best LR patch, on a grid of at most :data:`REF_SAMPLES` Ref patches). A tiled run blends the
+tiles' confidence maps and keeps each Ref patch's best over the tiles, so it computes the
+relevance as one match does.
 """
 from __future__ import annotations
 
@@ -35,15 +38,17 @@ from .. import ops
 SCALES = (4, 2, 1)          # mosaic factor of relu1_1, relu2_1, relu3_1 w.r.t. the texture grid
 MOSAIC_GAP = 2              # zero columns between Refs, in texture-grid (1/4) pixels
 
-# Relevance below which the Refs hardly match the LR (the pipeline warns). Measured with the
-# bundled default weights on the held-out photos of every source (benchmarks/eval_relevance.py:
-# 9 photos x 3 crops x 2 crop seeds, 486 relevant and 1350 unrelated pairs): ROC AUC 0.971;
-# at 0.47 the warning fires for 89.8 % of unrelated Refs and 4.9 % of relevant ones
-# (same-zoom views with clean, JPEG or blurred LRs, Refs at 0.5x / 2x zoom, rotated 15 / 30
-# degrees); no threshold gives both >= 90 % and <= 5 % there (0.471: 90.1 % and 5.1 %).
-# The scale depends on the texture encoder's weights: set ``pipe.relevance_threshold`` for
-# others (measure it with that script's ``--weights``).
-RELEVANCE_THRESHOLD = 0.47
+# Relevance below which the Refs hardly match the LR (the pipeline warns): see relevance_of
+# and BENCHMARKS.md ("Ref relevance"), where it was measured with the bundled weights'
+# texture encoder (benchmarks/eval_relevance.py). The scale depends on the texture encoder's
+# weights: set ``pipe.relevance_threshold`` for others (measure it with that script's ``--weights``).
+RELEVANCE_THRESHOLD = 0.465
+
+REF_SAMPLES = 1024
+"""At most this many patches of each Ref (a regular grid over its patch positions; all of them
+for a Ref of up to 128x128 pixels, whose texture map has 30x30 patches) are matched back
+against the LR for the relevance: the backward match then costs (LR patches) x 1024 patch
+products however large the Ref is."""
 
 
 @dataclass(frozen=True)
@@ -82,27 +87,87 @@ def normalize_features(feat: torch.Tensor) -> torch.Tensor:
     return F.normalize(feat, dim=1)
 
 
-def relevance_of(confidence: torch.Tensor) -> torch.Tensor:
-    """Relevance per sample (B,) of a match-confidence map (B, 1, h, w), float32: the mean,
-    over the LR positions where a whole 3x3 patch fits (the one-position border, which
-    :meth:`frfsr.FRFSR.match` sets to zero, is left out), of the cosine similarity of each
-    LR texture patch with its best Ref patch. :attr:`frfsr.Correspondence.relevance` and the
-    pipeline (whose tiled path blends the tiles' maps into one) both call this.
+def sample_grid(h: int, w: int, max_samples: int = REF_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (int64) of a regular grid over an ``h`` x ``w`` grid of positions: all
+    of them when ``h * w <= max_samples``, else every s-th one (s the smallest step giving at
+    most ``max_samples``), centred."""
+    if h < 1 or w < 1 or max_samples < 1:
+        raise ValueError(f"sample_grid needs h, w and max_samples >= 1, got {h}, {w}, {max_samples}")
+    step = 1
+    while -(-h // step) * -(-w // step) > max_samples:
+        step += 1
+    ys = torch.arange((h - 1) % step // 2, h, step)
+    xs = torch.arange((w - 1) % step // 2, w, step)
+    return ys, xs
 
-    The scale, in [-1, 1]: 1 would be Ref texture features equal to the LR's, patch for
-    patch (the texture encoder has one trunk for the LR and one for the Ref, so even the LR
-    as its own Ref stays below 1). With the bundled default weights, on held-out photos,
-    relevant Refs (another view of the scene, also at half or twice the zoom, rotated, or
-    with a JPEG / blurred LR) give a median of 0.58 (95 % at or above
-    :data:`RELEVANCE_THRESHOLD`, 0.47), the LR as its own Ref 0.79, and Refs from another
-    photo 0.36 (90 % below 0.47; flat regions such as sky match anything, so an unrelated
-    Ref seldom scores below 0.1).
 
-    Tried and not better (ROC AUC relevant vs unrelated on the crop-seed-0 pairs, where the
+def ref_confidence(lr_tex: torch.Tensor, ref_tex: torch.Tensor, patch_size: int = 3,
+                   max_samples: int = REF_SAMPLES, max_block_elems: int = 1 << 24) -> torch.Tensor:
+    """The backward match of the relevance: for the Ref patches on :func:`sample_grid` of the
+    Ref's patch positions, the cosine similarity of each with its best LR patch, (B, N) float32.
+    ``lr_tex`` (B, C, h, w) and ``ref_tex`` (B or 1, C, H, W) are L2-normalised per pixel
+    (:func:`normalize_features`); the cosine is :func:`frfsr.ops.patch_match`'s
+    (<q, k> / (||q|| + 1e-5) / (||k|| + 1e-5) over the C x p x p patch values). Exact: every
+    LR patch is compared, by row blocks of the LR whose products hold at most
+    ``max_block_elems`` elements."""
+    p = patch_size
+    b, c, h, w = lr_tex.shape
+    H, W = ref_tex.shape[-2:]
+    if h < p or w < p or H < p or W < p:
+        raise ValueError(f"ref_confidence needs maps of at least {p}x{p}, got {h}x{w} (LR) and {H}x{W} (Ref)")
+    ys, xs = sample_grid(H - p + 1, W - p + 1, max_samples)
+    dev = ref_tex.device
+    taps = torch.arange(p, device=dev)
+    iy = (ys.to(dev)[:, None, None, None] + taps[None, None, :, None]).expand(-1, len(xs), p, p)
+    ix = (xs.to(dev)[None, :, None, None] + taps[None, None, None, :]).expand(len(ys), -1, p, p)
+    ref = ref_tex.float().expand(b, -1, -1, -1)
+    q = ref[:, :, iy, ix].permute(0, 2, 3, 1, 4, 5).reshape(b, len(ys) * len(xs), c * p * p)   # (B, N, C p p)
+    q = q / (q.norm(dim=2, keepdim=True) + 1e-5)
+    key = lr_tex.float()
+    n, wk = q.shape[1], w - p + 1
+    rows = max(1, min(h - p + 1, max_block_elems // max(1, b * wk * (n + c * p * p))))
+    best = torch.full((b, n), float("-inf"), device=dev)
+    for y0 in range(0, h - p + 1, rows):
+        y1 = min(h - p + 1, y0 + rows)
+        k = F.unfold(key[:, :, y0:y1 + p - 1], p)                                   # (B, C p p, rows * wk)
+        k = k / (k.norm(dim=1, keepdim=True) + 1e-5)
+        best = torch.maximum(best, torch.bmm(q, k).amax(dim=2))
+    return best
+
+
+def relevance_of(confidence: torch.Tensor, ref_confidence=()) -> torch.Tensor:
+    """Relevance per sample (B,), float32, in [-1, 1]: the mean of
+
+    * the *forward* score: the mean, over the LR positions where a whole 3x3 patch fits (the
+      one-position border, which :meth:`frfsr.FRFSR.match` sets to zero, is left out), of
+      the cosine similarity of each LR texture patch with its best Ref patch (``confidence``,
+      (B, 1, h, w)); how much of the LR the Refs explain;
+    * the *backward* score: for the Ref that the LR explains best, the mean cosine of its
+      patches with their best LR patch (``ref_confidence``: one (B, N) tensor per Ref, from
+      :func:`ref_confidence`); how much of a Ref the LR shows.
+
+    With no ``ref_confidence`` (an empty tuple) it is the forward score alone.
+
+    Why both: a Ref at twice the zoom shows a quarter of the LR's scene, so most LR patches
+    find no true match (a low forward score), while nearly all of the Ref is in the LR (a
+    high backward score); a Ref at half the zoom is the other way round; an unrelated photo
+    scores low both ways. Measured with the bundled weights on held-out photos
+    (benchmarks/eval_relevance.py, BENCHMARKS.md "Ref relevance"): ROC AUC relevant against
+    unrelated 0.982 for both directions, 0.971 for the forward score alone; below
+    :data:`RELEVANCE_THRESHOLD` (0.465) fall 92 % of the unrelated pairs and 4 % of the
+    relevant ones. Relevant Refs (another view of the scene, also at half or twice the zoom,
+    rotated, or with a JPEG / blurred LR) give a median of about 0.58, the LR as its own Ref
+    0.79, Refs of another photo 0.36; flat regions such as sky match anything, so an
+    unrelated Ref seldom scores below 0.15. Matching a Ref pyramid (``ref_scales`` /
+    ``ref_angles``) raises the forward score of every Ref, unrelated ones too: the threshold
+    was measured with the Refs as given.
+
+    Tried for the forward score and not better (ROC AUC on the crop-seed-0 pairs, where the
     mean gives 0.974): the share of positions above a similarity level (0.965 at 0.5), the
     similarity relative to the LR's match with itself (0.971) or minus a per-LR null from
     real unrelated Refs (0.956), the median (0.970), a texture-weighted mean (0.970), the
-    share of positions whose flow agrees with a neighbour's (0.75); and, over both crop
+    share of positions whose flow agrees with a neighbour's (0.75), a logistic combination of
+    quantiles and flow agreement fitted on training photos (0.972); and, over both crop
     seeds (the mean: 0.971), the similarity minus the LR patch's best match elsewhere in the
     LR (0.971) or weighted by how unlike the rest of the LR the patch is (0.973, at a cost
     quadratic in the LR)."""
@@ -112,7 +177,16 @@ def relevance_of(confidence: torch.Tensor) -> torch.Tensor:
     h, w = confidence.shape[-2:]
     if h < 3 or w < 3:
         raise ValueError(f"a {h}x{w} confidence map has no position inside its border; it needs at least 3x3")
-    return confidence[:, :, 1:-1, 1:-1].float().flatten(1).mean(1)
+    forward = confidence[:, :, 1:-1, 1:-1].float().flatten(1).mean(1)
+    if ref_confidence is None or len(ref_confidence) == 0:
+        return forward
+    for r in ref_confidence:
+        if not isinstance(r, torch.Tensor) or r.dim() != 2 or r.shape[0] != forward.shape[0] or r.shape[1] < 1:
+            shape = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
+            raise ValueError(f"ref_confidence must hold one (B, N) tensor per Ref with B = {forward.shape[0]}, "
+                             f"got {shape}")
+    backward = torch.stack([r.float().mean(1) for r in ref_confidence], 1).amax(1)
+    return (forward + backward.to(forward.device)) / 2
 
 
 def resolve_match_mode(match_mode: str, lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], patch_size: int = 3) -> str:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from ..checks import MIN_LR_SIZE, MIN_REF_SIZE, check_dtype, check_image
 from ..config import FRFSRConfig
 from ..ops.fast_match import MATCH_MODES
-from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, pre_offsets,
-                             relevance_of, upscale_flow)
+from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, normalize_features,
+                             pre_offsets, ref_confidence, relevance_of, upscale_flow)
 from .pretrained import PretrainedMixin
 from .restoration import RestorationNet
 from .sife import SIFE
@@ -66,6 +66,17 @@ class EncodedRefs(_Tensors):
         """The Ref images side by side, on the relu1_1 (full-size) mosaic."""
         return self.layout.canvas(list(self.images), SCALES[0])
 
+    def given(self) -> tuple[int, ...]:
+        """Per Ref given, the mosaic image that is that Ref as given (scale 1, angle 0), else
+        its first copy (with no :attr:`sources`, every image is a Ref given)."""
+        if not self.sources:
+            return tuple(range(len(self.images)))
+        chosen: dict[int, int] = {}
+        for j, (i, s, a) in enumerate(self.sources):
+            if i not in chosen or ((s, a) == (1.0, 0.0) and self.sources[chosen[i]][1:] != (1.0, 0.0)):
+                chosen[i] = j
+        return tuple(chosen[i] for i in sorted(chosen))
+
 
 @dataclass
 class Correspondence(_Tensors):
@@ -78,14 +89,14 @@ class Correspondence(_Tensors):
     confidence: torch.Tensor          # (B, 1, h, w): cosine similarity of the best match, 0 on the border
     ref_id: torch.Tensor              # (B, h, w) int64: which Ref the best patch came from (-1 on the border)
     refs: EncodedRefs
+    ref_confidence: tuple[torch.Tensor, ...] = ()   # per Ref given: (B, N) best LR match of its sampled patches
 
     @property
     def relevance(self) -> torch.Tensor:
-        """Relevance per sample (B,): the mean match confidence, how much of the LR the Refs
-        explain (:func:`frfsr.models.correspondence.relevance_of`, where the scale is
-        described; below :data:`~frfsr.models.correspondence.RELEVANCE_THRESHOLD` the Refs
-        hardly match)."""
-        return relevance_of(self.confidence)
+        """Relevance per sample (B,): how well the Refs and the LR match, both ways
+        (:func:`frfsr.models.correspondence.relevance_of`, where the scale is described;
+        below :data:`~frfsr.models.correspondence.RELEVANCE_THRESHOLD` the Refs hardly match)."""
+        return relevance_of(self.confidence, self.ref_confidence)
 
 
 @dataclass
@@ -101,6 +112,7 @@ class AlignedTextures(_Tensors):
     confidence: torch.Tensor
     warped_ref: torch.Tensor          # (B, 3, 4h, 4w): the Ref image warped onto the HR grid (a preview)
     origin: tuple[int, int] = (0, 0)
+    ref_confidence: tuple[torch.Tensor, ...] = ()   # Correspondence.ref_confidence, for the relevance
 
     @property
     def lr_size(self) -> tuple[int, int]:
@@ -120,7 +132,8 @@ class AlignedTextures(_Tensors):
             offsets.append(self.pre_offsets[level][:, :, y0 * s: y1 * s, x0 * s: x1 * s] + shift)
         oy, ox = self.origin
         return AlignedTextures(self.ref_feats, tuple(warped), tuple(offsets), self.confidence[..., y0:y1, x0:x1],
-                               self.warped_ref[..., 4 * y0: 4 * y1, 4 * x0: 4 * x1], (oy + y0, ox + x0))
+                               self.warped_ref[..., 4 * y0: 4 * y1, 4 * x0: 4 * x1], (oy + y0, ox + x0),
+                               self.ref_confidence)
 
 
 @dataclass
@@ -339,12 +352,14 @@ class FRFSR(nn.Module, PretrainedMixin):
         lr_tex = self.texture_encoder.encode_lr(lr_up)
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
         score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, match_mode=mode)
+        lr_n = normalize_features(lr_tex)
+        backward = tuple(ref_confidence(lr_n, normalize_features(refs.textures[i]), p) for i in refs.given())
         flow3 = index_to_flow(kx, ky, p)
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
         confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)
         ref_id = F.pad(ref_id, (1, 1, 1, 1), value=-1)
-        return Correspondence(flows, offsets, confidence, ref_id, refs)
+        return Correspondence(flows, offsets, confidence, ref_id, refs, backward)
 
     @contextlib.contextmanager
     def use_match_mode(self, match_mode: str | None):
@@ -365,7 +380,8 @@ class FRFSR(nn.Module, PretrainedMixin):
         ref_feats = tuple(f.expand(b, -1, -1, -1) for f in corr.refs.feats)
         warped = tuple(flow_warp(f, flow) for f, flow in zip(ref_feats, corr.flows))
         warped_ref = flow_warp(corr.refs.mosaic_image().expand(b, -1, -1, -1), corr.flows[0])
-        return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref)
+        return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref,
+                               ref_confidence=corr.ref_confidence)
 
     def restore(self, lr: torch.Tensor, textures: AlignedTextures, reuse_feature: torch.Tensor | None = None) -> Restoration:
         """SIFE + the 3-scale U-Net (paper III-C). A stage-2 model computes the stage-1 HR
