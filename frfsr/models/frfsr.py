@@ -352,8 +352,9 @@ class FRFSR(nn.Module, PretrainedMixin):
         lr_tex = self.texture_encoder.encode_lr(lr_up)
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
         score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, match_mode=mode)
-        lr_n = normalize_features(lr_tex)
-        backward = tuple(ref_confidence(lr_n, normalize_features(refs.textures[i]), p) for i in refs.given())
+        with torch.no_grad():                                   # the relevance's backward score: no loss uses it
+            lr_n = normalize_features(lr_tex)
+            backward = tuple(ref_confidence(lr_n, normalize_features(refs.textures[i]), p) for i in refs.given())
         flow3 = index_to_flow(kx, ky, p)
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
