@@ -305,6 +305,13 @@ def test_config_keys_parse_and_bad_values_name_the_key(tmp_path):
     assert robust.degradation.kind == "realworld" and robust.init.pretrained
     assert robust.data.views.scale_range == [0.5, 2.0] and robust.data.views.max_rotation == 30
     assert robust.data.views.max_perspective > 0
+    # the recipe of the bundled frfsr-robust weights: JPEG first, 30 % clean LRs, the default weights' Ref views
+    jpeg_first = load_config(configs / "robust_jpeg_stage1.yaml")
+    opts = jpeg_first.degradation.options()
+    assert jpeg_first.degradation.kind == "realworld" and jpeg_first.init.pretrained == "frfsr/weights/default"
+    assert opts.clean_prob == 0.3 and opts.final.jpeg_prob == 0.9 and opts.final.jpeg_range == (40.0, 95.0)
+    assert opts.first.blur_prob == 0.3 and opts.first.noise_prob == 0.3 and opts.second.blur_prob == 0.1
+    assert jpeg_first.data.views.scale_range == [0.8, 1.25] and jpeg_first.data.views.max_rotation == 10
     for sections, msg in (({"degradation": {"kind": "jpeg"}}, r"degradation\.kind must be one of bicubic, realworld"),
                           ({"degradation": {"first": {"sigma_range": [3, 1]}}}, r"degradation\.first\.sigma_range"),
                           ({"degradation": {"final": {"jpeg_range": 50}}}, r"degradation\.final\.jpeg_range"),
