@@ -48,6 +48,14 @@ def patch_norms(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     return (F.avg_pool2d(sq, patch_size, stride=1) * (patch_size * patch_size)).clamp_min(0).sqrt()[:, 0]
 
 
+def _tap_sum(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of equally shaped (strided) slices into a new tensor, the first two in one pass."""
+    out = parts[0] + parts[1] if len(parts) > 1 else parts[0].clone()
+    for t in parts[2:]:
+        out.add_(t)
+    return out
+
+
 def check_window_match_args(query, key, flows, cell, radius, patch_size) -> tuple[int, int, int]:
     """Validate :func:`window_match` arguments; returns (patch size, cell, radius)."""
     from .reference import check_patch_match_args
@@ -139,12 +147,8 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         G = G.view(n, A, A, M, T, T)
         # corr[i, uy, ux, m, vy, vx] = sum over taps t of G[i, uy + ty, ux + tx, m, vy + ty, vx + tx],
         # summed over tx first, then ty
-        rowsum = G[:, :, 0:s, :, :, 0:V].clone()
-        for tx in range(1, p):
-            rowsum.add_(G[:, :, tx:tx + s, :, :, tx:tx + V])
-        corr = rowsum[:, 0:s, :, :, 0:V].clone()
-        for ty in range(1, p):
-            corr.add_(rowsum[:, ty:ty + s, :, :, ty:ty + V])
+        rowsum = _tap_sum([G[:, :, tx:tx + s, :, :, tx:tx + V] for tx in range(p)])
+        corr = _tap_sum([rowsum[:, ty:ty + s, :, :, ty:ty + V] for ty in range(p)])
         del G, rowsum
         ky = by[..., None, None] + ar_v[:, None]                 # (n, M, V, 1)
         kx = bx[..., None, None] + ar_v                          # (n, M, 1, V)
@@ -156,14 +160,18 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         # score = corr / (||k|| + eps), -inf where the corner is outside the key grid
         score = torch.addcmul(bias.view(n, 1, 1, -1), corr.view(n, s, s, -1), inv.view(n, 1, 1, -1))
         del corr
-        kidx = kidx.view(n, 1, 1, M * V * V)
-        best = score.max(dim=3).values
+        # Best per flow first: within a flow's square the corners are in row-major order, so the
+        # first maximum (torch.max's documented tie rule) is the lowest key index; then the flows'
+        # winners are compared, ties to the lowest index (M values per patch, not M * V * V).
+        vals, arg = score.view(n, s, s, M, V * V).max(dim=4)
+        del score
+        kidx = kidx.view(n, 1, 1, M, V * V).expand(n, s, s, M, V * V).gather(4, arg.unsqueeze(4)).squeeze(4)
+        best = vals.max(dim=3).values
         big = torch.full((), hk * wk, device=dev, dtype=kidx.dtype)
-        idx = torch.where(score == best[..., None], kidx, big).min(dim=3).values
+        idx = torch.where(vals == best[..., None], kidx, big).min(dim=3).values
         idx = torch.where(torch.isneginf(best), torch.full_like(idx, -1), idx)
         best_all.append(best)
         idx_all.append(idx)
-        del score
 
     def assemble(parts):
         t = torch.cat(parts).view(B, hc, wc, s, s).permute(0, 1, 3, 2, 4).reshape(B, hc * s, wc * s)
