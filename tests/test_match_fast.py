@@ -20,7 +20,8 @@ import torch.nn.functional as F  # noqa: E402
 from frfsr import ops  # noqa: E402
 from frfsr.models.correspondence import MosaicLayout, match_refs, resolve_match_mode  # noqa: E402
 from frfsr.ops import reference as R  # noqa: E402
-from frfsr.ops.fast_match import FAST_MATCH_MIN_PAIRS, fast_patch_match, unique_flows  # noqa: E402
+from frfsr.ops.fast_match import (FAST_MATCH_DEFAULTS, FAST_MATCH_MIN_PAIRS, cell_flows,  # noqa: E402
+                                  fast_patch_match, flop_counts, unique_flows)
 from frfsr.ops.window import window_match  # noqa: E402
 
 MARGIN = 1e-4
@@ -120,13 +121,33 @@ def test_unique_flows_drops_repeats_only():
     assert {tuple(v) for v in u[0, 0, 1].tolist()} == {(4, 4)}
 
 
+def test_cell_flows_take_the_best_neighbour_topk_of_each_neighbour():
+    # 2x3 query cells of step 2, each with 3 candidates (best first) on a 4-wide coarse key grid of step 2
+    cand = (torch.arange(6 * 3) * 7 % 16).view(1, 6, 3)
+    full = cell_flows(cand, (2, 3), (4, 4), 2, 2, neighbours=1)
+    some = cell_flows(cand, (2, 3), (4, 4), 2, 2, neighbours=1, neighbour_topk=1)
+    assert full.shape == (1, 2, 3, 3 * 9, 2) and some.shape == (1, 2, 3, 3 + 8, 2)
+    own = cell_flows(cand, (2, 3), (4, 4), 2, 2, neighbours=0)
+    assert torch.equal(some[..., :3, :], own) and torch.equal(full[..., :3, :], own)   # own candidates first
+    # each neighbour contributes its best candidate: cell (0, 1)'s right neighbour is cell (0, 2)
+    ky, kx = divmod(int(cand[0, 2, 0]), 4)
+    right = (2 * ky - 0, 2 * kx - 2 * 2)                 # the flow of cell (0, 2)'s best, from cell (0, 1)
+    assert right not in {tuple(f) for f in own[0, 0, 1].tolist()}
+    assert right in {tuple(f) for f in some[0, 0, 1].tolist()}
+    assert flop_counts(10 ** 4, 10 ** 4, 8, cell=2, search_cell=4, key_stride=2, topk=6, neighbours=1,
+                       neighbour_topk=2)["max_flows"] == 6 * 4 + 2 * (16 - 4)
+    with pytest.raises(ValueError, match="neighbour_topk >= 1"):
+        fast_patch_match(_feat(1, 4, 12, 12, seed=0), _feat(1, 4, 12, 12, seed=1), neighbours=1, neighbour_topk=0)
+
+
 # ------------------------------------------------------------------ fast against exact
 @pytest.mark.parametrize("h,w,H,W", [(17, 13, 23, 11), (10, 10, 5, 5), (14, 18, 16, 22)])
 def test_fast_with_all_candidates_equals_exact(h, w, H, W):
     """With top-k over every coarse key position the squares cover the whole key: fast must
     then give exact's result (odd sizes, a key smaller than a cell, batch 2)."""
     q, k = _feat(2, 6, h, w, seed=h + w), _feat(2, 6, H, W, seed=H * W)
-    n_coarse = (-(-(H - 2) // 4)) ** 2 + (-(-(W - 2) // 4)) ** 2
+    ks = FAST_MATCH_DEFAULTS["key_stride"]
+    n_coarse = -(-(H - 2) // ks) * -(-(W - 2) // ks)          # every coarse key position
     score, index = fast_patch_match(q, k, topk=n_coarse, window_match=window_match)
     es, ei = R.patch_match(q.double(), k.double())
     qp, kp = F.unfold(q.double(), 3).transpose(1, 2), F.unfold(k.double(), 3)

@@ -12,7 +12,7 @@
 2. *Candidates.* For every query cell, the ``topk`` most similar key positions over the whole
    coarse key (exact top-k by blocked matrix products), as displacements (flows).
 3. *Propagation.* A cell also takes the flows of the cells up to ``neighbours`` cells away
-   (as PatchMatch propagates good matches to adjacent patches), and the cells are grouped
+   (their best ``neighbour_topk``; as PatchMatch propagates good matches to adjacent patches), and the cells are grouped
    into search cells of ``search_cell`` x ``search_cell`` patches that share all their
    cells' flows (repeats dropped).
 4. *Windowed search.* Every query patch of a search cell compares itself, for each of the
@@ -49,17 +49,22 @@ FAST_MATCH_MIN_PAIRS = 2 ** 26
 """``match_mode="auto"`` uses the fast mode when (query patch positions) x (key patches,
 all Refs together) exceeds this (about 8200 x 8200: an LR of 92 px against a Ref of
 368 px). Measured on a 2-core CPU (BENCHMARKS.md, fast matching), the two modes take about
-as long at 2**24 pairs (LR 64 / Ref 256) and fast is about 6x faster at 2**28 (LR 128 /
+as long at 2**24 pairs (LR 64 / Ref 256) and fast is about 4x faster at 2**28 (LR 128 /
 Ref 512); below the threshold exact matching costs a few seconds at most and is kept
 because it is the release's."""
 
-FAST_MATCH_DEFAULTS = {"cell": 4, "search_cell": 8, "key_stride": 4, "topk": 4, "neighbours": 0, "radius": 1,
-                       "context": 3, "query_stride": None, "rounds": 0, "jumps": (1,), "samples": 0, "search_radius": 8}
-"""Defaults of :func:`fast_patch_match`: the design measured in BENCHMARKS.md (fast matching).
-``cell=2, search_cell=4, key_stride=2, topk=8, context=1`` agreed with exact matching at
-92 / 86 / 85 / 91 % of positions (relevant / medium / hard / unrelated Refs) against 82 / 68 /
-48 / 52 % for these defaults, at about twice their time, in a first measurement on a loaded
-machine; it becomes the default once its PSNR and speed are measured on a quiet one."""
+FAST_MATCH_DEFAULTS = {"cell": 2, "search_cell": 4, "key_stride": 2, "topk": 22, "neighbours": 0,
+                       "neighbour_topk": None, "radius": 1, "context": 1, "query_stride": None, "rounds": 0,
+                       "jumps": (1,), "samples": 0, "search_radius": 8}
+"""Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching):
+on held-out pairs they find exact matching's match (or one within 1e-3 of its cosine) at
+98.2 / 95.2 / 95.6 / 97.8 % of positions (relevant / 4x4-shuffled / 8x8-shuffled / unrelated
+Refs), the SR within 0.03 dB of exact's, and at LR 192 / Ref 768 they match about 10x faster
+than exact on a 2-core CPU (time exponent 1.1 in the LR area). Among the designs measured,
+more candidates per cell (``topk``) paid better than candidates borrowed from neighbouring
+cells (``neighbours``, ``neighbour_topk``) or PatchMatch rounds (``rounds``); the earlier
+defaults (cell 4, search cell 8, key stride 4, top-4, context 3) were 3x faster and agreed at
+82 / 68 / 48 / 52 % only."""
 
 
 def resolve_match_mode(mode: str, n_query: int, n_key: int) -> str:
@@ -118,10 +123,11 @@ def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int
 
 
 def cell_flows(cand: torch.Tensor, grid_q: tuple[int, int], grid_k: tuple[int, int], cell: int, key_stride: int,
-               neighbours: int) -> torch.Tensor:  # cell: the query grid's step
+               neighbours: int, neighbour_topk: int | None = None) -> torch.Tensor:  # cell: the query grid's step
     """Flows (B, hc, wc, M, 2) int64, (dy, dx) in patch positions, of every query cell from
-    the coarse candidates ``cand`` (B, hc * wc, k) (indices into the coarse key grid), with
-    the candidates of the cells up to ``neighbours`` away (clamped at the border)."""
+    the coarse candidates ``cand`` (B, hc * wc, k) (indices into the coarse key grid, best
+    first), own candidates first, then the first ``neighbour_topk`` (None: all) candidates of
+    each cell up to ``neighbours`` away (clamped at the border)."""
     B, _, k = cand.shape
     hc, wc = grid_q
     nkx = grid_k[1]
@@ -132,16 +138,15 @@ def cell_flows(cand: torch.Tensor, grid_q: tuple[int, int], grid_k: tuple[int, i
     flow = torch.stack((ky - cy[:, None], kx - cx[:, None]), dim=-1).view(B, hc, wc, k, 2)
     if neighbours <= 0:
         return flow
-    parts = []
+    kn = k if neighbour_topk is None else min(k, int(neighbour_topk))
+    parts = [flow]                       # own cell first, so that its candidates are visited first
     n = neighbours
     for oy in range(-n, n + 1):
         iy = (torch.arange(hc, device=dev) + oy).clamp(0, hc - 1)
         for ox in range(-n, n + 1):
-            ix = (torch.arange(wc, device=dev) + ox).clamp(0, wc - 1)
-            parts.append(flow[:, iy][:, :, ix])
-    # own cell first, so that its candidates are visited first
-    centre = len(parts) // 2
-    parts.insert(0, parts.pop(centre))
+            if oy or ox:
+                ix = (torch.arange(wc, device=dev) + ox).clamp(0, wc - 1)
+                parts.append(flow[:, iy][:, :, ix][..., :kn, :])
     return torch.cat(parts, dim=3)
 
 
@@ -290,7 +295,7 @@ def propagate(query: torch.Tensor, key: torch.Tensor, index: torch.Tensor, patch
 def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3, *, cell: int | None = None,
                      search_cell: int | None = None,
                      key_stride: int | None = None, topk: int | None = None, neighbours: int | None = None,
-                     radius: int | None = None, rounds: int | None = None, jumps: tuple[int, ...] | None = None,
+                     neighbour_topk: int | None = None, radius: int | None = None, rounds: int | None = None, jumps: tuple[int, ...] | None = None,
                      samples: int | None = None, search_radius: int | None = None,
                      query_stride: int | None = None, context: int | None = None,
                      max_block_elems: int | None = None, window_match=None):
@@ -306,6 +311,7 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
     key_stride = d["key_stride"] if key_stride is None else int(key_stride)
     topk = d["topk"] if topk is None else int(topk)
     neighbours = d["neighbours"] if neighbours is None else int(neighbours)
+    neighbour_topk = d["neighbour_topk"] if neighbour_topk is None else int(neighbour_topk)
     radius = d["radius"] if radius is None else int(radius)
     rounds = d["rounds"] if rounds is None else int(rounds)
     jumps = tuple(d["jumps"] if jumps is None else (int(j) for j in jumps))
@@ -319,6 +325,8 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
     if cell < 1 or key_stride < 1 or cell % key_stride or topk < 1 or neighbours < 0 or search_cell % qs or cell % qs:
         raise ValueError(f"fast_patch_match needs cell >= 1, key_stride dividing cell, topk >= 1 and neighbours >= 0; "
                          f"got cell={cell}, key_stride={key_stride}, topk={topk}, neighbours={neighbours}")
+    if neighbour_topk is not None and neighbour_topk < 1:
+        raise ValueError(f"fast_patch_match needs neighbour_topk >= 1 (or None: all), got {neighbour_topk}")
     if radius < 0 or rounds < 0 or samples < 0 or search_radius < 1 or any(j < 1 for j in jumps):
         raise ValueError(f"fast_patch_match needs radius, rounds, samples >= 0 and search_radius, jumps >= 1; got "
                          f"radius={radius}, rounds={rounds}, samples={samples}, search_radius={search_radius}, "
@@ -331,7 +339,8 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
         kd, grid_k = _coarse_descriptors(key.detach().float(), cell, key_stride, p, context)
         cand = coarse_topk(qd, kd, topk, max_block_elems)
         del qd, kd
-        flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, key_stride, neighbours), search_cell // qs)
+        flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, key_stride, neighbours, neighbour_topk),
+                            search_cell // qs)
         flows = unique_flows(_clamp_flows(flows, hk, wk, search_cell, radius))
     if rounds == 0 or not (jumps or samples):
         return window_match(query, key, flows, search_cell, radius, patch_size=p)
@@ -357,7 +366,8 @@ def flop_counts(n_query: int, n_key: int, channels: int, patch_size: int = 3, **
     D = channels * patch_size * patch_size
     exact = 2.0 * n_query * n_key * D
     coarse = 2.0 * (n_query / (qs * qs)) * (n_key / (sk * sk)) * channels * d["context"] ** 2
-    M = k * (sc // qs + 2 * n) ** 2
+    kn = k if d["neighbour_topk"] is None else min(k, d["neighbour_topk"])
+    M = k * (sc // qs) ** 2 + kn * ((sc // qs + 2 * n) ** 2 - (sc // qs) ** 2)
     A, T = sc + patch_size - 1, sc + 2 * r + patch_size - 1
     window = 2.0 * (n_query / (sc * sc)) * M * A * A * T * T * channels
     return {"exact": exact, "fast": coarse + window, "fast_coarse": coarse, "fast_window": window, "max_flows": M}
