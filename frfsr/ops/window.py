@@ -111,7 +111,11 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     qpad = F.pad(q, (0, wc * s + p - 1 - w, 0, hc * s + p - 1 - h))
     qblocks = (F.unfold(qpad, A, stride=s).view(B, C, A * A, hc * wc).permute(0, 3, 2, 1)
                .reshape(B * hc * wc, A * A, C).contiguous())
-    kflat = k.permute(0, 2, 3, 1).contiguous().view(B * H * W, C)   # channels-last rows: a gather reads whole rows
+    # Channels-last key padded by T pixels at both ends, seen as overlapping runs of T pixels:
+    # one gathered run is a block row (T * C contiguous values), and a run may start left of
+    # its row or end right of it (those pixels only reach corners that are masked out below).
+    kflat = F.pad(k.permute(0, 2, 3, 1).reshape(B * H * W, C), (0, 0, T, T))
+    kruns = kflat.as_strided((B * H * W + T + 1, T * C), (C, 1))
     knflat = kn.reshape(B * hk * wk)
     fl = flows.reshape(B * hc * wc, M, 2).long()
 
@@ -136,14 +140,13 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         cx = rows % wc
         by = cy[:, None] * s + fl[r0:r0 + n, :, 0] - r          # (n, M): first key corner of the square
         bx = cx[:, None] * s + fl[r0:r0 + n, :, 1] - r
-        py = (by[..., None] + ar_t).clamp(0, H - 1)             # (n, M, T); clamped pixels only reach
-        px = (bx[..., None] + ar_t).clamp(0, W - 1)             # patches that are masked out below
-        pix = (b[:, None, None, None] * (H * W) + py[..., :, None] * W + px[..., None, :]).reshape(-1)
+        py = (by[..., None] + ar_t).clamp(0, H - 1)             # (n, M, T); clamped rows only reach
+        run = (T + b[:, None, None] * (H * W) + py * W + bx.clamp(-T, W)[..., None]).reshape(-1)  # masked below
         if kb_buf is None:
-            kb = kflat.index_select(0, pix).view(n, M * T * T, C)
+            kb = kruns.index_select(0, run).view(n, M * T * T, C)
             G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2))
         else:
-            kb = torch.index_select(kflat, 0, pix, out=kb_buf[:pix.numel()]).view(n, M * T * T, C)
+            kb = torch.index_select(kruns, 0, run, out=kb_buf[:run.numel() * T].view(-1, T * C)).view(n, M * T * T, C)
             G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2), out=g_buf[:n])
         G = G.view(n, A, A, M, T, T)
         # corr[i, uy, ux, m, vy, vx] = sum over taps t of G[i, uy + ty, ux + tx, m, vy + ty, vx + tx],
