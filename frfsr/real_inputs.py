@@ -15,7 +15,9 @@ Every *kind* of input pairs one LR with one Ref, both cut from the held-out phot
   side from the HR's centre (right and down, or left and up on alternate crops), at the HR's
   zoom (``clean``, the JPEG and ``blur_noise`` kinds), at half the magnification
   (``ref_zoom0.5``: twice the field of view, antialiased), at twice the magnification
-  (``ref_zoom2``: half the field, cut from the full-resolution photo: real detail), or
+  (``ref_zoom2``: half the field, cut from the full-resolution photo: real detail; as many
+  pixels as the same-zoom Ref), at twice the magnification over the same-zoom Ref's field
+  (``ref_detail2``: twice its pixels per side, from the full-resolution photo), or
   rotated by 15 / 30 degrees (``ref_rot15``, ``ref_rot30``: bilinear); ``self`` gives the
   bicubic-upsampled LR as the Ref (the model alone); ``unrelated`` gives the same-zoom Ref of
   the same crop of the next held-out photo. A Ref is ``patch`` x ``patch`` pixels, smaller
@@ -50,8 +52,8 @@ __all__ = ["KINDS", "LR_KINDS", "BLUR_SIGMA", "NOISE_SIGMA", "SCENE_SCALE", "Cas
            "markdown", "add_arguments", "run"]
 
 #: Every kind, in table order (see the module docstring).
-KINDS = ("clean", "jpeg50", "jpeg70", "jpeg90", "blur_noise", "ref_zoom0.5", "ref_zoom2", "ref_rot15", "ref_rot30",
-         "self", "unrelated")
+KINDS = ("clean", "jpeg50", "jpeg70", "jpeg90", "blur_noise", "ref_zoom0.5", "ref_zoom2", "ref_detail2", "ref_rot15",
+         "ref_rot30", "self", "unrelated")
 #: Kinds whose LR is degraded (all others use the clean LR).
 LR_KINDS = ("jpeg50", "jpeg70", "jpeg90", "blur_noise")
 BLUR_SIGMA = 1.0            # HR pixels
@@ -59,7 +61,9 @@ NOISE_SIGMA = 5 / 255       # on the [0, 1] scale, added to the LR
 SCENE_SCALE = 0.5           # scene pixels per photo pixel
 DEFAULT_PATCH, DEFAULT_CROPS = 128, 3
 _BORDER = 4                 # pixels left out of every metric per side (psnr_y's crop_border)
-_REF_GEOMETRY = {"ref_zoom0.5": (0.5, 0.0), "ref_zoom2": (2.0, 0.0), "ref_rot15": (1.0, 15.0), "ref_rot30": (1.0, 30.0)}
+# Ref kind -> (field of view: the HR's side / this, rotation in degrees, Ref pixels per scene pixel)
+_REF_GEOMETRY = {"ref_zoom0.5": (0.5, 0.0, 0.5), "ref_zoom2": (2.0, 0.0, 2.0), "ref_detail2": (1.0, 0.0, 2.0),
+                 "ref_rot15": (1.0, 15.0, 1.0), "ref_rot30": (1.0, 30.0, 1.0)}
 
 
 def _seed(*parts) -> int:
@@ -192,7 +196,7 @@ def ref_view(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1)
     """(Ref, footprint): the :func:`make_ref` Ref and a (patch, patch) bool map of the HR
     pixels whose scene point the Ref shows (its field of view on the HR crop)."""
     from .data.degrade import bicubic_resize
-    zoom, angle = _REF_GEOMETRY.get(kind, (1.0, 0.0))
+    zoom, angle, res = _REF_GEOMETRY.get(kind, (1.0, 0.0, 1.0))
     _, sh, sw = scene.scene.shape
     cy, cx = y + patch / 2, x + patch / 2
     fy, fx = min(patch / zoom, sh), min(patch / zoom, sw)          # field of view, scene pixels
@@ -216,7 +220,7 @@ def ref_view(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1)
         inside = ((c * dx + s * dy).abs() <= half + 0.5) & ((-s * dx + c * dy).abs() <= half + 0.5)
         return out.clamp(0, 1).mul(255).round().div(255), inside
     y0, x0 = _field(cy, fy, sh), _field(cx, fx, sw)
-    if zoom == 2.0:        # from the full-resolution photo: the field at twice the detail
+    if res == 2.0:         # from the full-resolution photo: the field at twice the detail
         ph, pw = scene.photo.shape[-2:]
         n_y, n_x = min(round(fy * 2), ph), min(round(fx * 2), pw)
         Y0, X0 = min(round(y0 * 2), ph - n_y), min(round(x0 * 2), pw - n_x)
@@ -227,9 +231,9 @@ def ref_view(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1)
     Y0, X0 = min(round(y0), sh - n_y), min(round(x0), sw - n_x)
     field = scene.scene[:, Y0:Y0 + n_y, X0:X0 + n_x]
     inside = (iy >= Y0) & (iy < Y0 + n_y) & (ix >= X0) & (ix < X0 + n_x)
-    if zoom == 1.0:
+    if res == 1.0:
         return _float(field), inside
-    size = (max(1, round(n_y * zoom)), max(1, round(n_x * zoom)))
+    size = (max(1, round(n_y * res)), max(1, round(n_x * res)))
     return _float(bicubic_resize(_u8(field), size)), inside
 
 
@@ -377,6 +381,7 @@ _KIND_LABELS = {
     "blur_noise": "LR blurred (sigma 1) + noise (5/255), same-zoom Ref",
     "ref_zoom0.5": "Ref at half the zoom (2x field of view)",
     "ref_zoom2": "Ref at twice the zoom (half the field, 2x detail)",
+    "ref_detail2": "Ref at twice the zoom over the same field (2x pixels per side)",
     "ref_rot15": "Ref rotated 15 degrees",
     "ref_rot30": "Ref rotated 30 degrees",
     "self": "no Ref (LR as its own Ref)",

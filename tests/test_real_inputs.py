@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("skimage")
 
@@ -28,7 +29,9 @@ def test_every_kind_has_the_expected_shapes(cases):
     for c in cases:
         assert c.hr.shape == (3, PATCH, PATCH) and c.lr.shape == (3, PATCH // 4, PATCH // 4)
         assert c.ref.dtype == torch.float32 and 0 <= float(c.ref.min()) and float(c.ref.max()) <= 1
-        if c.kind != "ref_zoom0.5":
+        if c.kind == "ref_detail2":
+            assert c.ref.shape == (3, 2 * PATCH, 2 * PATCH)
+        elif c.kind != "ref_zoom0.5":
             assert c.ref.shape == (3, PATCH, PATCH), c.kind
     # every photo gives the same HR crop to all kinds; the clean LR is shared by the Ref kinds
     for photo in ("coffee", "rocket"):
@@ -65,6 +68,12 @@ def test_zoomed_and_self_refs(cases):
             abs(X - 2 * (x + PATCH // 2 - PATCH // 4 + PATCH // 8)) <= 1 and
             torch.equal(full[:, Y:Y + PATCH, X:X + PATCH], z2)]
     assert hits, "the 2x-zoom Ref is a crop of the full-resolution photo around the HR's centre"
+    # twice the detail over the clean Ref's field: the full-resolution photo's pixels there
+    d2 = by(cases, "coffee", "ref_detail2").ref
+    clean_ref = by(cases, "coffee", "clean").ref
+    assert d2.shape[-1] == 2 * clean_ref.shape[-1]
+    assert psnr(F.avg_pool2d(d2[None], 2)[0], clean_ref) > 30                 # the same view, at half the pixels
+    assert psnr(F.interpolate(clean_ref[None], scale_factor=2, mode="bicubic")[0].clamp(0, 1), d2) < 45  # real detail
     # half the zoom: twice the field of view in PATCH pixels
     assert by(cases, "coffee", "ref_zoom0.5").ref.shape == (3, PATCH, PATCH)
     # where the photo is too small for the field, the Ref keeps the zoom and shrinks: chelsea's
@@ -91,9 +100,10 @@ def test_bad_arguments_are_named():
 
 def test_footprints_are_the_part_of_the_hr_each_ref_shows(cases):
     share = {k: float(by(cases, "coffee", k).footprint.float().mean()) for k in
-             ("clean", "ref_zoom2", "ref_zoom0.5", "ref_rot30", "self")}
+             ("clean", "ref_zoom2", "ref_detail2", "ref_zoom0.5", "ref_rot30", "self")}
     assert share["clean"] == pytest.approx(9 / 16, abs=0.03)                # moved by a quarter of its side
     assert share["ref_zoom2"] == pytest.approx(1 / 4, abs=0.03)             # half the field
+    assert share["ref_detail2"] == pytest.approx(share["clean"], abs=0.02)  # the same field as the clean Ref
     assert share["ref_zoom0.5"] == 1.0 and share["self"] == 1.0             # twice the field; the LR itself
     assert 0.3 < share["ref_rot30"] < 0.9
     assert by(cases, "coffee", "unrelated").footprint is None
