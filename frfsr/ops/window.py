@@ -30,7 +30,7 @@ __all__ = ["window_match", "check_window_match_args", "patch_norms", "WINDOW_MAT
 
 WINDOW_MATCH_MAX_BLOCK_ELEMS = 2 ** 25
 """Default upper bound on the elements of one chunk's gathered key blocks plus correlations
-(128 MiB of float32; on a 2-core CPU 2**25 was 12 % faster than 2**24 and than 2**26)."""
+(128 MiB of float32; on a 2-core CPU 2**21 to 2**26 took about the same time)."""
 
 _EPS = 1e-5
 
