@@ -11,10 +11,10 @@
    its own coarse pixel.
 2. *Candidates.* For every query cell, the ``topk`` most similar key positions over the whole
    coarse key (exact top-k by blocked matrix products), as displacements (flows).
-3. *Propagation.* A cell also takes the flows of the cells up to ``neighbours`` cells away
-   (their best ``neighbour_topk``; as PatchMatch propagates good matches to adjacent patches), and the cells are grouped
-   into search cells of ``search_cell`` x ``search_cell`` patches that share all their
-   cells' flows (repeats dropped).
+3. *Propagation.* A cell also takes the flows (the best ``neighbour_topk``) of the cells up
+   to ``neighbours`` cells away (as PatchMatch propagates good matches to adjacent patches),
+   and the cells are grouped into search cells of ``search_cell`` x ``search_cell`` patches
+   that share all their cells' flows (repeats dropped).
 4. *Windowed search.* Every query patch of a search cell compares itself, for each of the
    search cell's flows, with the key patches in the search cell's square moved by the flow
    and widened by ``radius`` (:func:`frfsr.ops.window_match`), and keeps the best cosine.
@@ -295,7 +295,8 @@ def propagate(query: torch.Tensor, key: torch.Tensor, index: torch.Tensor, patch
 def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3, *, cell: int | None = None,
                      search_cell: int | None = None,
                      key_stride: int | None = None, topk: int | None = None, neighbours: int | None = None,
-                     neighbour_topk: int | None = None, radius: int | None = None, rounds: int | None = None, jumps: tuple[int, ...] | None = None,
+                     neighbour_topk: int | None = None, radius: int | None = None, rounds: int | None = None,
+                     jumps: tuple[int, ...] | None = None,
                      samples: int | None = None, search_radius: int | None = None,
                      query_stride: int | None = None, context: int | None = None,
                      max_block_elems: int | None = None, window_match=None):

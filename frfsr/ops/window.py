@@ -140,8 +140,9 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         cx = rows % wc
         by = cy[:, None] * s + fl[r0:r0 + n, :, 0] - r          # (n, M): first key corner of the square
         bx = cx[:, None] * s + fl[r0:r0 + n, :, 1] - r
-        py = (by[..., None] + ar_t).clamp(0, H - 1)             # (n, M, T); clamped rows only reach
-        run = (T + b[:, None, None] * (H * W) + py * W + bx.clamp(-T, W)[..., None]).reshape(-1)  # masked below
+        # (n, M, T) run starts; clamped rows and runs only reach corners that are masked out below
+        py = (by[..., None] + ar_t).clamp(0, H - 1)
+        run = (T + b[:, None, None] * (H * W) + py * W + bx.clamp(-T, W)[..., None]).reshape(-1)
         if kb_buf is None:
             kb = kruns.index_select(0, run).view(n, M * T * T, C)
             G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2))
