@@ -118,14 +118,15 @@ def test_pipeline_warning_and_correspondence_agree(pipe):
 
 def test_warning_separates_heldout_unrelated_from_relevant_refs(tmp_path, capsys):
     # scikit-image's held-out photos (always there), one crop each, every relevant kind, the
-    # unrelated kind and every LR against the other photos' Refs: 27 relevant, 21 unrelated pairs
+    # unrelated kind and every LR against the other photos' Refs: 30 relevant (3 photos x every kind
+    # but self and unrelated), 21 unrelated pairs
     bench = load_benchmark("eval_relevance")
     out = tmp_path / "rel.json"
     assert bench.main(["--sources", "skimage", "--crops", "1", "--seeds", "0", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     s = saved["summary"]
     assert s["threshold"] == RELEVANCE_THRESHOLD
-    assert s["n_relevant"] == 27 and s["n_unrelated"] == 21
+    assert s["n_relevant"] == 3 * (len(real_inputs.KINDS) - 2) and s["n_unrelated"] == 21
     assert s["fires_unrelated"] >= 0.9 and s["fires_relevant"] <= 0.05
     assert s["auc"] >= 0.95
     kinds = {r["kind"]: r for r in s["per_kind"]}
