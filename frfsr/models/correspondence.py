@@ -153,7 +153,8 @@ def relevance_of(confidence: torch.Tensor, ref_confidence=()) -> torch.Tensor:
     high backward score); a Ref at half the zoom is the other way round; an unrelated photo
     scores low both ways. Measured with the bundled weights on held-out photos
     (benchmarks/eval_relevance.py, BENCHMARKS.md "Ref relevance"): ROC AUC relevant against
-    unrelated 0.982 for both directions, 0.971 for the forward score alone; below
+    unrelated 0.983 for both directions (0.982 before the ref_detail2 kind; 0.971 for the
+    forward score alone); below
     :data:`RELEVANCE_THRESHOLD` (0.465) fall 92 % of the unrelated pairs and 4 % of the
     relevant ones. Relevant Refs (another view of the scene, also at half or twice the zoom,
     rotated, or with a JPEG / blurred LR) give a median of about 0.58, the LR as its own Ref
