@@ -220,12 +220,13 @@ def ref_view(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1)
         inside = ((c * dx + s * dy).abs() <= half + 0.5) & ((-s * dx + c * dy).abs() <= half + 0.5)
         return out.clamp(0, 1).mul(255).round().div(255), inside
     y0, x0 = _field(cy, fy, sh), _field(cx, fx, sw)
-    if res == 2.0:         # from the full-resolution photo: the field at twice the detail
+    full = 1 / SCENE_SCALE  # photo pixels per scene pixel
+    if res == full:         # from the full-resolution photo: the field at its detail
         ph, pw = scene.photo.shape[-2:]
-        n_y, n_x = min(round(fy * 2), ph), min(round(fx * 2), pw)
-        Y0, X0 = min(round(y0 * 2), ph - n_y), min(round(x0 * 2), pw - n_x)
-        inside = (((iy + 0.5) * 2 >= Y0) & ((iy + 0.5) * 2 <= Y0 + n_y)
-                  & ((ix + 0.5) * 2 >= X0) & ((ix + 0.5) * 2 <= X0 + n_x))
+        n_y, n_x = min(round(fy * full), ph), min(round(fx * full), pw)
+        Y0, X0 = min(round(y0 * full), ph - n_y), min(round(x0 * full), pw - n_x)
+        inside = (((iy + 0.5) * full >= Y0) & ((iy + 0.5) * full <= Y0 + n_y)
+                  & ((ix + 0.5) * full >= X0) & ((ix + 0.5) * full <= X0 + n_x))
         return _float(scene.photo[:, Y0:Y0 + n_y, X0:X0 + n_x]), inside
     n_y, n_x = round(fy), round(fx)
     Y0, X0 = min(round(y0), sh - n_y), min(round(x0), sw - n_x)
