@@ -100,6 +100,25 @@ def test_window_match_reference_is_the_brute_force_definition(h, w, H, W, cell, 
     _check(score, index, *_brute(q, k, _square_cands(flows, cell, r, H - 2, W - 2)))
 
 
+def test_window_match_skips_repeats_of_the_first_flow_per_cell():
+    # Cells padded with their first flow (as unique_flows pads) are searched with fewer flows,
+    # in chunks of cells sorted by that number: the result is still the brute-force one.
+    h, w, H, W, cell, r, M = 14, 13, 18, 16, 2, 1, 6
+    q, k = _feat(2, 5, h, w, seed=3), _feat(2, 5, H, W, seed=4)
+    hc, wc = -(-(h - 2) // cell), -(-(w - 2) // cell)
+    g = torch.Generator().manual_seed(5)
+    flows = torch.randint(-6, 6, (2, hc, wc, M, 2), generator=g)
+    keep = torch.randint(1, M + 1, (2, hc, wc), generator=g)          # distinct flows per cell
+    pad = torch.arange(M).view(1, 1, 1, M) >= keep[..., None]
+    flows = torch.where(pad[..., None], flows[..., :1, :], flows)
+    flows[0, 0, 0, 2] = flows[0, 0, 0, 0]                              # a repeat before other flows
+    flows[0, 0, 0, 3:] = torch.tensor([5, -4])
+    results = [window_match(q, k, flows, cell, r, max_block_elems=e) for e in (1, 3000, 40000, None)]
+    for score, index in results[1:]:
+        assert torch.equal(score, results[0][0]) and torch.equal(index, results[0][1])
+    _check(*results[0], *_brute(q, k, _square_cands(flows, cell, r, H - 2, W - 2)))
+
+
 def test_window_match_is_differentiable_and_checks_its_arguments():
     q = _feat(1, 4, 8, 8, seed=0).requires_grad_()
     k = _feat(1, 4, 9, 9, seed=1)

@@ -18,8 +18,8 @@ Memory bound
 The per-pixel features of the query (unfolded into overlapping cell blocks, about
 ``(cell + p - 1)**2 / cell**2`` times the query) and of the key (one channels-last copy),
 plus one chunk of cells whose gathered key blocks and block correlations hold at most
-``max_block_elems`` elements (default :data:`WINDOW_MATCH_MAX_BLOCK_ELEMS`). Nothing grows
-with (query positions x key positions).
+``max_block_elems`` elements (default :data:`WINDOW_MATCH_MAX_BLOCK_ELEMS`; one cell if its
+blocks alone hold more). Nothing grows with (query positions x key positions).
 """
 from __future__ import annotations
 
@@ -84,7 +84,9 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         query: (B, C, h, w), L2-normalised per pixel over channels by the caller.
         key: (B, C, H, W), same normalisation.
         flows: (B, ceil((h-p+1)/cell), ceil((w-p+1)/cell), M, 2) integer (dy, dx) candidate
-            displacements per cell (repeats are allowed and only cost time).
+            displacements per cell. Repeats are allowed; those of a cell's first flow after
+            its last other flow cost nothing (pad cells with fewer flows so, as
+            :func:`frfsr.ops.fast_match.unique_flows` does), other repeats cost time.
         cell, radius: see the module docstring.
         patch_size: p.
         max_block_elems: chunk bound (default :data:`WINDOW_MATCH_MAX_BLOCK_ELEMS`).
@@ -119,45 +121,59 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     knflat = kn.reshape(B * hk * wk)
     fl = flows.reshape(B * hc * wc, M, 2).long()
 
+    # Flows of a cell that only repeat its first flow after its last other one cost time and
+    # change nothing: every cell needs its flows up to the last one that differs from its first.
+    # Cells are visited by that number, largest first, and each chunk searches as many flows as
+    # its first cell needs (unique_flows pads cells with few distinct flows so).
     rows_total = B * hc * wc
-    per_row = M * T * T * (C + A * A) + 2 * M * s * s * V * V
+    differs = (fl != fl[:, :1]).any(-1)
+    need = torch.where(differs, torch.arange(1, M + 1, device=dev), 0).amax(1).clamp_min(1)
+    order = torch.argsort(need, descending=True, stable=True)
+    need = need[order].tolist()
+    per_flow = T * T * (C + A * A) + 2 * s * s * V * V
     limit = WINDOW_MATCH_MAX_BLOCK_ELEMS if max_block_elems is None else int(max_block_elems)
-    n_rows = max(1, min(rows_total, limit // per_row))
+    capacity = max(limit // per_flow, need[0])      # flows (one key block each) of the largest chunk
 
     ar_t = torch.arange(T, device=dev)
     ar_v = torch.arange(V, device=dev)
     neg_inf = torch.full((), float("-inf"), device=dev, dtype=dtype)
     # Reused buffers: fresh large allocations per chunk cost page faults on CPU.
     need_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
-    kb_buf = None if need_grad else kflat.new_empty(n_rows * M * T * T, C)
-    g_buf = None if need_grad else kflat.new_empty(n_rows, A * A, M * T * T)
+    kb_buf = None if need_grad else kflat.new_empty(capacity * T * T * C)
+    g_buf = None if need_grad else kflat.new_empty(capacity * A * A * T * T)
     best_all, idx_all = [], []
-    for r0 in range(0, rows_total, n_rows):
-        rows = torch.arange(r0, min(rows_total, r0 + n_rows), device=dev)
-        n = rows.numel()
+    r0 = 0
+    while r0 < rows_total:
+        Mc = need[r0]
+        n = max(1, min(rows_total - r0, limit // (per_flow * Mc)))
+        rows = order[r0:r0 + n]
+        r0 += n
         b = torch.div(rows, hc * wc, rounding_mode="floor")
         cy = torch.div(rows % (hc * wc), wc, rounding_mode="floor")
         cx = rows % wc
-        by = cy[:, None] * s + fl[r0:r0 + n, :, 0] - r          # (n, M): first key corner of the square
-        bx = cx[:, None] * s + fl[r0:r0 + n, :, 1] - r
-        # (n, M, T) run starts; clamped rows and runs only reach corners that are masked out below
+        f = fl[rows, :Mc]
+        by = cy[:, None] * s + f[..., 0] - r                    # (n, Mc): first key corner of the square
+        bx = cx[:, None] * s + f[..., 1] - r
+        # (n, Mc, T) run starts; clamped rows and runs only reach corners that are masked out below
         py = (by[..., None] + ar_t).clamp(0, H - 1)
         run = (T + b[:, None, None] * (H * W) + py * W + bx.clamp(-T, W)[..., None]).reshape(-1)
+        qb = qblocks.index_select(0, rows)
         if kb_buf is None:
-            kb = kruns.index_select(0, run).view(n, M * T * T, C)
-            G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2))
+            kb = kruns.index_select(0, run).view(n, Mc * T * T, C)
+            G = torch.bmm(qb, kb.transpose(1, 2))
         else:
-            kb = torch.index_select(kruns, 0, run, out=kb_buf[:run.numel() * T].view(-1, T * C)).view(n, M * T * T, C)
-            G = torch.bmm(qblocks[r0:r0 + n], kb.transpose(1, 2), out=g_buf[:n])
-        G = G.view(n, A, A, M, T, T)
+            kb = torch.index_select(kruns, 0, run, out=kb_buf[:run.numel() * T * C].view(-1, T * C))
+            G = torch.bmm(qb, kb.view(n, Mc * T * T, C).transpose(1, 2),
+                          out=g_buf[:n * A * A * Mc * T * T].view(n, A * A, Mc * T * T))
+        G = G.view(n, A, A, Mc, T, T)
         # corr[i, uy, ux, m, vy, vx] = sum over taps t of G[i, uy + ty, ux + tx, m, vy + ty, vx + tx],
         # summed over tx first, then ty
         rowsum = _tap_sum([G[:, :, tx:tx + s, :, :, tx:tx + V] for tx in range(p)])
         corr = _tap_sum([rowsum[:, ty:ty + s, :, :, ty:ty + V] for ty in range(p)])
         del G, rowsum
-        ky = by[..., None, None] + ar_v[:, None]                 # (n, M, V, 1)
-        kx = bx[..., None, None] + ar_v                          # (n, M, 1, V)
-        valid = (ky >= 0) & (ky < hk) & (kx >= 0) & (kx < wk)   # (n, M, V, V)
+        ky = by[..., None, None] + ar_v[:, None]                 # (n, Mc, V, 1)
+        kx = bx[..., None, None] + ar_v                          # (n, Mc, 1, V)
+        valid = (ky >= 0) & (ky < hk) & (kx >= 0) & (kx < wk)   # (n, Mc, V, V)
         kidx = ky.clamp(0, hk - 1) * wk + kx.clamp(0, wk - 1)
         knv = knflat[(b[:, None, None, None] * (hk * wk) + kidx).reshape(-1)].view(kidx.shape)
         inv = torch.where(valid, 1.0 / (knv + _EPS), torch.zeros((), device=dev, dtype=dtype))
@@ -167,10 +183,10 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         del corr
         # Best per flow first: within a flow's square the corners are in row-major order, so the
         # first maximum (torch.max's documented tie rule) is the lowest key index; then the flows'
-        # winners are compared, ties to the lowest index (M values per patch, not M * V * V).
-        vals, arg = score.view(n, s, s, M, V * V).max(dim=4)
+        # winners are compared, ties to the lowest index (Mc values per patch, not Mc * V * V).
+        vals, arg = score.view(n, s, s, Mc, V * V).max(dim=4)
         del score
-        kidx = kidx.view(n, 1, 1, M, V * V).expand(n, s, s, M, V * V).gather(4, arg.unsqueeze(4)).squeeze(4)
+        kidx = kidx.view(n, 1, 1, Mc, V * V).expand(n, s, s, Mc, V * V).gather(4, arg.unsqueeze(4)).squeeze(4)
         best = vals.max(dim=3).values
         big = torch.full((), hk * wk, device=dev, dtype=kidx.dtype)
         idx = torch.where(vals == best[..., None], kidx, big).min(dim=3).values
@@ -178,8 +194,10 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
         best_all.append(best)
         idx_all.append(idx)
 
+    unsort = torch.argsort(order)
+
     def assemble(parts):
-        t = torch.cat(parts).view(B, hc, wc, s, s).permute(0, 1, 3, 2, 4).reshape(B, hc * s, wc * s)
+        t = torch.cat(parts)[unsort].view(B, hc, wc, s, s).permute(0, 1, 3, 2, 4).reshape(B, hc * s, wc * s)
         return t[:, :hq, :wq]
 
     score = assemble(best_all) / (qn + _EPS)
