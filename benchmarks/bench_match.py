@@ -7,8 +7,13 @@ Timing: the matching op alone (:func:`frfsr.ops.patch_match` vs
 bundled model's width, LR side L (texture map L x L) against a Ref of side 4L (texture map
 4L/4 = L x L). Exact sizes whose predicted time exceeds ``--exact-limit`` seconds are not
 run but extrapolated from the fit over the measured exact sizes (marked "extrapolated").
+Random features are the fast mode's worst case: no two cells share a candidate, so every
+search cell gets the most flows. ``--photo NAME`` times the texture maps of a photo pair
+instead (bundled weights): the LR is the photo's top-left 4L x 4L square shrunk 4x, the Ref
+the 4L x 4L square a quarter of its side to the right (three quarters of it overlap).
 
     python benchmarks/bench_match.py                                   # timing table + FLOPs
+    python benchmarks/bench_match.py --photo wallpapers:ColorfulCups   # the same on a held-out photo
     python benchmarks/bench_match.py --sizes 64 128 --heldout          # plus the held-out table
 """
 from __future__ import annotations
@@ -54,10 +59,27 @@ def fit_exponent(sizes, times) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def timing(sizes, channels: int, exact_limit: float, reps: int) -> tuple[list[dict], dict]:
+@torch.inference_mode()
+def photo_features(side: int, photo: str, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised texture maps (LR, Ref) of ``photo`` for an LR of side ``side`` (see the module
+    docstring)."""
+    from frfsr.data.photos import load_photo
+    img = load_photo(photo)
+    n = 4 * side
+    if img.shape[0] < n or img.shape[1] < n + side:
+        raise ValueError(f"photo {photo!r} is {img.shape[0]}x{img.shape[1]}; LR {side} needs at least {n}x{n + side}")
+    x = torch.from_numpy(img[:n, :n + side].copy()).permute(2, 0, 1)[None].float() / 255
+    lr = F.interpolate(x[..., :n], scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    lr_tex = model.texture_encoder.encode_lr(F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False))
+    ref_tex = model.encode_refs(x[..., side:]).textures[0]
+    return F.normalize(lr_tex, dim=1), F.normalize(ref_tex, dim=1)
+
+
+def timing(sizes, make, exact_limit: float, reps: int) -> tuple[list[dict], dict]:
+    """``make(side)``: the (query, key) texture maps for an LR of side ``side``."""
     rows, exact_measured = [], []
     for side in sizes:
-        q, k = features(side, channels, 1), features(side, channels, 2)
+        q, k = make(side)
         fast_t = timed(lambda: ops.fast_patch_match(q, k), reps)
         predicted = None
         if len(exact_measured) >= 2:
@@ -117,6 +139,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 192, 256, 384], help="LR sides (px)")
     p.add_argument("--channels", type=int, default=None, help="texture channels (default: the bundled model's)")
+    p.add_argument("--photo", default=None,
+                   help="time on this photo's texture maps (e.g. wallpapers:ColorfulCups) instead of random features")
     p.add_argument("--exact-limit", type=float, default=600.0,
                    help="extrapolate exact where the fit predicts more than this many seconds (default: %(default)s)")
     p.add_argument("--reps", type=int, default=2, help="timing repetitions, best kept (exact: 1 from LR 128)")
@@ -129,14 +153,26 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     channels = args.channels
-    if channels is None:
+    model = None
+    if channels is None or args.photo:
         from frfsr import FRFSR
-        channels = FRFSR.from_pretrained().config.vgg_widths[2]
+        model = FRFSR.from_pretrained(device="cpu")
+        if channels is not None and channels != model.config.vgg_widths[2]:
+            raise SystemExit(f"--channels {channels} does not match the bundled model's {model.config.vgg_widths[2]} "
+                             "texture channels, which --photo uses")
+        channels = model.config.vgg_widths[2]
+    if args.photo:
+        inputs = f"texture maps of photo {args.photo} (bundled weights)"
+        make = lambda side: photo_features(side, args.photo, model)  # noqa: E731
+    else:
+        inputs = "random normalised features"
+        make = lambda side: (features(side, channels, 1), features(side, channels, 2))  # noqa: E731
     command = "python benchmarks/bench_match.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"date {time.strftime('%Y-%m-%d')}; fast parameters {FAST_MATCH_DEFAULTS}; texture channels {channels}\n")
+          f"date {time.strftime('%Y-%m-%d')}; fast parameters {FAST_MATCH_DEFAULTS}; texture channels {channels}; "
+          f"timing inputs: {inputs}\n")
     if not args.no_timing:
-        rows, fits = timing(args.sizes, channels, args.exact_limit, args.reps)
+        rows, fits = timing(args.sizes, make, args.exact_limit, args.reps)
         print("| LR | Ref | texture maps | exact (s) | fast (s) | speed-up |")
         print("| ---: | ---: | --- | ---: | ---: | ---: |")
         for r in rows:

@@ -51,3 +51,20 @@ def test_bench_train_official_needs_the_paper_stage1(tmp_path):
     bench = load_benchmark("bench_train")
     with pytest.raises(SystemExit, match="paper preset"):
         bench.main(["--smoke", "--official-port", str(tmp_path / "port.py")])
+
+
+def test_bench_match_times_random_and_photo_features(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    bench = load_benchmark("bench_match")
+    photo = tmp_path / "photo.png"               # LR 16 and 20 need 80x100 (4L x 5L)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(photo)
+    for extra in ([], ["--photo", str(photo)]):
+        assert bench.main(["--sizes", "16", "20", "--reps", "1"] + extra) == 0
+        out = capsys.readouterr().out
+        rows = [line for line in out.splitlines() if line.startswith("| 16 |") or line.startswith("| 20 |")]
+        assert len(rows) == 2 and all(float(r.split("|")[-2].strip().rstrip("x")) > 0 for r in rows)
+        assert ("photo " + str(photo)) in out if extra else "random normalised features" in out
+    with pytest.raises(ValueError, match="needs at least"):
+        bench.main(["--sizes", "24", "--photo", str(photo)])
