@@ -297,7 +297,9 @@ def test_fused_window_match_equals_the_reference():
     dev = torch.device("cuda") if os.environ.get("FRFSR_TEST_CUDA") == "1" else torch.device("cpu")
     q, k = _feat(2, 16, 6, 7, seed=12), _feat(2, 16, 11, 9, seed=13)
     k[:, :, 0:2, 0:3] = 0
-    flows = torch.randint(-5, 5, (2, 2, 3, 2, 2), generator=torch.Generator().manual_seed(14))
+    flows = torch.randint(-5, 5, (2, 2, 3, 3, 2), generator=torch.Generator().manual_seed(14))
+    flows[0, 0, 0, 1:] = flows[0, 0, 0, 0]          # cells padded with their first flow (searched once)
+    flows[1, 1, 2, 1] = flows[1, 1, 2, 0]           # a repeat before a flow that differs
     s_ref, i_ref = window_match(q, k, flows, 2, 1)
     s, i = fused.window_match(q.to(dev), k.to(dev), flows.to(dev), 2, 1)
     s, i = s.cpu(), i.cpu()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["window_match", "check_window_match_args", "patch_norms", "WINDOW_MATCH_MAX_BLOCK_ELEMS"]
+__all__ = ["window_match", "check_window_match_args", "patch_norms", "flows_needed", "WINDOW_MATCH_MAX_BLOCK_ELEMS"]
 
 WINDOW_MATCH_MAX_BLOCK_ELEMS = 2 ** 25
 """Default upper bound on the elements of one chunk's gathered key blocks plus correlations
@@ -55,6 +55,15 @@ def _tap_sum(parts: list[torch.Tensor]) -> torch.Tensor:
     for t in parts[2:]:
         out.add_(t)
     return out
+
+
+def flows_needed(flows: torch.Tensor) -> torch.Tensor:
+    """How many of its flows every cell needs: (B, hc, wc, M, 2) -> (B, hc, wc), the position
+    of its last flow other than its first, plus one (at least 1). The flows after it only
+    repeat the first and cannot change the cell's result."""
+    M = flows.shape[-2]
+    differs = (flows != flows[..., :1, :]).any(-1)
+    return torch.where(differs, torch.arange(1, M + 1, device=flows.device), 0).amax(-1).clamp_min(1)
 
 
 def check_window_match_args(query, key, flows, cell, radius, patch_size) -> tuple[int, int, int]:
@@ -121,13 +130,10 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     knflat = kn.reshape(B * hk * wk)
     fl = flows.reshape(B * hc * wc, M, 2).long()
 
-    # Flows of a cell that only repeat its first flow after its last other one cost time and
-    # change nothing: every cell needs its flows up to the last one that differs from its first.
-    # Cells are visited by that number, largest first, and each chunk searches as many flows as
-    # its first cell needs (unique_flows pads cells with few distinct flows so).
+    # Cells are visited by the number of flows they need (flows_needed), largest first, and each
+    # chunk searches as many flows as its first cell needs.
     rows_total = B * hc * wc
-    differs = (fl != fl[:, :1]).any(-1)
-    need = torch.where(differs, torch.arange(1, M + 1, device=dev), 0).amax(1).clamp_min(1)
+    need = flows_needed(fl)
     order = torch.argsort(need, descending=True, stable=True)
     need = need[order].tolist()
     per_flow = T * T * (C + A * A) + 2 * s * s * V * V

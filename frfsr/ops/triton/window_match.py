@@ -2,7 +2,8 @@
 
 Same semantics as :func:`frfsr.ops.window.window_match` (see its module docstring): one
 program owns one cell of ``cell`` x ``cell`` query patches of one batch sample (grid =
-``(cells, B)``); for every candidate flow of the cell it forms the square of
+``(cells, B)``); for every candidate flow of the cell (up to the last one other than its
+first, :func:`frfsr.ops.window.flows_needed`) it forms the square of
 ``(cell + 2 * radius)**2`` key corners as one ``BLOCK_N`` tile and computes the tile's
 correlations with the cell's query patches as an implicit GEMM over the p * p taps and
 the channels (``tl.dot``, fp32 accumulation; query and key pixels are read channels-last
@@ -20,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..window import check_window_match_args, patch_norms
+from ..window import check_window_match_args, flows_needed, patch_norms
 
 _EPS = 1e-5
 
@@ -31,7 +32,7 @@ def _is_interpreted(kernel) -> bool:
 
 @triton.jit
 def _window_match_kernel(
-    q_ptr, k_ptr, kn_ptr, flow_ptr, score_ptr, index_ptr,
+    q_ptr, k_ptr, kn_ptr, flow_ptr, need_ptr, score_ptr, index_ptr,
     C, hq, wq, hk, wk, hc, wc, M,
     s_qb, s_qh, s_qw,
     s_kb, s_kh, s_kw,
@@ -61,8 +62,9 @@ def _window_match_kernel(
     best = tl.full([BLOCK_P], float("-inf"), tl.float32)
     best_idx = tl.full([BLOCK_P], 0, tl.int32) + big
 
-    flow_base = flow_ptr + ((b * hc + cy) * wc + cx) * M * 2
-    for m in range(M):
+    cell_id = (b * hc + cy) * wc + cx
+    flow_base = flow_ptr + cell_id * M * 2
+    for m in range(tl.load(need_ptr + cell_id)):     # the flows after these repeat the first
         dy = tl.load(flow_base + 2 * m)
         dx = tl.load(flow_base + 2 * m + 1)
         ky = cy * CELL + dy - RADIUS + vy
@@ -126,6 +128,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     q = q.permute(0, 2, 3, 1).contiguous()          # channels-last: one pixel's channels are contiguous
     k = k.permute(0, 2, 3, 1).contiguous()
     fl = flows.to(torch.int32).contiguous()
+    need = flows_needed(flows).to(torch.int32).contiguous()
     score = torch.empty(B, hq, wq, device=query.device, dtype=torch.float32)
     index = torch.empty(B, hq, wq, device=query.device, dtype=torch.int64)
 
@@ -136,7 +139,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
 
     def launch():
         _window_match_kernel[grid](
-            q, k, kn, fl, score, index,
+            q, k, kn, fl, need, score, index,
             C, hq, wq, hk, wk, hc, wc, M,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
