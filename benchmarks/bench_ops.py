@@ -3,7 +3,11 @@
 On CUDA every case is timed with CUDA events: warm-up calls (which also run Triton's
 compilation and autotuning) and then the median of ``--reps`` (>= 10) timed calls. For
 ``patch_match`` the achieved TFLOP/s (2 * B * Nq * Nk * C*p*p) is compared with the rate
-of a bf16 ``torch.matmul`` measured in the same run. Peak extra memory per call and the
+of a bf16 ``torch.matmul`` measured in the same run; for ``window_match`` (the fast mode's
+windowed search, on the flows :func:`frfsr.ops.fast_match.candidate_flows` gives) the
+TFLOP/s count the windows' correlations (2 * C*p*p per query patch and key corner of every
+flow a cell needs), and a "match" row times the whole fast mode against exact matching,
+both on the fused kernels. Peak extra memory per call and the
 max abs difference to the reference are reported too. The result is a markdown table on
 stdout (and in ``--out`` as .md and .json when given).
 
@@ -34,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import frfsr.ops as ops  # noqa: E402
 import frfsr.ops.triton as fused  # noqa: E402
 from frfsr.ops import reference as ref  # noqa: E402
+from frfsr.ops import window as window_ref  # noqa: E402
+from frfsr.ops.fast_match import FAST_MATCH_DEFAULTS, candidate_flows  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------
@@ -97,6 +103,13 @@ def _patch_match_cases(cpu: bool):
     ]
 
 
+def _window_cases(cpu: bool):
+    """Texture maps of the bundled model's width: an LR tile of 250 (Ref 1000) and of 500 (Ref 2000)."""
+    if cpu:
+        return [dict(B=1, C=4, h=9, w=10, H=12, W=11, p=3)]
+    return [dict(B=1, C=128, h=250, w=250, H=250, W=250, p=3), dict(B=1, C=128, h=500, w=500, H=500, W=500, p=3)]
+
+
 def _deform_cases(cpu: bool):
     if cpu:
         return [dict(B=1, Cin=8, Cout=8, Hin=6, Win=7, Ho=6, Wo=7, G=2)]
@@ -151,6 +164,22 @@ def run(args) -> list[dict]:
             add("patch_match", name, f"fwd {prec}",
                 lambda: fused.patch_match(q, k, p, precision=prec), lambda: ref.patch_match(q, k, p),
                 flops=flops, diff=diff)
+
+    s, r = FAST_MATCH_DEFAULTS["search_cell"], FAST_MATCH_DEFAULTS["radius"]
+    for c in _window_cases(cpu):
+        q = F.normalize(torch.randn(c["B"], c["C"], c["h"], c["w"], device=device), dim=1)
+        k = F.normalize(torch.randn(c["B"], c["C"], c["H"], c["W"], device=device), dim=1)
+        p = c["p"]
+        flows = candidate_flows(q, k, p)
+        flops = 2.0 * float(window_ref.flows_needed(flows).sum()) * s * s * (s + 2 * r) ** 2 * c["C"] * p * p
+        name = f"B{c['B']} C{c['C']} {c['h']}x{c['w']} vs {c['H']}x{c['W']} p{p}, {flows.shape[3]} flows"
+        out, r_out = fused.window_match(q, k, flows, s, r, p), window_ref.window_match(q, k, flows, s, r, p)
+        add("window_match", name, "fwd", lambda: fused.window_match(q, k, flows, s, r, p),
+            lambda: window_ref.window_match(q, k, flows, s, r, p), flops=flops, diff=_maxdiff(out[0], r_out[0]))
+        fast, exact = _op("fast_patch_match", "fused"), _op("patch_match", "fused")
+        fs, es = fast(q, k, p)[0], exact(q, k, p)[0]
+        add("match", name, "fast vs exact (fused)", lambda: fast(q, k, p), lambda: exact(q, k, p),
+            diff=float((fs < es - 1e-3).float().mean()))
 
     for c in _deform_cases(cpu):
         K = 9
@@ -232,7 +261,9 @@ def to_markdown(rows, mm_tflops, device_name: str) -> str:
             _fmt(r["maxdiff"], ".2e")]) + " |")
     lines.append("")
     lines.append("max diff: max abs difference to the reference (fwd: output; fwd+bwd: all gradients; "
-                 "patch_match: score). TFLOP/s for deform_conv fwd+bwd counts 3x the forward GEMM.")
+                 "patch_match, window_match: score; match: the share of positions where fast's cosine is more than "
+                 "1e-3 below exact's). \"match\" rows: the fused column is the fast mode, the reference column exact "
+                 "matching. TFLOP/s for deform_conv fwd+bwd counts 3x the forward GEMM.")
     return "\n".join(lines)
 
 

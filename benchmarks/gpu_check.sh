@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One prepared GPU run for an H100/H200 (or any CUDA machine) that produces every GPU figure
 # BENCHMARKS.md asks for, each step under its own time limit:
-#   1. tests/test_ops_fused.py and tests/test_compile.py with FRFSR_TEST_CUDA=1: the Triton
-#      kernels compiled for the GPU (no interpreter) against the reference ops, forward and
-#      backward through the custom operators, larger cases too, and the whole tiny model on
-#      the fused path under torch.compile(fullgraph=True) against eager;
-#   2. benchmarks/bench_ops.py: each kernel against its reference op (CUDA-event medians) and
-#      the matching kernel's share of the measured bf16 matmul rate;
+#   1. tests/test_ops_fused.py, tests/test_match_fast.py and tests/test_compile.py with
+#      FRFSR_TEST_CUDA=1: the Triton kernels (exact and windowed matching, deformable conv,
+#      DDF) compiled for the GPU (no interpreter) against the reference ops, forward and
+#      backward through the custom operators, larger cases too, the fast matching mode, and
+#      the whole tiny model on the fused path under torch.compile(fullgraph=True) against eager;
+#   2. benchmarks/bench_ops.py: each kernel against its reference op (CUDA-event medians), the
+#      matching kernels' share of the measured bf16 matmul rate, and the fast matching mode
+#      against exact matching at LR 250 / Ref 1000 and LR 500 / Ref 2000 texture maps;
 #   3. benchmarks/bench_inference.py: end-to-end fp32 / bf16 at HR 500x332 ... 4000x4000
 #      with the bf16-vs-fp32 and fused-vs-reference PSNR, and the released architecture in
 #      the same run when FRFSR_OFFICIAL_PORT (the oracle port script) and FRFSR_OFFICIAL_SRC
@@ -18,9 +20,9 @@
 # Outputs go to "$OUT" when set (else ./gpu_check_out): gpu_check.log (everything printed,
 # tables included), bench_ops.json, bench_inference.json, bench_compile.json,
 # bench_train.json, summary.txt.
-# STEPS picks steps (default "1 2 3 3b 4"); all of them take up to about 12 minutes, so on a
+# STEPS picks steps (default "1 2 3 3b 4"); all of them take up to about 13 minutes, so on a
 # machine with a 10-minute limit per command run STEPS="1 2 3" and STEPS="3b 4" as two calls.
-# Time limits (seconds): TEST_TIMEOUT 180, OPS_TIMEOUT 75, INFER_TIMEOUT 210, COMPILE_TIMEOUT
+# Time limits (seconds): TEST_TIMEOUT 180, OPS_TIMEOUT 120, INFER_TIMEOUT 210, COMPILE_TIMEOUT
 # 100, TRAIN_TIMEOUT 80 for each of the two training precisions.
 # SIZES overrides the inference sizes (default "500x332 1000x1000 2000x2000 4000x4000"); TILE the
 # LR tile side of the tiled bf16 case timed where the LR is larger (default 500).
@@ -52,15 +54,16 @@ want() { [[ " ${STEPS:-1 2 3 3b 4} " == *" $1 "* ]]; }
 test_rc=0 ops_rc=0 infer_rc=0 compile_rc=0 train_rc=0
 
 if want 1; then
-echo "== 1. pytest tests/test_ops_fused.py tests/test_compile.py (FRFSR_TEST_CUDA=1)"
-FRFSR_TEST_CUDA=1 timeout "${TEST_TIMEOUT:-180}" python -m pytest tests/test_ops_fused.py tests/test_compile.py -q -rs \
+echo "== 1. pytest tests/test_ops_fused.py tests/test_match_fast.py tests/test_compile.py (FRFSR_TEST_CUDA=1)"
+FRFSR_TEST_CUDA=1 timeout "${TEST_TIMEOUT:-180}" python -m pytest tests/test_ops_fused.py tests/test_match_fast.py \
+    tests/test_compile.py -q -rs \
     -p no:cacheprovider
 test_rc=$?
 fi
 
 if want 2; then
 echo "== 2. benchmarks/bench_ops.py"
-timeout "${OPS_TIMEOUT:-75}" python benchmarks/bench_ops.py --out "$OUT_DIR/bench_ops"
+timeout "${OPS_TIMEOUT:-120}" python benchmarks/bench_ops.py --out "$OUT_DIR/bench_ops"
 ops_rc=$?
 fi
 

@@ -68,3 +68,22 @@ def test_bench_match_times_random_and_photo_features(tmp_path, capsys):
         assert ("photo " + str(photo)) in out if extra else "random normalised features" in out
     with pytest.raises(ValueError, match="needs at least"):
         bench.main(["--sizes", "24", "--photo", str(photo)])
+
+
+def test_bench_ops_cpu_check_runs_every_case_under_the_interpreter(tmp_path):
+    # the GPU benchmark of the fused kernels, once at tiny sizes under the Triton interpreter (a
+    # subprocess: TRITON_INTERPRET must be set before Triton is imported)
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    out = tmp_path / "ops"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ops.py"), "--cpu-check", "--out", str(out)],
+                   check=True, env=env, cwd=ROOT, timeout=600, capture_output=True)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    ops = {r["op"] for r in rows}
+    assert ops == {"patch_match", "window_match", "match", "deform_conv", "ddf"}
+    for r in rows:
+        assert r["maxdiff"] is not None
+        assert r["maxdiff"] < (0.05 if r["op"] == "match" else 1e-4), r

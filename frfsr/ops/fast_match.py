@@ -40,7 +40,7 @@ from .reference import PATCH_MATCH_MAX_BLOCK_ELEMS
 from .window import _EPS, patch_norms
 from .window import window_match as _reference_window_match
 
-__all__ = ["fast_patch_match", "coarse_topk", "cell_flows", "propagate", "corner_scores", "flop_counts", "resolve_match_mode",
+__all__ = ["fast_patch_match", "candidate_flows", "coarse_topk", "cell_flows", "propagate", "corner_scores", "flop_counts", "resolve_match_mode",
            "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "FAST_MATCH_DEFAULTS"]
 
 MATCH_MODES = ("exact", "fast", "auto")
@@ -293,6 +293,57 @@ def propagate(query: torch.Tensor, key: torch.Tensor, index: torch.Tensor, patch
     return best, ky * wk + kx
 
 
+def _params(**given) -> dict:
+    """The parameters of :func:`fast_patch_match`, None taking :data:`FAST_MATCH_DEFAULTS`,
+    validated."""
+    d = {k: (FAST_MATCH_DEFAULTS.get(k) if v is None else v) for k, v in given.items()}
+    for k in ("cell", "search_cell", "key_stride", "topk", "neighbours", "radius", "rounds", "samples",
+              "search_radius", "context"):
+        d[k] = int(d[k])
+    if d["neighbour_topk"] is not None:
+        d["neighbour_topk"] = int(d["neighbour_topk"])
+    d["jumps"] = tuple(int(j) for j in d["jumps"])
+    d["query_stride"] = int(d["query_stride"] or d["cell"])
+    cell, qs, ks = d["cell"], d["query_stride"], d["key_stride"]
+    if d["context"] not in (1, 3):
+        raise ValueError(f"fast_patch_match needs context 1 or 3, got {d['context']}")
+    if cell < 1 or ks < 1 or cell % ks or d["topk"] < 1 or d["neighbours"] < 0 or d["search_cell"] % qs or cell % qs:
+        raise ValueError(f"fast_patch_match needs cell >= 1, key_stride dividing cell, topk >= 1 and neighbours >= 0; "
+                         f"got cell={cell}, key_stride={ks}, topk={d['topk']}, neighbours={d['neighbours']}")
+    if d["neighbour_topk"] is not None and d["neighbour_topk"] < 1:
+        raise ValueError(f"fast_patch_match needs neighbour_topk >= 1 (or None: all), got {d['neighbour_topk']}")
+    if d["radius"] < 0 or d["rounds"] < 0 or d["samples"] < 0 or d["search_radius"] < 1 or any(j < 1 for j in d["jumps"]):
+        raise ValueError(f"fast_patch_match needs radius, rounds, samples >= 0 and search_radius, jumps >= 1; got "
+                         f"radius={d['radius']}, rounds={d['rounds']}, samples={d['samples']}, "
+                         f"search_radius={d['search_radius']}, jumps={d['jumps']}")
+    return d
+
+
+@torch.no_grad()
+def candidate_flows(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3, *, cell: int | None = None,
+                    search_cell: int | None = None, key_stride: int | None = None, topk: int | None = None,
+                    neighbours: int | None = None, neighbour_topk: int | None = None, radius: int | None = None,
+                    query_stride: int | None = None, context: int | None = None,
+                    max_block_elems: int | None = None) -> torch.Tensor:
+    """Steps 1-3 of the module docstring: the flows (B, search cells y, search cells x, M, 2)
+    that :func:`fast_patch_match` gives :func:`frfsr.ops.window_match` (with its
+    ``search_cell`` and ``radius``); parameters as there."""
+    from .reference import check_patch_match_args
+    p = check_patch_match_args(query, key, patch_size)
+    d = _params(cell=cell, search_cell=search_cell, key_stride=key_stride, topk=topk, neighbours=neighbours,
+                neighbour_topk=neighbour_topk, radius=radius, query_stride=query_stride, context=context,
+                rounds=None, jumps=None, samples=None, search_radius=None)
+    qs, ks = d["query_stride"], d["key_stride"]
+    hk, wk = key.shape[-2] - p + 1, key.shape[-1] - p + 1
+    qd, grid_q = _coarse_descriptors(query.detach().float(), d["cell"], qs, p, d["context"])
+    kd, grid_k = _coarse_descriptors(key.detach().float(), d["cell"], ks, p, d["context"])
+    cand = coarse_topk(qd, kd, d["topk"], max_block_elems)
+    del qd, kd
+    flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, ks, d["neighbours"], d["neighbour_topk"]),
+                        d["search_cell"] // qs)
+    return unique_flows(_clamp_flows(flows, hk, wk, d["search_cell"], d["radius"]))
+
+
 def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3, *, cell: int | None = None,
                      search_cell: int | None = None,
                      key_stride: int | None = None, topk: int | None = None, neighbours: int | None = None,
@@ -307,49 +358,23 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
     :func:`frfsr.ops.window_match`)."""
     from .reference import check_patch_match_args
     p = check_patch_match_args(query, key, patch_size)
-    d = FAST_MATCH_DEFAULTS
-    cell = d["cell"] if cell is None else int(cell)
-    search_cell = d["search_cell"] if search_cell is None else int(search_cell)
-    key_stride = d["key_stride"] if key_stride is None else int(key_stride)
-    topk = d["topk"] if topk is None else int(topk)
-    neighbours = d["neighbours"] if neighbours is None else int(neighbours)
-    neighbour_topk = d["neighbour_topk"] if neighbour_topk is None else int(neighbour_topk)
-    radius = d["radius"] if radius is None else int(radius)
-    rounds = d["rounds"] if rounds is None else int(rounds)
-    jumps = tuple(d["jumps"] if jumps is None else (int(j) for j in jumps))
-    samples = d["samples"] if samples is None else int(samples)
-    search_radius = d["search_radius"] if search_radius is None else int(search_radius)
-    qs = d.get("query_stride", cell) if query_stride is None else int(query_stride)
-    qs = qs or cell
-    context = d["context"] if context is None else int(context)
-    if context not in (1, 3):
-        raise ValueError(f"fast_patch_match needs context 1 or 3, got {context}")
-    if cell < 1 or key_stride < 1 or cell % key_stride or topk < 1 or neighbours < 0 or search_cell % qs or cell % qs:
-        raise ValueError(f"fast_patch_match needs cell >= 1, key_stride dividing cell, topk >= 1 and neighbours >= 0; "
-                         f"got cell={cell}, key_stride={key_stride}, topk={topk}, neighbours={neighbours}")
-    if neighbour_topk is not None and neighbour_topk < 1:
-        raise ValueError(f"fast_patch_match needs neighbour_topk >= 1 (or None: all), got {neighbour_topk}")
-    if radius < 0 or rounds < 0 or samples < 0 or search_radius < 1 or any(j < 1 for j in jumps):
-        raise ValueError(f"fast_patch_match needs radius, rounds, samples >= 0 and search_radius, jumps >= 1; got "
-                         f"radius={radius}, rounds={rounds}, samples={samples}, search_radius={search_radius}, "
-                         f"jumps={jumps}")
+    d = _params(cell=cell, search_cell=search_cell, key_stride=key_stride, topk=topk, neighbours=neighbours,
+                neighbour_topk=neighbour_topk, radius=radius, rounds=rounds, jumps=jumps, samples=samples,
+                search_radius=search_radius, query_stride=query_stride, context=context)
     if window_match is None:
         from . import window_match
+    flows = candidate_flows(query, key, p, cell=d["cell"], search_cell=d["search_cell"], key_stride=d["key_stride"],
+                            topk=d["topk"], neighbours=d["neighbours"], neighbour_topk=d["neighbour_topk"],
+                            radius=d["radius"], query_stride=d["query_stride"], context=d["context"],
+                            max_block_elems=max_block_elems)
+    search_cell, radius = d["search_cell"], d["radius"]
+    if d["rounds"] == 0 or not (d["jumps"] or d["samples"]):
+        return window_match(query, key, flows, search_cell, radius, patch_size=p)
     hk, wk = key.shape[-2] - p + 1, key.shape[-1] - p + 1
     with torch.no_grad():
-        qd, grid_q = _coarse_descriptors(query.detach().float(), cell, qs, p, context)
-        kd, grid_k = _coarse_descriptors(key.detach().float(), cell, key_stride, p, context)
-        cand = coarse_topk(qd, kd, topk, max_block_elems)
-        del qd, kd
-        flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, key_stride, neighbours, neighbour_topk),
-                            search_cell // qs)
-        flows = unique_flows(_clamp_flows(flows, hk, wk, search_cell, radius))
-    if rounds == 0 or not (jumps or samples):
-        return window_match(query, key, flows, search_cell, radius, patch_size=p)
-    with torch.no_grad():
         _, index = window_match(query.detach(), key.detach(), flows, search_cell, radius, patch_size=p)
-        _, index = propagate(query.detach().float(), key.detach().float(), index, p, rounds, jumps, samples,
-                             search_radius, max_block_elems)
+        _, index = propagate(query.detach().float(), key.detach().float(), index, p, d["rounds"], d["jumps"],
+                             d["samples"], d["search_radius"], max_block_elems)
     # the score of the final match, differentiable like the exact mode's
     q, k = query.float(), key.float()
     ky, kx = torch.div(index, wk, rounding_mode="floor")[:, None], (index % wk)[:, None]
