@@ -8,9 +8,9 @@ For every HR size (LR = HR/4, Ref = HR size) it times ``model(lr, ref)``:
   * CPU (``--device cpu``, the 2-core machine): wall-clock median of ``--reps`` runs.
 Accuracy of the fast paths (``--accuracy``, on by default on CUDA): PSNR (RGB, [0, 1]) of
 the bf16 output against the fp32 output, and of the fused-kernel path against the
-reference-op path in fp32, on the same weights and inputs: the bundled default weights on
-the bundled demo image and Ref, and the paper preset (random weights, seed 0) at the first
-size.
+reference-op path in fp32, on the same weights and inputs: the bundled default and robust
+weights on the bundled demo image and Ref, and the paper preset (random weights, seed 0) at
+the first size.
 The released architecture (the authors' code rebuilt on today's PyTorch by an oracle
 port) runs in the same process when ``--official-port`` names that port's script and
 ``FRFSR_OFFICIAL_SRC`` points at an extracted copy of the authors' repository. Neither is
@@ -105,7 +105,9 @@ def accuracy_rows(model, size, device, crop: int | None = None) -> list[dict]:
     from frfsr.metrics import psnr
 
     bundled = FRFSR.from_pretrained(None, device=device)
-    bundled.check_inputs = False
+    robust = FRFSR.from_pretrained("frfsr-robust", device=device)
+    for net in (bundled, robust):
+        net.check_inputs = False
     h, w = size
     g = torch.Generator().manual_seed(1)
     demo_lr, demo_ref = _load(ASSETS / "lr.png"), _load(ASSETS / "ref.png")
@@ -114,6 +116,7 @@ def accuracy_rows(model, size, device, crop: int | None = None) -> list[dict]:
         demo_lr, demo_ref = center_crop(demo_lr, crop), center_crop(demo_ref, 4 * crop)
         demo = f"demo image (central {demo_lr.shape[-1]}x{demo_lr.shape[-2]} LR crop)"
     cases = [(f"bundled default weights, {demo}", bundled, demo_lr, demo_ref),
+             (f"bundled robust weights, {demo}", robust, demo_lr, demo_ref),
              (f"{model.config.name if model is not None else ''} preset (seed 0), random {w}x{h} input", model,
               torch.rand(1, 3, h // 4, w // 4, generator=g), torch.rand(1, 3, h, w, generator=g))]
     fused = ops.fused_available() and device.type == "cuda"

@@ -25,7 +25,8 @@ def test_bench_inference_cpu_with_accuracy(tmp_path):
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["env"]["preset"] == "tiny"
     acc = saved["accuracy"]
-    assert [a["weights"].split(",")[0] for a in acc] == ["bundled default weights", "tiny preset (seed 0)"]
+    assert [a["weights"].split(",")[0] for a in acc] == ["bundled default weights", "bundled robust weights",
+                                                         "tiny preset (seed 0)"]
     for a in acc:   # bf16 autocast changes the output, a little
         assert 30 < a["psnr_bf16_vs_fp32"] < math.inf
     assert "psnr_bf16_vs_fp32" in out.with_suffix(".md").read_text()
