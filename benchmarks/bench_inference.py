@@ -145,11 +145,14 @@ def load_official(port_path: str):
     return mod
 
 
-def run_ours(model, lr, ref, dtype, tile=None):
+def run_ours(model, lr, ref, dtype, tile=None, ref_scales=None):
     """One forward; with ``tile`` (LR pixels) through frfsr.tiling as the pipeline runs large
-    images: the Refs encoded once, the LR in overlapping tiles, blended."""
+    images: the Refs encoded once, the LR in overlapping tiles, blended. ``ref_scales``: the
+    Ref encoded as that scale pyramid first (:meth:`FRFSR.encode_refs`)."""
     ctx = torch.autocast(lr.device.type, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(lr.device.type, enabled=False)
     with torch.no_grad(), ctx:
+        if ref_scales is not None:
+            ref = model.encode_refs(ref, lr.shape[0], scales=ref_scales)
         if tile is None:
             return model(lr, ref)
         return upscale_tiled(model, lr, ref, tile=tile, keep_warped_ref=False)
@@ -182,6 +185,11 @@ def main(argv=None):
     ap.add_argument("--accuracy-crop", type=int, default=None, metavar="N",
                     help="with --accuracy: run the bundled weights on the central N x N LR pixels of the demo image "
                          "(and the central 4N x 4N of its Ref) instead of the whole image (smoke runs)")
+    ap.add_argument("--ref-scales", nargs="+", type=float, default=None, metavar="S",
+                    help="also time ours with this Ref scale pyramid (e.g. 1 0.71 0.5; the Ref's encoding "
+                         "included) in the last of --dtypes, at HR sizes up to --ref-scales-up-to")
+    ap.add_argument("--ref-scales-up-to", type=int, default=2000, metavar="SIDE",
+                    help="largest HR side timed with --ref-scales (default: %(default)s)")
     ap.add_argument("--out", help="write OUT.md and OUT.json")
     a = ap.parse_args(argv)
     if a.accuracy_crop is not None and a.accuracy_crop < MIN_LR_SIZE:
@@ -238,6 +246,10 @@ def main(argv=None):
                 layout = " channels_last" if nhwc is not None else ""
                 cases.append((f"frfsr {last}{layout} compiled ({a.compile})", last,
                               lambda: run_ours(compiled, lr, ref, last)))
+            if a.ref_scales and max(h, w) <= a.ref_scales_up_to:
+                scales = tuple(a.ref_scales)
+                cases.append((f"frfsr {last} Ref pyramid {'/'.join(f'{x:g}' for x in scales)}", last,
+                              lambda: run_ours(ours, lr, ref, last, ref_scales=scales)))
             if a.tile and max(h, w) // 4 > a.tile:
                 cases.append((f"frfsr {last} tiled {a.tile}", last, lambda: run_ours(ours, lr, ref, last, a.tile)))
         if official is not None:

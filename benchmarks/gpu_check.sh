@@ -9,10 +9,11 @@
 #   2. benchmarks/bench_ops.py: each kernel against its reference op (CUDA-event medians), the
 #      matching kernels' share of the measured bf16 matmul rate, and the fast matching mode
 #      against exact matching at LR 250 / Ref 1000 and LR 500 / Ref 2000 texture maps;
-#   3. benchmarks/bench_inference.py: end-to-end fp32 / bf16 at HR 500x332 ... 4000x4000
-#      with the bf16-vs-fp32 and fused-vs-reference PSNR, and the released architecture in
-#      the same run when FRFSR_OFFICIAL_PORT (the oracle port script) and FRFSR_OFFICIAL_SRC
-#      (an extracted copy of the authors' repository) are set;
+#   3. benchmarks/bench_inference.py: end-to-end fp32 / bf16 at HR 500x332 ... 4000x4000, bf16
+#      with the Ref scale pyramid 1 / 0.71 / 0.5 up to 2000x2000, the bf16-vs-fp32 and
+#      fused-vs-reference PSNR (bundled default and robust weights, paper preset), and the
+#      released architecture in the same run when FRFSR_OFFICIAL_PORT (the oracle port script)
+#      and FRFSR_OFFICIAL_SRC (an extracted copy of the authors' repository) are set;
 #   4. benchmarks/bench_train.py: the stage-1 training step, batch 9 at 160x160, fp32 and
 #      bf16, beside the released architecture's step when the port is set.
 #   3b. bench_inference.py --channels-last --compile: copies with channels_last weights and
@@ -20,9 +21,9 @@
 # Outputs go to "$OUT" when set (else ./gpu_check_out): gpu_check.log (everything printed,
 # tables included), bench_ops.json, bench_inference.json, bench_compile.json,
 # bench_train.json, summary.txt.
-# STEPS picks steps (default "1 2 3 3b 4"); all of them take up to about 13 minutes, so on a
+# STEPS picks steps (default "1 2 3 3b 4"); all of them take up to about 14 minutes, so on a
 # machine with a 10-minute limit per command run STEPS="1 2 3" and STEPS="3b 4" as two calls.
-# Time limits (seconds): TEST_TIMEOUT 180, OPS_TIMEOUT 120, INFER_TIMEOUT 210, COMPILE_TIMEOUT
+# Time limits (seconds): TEST_TIMEOUT 180, OPS_TIMEOUT 120, INFER_TIMEOUT 240, COMPILE_TIMEOUT
 # 100, TRAIN_TIMEOUT 80 for each of the two training precisions.
 # SIZES overrides the inference sizes (default "500x332 1000x1000 2000x2000 4000x4000"); TILE the
 # LR tile side of the tiled bf16 case timed where the LR is larger (default 500).
@@ -70,8 +71,8 @@ fi
 if want 3; then
 echo "== 3. benchmarks/bench_inference.py"
 # shellcheck disable=SC2086
-timeout "${INFER_TIMEOUT:-210}" python benchmarks/bench_inference.py --sizes ${SIZES:-500x332 1000x1000 2000x2000 4000x4000} \
-    --tile "${TILE:-500}" --accuracy "${official[@]}" --out "$OUT_DIR/bench_inference"
+timeout "${INFER_TIMEOUT:-240}" python benchmarks/bench_inference.py --sizes ${SIZES:-500x332 1000x1000 2000x2000 4000x4000} \
+    --tile "${TILE:-500}" --ref-scales 1 0.71 0.5 --accuracy "${official[@]}" --out "$OUT_DIR/bench_inference"
 infer_rc=$?
 fi
 

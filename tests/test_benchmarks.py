@@ -19,8 +19,9 @@ def test_bench_inference_cpu_with_accuracy(tmp_path):
     # of the demo image; one timed run per case
     rows = bench.main(["--device", "cpu", "--preset", "tiny", "--sizes", "132x64", "--reps", "1", "--warmup", "0",
                        "--dtypes", "fp32", "bf16", "--tile", "32", "--channels-last", "--accuracy", "--accuracy-crop", "16",
-                       "--out", str(out)])
-    assert [r["model"] for r in rows] == ["frfsr fp32", "frfsr bf16", "frfsr bf16 channels_last", "frfsr bf16 tiled 32"]
+                       "--ref-scales", "1", "0.71", "--out", str(out)])
+    assert [r["model"] for r in rows] == ["frfsr fp32", "frfsr bf16", "frfsr bf16 channels_last",
+                                          "frfsr bf16 Ref pyramid 1/0.71", "frfsr bf16 tiled 32"]
     assert all(r["ms"] > 0 and "error" not in r for r in rows)
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["env"]["preset"] == "tiny"
