@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,13 +64,14 @@ def fit_exponent(sizes, times) -> float:
 def photo_features(side: int, photo: str, model) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised texture maps (LR, Ref) of ``photo`` for an LR of side ``side`` (see the module
     docstring)."""
+    from frfsr.data.degrade import bicubic_downsample
     from frfsr.data.photos import load_photo
     img = load_photo(photo)
     n = 4 * side
     if img.shape[0] < n or img.shape[1] < n + side:
         raise ValueError(f"photo {photo!r} is {img.shape[0]}x{img.shape[1]}; LR {side} needs at least {n}x{n + side}")
     x = torch.from_numpy(img[:n, :n + side].copy()).permute(2, 0, 1)[None].float() / 255
-    lr = F.interpolate(x[..., :n], scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    lr = torch.from_numpy(bicubic_downsample(np.ascontiguousarray(img[:n, :n]), 4)).permute(2, 0, 1)[None].float() / 255
     lr_tex = model.texture_encoder.encode_lr(F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False))
     ref_tex = model.encode_refs(x[..., side:]).textures[0]
     return F.normalize(lr_tex, dim=1), F.normalize(ref_tex, dim=1)
