@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--heldout-patch", type=int, default=256)
     p.add_argument("--no-timing", action="store_true")
     args = p.parse_args(argv)
+    if not args.no_timing and len(set(args.sizes)) < 2:
+        p.error(f"--sizes needs at least two different LR sides to fit the time exponent; got {args.sizes}")
     if args.threads:
         torch.set_num_threads(args.threads)
     channels = args.channels

@@ -69,7 +69,9 @@ def test_bench_match_times_random_and_photo_features(tmp_path, capsys):
         assert len(rows) == 2 and all(float(r.split("|")[-2].strip().rstrip("x")) > 0 for r in rows)
         assert ("photo " + str(photo)) in out if extra else "random normalised features" in out
     with pytest.raises(ValueError, match="needs at least"):
-        bench.main(["--sizes", "24", "--photo", str(photo)])
+        bench.main(["--sizes", "20", "24", "--photo", str(photo)])
+    with pytest.raises(SystemExit):                  # one size: no exponent to fit
+        bench.main(["--sizes", "16"])
 
 
 def test_bench_ops_cpu_check_runs_every_case_under_the_interpreter(tmp_path):
