@@ -60,7 +60,7 @@ FAST_MATCH_DEFAULTS = {"cell": 2, "search_cell": 4, "key_stride": 2, "topk": 22,
 on held-out pairs they find exact matching's match (or one within 1e-3 of its cosine) at
 98.2 / 95.2 / 95.6 / 97.8 % of positions (relevant / 4x4-shuffled / 8x8-shuffled / unrelated
 Refs), the SR within 0.03 dB of exact's, and at LR 192 / Ref 768 they match 9-12x faster
-than exact on a 2-core CPU (random features, the worst case, 8.7-9.8x; photo pairs 9.2-11.7x;
+than exact on a 2-core CPU (random features, the worst case, 8.7-9.8x; photo pairs 9.2-12.0x;
 time exponent 1.1 in the LR area). Among the designs measured,
 more candidates per cell (``topk``) paid better than candidates borrowed from neighbouring
 cells (``neighbours``, ``neighbour_topk``) or PatchMatch rounds (``rounds``); the earlier
