@@ -4,7 +4,8 @@
 * ``frfsr::patch_match``: :func:`frfsr.ops.reference.patch_match` /
   :func:`frfsr.ops.triton.patch_match`;
 * ``frfsr::window_match``: :func:`frfsr.ops.window.window_match` /
-  :func:`frfsr.ops.triton.window_match`;
+  :func:`frfsr.ops.triton.window_match`, and the native CPU kernel
+  :func:`frfsr.ops.native.window_match`;
 * ``frfsr::deform_conv`` and ``frfsr::deform_conv_backward``:
   :func:`frfsr.ops.reference.deform_conv` / :func:`frfsr.ops.triton.deform_conv` and the
   ``deform_conv_backward`` functions of the same modules;
@@ -13,8 +14,10 @@
 
 Every operator takes its kernel as its last argument, ``backend``: ``"reference"`` (plain
 PyTorch, any device), ``"fused"`` (Triton: CUDA tensors, or CPU tensors under
-``TRITON_INTERPRET=1``) or ``"auto"`` (fused for CUDA tensors when Triton imports,
-reference otherwise). The wrappers in :mod:`frfsr.ops` pass the backend that
+``TRITON_INTERPRET=1``), ``"native"`` (C++ on CPU tensors where an operator has such a
+kernel, the reference kernel where it has not) or ``"auto"`` (fused for CUDA tensors when
+Triton imports, native for CPU tensors when built with vector instructions, reference
+otherwise). The wrappers in :mod:`frfsr.ops` pass the backend that
 :func:`frfsr.ops.get_backend` resolves, so an operator is a pure function of its
 arguments: a compiled graph records the backend it was traced with, and torch.compile
 retraces when the backend switch changes.
@@ -25,7 +28,7 @@ torch.export trace through it without running it. The operators are opaque to th
 compiler: the kernels run as they are, compiled Triton or not (the Triton interpreter
 cannot run on the fake tensors that tracing a ``torch.library.triton_op`` body needs).
 
-Autograd is registered per operator, not per kernel, so both backends have one gradient
+Autograd is registered per operator, not per kernel, so all backends have one gradient
 semantics:
 
 * ``patch_match`` / ``window_match``: ``score`` is differentiable w.r.t. ``query`` and
@@ -48,7 +51,7 @@ from torch import Tensor
 from . import reference as _ref
 from . import window as _window
 
-BACKENDS = ("auto", "reference", "fused")
+BACKENDS = ("auto", "reference", "fused", "native")
 
 _FUSED_MISSING = ("FRFSR ops backend 'fused' was requested but Triton is not importable; "
                   "install the 'fused' extra (pip install 'frfsr[fused]') or use 'reference'")
@@ -71,13 +74,32 @@ def fused_available() -> bool:
     return True
 
 
+@torch.compiler.assume_constant_result
+def native_available(vectorised: bool = False) -> bool:
+    """True when the native CPU kernels (:mod:`frfsr.ops.native`) are built on this machine;
+    with ``vectorised``, only if the build uses AVX2 or AVX-512 ("auto" wants that: the plain
+    C++ build is slower than the reference kernel)."""
+    from . import native
+    return native.available() and (not vectorised or native.vector_width() > 1)
+
+
 def kernel_backend(backend: str, device: torch.device) -> str:
-    """'reference' or 'fused': the kernel an operator runs for ``backend`` on ``device``."""
+    """'reference', 'fused' or 'native': the kernels operators run for ``backend`` on
+    ``device`` (an operator without a native kernel runs its reference kernel for 'native')."""
     check_backend(backend)
     if backend == "auto":
-        return "fused" if device.type == "cuda" and fused_available() else "reference"
+        if device.type == "cuda" and fused_available():
+            return "fused"
+        return "native" if device.type == "cpu" and native_available(vectorised=True) else "reference"
     if backend == "fused" and not fused_available():
         raise RuntimeError(_FUSED_MISSING)
+    if backend == "native":
+        if device.type != "cpu":
+            raise RuntimeError(f"FRFSR ops backend 'native' runs on CPU tensors, got {device.type} tensors; "
+                               "use 'auto', 'fused' or 'reference'")
+        if not native_available():
+            from . import native
+            raise RuntimeError(f"FRFSR ops backend 'native' was requested but {native.unavailable_reason()}")
     return backend
 
 
@@ -124,8 +146,12 @@ def _patch_match_fake(query, key, patch_size=3, max_block_elems=None, backend="a
 def window_match(query: Tensor, key: Tensor, flows: Tensor, cell: int, radius: int, patch_size: int = 3,
                  max_block_elems: Optional[int] = None, backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """Windowed cosine matching, the fine step of the fast mode (see :mod:`frfsr.ops.window`)."""
-    if kernel_backend(backend, query.device) == "fused":
+    kernel = kernel_backend(backend, query.device)
+    if kernel == "fused":
         score, index = _fused().window_match(query, key, flows, cell, radius, patch_size=patch_size)
+    elif kernel == "native" and _window._compute_dtype(query, key) == torch.float32:
+        from . import native
+        score, index = native.window_match(query, key, flows, cell, radius, patch_size=patch_size)
     else:
         score, index = _window.window_match(query, key, flows, cell, radius, patch_size=patch_size,
                                             max_block_elems=max_block_elems)

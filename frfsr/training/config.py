@@ -20,6 +20,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from ..ops.custom_ops import BACKENDS as OPS_BACKENDS
+
 __all__ = ["ConfigError", "ModelSection", "SyntheticSection", "ViewsSection", "DataSection", "DegradationSection",
            "OptimSection", "LossSection", "InitSection", "TrainSection", "TrainConfig", "load_config", "parse_overrides",
            "DEGRADATION_KINDS"]
@@ -170,7 +172,7 @@ class TrainSection:
     deterministic: bool = False
     mixed_precision: Optional[str] = None   # no | fp16 | bf16; None: from `accelerate launch` / accelerate config
     log_with: list = field(default_factory=lambda: ["csv"])   # csv, tensorboard, wandb, ...
-    ops_backend: Optional[str] = None   # frfsr.ops backend: auto | reference | fused
+    ops_backend: Optional[str] = None   # frfsr.ops backend: auto | reference | fused | native
 
 
 @dataclass
@@ -296,8 +298,8 @@ class TrainConfig:
             fail(f"loss.perceptual_criterion must be fro, l1 or l2; got {l.perceptual_criterion!r}")
         if t.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
             fail(f"train.mixed_precision must be null, no, fp16, bf16 or fp8; got {t.mixed_precision!r}")
-        if t.ops_backend not in (None, "auto", "reference", "fused"):
-            fail(f"train.ops_backend must be null, auto, reference or fused; got {t.ops_backend!r}")
+        if t.ops_backend not in (None, *OPS_BACKENDS):
+            fail(f"train.ops_backend must be null, {', '.join(OPS_BACKENDS)}; got {t.ops_backend!r}")
         if not all(isinstance(x, str) for x in t.log_with):
             fail(f"train.log_with must be a list of tracker names; got {t.log_with!r}")
 

@@ -1,0 +1,225 @@
+"""The native CPU kernel of frfsr::window_match (:mod:`frfsr.ops.native`) against the
+brute-force definition and the reference kernel, its dispatch, its build cache and its
+fallback when it cannot be built.
+
+Scores are compared with a tolerance; indices where the best is separated from the
+runner-up by a margin, and exactly where the candidates are exact copies of each other
+(identical arithmetic on identical data ties exactly in both kernels).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from frfsr import ops
+from frfsr.ops import native
+from frfsr.ops.custom_ops import kernel_backend
+from frfsr.ops.fast_match import candidate_flows
+from frfsr.ops.window import window_match as reference_window_match
+
+from test_match_fast import _brute, _check, _feat, _smooth, _square_cands
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built():
+    # This machine is expected to have a C++ compiler (CI installs one): no silent skip.
+    assert native.available(), native.unavailable_reason()
+
+
+@pytest.mark.parametrize("B,C,h,w,H,W,cell,r,M,p", [
+    (2, 5, 9, 11, 13, 10, 4, 2, 3, 3),      # odd sizes, cells cut by the border, few channels
+    (1, 16, 12, 10, 20, 17, 4, 0, 5, 3),     # radius 0
+    (2, 7, 6, 9, 30, 8, 2, 3, 1, 3),         # one flow
+    (1, 33, 10, 10, 14, 15, 3, 1, 4, 1),     # patch size 1, a cell of 3
+    (1, 6, 13, 12, 16, 18, 1, 2, 6, 5),      # patch size 5, cells of one patch
+    (1, 40, 16, 16, 24, 24, 6, 1, 3, 3),     # a query block of 64 pixels (several vector blocks)
+])
+def test_native_window_match_is_the_brute_force_definition(B, C, h, w, H, W, cell, r, M, p):
+    q, k = _feat(B, C, h, w, seed=h + C), _feat(B, C, H, W, seed=W + C)
+    k[:, :, 2:4, 3:5] = 0                       # zero pixels: patch norms below the others
+    hc, wc = -(-(h - p + 1) // cell), -(-(w - p + 1) // cell)
+    flows = torch.randint(-9, 9, (B, hc, wc, M, 2), generator=torch.Generator().manual_seed(M + p))
+    flows[0, 0, 0] = torch.tensor([-40, 50])    # a cell whose windows are all outside the key
+    score, index = native.window_match(q, k, flows, cell, r, patch_size=p)
+    _check(score, index, *_brute(q, k, _square_cands(flows, cell, r, H - p + 1, W - p + 1), p=p))
+    s_ref, i_ref = reference_window_match(q, k, flows, cell, r, patch_size=p)
+    assert torch.equal(torch.isfinite(score), torch.isfinite(s_ref))
+    fin = torch.isfinite(s_ref)
+    assert (score[fin] - s_ref[fin]).abs().max() < 1e-5
+
+
+def test_native_ties_go_to_the_lowest_key_index():
+    """A key made of one tile repeated: every query patch has exact ties, which both kernels
+    must resolve to the lowest index."""
+    tile = _feat(1, 8, 4, 4, seed=3)
+    k = tile.repeat(1, 1, 4, 4)                 # period 4 in both directions
+    q = _feat(1, 8, 10, 10, seed=4)
+    flows = torch.randint(-6, 6, (1, 2, 2, 4, 2), generator=torch.Generator().manual_seed(5))
+    s_ref, i_ref = reference_window_match(q, k, flows, 4, 3)
+    s, i = native.window_match(q, k, flows, 4, 3)
+    assert torch.equal(i, i_ref)
+    assert (s - s_ref).abs().max() < 1e-5
+    # the winner is never a later copy of an earlier candidate in the same window
+    assert (i % 14 < 4).any()
+
+
+def test_native_skips_repeats_of_the_first_flow_and_matches_padded_cells():
+    q, k = _smooth(12, 14, 14, seed=6), _smooth(12, 20, 20, seed=7)
+    flows = torch.randint(-4, 4, (1, 3, 3, 5, 2), generator=torch.Generator().manual_seed(8))
+    padded = flows.clone()
+    padded[0, 0, 0, 1:] = padded[0, 0, 0, :1]    # a cell padded with its first flow
+    padded[0, 1, 2, 2] = padded[0, 1, 2, 0]      # a repeat before a flow that differs
+    for f in (flows, padded):
+        s_ref, i_ref = reference_window_match(q, k, f, 4, 1)
+        s, i = native.window_match(q, k, f, 4, 1)
+        best, second, _ = _brute(q, k, _square_cands(f, 4, 1, 18, 18))
+        sep = best - second > 1e-4
+        assert torch.equal(i[sep], i_ref[sep]) and (s - s_ref).abs().max() < 1e-5
+
+
+def test_native_takes_half_precision_inputs_and_returns_their_dtype():
+    q, k = _smooth(16, 12, 12, seed=9), _smooth(16, 16, 16, seed=10)
+    flows = candidate_flows(q, k)
+    s_ref, _ = reference_window_match(q.bfloat16(), k.bfloat16(), flows, 4, 1)
+    s, _ = native.window_match(q.bfloat16(), k.bfloat16(), flows, 4, 1)
+    assert s.dtype == torch.bfloat16
+    assert (s.float() - s_ref.float()).abs().max() < 1e-2
+
+
+def test_native_rejects_bad_arguments_like_the_reference():
+    q, k = _feat(1, 4, 6, 6, seed=1), _feat(1, 4, 8, 8, seed=2)
+    with pytest.raises(ValueError, match="flows must be"):
+        native.window_match(q, k, torch.zeros(1, 5, 5, 1, 2, dtype=torch.long), 2, 1)
+    with pytest.raises(ValueError, match="integer tensor"):
+        native.window_match(q, k, torch.zeros(1, 2, 2, 1, 2), 2, 1)
+
+
+# ------------------------------------------------------------------ dispatch
+def test_auto_dispatches_window_match_to_the_native_kernel_on_cpu(monkeypatch):
+    if native.vector_width() == 1:
+        pytest.fail("the native build on this machine has no vector instructions; auto would not use it")
+    assert kernel_backend("auto", CPU) == "native"
+    calls = []
+    real = native.window_match
+    monkeypatch.setattr(native, "window_match", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k = _smooth(16, 20, 20, seed=11), _smooth(16, 40, 40, seed=12)
+    s_auto, i_auto = ops.fast_patch_match(q, k)
+    assert calls, "auto did not run the native kernel"
+    with ops.use_backend("reference"):
+        s_ref, i_ref = ops.fast_patch_match(q, k)
+    assert len(calls) == 1
+    assert (s_auto - s_ref).abs().max() < 1e-5
+    assert (i_auto == i_ref).float().mean() > 0.99
+    with ops.use_backend("native"):
+        ops.window_match(q, k, candidate_flows(q, k), 4, 1)
+    assert len(calls) == 2
+    # float64 keeps the reference's float64 arithmetic; the other operators have no native kernel
+    with ops.use_backend("native"):
+        ops.window_match(q.double(), k.double(), candidate_flows(q, k), 4, 1)
+        ops.patch_match(q[..., :8, :8], k[..., :8, :8])
+    assert len(calls) == 2
+
+
+def test_native_backend_is_for_cpu_tensors_only():
+    with pytest.raises(RuntimeError, match="runs on CPU tensors"):
+        kernel_backend("native", torch.device("cuda"))
+    with pytest.raises(ValueError, match="accepted: auto, reference, fused, native"):
+        kernel_backend("cpp", CPU)
+
+
+def test_native_gradients_are_the_operators_and_opcheck():
+    q, k = _feat(1, 16, 6, 7, seed=17), _feat(1, 16, 9, 8, seed=18)
+    flows = torch.randint(-3, 3, (1, 2, 3, 2, 2), generator=torch.Generator().manual_seed(19))
+    best, second, _ = _brute(q, k, _square_cands(flows, 2, 1, 7, 6))
+    sep = best - second > 1e-4
+    go = torch.randn(best.shape, generator=torch.Generator().manual_seed(20)) * sep
+    res = {}
+    for backend in ("reference", "native"):
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        with ops.use_backend(backend):
+            score, index = ops.window_match(qq, kk, flows, 2, 1)
+        res[backend] = (index, torch.autograd.grad(score, (qq, kk), go))
+    (ri, rg), (ni, ng) = res["reference"], res["native"]
+    assert torch.equal(ni[sep], ri[sep])
+    for a, e in zip(ng, rg):
+        assert e.abs().sum() > 0 and (a - e).abs().max() < 1e-5
+    q, k = _feat(1, 8, 5, 6, seed=21).requires_grad_(), _feat(1, 8, 6, 6, seed=22).requires_grad_()
+    flows = torch.randint(-2, 2, (1, 2, 2, 1, 2), generator=torch.Generator().manual_seed(23))
+    torch.library.opcheck(torch.ops.frfsr.window_match.default, (q, k, flows, 2, 1, 3, None, "native"))
+
+
+# ------------------------------------------------------------------ building
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+
+
+_PROBE = """
+    import warnings, torch
+    from frfsr import ops
+    from frfsr.ops import native
+    from frfsr.ops.custom_ops import kernel_backend
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kind = kernel_backend("auto", torch.device("cpu"))
+    print("KIND", kind)
+    print("PATH", native.library_path())
+    print("REASON", native.unavailable_reason())
+    print("WARNED", any("could not be built" in str(w.message) for w in caught))
+    print("WARNINGS", len(caught))
+    q = torch.nn.functional.normalize(torch.randn(1, 8, 12, 12), dim=1)
+    s, i = ops.fast_patch_match(q, q)
+    print("SELF", bool((i.view(-1) == torch.arange(100).view(10, 10)[:, :].reshape(-1)).all()))
+    try:
+        with ops.use_backend("native"):
+            ops.window_match(q, q, torch.zeros(1, 3, 3, 1, 2, dtype=torch.long), 4, 1)
+        print("FORCED ok")
+    except RuntimeError as e:
+        print("FORCED", e)
+"""
+
+
+def _fields(out: str) -> dict:
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if " " in line}
+
+
+def test_the_build_is_cached_and_a_missing_compiler_falls_back_to_the_reference(tmp_path):
+    cache = tmp_path / "cache"
+    # a fresh cache: built once, then loaded without a compiler
+    first = _run(_PROBE, {"FRFSR_CACHE": str(cache)})
+    assert first.returncode == 0, first.stderr
+    f = _fields(first.stdout)
+    assert f["KIND"] == "native" and f["SELF"] == "True" and f["FORCED"] == "ok"
+    built = sorted((cache / "native").glob("window_match-*.so"))
+    assert len(built) == 1 and f["PATH"] == str(built[0])
+    assert not [p for p in (cache / "native").iterdir() if p.name.startswith(".")]   # no partial files
+    mtime = built[0].stat().st_mtime_ns
+    cached = _fields(_run(_PROBE, {"FRFSR_CACHE": str(cache), "PATH": str(tmp_path)}).stdout)   # no c++ on PATH
+    assert cached["KIND"] == "native" and cached["PATH"] == str(built[0]) and cached["SELF"] == "True"
+    assert built[0].stat().st_mtime_ns == mtime
+    missing = _fields(_run(_PROBE, {"FRFSR_CACHE": str(tmp_path / "cache1"), "PATH": str(tmp_path)}).stdout)
+    assert missing["KIND"] == "reference" and missing["SELF"] == "True" and missing["WARNED"] == "False"
+    assert "no C++ compiler found" in missing["REASON"] and "no C++ compiler found" in missing["FORCED"]
+
+    # a compiler that fails: a warning, the reference kernel, and the reason when forced
+    bad = tmp_path / "bad-cxx"
+    bad.write_text("#!/bin/sh\necho 'bad-cxx: cannot compile' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    res = _run(_PROBE, {"FRFSR_CACHE": str(tmp_path / "cache2"), "CXX": str(bad)})
+    assert res.returncode == 0, res.stderr
+    f = _fields(res.stdout)
+    assert f["KIND"] == "reference" and f["WARNED"] == "True" and f["SELF"] == "True"
+    assert "bad-cxx: cannot compile" in f["REASON"] and "could not be built" in f["FORCED"]
+    assert not list((tmp_path / "cache2" / "native").glob("*.so"))
+
+    # switched off
+    off = _fields(_run(_PROBE, {"FRFSR_CACHE": str(cache), "FRFSR_NATIVE": "0"}).stdout)
+    assert off["KIND"] == "reference" and "FRFSR_NATIVE=0" in off["FORCED"]
