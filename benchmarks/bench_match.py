@@ -3,7 +3,8 @@ exponents, FLOP counts at a large size, and (``--heldout``) agreement and SR PSN
 held-out pairs with the bundled weights.
 
 Timing: the matching op alone (:func:`frfsr.ops.patch_match` vs
-:func:`frfsr.ops.fast_patch_match`) on per-pixel normalised random texture features of the
+:func:`frfsr.ops.fast_patch_match`, the latter with the backend's windowed-search kernel (the
+native one on a CPU where it is built) and with the reference kernel) on per-pixel normalised random texture features of the
 bundled model's width, LR side L (texture map L x L) against a Ref of side 4L (texture map
 4L/4 = L x L). Exact sizes whose predicted time exceeds ``--exact-limit`` seconds are not
 run but extrapolated from the fit over the measured exact sizes (marked "extrapolated").
@@ -83,6 +84,8 @@ def timing(sizes, make, exact_limit: float, reps: int) -> tuple[list[dict], dict
     for side in sizes:
         q, k = make(side)
         fast_t = timed(lambda: ops.fast_patch_match(q, k), reps)
+        with ops.use_backend("reference"):
+            fast_ref_t = timed(lambda: ops.fast_patch_match(q, k), reps)
         predicted = None
         if len(exact_measured) >= 2:
             e = fit_exponent([s for s, _ in exact_measured], [t for _, t in exact_measured])
@@ -93,10 +96,12 @@ def timing(sizes, make, exact_limit: float, reps: int) -> tuple[list[dict], dict
         else:
             exact_t, measured = timed(lambda: ops.patch_match(q, k), 1 if side >= 128 else reps), True
             exact_measured.append((side, exact_t))
-        rows.append({"lr": side, "ref": 4 * side, "exact": exact_t, "exact_measured": measured, "fast": fast_t})
-        print(f"  LR {side}: fast {fast_t:.2f} s, exact {exact_t:.2f} s{'' if measured else ' (extrapolated)'}",
-              file=sys.stderr, flush=True)
+        rows.append({"lr": side, "ref": 4 * side, "exact": exact_t, "exact_measured": measured, "fast": fast_t,
+                     "fast_ref": fast_ref_t})
+        print(f"  LR {side}: fast {fast_t:.2f} s (reference kernel {fast_ref_t:.2f} s), exact {exact_t:.2f} s"
+              f"{'' if measured else ' (extrapolated)'}", file=sys.stderr, flush=True)
     fits = {"fast": fit_exponent(sizes, [r["fast"] for r in rows]),
+            "fast_ref": fit_exponent(sizes, [r["fast_ref"] for r in rows]),
             "exact": fit_exponent([s for s, _ in exact_measured], [t for _, t in exact_measured])}
     return rows, fits
 
@@ -172,19 +177,25 @@ def main(argv=None) -> int:
         inputs = "random normalised features"
         make = lambda side: (features(side, channels, 1), features(side, channels, 2))  # noqa: E731
     command = "python benchmarks/bench_match.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    from frfsr.ops.custom_ops import kernel_backend
+    kernel = kernel_backend(ops.get_backend(), torch.device("cpu"))
+    if kernel == "native":
+        from frfsr.ops import native
+        kernel += f" ({native.vector_width() * 32}-bit vectors)"
     print(f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"windowed-search kernel of the fast column: {kernel}; "
           f"date {time.strftime('%Y-%m-%d')}; fast parameters {FAST_MATCH_DEFAULTS}; texture channels {channels}; "
           f"timing inputs: {inputs}\n")
     if not args.no_timing:
         rows, fits = timing(args.sizes, make, args.exact_limit, args.reps)
-        print("| LR | Ref | texture maps | exact (s) | fast (s) | speed-up |")
-        print("| ---: | ---: | --- | ---: | ---: | ---: |")
+        print("| LR | Ref | texture maps | exact (s) | fast (s) | speed-up | fast, reference kernel (s) | speed-up |")
+        print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             ex = f"{r['exact']:.2f}" + ("" if r["exact_measured"] else " (extrapolated)")
             print(f"| {r['lr']} | {r['ref']} | {r['lr']}x{r['lr']} vs {r['lr']}x{r['lr']} | {ex} | {r['fast']:.2f} | "
-                  f"{r['exact'] / r['fast']:.1f}x |")
-        print(f"\nFitted exponent of time against LR area: fast {fits['fast']:.2f}, exact {fits['exact']:.2f} "
-              "(exact fitted over its measured sizes only)")
+                  f"{r['exact'] / r['fast']:.1f}x | {r['fast_ref']:.2f} | {r['exact'] / r['fast_ref']:.1f}x |")
+        print(f"\nFitted exponent of time against LR area: fast {fits['fast']:.2f} (reference kernel "
+              f"{fits['fast_ref']:.2f}), exact {fits['exact']:.2f} (exact fitted over its measured sizes only)")
         fl = flop_counts(1000 * 1000, 1000 * 1000, channels)
         print(f"FLOPs at LR 1000 / Ref 4000 (texture maps 1000x1000 vs 1000x1000, {channels} channels): "
               f"exact {fl['exact']:.3g}, fast {fl['fast']:.3g} (coarse top-k {fl['fast_coarse']:.3g}, "

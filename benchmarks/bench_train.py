@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from frfsr import FRFSR, FRFSRConfig  # noqa: E402
+from frfsr import FRFSR, FRFSRConfig, ops  # noqa: E402
 from frfsr.training.config import TrainConfig  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="Accelerate mixed precision")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--no-tf32", dest="tf32", action="store_false", help="fp32 matmuls/convs without TF32 on CUDA")
-    p.add_argument("--ops-backend", choices=["auto", "reference", "fused"], help="frfsr.ops backend")
+    p.add_argument("--ops-backend", choices=list(ops.BACKENDS), help="frfsr.ops backend")
     p.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 64x64, 2 steps, CPU")
     p.add_argument("--official-port", default=os.environ.get("FRFSR_OFFICIAL_PORT"),
                    help="path of the oracle port of the authors' release (needs FRFSR_OFFICIAL_SRC): "

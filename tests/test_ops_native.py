@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from frfsr import ops
 from frfsr.ops import native
 from frfsr.ops.custom_ops import kernel_backend
-from frfsr.ops.fast_match import candidate_flows
+from frfsr.ops.fast_match import candidate_flows, coarse_topk, principal_components
 from frfsr.ops.window import window_match as reference_window_match
 
 from test_match_fast import _brute, _check, _feat, _smooth, _square_cands
@@ -100,6 +100,76 @@ def test_native_rejects_bad_arguments_like_the_reference():
         native.window_match(q, k, torch.zeros(1, 5, 5, 1, 2, dtype=torch.long), 2, 1)
     with pytest.raises(ValueError, match="integer tensor"):
         native.window_match(q, k, torch.zeros(1, 2, 2, 1, 2), 2, 1)
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("arch,width", [((), 1), (("-mavx2", "-mfma"), 8), (("-mavx512f",), 16)])
+def test_every_vector_path_of_the_source_equals_the_reference(tmp_path, arch, width):
+    """The source's three paths (plain C++, AVX2 + FMA, AVX-512), whichever one this
+    machine's own build takes; a path this CPU cannot run is only compiled."""
+    lib = native.load_library(native.compile_library(tmp_path / "k.so", arch))
+    assert lib.frfsr_vector_width() == width
+    if width == 8 and not (_cpu_has("avx2") and _cpu_has("fma")) or width == 16 and not _cpu_has("avx512f"):
+        return
+    q, k = _feat(2, 37, 13, 11, seed=30), _feat(2, 37, 21, 19, seed=31)
+    flows = torch.randint(-7, 7, (2, 3, 3, 5, 2), generator=torch.Generator().manual_seed(32))
+    s_ref, i_ref = reference_window_match(q, k, flows, 4, 2)
+    s, i = native.window_match(q, k, flows, 4, 2, library=lib)
+    best, second, _ = _brute(q, k, _square_cands(flows, 4, 2, 19, 17))
+    sep = best - second > 1e-4
+    assert sep.float().mean() > 0.5 and torch.equal(i[sep], i_ref[sep])
+    assert (s - s_ref).abs().max() < 1e-5
+    qd, kd = F.normalize(torch.randn(1, 19, 70), dim=1), F.normalize(torch.randn(1, 19, 90), dim=1)
+    sim = torch.bmm(qd.transpose(1, 2), kd)
+    got = sim.gather(2, native.coarse_topk(qd, kd, 6, library=lib))
+    assert (got - sim.topk(6, dim=2).values).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("B,D,nq,nk,k", [(1, 64, 300, 500, 22), (2, 7, 50, 13, 22), (1, 33, 97, 1000, 5),
+                                         (1, 128, 40, 60, 60)])
+def test_native_coarse_topk_equals_the_reference(B, D, nq, nk, k):
+    qd = F.normalize(torch.randn(B, D, nq, generator=torch.Generator().manual_seed(nq)), dim=1)
+    kd = F.normalize(torch.randn(B, D, nk, generator=torch.Generator().manual_seed(nk)), dim=1)
+    got = native.coarse_topk(qd, kd, k)
+    with ops.use_backend("reference"):
+        want = coarse_topk(qd, kd, k)
+    assert got.shape == want.shape == (B, nq, min(k, nk))
+    sim = torch.bmm(qd.transpose(1, 2).double(), kd.double())
+    g, w = sim.gather(2, got), sim.gather(2, want)
+    assert (g - w).abs().max() < 1e-5                       # the same values, best first
+    assert (g[..., :-1] >= g[..., 1:] - 1e-6).all()
+    exact = sim.topk(min(k, nk) + 1, dim=2).values if nk > k else None
+    sep = (w[..., -1] - exact[..., -1] > 1e-5) if exact is not None else torch.ones(B, nq, dtype=torch.bool)
+    assert sep.float().mean() > 0.9
+    assert torch.equal(got.sort(2).values[sep], want.sort(2).values[sep])   # the same set where it is unique
+
+
+def test_native_coarse_topk_keeps_the_lowest_index_among_ties():
+    kd = F.normalize(torch.randn(1, 16, 5, generator=torch.Generator().manual_seed(1)), dim=1).repeat(1, 1, 4)
+    qd = F.normalize(torch.randn(1, 16, 9, generator=torch.Generator().manual_seed(2)), dim=1)
+    got = native.coarse_topk(qd, kd, 3)                     # every key appears 4 times (index + 5 j)
+    best = (qd[0].t() @ kd[0, :, :5]).argmax(1)              # its 4 copies tie: the first three win
+    assert torch.equal(got[0], best[:, None] + torch.tensor([0, 5, 10]))
+
+
+def test_principal_components_keep_dot_products_and_cut_the_channels():
+    g = torch.Generator().manual_seed(3)
+    basis = torch.linalg.qr(torch.randn(32, 32, generator=g))[0]
+    scales = torch.cat([torch.ones(8), torch.full((24,), 1e-3)])
+    qd = basis @ (scales[:, None] * torch.randn(32, 200, generator=g))
+    kd = basis @ (scales[:, None] * torch.randn(32, 300, generator=g))
+    pq, pk = principal_components(qd[None], kd[None], 8)
+    assert pq.shape == (1, 8, 200) and pk.shape == (1, 8, 300)
+    assert torch.allclose(pq[0].t() @ pk[0], qd.t() @ kd, atol=1e-3)      # 8 axes hold nearly everything
+    same = principal_components(qd[None], kd[None], 32)
+    assert same[0] is not None and torch.equal(same[0][0], qd)
 
 
 # ------------------------------------------------------------------ dispatch

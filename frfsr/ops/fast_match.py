@@ -10,7 +10,11 @@
    (the same ``3 * cell`` span on both sides), normalised, with ``context=1`` (default) by
    its own coarse pixel.
 2. *Candidates.* For every query cell, the ``topk`` most similar key positions over the whole
-   coarse key (exact top-k by blocked matrix products), as displacements (flows).
+   coarse key (exact top-k by blocked matrix products, or by the native CPU kernel, which never
+   stores the similarities), as displacements (flows). With ``coarse_dims`` (default 64) the
+   descriptors are first projected on their first ``coarse_dims`` principal components
+   (of the query's and the key's descriptors together): a quarter of the products at 128
+   channels, for 0.1 point of agreement at most (BENCHMARKS.md, fast matching).
 3. *Propagation.* A cell also takes the flows (the best ``neighbour_topk``) of the cells up
    to ``neighbours`` cells away (as PatchMatch propagates good matches to adjacent patches),
    and the cells are grouped into search cells of ``search_cell`` x ``search_cell`` patches
@@ -24,7 +28,7 @@
    random offsets of its own flow (:func:`propagate`).
 
 Cost: step 2 is (query / query_stride^2) x (key / key_stride^2) coarse dot products of
-context^2 C values,
+min(coarse_dims, context^2 C) values,
 step 4 at most (query positions / search_cell^2) x topk x (search_cell / query_stride + 2
 neighbours)^2 block products of (search_cell + p - 1)^2 x (search_cell + 2 radius + p - 1)^2
 x C, linear in the query and independent of the key's size; see :func:`flop_counts`. Memory: bounded by the chunk sizes, never by query x key.
@@ -40,7 +44,7 @@ from .reference import PATCH_MATCH_MAX_BLOCK_ELEMS
 from .window import _EPS, patch_norms
 from .window import window_match as _reference_window_match
 
-__all__ = ["fast_patch_match", "candidate_flows", "coarse_topk", "cell_flows", "propagate", "corner_scores", "flop_counts", "resolve_match_mode",
+__all__ = ["fast_patch_match", "candidate_flows", "coarse_topk", "principal_components", "cell_flows", "propagate", "corner_scores", "flop_counts", "resolve_match_mode",
            "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "FAST_MATCH_DEFAULTS"]
 
 MATCH_MODES = ("exact", "fast", "auto")
@@ -55,7 +59,7 @@ because it is the release's."""
 
 FAST_MATCH_DEFAULTS = {"cell": 2, "search_cell": 4, "key_stride": 2, "topk": 22, "neighbours": 0,
                        "neighbour_topk": None, "radius": 1, "context": 1, "query_stride": None, "rounds": 0,
-                       "jumps": (1,), "samples": 0, "search_radius": 8}
+                       "jumps": (1,), "samples": 0, "search_radius": 8, "coarse_dims": 64}
 """Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching):
 on held-out pairs they find exact matching's match (or one within 1e-3 of its cosine) at
 98.2 / 95.2 / 95.6 / 97.8 % of positions (relevant / 4x4-shuffled / 8x8-shuffled / unrelated
@@ -97,10 +101,34 @@ def _coarse_descriptors(x: torch.Tensor, cell: int, stride: int, patch_size: int
     return F.normalize(desc, dim=1), (ny, nx)
 
 
+def principal_components(qd: torch.Tensor, kd: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``qd`` (B, D, Nq) and ``kd`` (B, D, Nk) projected on the first ``dims`` principal axes
+    (uncentred: the eigenvectors of the largest eigenvalues of their joint second moment, per
+    batch element), so that dot products keep as much of their value as ``dims`` axes can;
+    unchanged if ``dims`` >= D."""
+    D = qd.shape[1]
+    if dims >= D:
+        return qd, kd
+    x = torch.cat((qd, kd), 2)
+    _, vecs = torch.linalg.eigh(torch.bmm(x, x.transpose(1, 2)).double())
+    proj = vecs[..., -dims:].to(qd.dtype).transpose(1, 2)            # (B, dims, D)
+    return torch.bmm(proj, qd), torch.bmm(proj, kd)
+
+
+def _native_kernels(t: torch.Tensor) -> bool:
+    """Whether the ops backend runs the native CPU kernels for ``t``."""
+    from . import _backend_for
+    return t.dtype == torch.float32 and _backend_for(t) == "native"
+
+
 def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int | None = None) -> torch.Tensor:
     """Indices (B, Nq, k') of the k' = min(k, Nk) largest dot products of every query column
-    of ``qd`` (B, D, Nq) with the key columns of ``kd`` (B, D, Nk), by blocks whose
-    similarity tensor holds at most ``max_block_elems`` elements."""
+    of ``qd`` (B, D, Nq) with the key columns of ``kd`` (B, D, Nk): by the native CPU kernel
+    where the ops backend runs it (:func:`frfsr.ops.native.coarse_topk`), else by blocks
+    whose similarity tensor holds at most ``max_block_elems`` elements."""
+    if _native_kernels(qd):
+        from . import native
+        return native.coarse_topk(qd, kd, k)
     B, _, n_q = qd.shape
     n_k = kd.shape[2]
     k = min(k, n_k)
@@ -109,10 +137,13 @@ def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int
     bq = max(1, min(n_q, limit // (B * bk)))
     q = qd.transpose(1, 2)
     out = []
+    # one reused buffer for the similarities: a fresh large allocation per block costs page faults
+    buf = qd.new_empty(B * min(bq, n_q) * min(bk, n_k))
     for q0 in range(0, n_q, bq):
         vals = idx = None
         for k0 in range(0, n_k, bk):
-            sim = torch.bmm(q[:, q0:q0 + bq], kd[:, :, k0:k0 + bk])
+            qb, kb = q[:, q0:q0 + bq], kd[:, :, k0:k0 + bk]
+            sim = torch.bmm(qb, kb, out=buf[:B * qb.shape[1] * kb.shape[2]].view(B, qb.shape[1], kb.shape[2]))
             v, i = sim.topk(min(k, sim.shape[2]), dim=2)
             i = i + k0
             if vals is not None:
@@ -298,7 +329,7 @@ def _params(**given) -> dict:
     validated."""
     d = {k: (FAST_MATCH_DEFAULTS.get(k) if v is None else v) for k, v in given.items()}
     for k in ("cell", "search_cell", "key_stride", "topk", "neighbours", "radius", "rounds", "samples",
-              "search_radius", "context"):
+              "search_radius", "context", "coarse_dims"):
         d[k] = int(d[k])
     if d["neighbour_topk"] is not None:
         d["neighbour_topk"] = int(d["neighbour_topk"])
@@ -307,6 +338,8 @@ def _params(**given) -> dict:
     cell, qs, ks = d["cell"], d["query_stride"], d["key_stride"]
     if d["context"] not in (1, 3):
         raise ValueError(f"fast_patch_match needs context 1 or 3, got {d['context']}")
+    if d["coarse_dims"] < 1:
+        raise ValueError(f"fast_patch_match needs coarse_dims >= 1, got {d['coarse_dims']}")
     if cell < 1 or ks < 1 or cell % ks or d["topk"] < 1 or d["neighbours"] < 0 or d["search_cell"] % qs or cell % qs:
         raise ValueError(f"fast_patch_match needs cell >= 1, key_stride dividing cell, topk >= 1 and neighbours >= 0; "
                          f"got cell={cell}, key_stride={ks}, topk={d['topk']}, neighbours={d['neighbours']}")
@@ -323,7 +356,7 @@ def _params(**given) -> dict:
 def candidate_flows(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3, *, cell: int | None = None,
                     search_cell: int | None = None, key_stride: int | None = None, topk: int | None = None,
                     neighbours: int | None = None, neighbour_topk: int | None = None, radius: int | None = None,
-                    query_stride: int | None = None, context: int | None = None,
+                    query_stride: int | None = None, context: int | None = None, coarse_dims: int | None = None,
                     max_block_elems: int | None = None) -> torch.Tensor:
     """Steps 1-3 of the module docstring: the flows (B, search cells y, search cells x, M, 2)
     that :func:`fast_patch_match` gives :func:`frfsr.ops.window_match` (with its
@@ -332,11 +365,12 @@ def candidate_flows(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     p = check_patch_match_args(query, key, patch_size)
     d = _params(cell=cell, search_cell=search_cell, key_stride=key_stride, topk=topk, neighbours=neighbours,
                 neighbour_topk=neighbour_topk, radius=radius, query_stride=query_stride, context=context,
-                rounds=None, jumps=None, samples=None, search_radius=None)
+                coarse_dims=coarse_dims, rounds=None, jumps=None, samples=None, search_radius=None)
     qs, ks = d["query_stride"], d["key_stride"]
     hk, wk = key.shape[-2] - p + 1, key.shape[-1] - p + 1
     qd, grid_q = _coarse_descriptors(query.detach().float(), d["cell"], qs, p, d["context"])
     kd, grid_k = _coarse_descriptors(key.detach().float(), d["cell"], ks, p, d["context"])
+    qd, kd = principal_components(qd, kd, d["coarse_dims"])
     cand = coarse_topk(qd, kd, d["topk"], max_block_elems)
     del qd, kd
     flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, ks, d["neighbours"], d["neighbour_topk"]),
@@ -350,7 +384,7 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
                      neighbour_topk: int | None = None, radius: int | None = None, rounds: int | None = None,
                      jumps: tuple[int, ...] | None = None,
                      samples: int | None = None, search_radius: int | None = None,
-                     query_stride: int | None = None, context: int | None = None,
+                     query_stride: int | None = None, context: int | None = None, coarse_dims: int | None = None,
                      max_block_elems: int | None = None, window_match=None):
     """Coarse-to-fine :func:`frfsr.ops.patch_match` (same arguments and outputs; see the
     module docstring). Parameters left None take :data:`FAST_MATCH_DEFAULTS`;
@@ -360,13 +394,13 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
     p = check_patch_match_args(query, key, patch_size)
     d = _params(cell=cell, search_cell=search_cell, key_stride=key_stride, topk=topk, neighbours=neighbours,
                 neighbour_topk=neighbour_topk, radius=radius, rounds=rounds, jumps=jumps, samples=samples,
-                search_radius=search_radius, query_stride=query_stride, context=context)
+                search_radius=search_radius, query_stride=query_stride, context=context, coarse_dims=coarse_dims)
     if window_match is None:
         from . import window_match
     flows = candidate_flows(query, key, p, cell=d["cell"], search_cell=d["search_cell"], key_stride=d["key_stride"],
                             topk=d["topk"], neighbours=d["neighbours"], neighbour_topk=d["neighbour_topk"],
                             radius=d["radius"], query_stride=d["query_stride"], context=d["context"],
-                            max_block_elems=max_block_elems)
+                            coarse_dims=d["coarse_dims"], max_block_elems=max_block_elems)
     search_cell, radius = d["search_cell"], d["radius"]
     if d["rounds"] == 0 or not (d["jumps"] or d["samples"]):
         return window_match(query, key, flows, search_cell, radius, patch_size=p)
@@ -392,7 +426,7 @@ def flop_counts(n_query: int, n_key: int, channels: int, patch_size: int = 3, **
     qs = d["query_stride"] or s
     D = channels * patch_size * patch_size
     exact = 2.0 * n_query * n_key * D
-    coarse = 2.0 * (n_query / (qs * qs)) * (n_key / (sk * sk)) * channels * d["context"] ** 2
+    coarse = 2.0 * (n_query / (qs * qs)) * (n_key / (sk * sk)) * min(channels * d["context"] ** 2, d["coarse_dims"])
     kn = k if d["neighbour_topk"] is None else min(k, d["neighbour_topk"])
     M = k * (sc // qs) ** 2 + kn * ((sc // qs + 2 * n) ** 2 - (sc // qs) ** 2)
     A, T = sc + patch_size - 1, sc + 2 * r + patch_size - 1

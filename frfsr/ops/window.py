@@ -1,6 +1,6 @@
 """Windowed cosine patch matching, plain PyTorch (CPU and GPU, autograd): the reference
-for the fused kernel in :mod:`frfsr.ops.triton.window_match` and the fine step of
-:func:`frfsr.ops.fast_match.fast_patch_match`.
+for the fused kernel in :mod:`frfsr.ops.triton.window_match` and the native CPU kernel in
+:mod:`frfsr.ops.native`, and the fine step of :func:`frfsr.ops.fast_match.fast_patch_match`.
 
 The query patch grid is cut into square *cells* of ``cell`` x ``cell`` patch positions.
 Every cell has ``M`` candidate displacements (flows). Every query patch of cell

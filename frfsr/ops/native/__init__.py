@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "unavailable_reason", "library_path", "vector_width", "window_match"]
+__all__ = ["available", "unavailable_reason", "library_path", "vector_width", "window_match", "coarse_topk",
+           "compile_library", "load_library"]
 
 SOURCE = Path(__file__).with_name("window_match.cpp")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -56,36 +57,58 @@ def _cpu_flags() -> str:
     return platform.machine() + " " + platform.processor()
 
 
-class _BuildFailed(Exception):
-    """A compiler run that failed (its command and error output)."""
+class _BuildFailed(RuntimeError):
+    """A compiler run that failed (its command and error output), or no compiler."""
+
+
+def compile_library(dest, arch: tuple[str, ...] = ("-march=native",), cxx: str | None = None) -> Path:
+    """Compile the kernels into ``dest`` (written atomically) with ``arch`` flags (e.g.
+    ``("-mavx2", "-mfma")``, or ``()`` for plain C++) and ``cxx`` (default ``$CXX``, else
+    ``c++``); ``RuntimeError`` with the compiler's message if it fails."""
+    from ..._fs import atomic_file
+    cmd = (cxx or os.environ.get("CXX") or "c++", *arch, *_FLAGS)
+    with atomic_file(dest, suffix=".so") as tmp:
+        run = subprocess.run([*cmd, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                             timeout=_BUILD_TIMEOUT_S)
+        if run.returncode != 0:
+            raise _BuildFailed(f"`{' '.join(cmd)}` exited {run.returncode}: {run.stderr.strip()[-600:]}")
+    return Path(dest)
+
+
+def load_library(path) -> ctypes.CDLL:
+    """A built library, loaded, its functions' signatures declared."""
+    lib = ctypes.CDLL(str(path))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.frfsr_window_match.argtypes = [ptr] * 6 + [i64] * 10 + [ptr, ptr, ctypes.c_int]
+    lib.frfsr_window_match.restype = ctypes.c_int
+    lib.frfsr_coarse_topk.argtypes = [ptr, ptr] + [i64] * 4 + [ptr, ctypes.c_int]
+    lib.frfsr_coarse_topk.restype = ctypes.c_int
+    lib.frfsr_vector_width.restype = ctypes.c_int
+    return lib
 
 
 def _build() -> Path:
     """The cached library for this source, compiler and CPU, compiled if missing (with
     ``-march=native`` first, without it if the compiler refuses). A cached build needs no
     compiler."""
-    from ..._fs import atomic_file, cache_root
+    from ..._fs import cache_root
     cxx = os.environ.get("CXX") or "c++"
     src = SOURCE.read_bytes()
-    errors = []
+    variants = []
     for arch in (("-march=native",), ()):
-        cmd = (cxx, *arch, *_FLAGS)
-        key = hashlib.sha256(src + "\0".join(cmd).encode() + _cpu_flags().encode()).hexdigest()[:16]
-        dest = cache_root() / "native" / f"window_match-{key}.so"
+        key = hashlib.sha256(src + "\0".join((cxx, *arch, *_FLAGS)).encode() + _cpu_flags().encode()).hexdigest()
+        variants.append((arch, cache_root() / "native" / f"window_match-{key[:16]}.so"))
+    for _, dest in variants:
         if dest.is_file():
             return dest
-        if shutil.which(cxx) is None:
-            raise _BuildFailed(f"no C++ compiler found ({cxx!r}); install one (e.g. g++) or set CXX")
+    if shutil.which(cxx) is None:
+        raise _BuildFailed(f"no C++ compiler found ({cxx!r}); install one (e.g. g++) or set CXX")
+    errors = []
+    for arch, dest in variants:
         try:
-            with atomic_file(dest, suffix=".so") as tmp:
-                run = subprocess.run([*cmd, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
-                                     timeout=_BUILD_TIMEOUT_S)
-                if run.returncode != 0:
-                    raise _BuildFailed(f"`{' '.join(cmd)}` exited {run.returncode}: {run.stderr.strip()[-600:]}")
+            return compile_library(dest, arch, cxx)
         except _BuildFailed as e:
             errors.append(str(e))
-            continue
-        return dest
     raise _BuildFailed("the native CPU kernel could not be built: " + "; ".join(errors))
 
 
@@ -99,15 +122,11 @@ def _load() -> ctypes.CDLL | None:
             return None
         try:
             path = _build()
-            lib = ctypes.CDLL(str(path))
+            lib = load_library(path)
         except (_BuildFailed, OSError, subprocess.SubprocessError) as e:   # no compiler, a failed build, a bad library
             _state["error"] = str(e) if isinstance(e, _BuildFailed) else f"the native CPU kernel could not be loaded: {e}"
             warnings.warn(_state["error"] + "; using the reference kernel", RuntimeWarning, stacklevel=3)
             return None
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.frfsr_window_match.argtypes = [ptr] * 6 + [i64] * 10 + [ptr, ptr, ctypes.c_int]
-        lib.frfsr_window_match.restype = ctypes.c_int
-        lib.frfsr_vector_width.restype = ctypes.c_int
         _state["lib"], _state["path"] = lib, path
         return lib
 
@@ -139,14 +158,15 @@ def vector_width() -> int:
 
 @torch.no_grad()
 def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, cell: int, radius: int,
-                 patch_size: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+                 patch_size: int = 3, library: ctypes.CDLL | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`frfsr.ops.window.window_match` by the native kernel: CPU tensors, computed in
     float32 (float64 inputs are the reference's); returns (score in the query's dtype,
     index). Not differentiable by itself (the operator ``frfsr::window_match`` adds the
-    gradient). Extra memory: a padded channels-last copy of the query and one of the key."""
+    gradient). Extra memory: a padded channels-last copy of the query and one of the key.
+    ``library``: a :func:`load_library` result to run instead of the built one."""
     from ..window import _EPS, check_window_match_args, flows_needed, patch_norms
     p, s, r = check_window_match_args(query, key, flows, cell, radius, patch_size)
-    lib = _load()
+    lib = _load() if library is None else library
     if lib is None:
         raise RuntimeError(f"native CPU kernels unavailable: {unavailable_reason()}")
     if query.device.type != "cpu" or key.device.type != "cpu":
@@ -175,3 +195,26 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
 
     score = assemble(best) / (patch_norms(q, p) + _EPS)
     return score.to(query.dtype), assemble(index).contiguous()
+
+
+@torch.no_grad()
+def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, library: ctypes.CDLL | None = None) -> torch.Tensor:
+    """:func:`frfsr.ops.fast_match.coarse_topk` by the native kernel: indices (B, Nq, k') of
+    the k' = min(k, Nk) largest dot products of every query column of ``qd`` (B, D, Nq) with
+    the key columns of ``kd`` (B, D, Nk), best first, ties to the lowest index; float32, CPU.
+    The similarity matrix is never stored."""
+    lib = _load() if library is None else library
+    if lib is None:
+        raise RuntimeError(f"native CPU kernels unavailable: {unavailable_reason()}")
+    B, D, n_q = qd.shape
+    n_k = kd.shape[2]
+    k = min(int(k), n_k)
+    out = torch.empty(B, n_q, k, dtype=torch.int64)
+    for b in range(B):
+        qT = qd[b].float().contiguous()
+        krows = kd[b].float().t().contiguous()
+        status = lib.frfsr_coarse_topk(qT.data_ptr(), krows.data_ptr(), n_q, n_k, D, k, out[b].data_ptr(),
+                                       max(1, torch.get_num_threads()))
+        if status != 0:
+            raise MemoryError("the native coarse top-k kernel ran out of memory for its per-thread buffers")
+    return out

@@ -38,6 +38,7 @@ inline vec vset1(float x) { return _mm512_set1_ps(x); }
 inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline vec vzero() { return _mm512_setzero_ps(); }
+inline unsigned vgt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }  // lanes where a > b
 #elif defined(__AVX2__) && defined(__FMA__)
 typedef __m256 vec;
 constexpr int VL = 8, NJ = 4, NT = 3;
@@ -47,6 +48,7 @@ inline vec vset1(float x) { return _mm256_set1_ps(x); }
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec vzero() { return _mm256_setzero_ps(); }
+inline unsigned vgt(vec a, vec b) { return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ))); }
 #else
 typedef float vec;
 constexpr int VL = 1, NJ = 4, NT = 4;
@@ -56,6 +58,7 @@ inline vec vset1(float x) { return x; }
 inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
 inline vec vadd(vec a, vec b) { return a + b; }
 inline vec vzero() { return 0.f; }
+inline unsigned vgt(vec a, vec b) { return a > b ? 1u : 0u; }
 #endif
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -132,6 +135,17 @@ void search(const Problem& P, std::atomic<int64_t>& next) {
             const int64_t by = cy * s + P.flows[(cell * P.M + m) * 2] - P.r;   // first corner of the square
             const int64_t bx = cx * s + P.flows[(cell * P.M + m) * 2 + 1] - P.r;
             if (by + V <= 0 || by >= hk || bx + V <= 0 || bx >= wk) continue;  // no valid corner
+            // the next flow's key block on its way into the cache while this one is computed
+            if (m + 1 < P.need[cell]) {
+                const int64_t ny = cy * s + P.flows[(cell * P.M + m + 1) * 2] - P.r;
+                const int64_t nx = std::max<int64_t>(0, cx * s + P.flows[(cell * P.M + m + 1) * 2 + 1] - P.r);
+                const int64_t nx1 = std::min<int64_t>(W, nx + T);
+                for (int64_t y = std::max<int64_t>(0, ny); y < std::min<int64_t>(H, ny + T); ++y)
+                    if (nx < nx1) {
+                        const char* row = reinterpret_cast<const char*>(P.k + ((b * H + y) * W + nx) * C);
+                        for (int64_t o = 0; o < (nx1 - nx) * C * 4; o += 64) __builtin_prefetch(row + o);
+                    }
+            }
             // key block pixels; those outside the key only reach corners that are skipped below
             for (int64_t j = 0; j < TT; ++j) {
                 const int64_t y = by + j / T, x = bx + j % T;
@@ -188,6 +202,67 @@ void search(const Problem& P, std::atomic<int64_t>& next) {
     }
 }
 
+// ---------------------------------------------------------------- coarse top-k
+// For every query column of qT (D x nq, channel-major) the k key rows of kd (nk x D) with the
+// largest dot products, best first, ties to the lowest key index (keys are scanned in
+// increasing order and only a strictly larger value displaces one). The products are
+// computed in register blocks of NT * VL queries x NJ keys and compared at once with the
+// queries' current k-th best, so the similarity matrix is never stored.
+struct TopK {
+    const float* qT;
+    const float* kd;
+    int64_t nq, nk, D, k;
+    int64_t* index;     // (nq, k)
+};
+
+void topk_search(const TopK& P, std::atomic<int64_t>& next) {
+    constexpr int64_t QB = NT * VL;                  // queries per block
+    const int64_t nblocks = (P.nq + QB - 1) / QB, D = P.D, k = P.k;
+    const float ninf = -std::numeric_limits<float>::infinity();
+    std::vector<float> qb(D * QB), G(NJ * QB), val(QB * k), thr(QB);
+    std::vector<int64_t> idx(QB * k);
+    std::vector<float> zero(D, 0.f);
+    std::vector<const float*> kp(NJ);
+    for (int64_t blk = next.fetch_add(1); blk < nblocks; blk = next.fetch_add(1)) {
+        const int64_t q0 = blk * QB, nqb = std::min<int64_t>(QB, P.nq - q0);
+        for (int64_t c = 0; c < D; ++c)
+            for (int64_t i = 0; i < QB; ++i) qb[c * QB + i] = i < nqb ? P.qT[c * P.nq + q0 + i] : 0.f;
+        std::fill(val.begin(), val.end(), ninf);
+        std::fill(idx.begin(), idx.end(), int64_t(-1));
+        std::fill(thr.begin(), thr.end(), ninf);
+        std::fill(thr.begin() + nqb, thr.end(), std::numeric_limits<float>::infinity());
+        for (int64_t j0 = 0; j0 < P.nk; j0 += NJ) {
+            const int64_t nj = std::min<int64_t>(NJ, P.nk - j0);
+            for (int64_t a = 0; a < NJ; ++a) kp[a] = a < nj ? P.kd + (j0 + a) * D : zero.data();
+            products<NT>(kp.data(), qb.data(), QB, 0, D, G.data());
+            for (int64_t a = 0; a < nj; ++a) {
+                const float* g = &G[a * QB];
+                for (int64_t i0 = 0; i0 < QB; i0 += VL) {
+                  // (padding queries have a zero column and an infinite threshold: never inserted)
+                  for (unsigned m = vgt(vload(g + i0), vload(&thr[i0])); m; m &= m - 1) {
+                    const int64_t i = i0 + __builtin_ctz(m);
+                    const float v = g[i];
+                    // insert (v, j0 + a) into query i's list, kept sorted best first
+                    float* vl = &val[i * k];
+                    int64_t* il = &idx[i * k];
+                    int64_t pos = k - 1;
+                    while (pos > 0 && v > vl[pos - 1]) {
+                        vl[pos] = vl[pos - 1];
+                        il[pos] = il[pos - 1];
+                        --pos;
+                    }
+                    vl[pos] = v;
+                    il[pos] = j0 + a;
+                    thr[i] = vl[k - 1];
+                  }
+                }
+            }
+        }
+        for (int64_t i = 0; i < nqb; ++i)
+            for (int64_t t = 0; t < k; ++t) P.index[(q0 + i) * k + t] = idx[i * k + t];
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -206,6 +281,29 @@ int frfsr_window_match(const float* q, const float* k, const float* kn, const in
     auto work = [&P, &next, &failed]() {
         try {
             search(P, next);
+        } catch (...) {
+            failed = true;
+        }
+    };
+    std::vector<std::thread> pool;
+    try {
+        for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+    } catch (...) {
+    }
+    work();
+    for (auto& th : pool) th.join();
+    return failed ? 1 : 0;
+}
+
+// The k best keys of every query (see topk_search); returns 0, or 1 if memory ran out.
+int frfsr_coarse_topk(const float* qT, const float* kd, int64_t nq, int64_t nk, int64_t D, int64_t k,
+                      int64_t* index, int threads) {
+    const TopK P{qT, kd, nq, nk, D, k, index};
+    std::atomic<int64_t> next(0);
+    std::atomic<bool> failed(false);
+    auto work = [&P, &next, &failed]() {
+        try {
+            topk_search(P, next);
         } catch (...) {
             failed = true;
         }
