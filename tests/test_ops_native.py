@@ -268,7 +268,7 @@ def test_the_build_is_cached_and_a_missing_compiler_falls_back_to_the_reference(
     assert first.returncode == 0, first.stderr
     f = _fields(first.stdout)
     assert f["KIND"] == "native" and f["SELF"] == "True" and f["FORCED"] == "ok"
-    built = sorted((cache / "native").glob("window_match-*.so"))
+    built = sorted((cache / "native").glob("fast_match-*.so"))
     assert len(built) == 1 and f["PATH"] == str(built[0])
     assert not [p for p in (cache / "native").iterdir() if p.name.startswith(".")]   # no partial files
     mtime = built[0].stat().st_mtime_ns

@@ -52,20 +52,22 @@ MATCH_MODES = ("exact", "fast", "auto")
 FAST_MATCH_MIN_PAIRS = 2 ** 26
 """``match_mode="auto"`` uses the fast mode when (query patch positions) x (key patches,
 all Refs together) exceeds this (about 8200 x 8200: an LR of 92 px against a Ref of
-368 px). Measured on a 2-core CPU (BENCHMARKS.md, fast matching), the two modes take about
-as long at 2**24 pairs (LR 64 / Ref 256) and fast is about 4x faster at 2**28 (LR 128 /
-Ref 512); below the threshold exact matching costs a few seconds at most and is kept
-because it is the release's."""
+368 px). Measured on a 2-core CPU (BENCHMARKS.md, fast matching), fast is about 2.4x faster
+than exact at 2**24 pairs (LR 64 / Ref 256) and 9x at 2**28 (LR 128 / Ref 512) with the
+native CPU kernels (with the reference kernels: about as fast at 2**24, 5x at 2**28); below
+the threshold exact matching costs a few seconds at most and is kept because it is the
+release's."""
 
 FAST_MATCH_DEFAULTS = {"cell": 2, "search_cell": 4, "key_stride": 2, "topk": 22, "neighbours": 0,
                        "neighbour_topk": None, "radius": 1, "context": 1, "query_stride": None, "rounds": 0,
                        "jumps": (1,), "samples": 0, "search_radius": 8, "coarse_dims": 64}
 """Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching):
 on held-out pairs they find exact matching's match (or one within 1e-3 of its cosine) at
-98.2 / 95.2 / 95.6 / 97.8 % of positions (relevant / 4x4-shuffled / 8x8-shuffled / unrelated
-Refs), the SR within 0.03 dB of exact's, and at LR 192 / Ref 768 they match 9-12x faster
-than exact on a 2-core CPU (random features, the worst case, 8.7-9.8x; photo pairs 9.2-12.0x;
-time exponent 1.1 in the LR area). Among the designs measured,
+98.2 / 95.1 / 95.5 / 97.9 % of positions (relevant / 4x4-shuffled / 8x8-shuffled / unrelated
+Refs), the SR within 0.03 dB of exact's, and at LR 192 / Ref 768 they match about 19x faster
+than exact on a 2-core CPU with the native CPU kernels (random features, the worst case;
+about 9-10x with the reference kernels), the time growing with the LR area to the power
+1.1-1.2. Among the designs measured,
 more candidates per cell (``topk``) paid better than candidates borrowed from neighbouring
 cells (``neighbours``, ``neighbour_topk``) or PatchMatch rounds (``rounds``); the earlier
 defaults (cell 4, search cell 8, key stride 4, top-4, context 3) were 3x faster and agreed at

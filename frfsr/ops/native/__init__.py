@@ -1,11 +1,21 @@
 """Native CPU kernels: C++ built on first use with the machine's own compiler.
 
-``window_match.cpp`` is the CPU kernel of ``frfsr::window_match`` (the windowed search of the
-fast matching mode): per search cell and flow it computes the pixel products straight from
-the channels-last key, sums the taps and keeps the best in the core's caches, where the
-reference (:mod:`frfsr.ops.window`) gathers key blocks, runs batched matrix products and
-sums taps through memory. Same definition, same tie rule; about 2x faster on a 2-core
-CPU (BENCHMARKS.md, fast matching).
+``fast_match.cpp`` holds the two CPU kernels of the fast matching mode
+(:mod:`frfsr.ops.fast_match`):
+
+* :func:`window_match`, the kernel of ``frfsr::window_match`` (the windowed search): per
+  search cell and flow it computes the pixel products straight from the channels-last key,
+  sums the taps and keeps the best in the core's caches, where the reference
+  (:mod:`frfsr.ops.window`) gathers key blocks, runs batched matrix products and sums taps
+  through memory;
+* :func:`coarse_topk`, the candidates' top-k: products in registers compared at once with
+  each query's current k-th best, so the (query cells x key cells) similarities are never
+  stored.
+
+Same definitions and tie rules as the reference; together about 2x the reference's speed on
+a 2-core CPU (BENCHMARKS.md, fast matching). Vector paths: AVX-512, AVX2 + FMA, plain C++
+(chosen by the compiler's target; ``"auto"`` uses the kernels only with vectors, the plain
+build being slower than the reference).
 
 Building: the first call in a process looks for the library in the cache
 (``$FRFSR_CACHE/native``, else ``$XDG_CACHE_HOME/frfsr/native``, else
@@ -36,7 +46,7 @@ import torch.nn.functional as F
 __all__ = ["available", "unavailable_reason", "library_path", "vector_width", "window_match", "coarse_topk",
            "compile_library", "load_library"]
 
-SOURCE = Path(__file__).with_name("window_match.cpp")
+SOURCE = Path(__file__).with_name("fast_match.cpp")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 _BUILD_TIMEOUT_S = 300
 
@@ -97,7 +107,7 @@ def _build() -> Path:
     variants = []
     for arch in (("-march=native",), ()):
         key = hashlib.sha256(src + "\0".join((cxx, *arch, *_FLAGS)).encode() + _cpu_flags().encode()).hexdigest()
-        variants.append((arch, cache_root() / "native" / f"window_match-{key[:16]}.so"))
+        variants.append((arch, cache_root() / "native" / f"fast_match-{key[:16]}.so"))
     for _, dest in variants:
         if dest.is_file():
             return dest

@@ -1,16 +1,18 @@
-// Windowed cosine patch matching on the CPU: the native kernel of frfsr::window_match.
+// The native CPU kernels of the fast matching mode (frfsr/ops/fast_match.py).
 //
-// Same definition as the PyTorch reference (frfsr/ops/window.py): every query patch of a
+// frfsr_window_match: windowed cosine patch matching, the kernel of frfsr::window_match. Same
+// definition as the PyTorch reference (frfsr/ops/window.py): every query patch of a
 // cell x cell search cell is compared, for each of the cell's first need[cell] flows, with
 // the key patches whose corners lie in the cell's square moved by the flow and widened by
 // radius; the best <q, k> / (||k|| + 1e-5) wins, ties to the lowest key index. The caller
-// divides by ||q|| + 1e-5.
+// divides by ||q|| + 1e-5. Per search cell and flow, everything stays in the core's caches:
+// the pixel products G (query block pixels x key block pixels, a register-blocked product
+// read straight from the channels-last key, no gathered copy), the p x p tap sums (shifted
+// vector adds), and the running best per query patch. Cells are handed to the worker threads
+// one at a time, in the order given (largest need first), so the threads stay balanced.
 //
-// Per search cell and flow, everything stays in the core's caches: the pixel products G
-// (query block pixels x key block pixels, a register-blocked product read straight from the
-// channels-last key, no gathered copy), the p x p tap sums (shifted vector adds), and the
-// running best per query patch. Cells are handed to the worker threads one at a time, in
-// the order given (largest need first), so the threads stay balanced.
+// frfsr_coarse_topk: the k largest dot products per query column (the candidates' top-k),
+// without storing the similarity matrix (see topk_search).
 //
 // Built on first use by frfsr/ops/native/__init__.py with -O3 -march=native: AVX-512 where
 // the CPU has it, else AVX2 + FMA, else plain C++.
