@@ -324,10 +324,10 @@ def test_dispatch_uses_the_fused_kernel_when_asked():
     assert (s - s2).abs().max() < 1e-5
 
 
-def test_window_match_gradients_agree_between_backends_and_opcheck():
-    """One backward for both kernels of frfsr::window_match: where they select the same key
-    patches, the score gradients w.r.t. query and key agree; opcheck for the fused kernel."""
-    _fused()
+def check_window_match_gradients(backend: str):
+    """One backward for every kernel of frfsr::window_match: where ``backend``'s kernel and the
+    reference select the same key patches, the scores and their gradients w.r.t. query and
+    key agree; opcheck for ``backend``'s kernel."""
     q, k = _feat(1, 16, 6, 7, seed=17), _feat(1, 16, 9, 8, seed=18)
     flows = torch.randint(-3, 3, (1, 2, 3, 2, 2), generator=torch.Generator().manual_seed(19))
     best, second, _ = _brute(q, k, _square_cands(flows, 2, 1, 7, 6))
@@ -335,12 +335,12 @@ def test_window_match_gradients_agree_between_backends_and_opcheck():
     assert sep.float().mean() > 0.5
     go = torch.randn(best.shape, generator=torch.Generator().manual_seed(20)) * sep
     res = {}
-    for backend in ("reference", "fused"):
+    for name in ("reference", backend):
         qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-        with ops.use_backend(backend):
+        with ops.use_backend(name):
             score, index = ops.window_match(qq, kk, flows, 2, 1)
-        res[backend] = (score, index, torch.autograd.grad(score, (qq, kk), go))
-    (rs, ri, rg), (fs, fi, fg) = res["reference"], res["fused"]
+        res[name] = (score, index, torch.autograd.grad(score, (qq, kk), go))
+    (rs, ri, rg), (fs, fi, fg) = res["reference"], res[backend]
     assert torch.equal(fi[sep], ri[sep])
     assert (fs - rs).abs().max() < 1e-5
     for a, e in zip(fg, rg):
@@ -348,7 +348,12 @@ def test_window_match_gradients_agree_between_backends_and_opcheck():
     # (the reference kernel's opcheck is in tests/test_ops_reference.py)
     q, k = _feat(1, 8, 5, 6, seed=21).requires_grad_(), _feat(1, 8, 6, 6, seed=22).requires_grad_()
     flows = torch.randint(-2, 2, (1, 2, 2, 1, 2), generator=torch.Generator().manual_seed(23))
-    torch.library.opcheck(torch.ops.frfsr.window_match.default, (q, k, flows, 2, 1, 3, None, "fused"))
+    torch.library.opcheck(torch.ops.frfsr.window_match.default, (q, k, flows, 2, 1, 3, None, backend))
+
+
+def test_window_match_gradients_agree_between_backends_and_opcheck():
+    _fused()
+    check_window_match_gradients("fused")
 
 
 # ------------------------------------------------------------------ match_mode plumbing

@@ -23,7 +23,7 @@ from frfsr.ops.custom_ops import kernel_backend
 from frfsr.ops.fast_match import candidate_flows, coarse_topk, principal_components
 from frfsr.ops.window import window_match as reference_window_match
 
-from test_match_fast import _brute, _check, _feat, _smooth, _square_cands
+from test_match_fast import _brute, _check, _feat, _smooth, _square_cands, check_window_match_gradients
 
 CPU = torch.device("cpu")
 
@@ -206,24 +206,7 @@ def test_native_backend_is_for_cpu_tensors_only():
 
 
 def test_native_gradients_are_the_operators_and_opcheck():
-    q, k = _feat(1, 16, 6, 7, seed=17), _feat(1, 16, 9, 8, seed=18)
-    flows = torch.randint(-3, 3, (1, 2, 3, 2, 2), generator=torch.Generator().manual_seed(19))
-    best, second, _ = _brute(q, k, _square_cands(flows, 2, 1, 7, 6))
-    sep = best - second > 1e-4
-    go = torch.randn(best.shape, generator=torch.Generator().manual_seed(20)) * sep
-    res = {}
-    for backend in ("reference", "native"):
-        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-        with ops.use_backend(backend):
-            score, index = ops.window_match(qq, kk, flows, 2, 1)
-        res[backend] = (index, torch.autograd.grad(score, (qq, kk), go))
-    (ri, rg), (ni, ng) = res["reference"], res["native"]
-    assert torch.equal(ni[sep], ri[sep])
-    for a, e in zip(ng, rg):
-        assert e.abs().sum() > 0 and (a - e).abs().max() < 1e-5
-    q, k = _feat(1, 8, 5, 6, seed=21).requires_grad_(), _feat(1, 8, 6, 6, seed=22).requires_grad_()
-    flows = torch.randint(-2, 2, (1, 2, 2, 1, 2), generator=torch.Generator().manual_seed(23))
-    torch.library.opcheck(torch.ops.frfsr.window_match.default, (q, k, flows, 2, 1, 3, None, "native"))
+    check_window_match_gradients("native")
 
 
 # ------------------------------------------------------------------ building

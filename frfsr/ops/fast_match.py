@@ -406,7 +406,7 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
     search_cell, radius = d["search_cell"], d["radius"]
     if d["rounds"] == 0 or not (d["jumps"] or d["samples"]):
         return window_match(query, key, flows, search_cell, radius, patch_size=p)
-    hk, wk = key.shape[-2] - p + 1, key.shape[-1] - p + 1
+    wk = key.shape[-1] - p + 1
     with torch.no_grad():
         _, index = window_match(query.detach(), key.detach(), flows, search_cell, radius, patch_size=p)
         _, index = propagate(query.detach().float(), key.detach().float(), index, p, d["rounds"], d["jumps"],

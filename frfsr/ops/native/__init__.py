@@ -141,6 +141,14 @@ def _load() -> ctypes.CDLL | None:
         return lib
 
 
+def _library(library: ctypes.CDLL | None) -> ctypes.CDLL:
+    """``library``, else the built one; ``RuntimeError`` saying why when there is none."""
+    lib = _load() if library is None else library
+    if lib is None:
+        raise RuntimeError(f"native CPU kernels unavailable: {unavailable_reason()}")
+    return lib
+
+
 def available() -> bool:
     """True when the native kernels are built (or load from the cache) on this machine."""
     return _load() is not None
@@ -160,10 +168,7 @@ def library_path() -> Path | None:
 
 def vector_width() -> int:
     """Floats per vector of the loaded build: 16 (AVX-512), 8 (AVX2 + FMA) or 1 (plain C++)."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"native CPU kernels unavailable: {unavailable_reason()}")
-    return int(lib.frfsr_vector_width())
+    return int(_library(None).frfsr_vector_width())
 
 
 @torch.no_grad()
@@ -176,9 +181,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     ``library``: a :func:`load_library` result to run instead of the built one."""
     from ..window import _EPS, check_window_match_args, flows_needed, patch_norms
     p, s, r = check_window_match_args(query, key, flows, cell, radius, patch_size)
-    lib = _load() if library is None else library
-    if lib is None:
-        raise RuntimeError(f"native CPU kernels unavailable: {unavailable_reason()}")
+    lib = _library(library)
     if query.device.type != "cpu" or key.device.type != "cpu":
         raise RuntimeError(f"the native window_match kernel runs on CPU tensors; got {query.device} and {key.device}")
     B, C, h, w = query.shape
@@ -213,9 +216,7 @@ def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, library: ctypes.CDLL
     the k' = min(k, Nk) largest dot products of every query column of ``qd`` (B, D, Nq) with
     the key columns of ``kd`` (B, D, Nk), best first, ties to the lowest index; float32, CPU.
     The similarity matrix is never stored."""
-    lib = _load() if library is None else library
-    if lib is None:
-        raise RuntimeError(f"native CPU kernels unavailable: {unavailable_reason()}")
+    lib = _library(library)
     B, D, n_q = qd.shape
     n_k = kd.shape[2]
     k = min(int(k), n_k)

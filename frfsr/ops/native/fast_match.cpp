@@ -265,6 +265,29 @@ void topk_search(const TopK& P, std::atomic<int64_t>& next) {
     }
 }
 
+// Runs work(next) on `threads` threads (fewer if some cannot be started), the work items
+// handed out through the shared counter `next`; returns 0, or 1 if a worker threw (memory).
+template <class Work>
+int run_on_threads(int threads, Work work) {
+    std::atomic<int64_t> next(0);
+    std::atomic<bool> failed(false);
+    auto guarded = [&work, &next, &failed]() {
+        try {
+            work(next);
+        } catch (...) {
+            failed = true;
+        }
+    };
+    std::vector<std::thread> pool;
+    try {
+        for (int t = 1; t < threads; ++t) pool.emplace_back(guarded);
+    } catch (...) {
+    }
+    guarded();
+    for (auto& th : pool) th.join();
+    return failed ? 1 : 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -278,46 +301,14 @@ int frfsr_window_match(const float* q, const float* k, const float* kn, const in
                        const int64_t* order, int64_t B, int64_t hc, int64_t wc, int64_t M, int64_t C, int64_t H,
                        int64_t W, int64_t s, int64_t r, int64_t p, float* best, int64_t* index, int threads) {
     const Problem P{q, k, kn, flows, need, order, B, hc, wc, M, C, H, W, s, r, p, best, index};
-    std::atomic<int64_t> next(0);
-    std::atomic<bool> failed(false);
-    auto work = [&P, &next, &failed]() {
-        try {
-            search(P, next);
-        } catch (...) {
-            failed = true;
-        }
-    };
-    std::vector<std::thread> pool;
-    try {
-        for (int t = 1; t < threads; ++t) pool.emplace_back(work);
-    } catch (...) {
-    }
-    work();
-    for (auto& th : pool) th.join();
-    return failed ? 1 : 0;
+    return run_on_threads(threads, [&P](std::atomic<int64_t>& next) { search(P, next); });
 }
 
 // The k best keys of every query (see topk_search); returns 0, or 1 if memory ran out.
 int frfsr_coarse_topk(const float* qT, const float* kd, int64_t nq, int64_t nk, int64_t D, int64_t k,
                       int64_t* index, int threads) {
     const TopK P{qT, kd, nq, nk, D, k, index};
-    std::atomic<int64_t> next(0);
-    std::atomic<bool> failed(false);
-    auto work = [&P, &next, &failed]() {
-        try {
-            topk_search(P, next);
-        } catch (...) {
-            failed = true;
-        }
-    };
-    std::vector<std::thread> pool;
-    try {
-        for (int t = 1; t < threads; ++t) pool.emplace_back(work);
-    } catch (...) {
-    }
-    work();
-    for (auto& th : pool) th.join();
-    return failed ? 1 : 0;
+    return run_on_threads(threads, [&P](std::atomic<int64_t>& next) { topk_search(P, next); });
 }
 
 }  // extern "C"
