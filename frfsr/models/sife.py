@@ -53,3 +53,36 @@ class SIFE(nn.Module):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         feat = self.conv_first(lr)
         return feat + self.conv_body(self.body(feat))
+
+
+class RRDBNet(SIFE):
+    """ESRGAN's whole RRDBNet x4: the SIFE trunk plus its upsampler (two nearest x2 steps,
+    each followed by a 3x3 conv, then ``conv_hr`` and ``conv_last``). Parameter names are
+    BasicSR's, so ESRGAN / Real-ESRGAN x4 weights load with ``load_state_dict`` and the
+    trunk's keys are exactly :class:`SIFE`'s. LR in [0, 1], 4x image out (not clamped)."""
+
+    def __init__(self, n_blocks: int = 23, feat: int = 64, grow: int = 32):
+        super().__init__(n_blocks, feat, grow)
+        self.conv_up1 = nn.Conv2d(feat, feat, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(feat, feat, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(feat, feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(feat, 3, 3, 1, 1)
+
+    def trunk(self, lr: torch.Tensor) -> torch.Tensor:
+        """The LR-size feature the upsampler starts from (what SIFE computes)."""
+        return super().forward(lr)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(lr)
+        for conv in (self.conv_up1, self.conv_up2):
+            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
+        return self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
+
+    @staticmethod
+    def shape_of(state_dict: dict) -> dict:
+        """``n_blocks``, ``feat`` and ``grow`` of RRDBNet / SIFE weights (BasicSR names)."""
+        blocks = {int(k.split(".")[1]) for k in state_dict if k.startswith("body.")}
+        if "conv_first.weight" not in state_dict or not blocks:
+            raise ValueError("not RRDBNet weights: expected conv_first.weight and body.N.rdbK.convJ keys")
+        return dict(n_blocks=max(blocks) + 1, feat=int(state_dict["conv_first.weight"].shape[0]),
+                    grow=int(state_dict["body.0.rdb1.conv1.weight"].shape[0]))
