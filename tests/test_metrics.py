@@ -144,3 +144,48 @@ def test_psnr_y_over_a_mask():
         psnr_y(sr, hr, mask=torch.ones(8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="no pixel"):
         psnr_y(sr, hr, mask=torch.zeros(40, 32, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------- fine-detail measures
+def _textured(seed=0, size=48):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, size // 4, size // 4, generator=g)
+    img = torch.nn.functional.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)
+    return (img + 0.15 * torch.rand(1, 3, size, size, generator=g)).clamp(0, 1)
+
+
+def test_sharpness_and_detail_fidelity_of_the_truth_and_of_a_blur():
+    from frfsr.metrics import detail_fidelity, sharpness
+    hr = _textured()
+    assert sharpness(hr, hr) == pytest.approx(1.0)
+    assert detail_fidelity(hr, hr) == pytest.approx(1.0)
+    blurred = torch.nn.functional.avg_pool2d(hr, 3, 1, 1, count_include_pad=False)
+    assert sharpness(blurred, hr) < 0.3                       # a blur keeps little fine detail
+    assert 0.2 < detail_fidelity(blurred, hr) < 1.0           # what is left is in the right place
+    doubled = (0.5 + 2 * (hr - 0.5)).clamp(0, 1)
+    assert sharpness(doubled, hr) > 1.5                       # over-sharpened
+
+
+def test_invented_detail_is_sharp_but_not_faithful():
+    from frfsr.metrics import detail_fidelity, sharpness
+    hr, other = _textured(0), _textured(1)
+    assert sharpness(other, hr) > 0.5
+    assert abs(detail_fidelity(other, hr)) < 0.2
+    assert detail_fidelity(hr, hr) > detail_fidelity(0.5 * hr + 0.5 * other, hr) > detail_fidelity(other, hr)
+
+
+def test_detail_measures_by_hand_and_edge_cases():
+    from frfsr.metrics import _LAPLACIAN, detail_fidelity, rgb_to_y, sharpness
+    sr, hr = _textured(2, 24), _textured(3, 24)
+    lap = lambda x: torch.nn.functional.conv2d(rgb_to_y(x).double()[..., 4:-4, 4:-4], _LAPLACIAN).flatten()
+    a, b = lap(sr), lap(hr)
+    assert sharpness(sr, hr) == pytest.approx(float(a.var(unbiased=False) / b.var(unbiased=False)), rel=1e-6)
+    assert detail_fidelity(sr, hr) == pytest.approx(float(torch.corrcoef(torch.stack([a, b]))[0, 1]), rel=1e-6)
+    flat = torch.full((1, 3, 24, 24), 0.5)
+    assert sharpness(flat, flat) == 1.0 and detail_fidelity(flat, hr) == 0.0
+    assert sharpness(hr, flat) == math.inf
+    assert len(sharpness(torch.cat([sr, hr]), torch.cat([hr, hr]), reduction="none")) == 2
+    with pytest.raises(ValueError, match="same shape"):
+        sharpness(sr, hr[..., :20])
+    with pytest.raises(ValueError, match="3x3"):
+        detail_fidelity(sr[..., :10, :10], hr[..., :10, :10])

@@ -83,7 +83,17 @@ def build_stage1_model(cfg) -> FRFSR:
         if pretrained.config.stage != 1:
             raise ValueError(f"init.pretrained={init.pretrained} is a stage-{pretrained.config.stage} model; stage 1 "
                              "needs a stage-1 one")
-        model.load_state_dict(pretrained.state_dict(), strict=True)
+        if _architecture(pretrained.config, SIFE_FIELDS) != _architecture(model.config, SIFE_FIELDS):
+            raise ValueError(f"init.pretrained={init.pretrained} has another architecture than model "
+                             f"({_architecture(pretrained.config, ())} against {_architecture(model.config, ())})")
+        if _architecture(pretrained.config, ()) == _architecture(model.config, ()):
+            model.load_state_dict(pretrained.state_dict(), strict=True)
+        elif not init.sife:
+            raise ValueError(f"init.pretrained={init.pretrained} has another SIFE than model: set init.sife to the "
+                             "SIFE weights to put in its place")
+        else:
+            _load_part(model, "restoration", without_sife(pretrained, model.config), "all but SIFE",
+                       init.pretrained)
     for key, (kind, part, what) in _INITS.items():
         path = getattr(init, key)
         if path:
@@ -98,9 +108,36 @@ def build_stage1_model(cfg) -> FRFSR:
         logger.warning("the texture encoder has random weights (set init.encoder or init.pretrained)")
     freeze(model.texture_encoder)
     freeze(model.ref_extractor)
+    if cfg.model.freeze_sife:
+        freeze(model.sife)
     if cfg.model.train_ref_extractor:      # learns through the differentiable warp of its features
         model.ref_extractor.requires_grad_(True).train()
     return model
+
+
+SIFE_FIELDS = ("sife_blocks", "sife_feat", "sife_grow")
+
+
+def _architecture(config: FRFSRConfig, ignore: tuple[str, ...]) -> dict:
+    d = config.to_dict()
+    for k in ("name", *ignore):
+        d.pop(k)
+    return d
+
+
+def without_sife(pretrained: FRFSR, config: FRFSRConfig) -> dict[str, torch.Tensor]:
+    """The weights of ``pretrained`` for a model of ``config``, which differs from it only in
+    its SIFE: every tensor but SIFE's; the SIFE fusion conv keeps its weights on the U-Net
+    feature and starts at zero on the new SIFE's channels (so the model starts as
+    ``pretrained`` without its SIFE, and learns to use the new one)."""
+    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("sife.")}
+    old_c = pretrained.config.sife_feat
+    for key in [k for k in state if k.endswith("sife_fuse.weight")]:
+        w = state[key]
+        grown = w.new_zeros(w.shape[0], config.sife_feat + w.shape[1] - old_c, *w.shape[2:])
+        grown[:, config.sife_feat:] = w[:, old_c:]          # torch.cat((sife, x)): SIFE's channels first
+        state[key] = grown
+    return state
 
 
 def offset_level(name: str) -> str | None:

@@ -42,6 +42,7 @@ class ModelSection:
     preset: str = "paper"
     overrides: dict = field(default_factory=dict)
     train_ref_extractor: bool = False   # train the VGG19 Ref extractor through the warp (no ImageNet weights)
+    freeze_sife: bool = False           # keep the SIFE trunk as initialised (a pretrained prior)
 
 
 @dataclass
@@ -150,7 +151,8 @@ class LossSection:
 class InitSection:
     """Where the weights come from."""
 
-    pretrained: Optional[str] = None    # stage 1: a whole FRFSR export (config.json + model.safetensors) to start from
+    pretrained: Optional[str] = None    # stage 1: a whole FRFSR export (config.json + model.safetensors) to start from;
+                                        # with init.sife, its SIFE may differ in size (the rest must match)
     sife: Optional[str] = None          # stage 1: ESRGAN RRDB_PSNR_x4 .pth for the SIFE trunk
     encoder: Optional[str] = None       # stage 1: contrastively pre-trained texture encoder state dict
     vgg19: Optional[str] = None         # stage 1: torchvision vgg19 weights for the Ref feature extractor
