@@ -41,9 +41,11 @@ class CLIError(Exception):
 
 
 def _model_args(p: argparse.ArgumentParser, default_model: str | None = "frfsr-default") -> None:
+    from . import hub
     p.add_argument("--model", default=default_model,
-                   help="a model folder, 'frfsr-default' (bundled, clean LRs), 'frfsr-robust' (bundled, JPEG / "
-                        "noisy LRs) or a Hub repo id (default: %(default)s)")
+                   help="a model folder, a bundled model (" +
+                        ", ".join(f"'{n}': {use}" for n, use in hub.BUNDLED_USES.items()) +
+                        ") or a Hub repo id (default: %(default)s)")
     p.add_argument("--revision", help="Hub branch, tag or commit to pin")
     p.add_argument("--local-files-only", action="store_true", help="use the Hub cache only, no downloads")
     p.add_argument("--cache-dir", help="Hub cache folder (default: the huggingface_hub cache)")

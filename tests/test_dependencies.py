@@ -22,7 +22,7 @@ MODULE_OF = {"huggingface-hub": "huggingface_hub", "pillow": "PIL", "pypng": "pn
 OPTIONAL = {"triton", "lpips", "psutil", "matplotlib", "comfy", "folder_paths", "server", "comfy_execution", "nodes"}
 TRAINING_ONLY = ("frfsr/training/", "frfsr/data/", "frfsr/evaluate.py")
 # modules of an extra: imported lazily by the files named, which say which extra to install
-EXTRA_ONLY = {"av": ("video", ("frfsr/video.py",))}
+EXTRA_ONLY = {"av": ("video", ("frfsr/video.py",)), "ncnn": ("prior", ("train/prior_rrdb.py",))}
 # imported by an inference module only where several processes run (accelerate launch / torchrun)
 MULTI_PROCESS_ONLY = {"accelerate": ("frfsr/batch.py",)}
 
