@@ -105,7 +105,8 @@ def page(server):
     if exe is None:
         pytest.skip("no chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
     # settings the frontend reads on start: no first-run template browser over the canvas
-    for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingNodesWarning": True}.items():
+    for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingNodesWarning": True,
+                       "Comfy.Minimap.Visible": False}.items():
         status, _ = server.request(f"/settings/{key}", value)
         assert status == 200
     profile = tempfile.mkdtemp(prefix="frfsr-chromium-")
@@ -125,6 +126,7 @@ def page(server):
         devtools = DevTools(target["webSocketDebuggerUrl"])
         devtools.call("Runtime.enable")
         devtools.call("Page.enable")
+        devtools.call("Emulation.setDeviceMetricsOverride", width=1500, height=860, deviceScaleFactor=1, mobile=False)
         devtools.call("Page.navigate", url=server.url + "/")
         devtools.wait_for("window.app && window.app.graph && window.LiteGraph && "
                           "LiteGraph.registered_node_types['FRFSRUpscale'] && document.querySelector('canvas')", 120)
@@ -157,12 +159,33 @@ def test_every_ui_workflow_loads_and_gives_its_api_twin(page):
     assert page.exceptions() == [], "\n".join(page.exceptions())
 
 
+FIT_VIEW = """(() => {
+  const nodes = app.graph._nodes, c = app.canvas.canvas, top = 50;
+  const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - 32));
+  const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+  const w = c.clientWidth - 60, h = c.clientHeight - top - 20;
+  const s = Math.min(w / (x1 - x0 + 40), h / (y1 - y0 + 40), 1.25);
+  app.canvas.ds.scale = s;
+  app.canvas.ds.offset = [60 / s + (w / s - (x1 - x0)) / 2 - x0, top / s + (h / s - (y1 - y0)) / 2 - y0];
+  app.graph.setDirtyCanvas(true, true);
+})()"""
+
+
 def test_a_workflow_queued_from_the_page_saves_its_image(page, server):
     name = "frfsr_upscale.json"
     page.js(f"app.loadGraphData({json.dumps(json.loads((WORKFLOWS / name).read_text()))})")
+    writing = os.environ.get("FRFSR_WRITE_SCREENSHOT") == "1"
+    if writing:            # the picture for the docs: the bundled demo pair at full size (slower)
+        from frfsr.demo import ASSETS
+        for asset, target, title in (("lr.png", "frfsr_demo_lr.png", "LR image"),
+                                     ("ref.png", "frfsr_demo_reference.png", "Reference image")):
+            shutil.copyfile(ASSETS / asset, server.input / target)
+            page.js(f"(() => {{ const n = app.graph._nodes.find(n => n.type === 'LoadImage' && "
+                    f"n.title.startsWith({json.dumps(title)})); n.widgets[0].value = {json.dumps(target)}; "
+                    "n.widgets[0].callback?.(n.widgets[0].value); })()")
     before = set(server.get("/history"))
     page.js("app.queuePrompt(0, 1)")
-    deadline, done = time.monotonic() + 180, None
+    deadline, done = time.monotonic() + 600, None
     while done is None and time.monotonic() < deadline:
         time.sleep(0.5)
         done = next((h for pid, h in server.get("/history").items()
@@ -175,11 +198,11 @@ def test_a_workflow_queued_from_the_page_saves_its_image(page, server):
     page.wait_for("Object.values(app.nodeOutputs || {}).some(o => (o.images || []).some("
                   f"i => i.filename === {json.dumps(image['filename'])}))", 30)
     time.sleep(1.0)                  # let the canvas draw the image
-    page.js("app.canvas.ds.offset = [20, 60]; app.canvas.ds.scale = 1.0; app.graph.setDirtyCanvas(true, true)")
+    page.js(FIT_VIEW)
     time.sleep(0.5)
     shot = base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"])
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
-    if os.environ.get("FRFSR_WRITE_SCREENSHOT") == "1":
+    if writing:
         SCREENSHOT.parent.mkdir(exist_ok=True)
         SCREENSHOT.write_bytes(shot)
     assert page.exceptions() == [], "\n".join(page.exceptions())
