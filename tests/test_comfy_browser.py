@@ -4,7 +4,7 @@ tests/comfy_server.py; no browser-automation package).
 
 One page, on the 0.8.0 server shared with tests/test_comfy_server.py: every UI workflow in
 workflows/ is loaded into the graph; no node type may be missing, no JavaScript exception
-may be raised, and ``app.graphToPrompt()`` must give the workflow's API twin; then the
+may be raised (nor an error logged to the console), and ``app.graphToPrompt()`` must give the workflow's API twin; then the
 one-node workflow is queued from the page and its image awaited. The canvas is captured
 (``FRFSR_WRITE_SCREENSHOT=1`` writes it to docs/images/, where docs/comfyui.md shows it).
 
@@ -87,8 +87,10 @@ class DevTools:
         raise TimeoutError(f"{expression} was not true within {timeout} s")
 
     def exceptions(self) -> list[str]:
-        return [json.dumps(e["params"]["exceptionDetails"])[:1500] for e in self.events
-                if e["method"] == "Runtime.exceptionThrown"]
+        """JavaScript exceptions thrown, and errors logged to the console, so far."""
+        return [json.dumps(e["params"])[:1500] for e in self.events
+                if e["method"] == "Runtime.exceptionThrown"
+                or (e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")]
 
     def close(self) -> None:
         self.ws.close()
