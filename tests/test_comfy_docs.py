@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
 from comfy_server import BUILD_080
 from test_comfy_nodes import REPO_ROOT, get_pack

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_server import BUILD_080, BUILD_2024, BUILDS, COMFYUI_COMMIT, ComfyServer, prepare, run_prompt
+from comfy_server import BUILD_080, BUILDS, COMFYUI_COMMIT, ComfyServer, prepare, run_prompt
 from test_comfy_nodes import REPO_ROOT, get_pack
 
 WORKFLOWS = REPO_ROOT / "workflows"
