@@ -134,8 +134,8 @@ def image_alpha(image) -> torch.Tensor | None:
 
 
 def resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B, C, H, W] float -> ``size`` (h, w): bicubic, antialiased when it shrinks (the filter
-    PIL and ComfyUI's "Upscale Image By" use for downscaling), clipped to [0, 1]."""
+    """[B, C, H, W] float -> ``size`` (h, w): bicubic, antialiased when it shrinks (as PIL's
+    bicubic resize: no aliasing from skipped pixels), clipped to [0, 1]."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t
     import torch.nn.functional as F
