@@ -776,15 +776,16 @@ def test_v1_or_v3_is_chosen_by_what_comfyui_offers(tmp_path):
     """))
     script = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); m = importlib.import_module('frfsr_nodes'); "
               "print(m.INTERFACE, sorted(m.EXPORTS))")
-    env = {k: v for k, v in os.environ.items() if k != "FRFSR_COMFY_NODE_API"}
-    plain = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True, env=env,
-                           cwd=REPO_ROOT)
-    assert plain.stdout.split("\n")[0] == "v1 ['NODE_CLASS_MAPPINGS', 'NODE_DISPLAY_NAME_MAPPINGS']", plain.stderr
-    env["PYTHONPATH"] = str(tmp_path)
-    v3 = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True, env=env,
-                        cwd=REPO_ROOT)
-    assert v3.stdout.split("\n")[0] == "v3 ['comfy_entrypoint']", v3.stderr
-    env["FRFSR_COMFY_NODE_API"] = "v1"
-    forced = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True, env=env,
-                            cwd=REPO_ROOT)
-    assert forced.stdout.split("\n")[0].startswith("v1 "), forced.stderr
+    base = {k: v for k, v in os.environ.items() if k not in ("FRFSR_COMFY_NODE_API", "PYTHONPATH")}
+    envs = {"plain": base, "v3": {**base, "PYTHONPATH": str(tmp_path)},
+            "forced": {**base, "PYTHONPATH": str(tmp_path), "FRFSR_COMFY_NODE_API": "v1"}}
+    procs = {name: subprocess.Popen([sys.executable, "-c", script, str(REPO_ROOT)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+             for name, env in envs.items()}            # at once: each mostly waits for torch to import
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        out[name] = (stdout.split("\n")[0], stderr)
+    assert out["plain"][0] == "v1 ['NODE_CLASS_MAPPINGS', 'NODE_DISPLAY_NAME_MAPPINGS']", out["plain"][1]
+    assert out["v3"][0] == "v3 ['comfy_entrypoint']", out["v3"][1]
+    assert out["forced"][0].startswith("v1 "), out["forced"][1]
