@@ -1,8 +1,8 @@
 """ComfyUI entry point: this repository is a ComfyUI custom-node pack.
 
-ComfyUI imports ``custom_nodes/<folder>/__init__.py`` as a package and reads
-``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS`` (V1 node definitions, see
-docs/comfyui.md). The nodes live in ``frfsr_nodes/``; they need the ``frfsr`` library,
+ComfyUI imports ``custom_nodes/<folder>/__init__.py`` as a package and reads either
+``comfy_entrypoint`` (its V3 node interface, where ComfyUI has it) or ``NODE_CLASS_MAPPINGS``
+and ``NODE_DISPLAY_NAME_MAPPINGS`` (V1, older ComfyUI and plain Python); see docs/comfyui.md. The nodes live in ``frfsr_nodes/``; they need the ``frfsr`` library,
 which is used as installed when ``pip install`` put it on the path, or else straight from
 this clone. Nothing here needs ComfyUI, so the pack also imports in plain Python (tests).
 """
@@ -32,11 +32,12 @@ if not _library_importable():
 
 try:
     if _NAMED_LIKE_LIBRARY or not __package__:
-        from frfsr_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+        from frfsr_nodes import EXPORTS
     else:
-        from .frfsr_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+        from .frfsr_nodes import EXPORTS
 except ImportError as e:
     raise ImportError(f"FRFSR nodes could not be imported ({e}); install the requirements with "
                       f"'pip install -r {os.path.join(_ROOT, 'requirements.txt')}'") from e
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+globals().update(EXPORTS)       # comfy_entrypoint (V3), or the two V1 mappings
+__all__ = list(EXPORTS)

@@ -33,6 +33,8 @@ MAX_AUTO_TILE = 1024        # largest tile side auto_tile_size picks (LR pixels)
 MEMORY_FRACTION = 0.5       # share of the free memory auto_tile_size plans to use
 
 ProgressFn = Callable[[int, int], None]        # progress(done_tiles, total_tiles)
+# on_tile((y0, y1, x0, x1), sr_tile): a tile's 4x result as soon as it is restored (LR window)
+TileFn = Callable[[tuple, torch.Tensor], None]
 InterruptFn = Callable[[], bool]               # interrupt() -> True to stop (or raise itself)
 
 
@@ -305,14 +307,15 @@ def _check_lr(lr) -> None:
 def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP,
                   progress: ProgressFn | None = None, interrupt: InterruptFn | None = None,
                   return_details: bool = False, keep_warped_ref: bool = True, oom_fallback: bool = True,
-                  ref_scales=(1.0,), ref_angles=(0.0,), name: str = "lr"):
+                  ref_scales=(1.0,), ref_angles=(0.0,), name: str = "lr", on_tile: TileFn | None = None):
     """4x SR of ``lr`` (B, 3, h, w) in [0, 1] against ``refs`` (a Ref tensor, a list of them,
     or an :class:`EncodedRefs`), tile by tile.
 
     ``tile``: tile side in LR pixels, ``"auto"`` (from free memory) or None (whole image);
     ``overlap``: LR pixels shared by neighbouring tiles (at most half the tile).
     ``progress(done, total)`` is called after each tile; ``interrupt()`` before each tile
-    (return True, or raise, to stop: :class:`InterruptedError`). ``lr`` may stay on the
+    (return True, or raise, to stop: :class:`InterruptedError`); ``on_tile(window, sr)``
+    gets each tile's 4x result before it is blended (e.g. for a preview). ``lr`` may stay on the
     CPU while the model is on a GPU: tiles travel to the model, results come back to
     ``lr``'s device. Returns the SR tensor (float32), or a :class:`TiledOutput` (its
     ``warped_ref`` None when ``keep_warped_ref=False``, which saves an HR-sized buffer).
@@ -335,6 +338,8 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     def step(y0, y1, x0, x1):
         restored, tex = model.restore_tile(lr[..., y0:y1, x0:x1].to(dev, dtype), encoded, origin=(y0, x0))
         out = {"sr": (restored.sr.to(lr.device), 4)}
+        if on_tile is not None:
+            on_tile((y0, y1, x0, x1), out["sr"][0])
         if return_details:
             out["confidence"] = (tex.confidence.to(lr.device), 1)
             out["ref_confidence"] = (tuple(r.to(lr.device) for r in tex.ref_confidence), None)
@@ -353,7 +358,7 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
 @torch.no_grad()
 def restore_tiled(model, lr: torch.Tensor, textures, *, tile="auto", overlap: int = DEFAULT_OVERLAP,
                   progress: ProgressFn | None = None, interrupt: InterruptFn | None = None,
-                  oom_fallback: bool = True) -> torch.Tensor:
+                  oom_fallback: bool = True, on_tile: TileFn | None = None) -> torch.Tensor:
     """Restore ``lr`` tile by tile from the whole image's :class:`AlignedTextures` (from
     ``model.align``), cropping them per tile with ``textures.crop``. Only the restoration
     is tiled: the textures are held whole. Arguments as :func:`upscale_tiled`."""
@@ -367,7 +372,10 @@ def restore_tiled(model, lr: torch.Tensor, textures, *, tile="auto", overlap: in
     def step(y0, y1, x0, x1):
         part = lr[..., y0:y1, x0:x1].to(dev, dtype)
         tex = textures if (y0, x0, y1, x1) == (0, 0, h, w) else textures.crop(y0, x0, y1, x1)
-        return {"sr": (model.restore(part, tex).sr.to(lr.device), 4)}
+        sr = model.restore(part, tex).sr.to(lr.device)
+        if on_tile is not None:
+            on_tile((y0, y1, x0, x1), sr)
+        return {"sr": (sr, 4)}
 
     res, _ = _run(h, w, _resolve_tile(tile, model, lr.shape[0]), overlap, step, progress, interrupt, oom_fallback, dev)
     return res["sr"].float()

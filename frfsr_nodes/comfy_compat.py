@@ -159,6 +159,12 @@ def progress_bar(total: int):
     return _NullProgress()
 
 
+def shows_previews() -> bool:
+    """True inside ComfyUI: its progress bar takes a preview image (every build the pack
+    supports draws it on the node while the node runs)."""
+    return comfy_utils is not None and hasattr(comfy_utils, "ProgressBar")
+
+
 def check_interrupt() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed cancel (no-op outside ComfyUI)."""
     if model_management is not None and hasattr(model_management, "throw_exception_if_processing_interrupted"):
@@ -241,13 +247,16 @@ class FRFSRForComfyUI(torch.nn.Module):
 
 
 class ManagedModel:
-    """A network that moves to its compute device for one node's work and back to its
-    offload device afterwards.
+    """A network that moves to its compute device for one node's work.
 
     Inside ComfyUI it is wrapped in ComfyUI's ``ModelPatcher`` and loaded with
-    ``comfy.model_management.load_models_gpu(..., memory_required=...)``, so that ComfyUI
-    counts it, frees other models first when the estimate does not fit, and unloads it after
-    use as its own upscale node does. Outside ComfyUI it is moved with ``.to()``."""
+    ``comfy.model_management.load_models_gpu(..., memory_required=...)``, as ComfyUI loads
+    its own models: ComfyUI counts it, frees other models first when the estimate does not
+    fit, and keeps it loaded afterwards, from node to node and from prompt to prompt (a
+    model already loaded is not loaded again). ComfyUI unloads it itself, through its own
+    ``free_memory`` / ``unload_all_models``, when another model needs the memory or when
+    the user frees memory (``/free``, "Unload models"). Outside ComfyUI the network is
+    moved with ``.to()`` and back to its offload device after each use."""
 
     def __init__(self, module: torch.nn.Module, device: torch.device, offload: torch.device):
         self.module, self.device, self.offload = module, torch.device(device), torch.device(offload)
@@ -264,7 +273,8 @@ class ManagedModel:
         try:
             yield self.module
         finally:
-            self.unload()
+            if self.patcher is None:
+                self.unload()
 
     def load(self, memory_required: int = 0) -> None:
         if self.patcher is not None:
@@ -278,8 +288,8 @@ class ManagedModel:
             self.module.to(self.device)
 
     def unload(self) -> None:
-        if self.patcher is not None:
-            _unload(self.patcher)
+        """Outside ComfyUI: the module back on its offload device (inside ComfyUI, ComfyUI
+        decides when to unload it)."""
         if not _on(self.module, self.offload):
             self.module.to(self.offload)
         if self.offload.type != self.device.type:
@@ -297,17 +307,6 @@ def _module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def _unload(patcher) -> None:
-    """Take ``patcher`` off ComfyUI's list of loaded models, offloading its weights."""
-    loaded = getattr(model_management, "current_loaded_models", None)
-    try:
-        for i in reversed(range(len(loaded) if loaded is not None else 0)):
-            if getattr(loaded[i], "model", None) is patcher:
-                loaded.pop(i).model_unload()
-    except Exception as e:  # noqa: BLE001 - memory management is best effort; unload() moves the weights anyway
-        log.warning("FRFSR: unloading from comfy.model_management failed: %s", e)
-
-
 def _free_memory(num_bytes: int, device: torch.device) -> None:
     """Outside a patcher: ask ComfyUI (if present) to unload other models until ``num_bytes`` fit."""
     if model_management is not None and hasattr(model_management, "free_memory") and device.type != "cpu":
@@ -315,6 +314,14 @@ def _free_memory(num_bytes: int, device: torch.device) -> None:
             model_management.free_memory(num_bytes, device)
         except Exception as e:  # noqa: BLE001 - memory management is best effort
             log.warning("FRFSR: comfy.model_management.free_memory failed: %s", e)
+
+
+# ---------------------------------------------------------------------- start-up
+def startup() -> None:
+    """What the pack does once when ComfyUI loads it: register ``models/frfsr`` and put the
+    bundled workflows' example images into the input folder (both no-ops outside ComfyUI)."""
+    register_model_folder()
+    install_example_inputs()
 
 
 # ---------------------------------------------------------------------- example inputs
@@ -325,10 +332,9 @@ _examples_done: set[str] = set()       # input folders already seen
 def install_example_inputs() -> list[str]:
     """Copy the bundled demo LR and Reference into ComfyUI's input folder under the names the
     bundled workflows load (frfsr_lr.png, frfsr_reference.png), so that every workflow runs
-    as shipped. A file already there is never replaced. Called when the pack loads and
-    again when the frontend asks for the node list (ComfyUI builds that set
-    ``--input-directory`` only after loading custom nodes); once per folder. Returns the
-    names copied."""
+    as shipped. A file already there is never replaced. Called at start-up, and on V1 (older
+    ComfyUI, which sets ``--input-directory`` only after loading custom nodes) again when
+    the frontend asks for the node list; once per folder. Returns the names copied."""
     if folder_paths is None or not hasattr(folder_paths, "get_input_directory"):
         return []
     import shutil

@@ -1,4 +1,4 @@
-"""ComfyUI nodes for FRFSR (V1 node definitions).
+"""ComfyUI nodes for FRFSR: each node defined once, here.
 
 A thin adapter: the model work is :mod:`frfsr`'s; these classes declare inputs and outputs,
 convert ComfyUI IMAGE tensors ([B, H, W, C] float in [0, 1]) to and from the model's NCHW
@@ -9,6 +9,13 @@ Reference(s) -> IMAGE 4x), or the three steps MatchReference -> FRFSR_MATCH, Ali
 -> FRFSR_TEXTURES, SuperResolve -> IMAGE (4x), which show the match on the way.
 SelectReferences picks, from a batch of candidate IMAGEs, the Reference(s) most relevant to
 an LR (:mod:`frfsr.retrieval`), for any of them.
+
+Each class below is the one definition of a node: its inputs (``input_spec``, in the
+``(type, options)`` form of ComfyUI's INPUT_TYPES), its outputs (``OUTPUTS``), its checks and
+its work. As they are, these classes are ComfyUI V1 nodes (``NODE_CLASS_MAPPINGS``); on a
+ComfyUI with the V3 interface, :mod:`frfsr_nodes.v3` makes ``io.ComfyNode`` classes from
+the same definitions. Every choice input is a list, so that ComfyUI checks it when a prompt
+is queued.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ CATEGORY = "FRFSR"
 MODEL_TYPE, MATCH_TYPE, TEXTURES_TYPE = "FRFSR_MODEL", "FRFSR_MATCH", "FRFSR_TEXTURES"
 DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]     # names of frfsr.devices (auto: resolve_dtype)
 REFERENCE_MODES = ["auto", "pair", "all"]
+MATCH_MODES = ["auto", "exact", "fast"]                        # FRFSR.match's match_mode
 
 
 # ---------------------------------------------------------------------- the FRFSR_MODEL value
@@ -116,6 +124,34 @@ def nchw_to_image(t: torch.Tensor) -> torch.Tensor:
     if t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
     return t.permute(0, 2, 3, 1).clamp(0, 1).float().to(cc.intermediate_device()).contiguous()
+
+
+def image_alpha(image) -> torch.Tensor | None:
+    """The alpha channel of a 4-channel IMAGE as [B, 1, H, W] float32, or None."""
+    if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[-1] == 4:
+        return image[..., 3:].permute(0, 3, 1, 2).float().clamp(0, 1)
+    return None
+
+
+def resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, C, H, W] float -> ``size`` (h, w): bicubic, antialiased when it shrinks (as PIL's
+    bicubic resize: no aliasing from skipped pixels), clipped to [0, 1]."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    import torch.nn.functional as F
+    return F.interpolate(t.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def output_image(sr: torch.Tensor, alpha: torch.Tensor | None = None, size: tuple[int, int] | None = None):
+    """The SR result [B, 3, H, W] as a ComfyUI IMAGE, resized to ``size`` (h, w) if given,
+    with the input's ``alpha`` ([B, 1, h, w]) resized to it and appended as a 4th channel."""
+    if size is not None:
+        sr = resize(sr, size)
+    image = nchw_to_image(sr)
+    if alpha is not None:
+        a = resize(alpha.to(image.device), tuple(image.shape[1:3])).permute(0, 2, 3, 1)
+        image = torch.cat([image, a.to(image.dtype)], dim=-1).contiguous()
+    return image
 
 
 # ---------------------------------------------------------------------- loading
@@ -258,16 +294,51 @@ def lr_and_references(model: "FRFSRModel", image, reference, mode: str, scales=(
     return lr, ref, sum(ref_copies_pixels(*r.shape[-2:], scales, angles) for r in refs)
 
 
+PREVIEW_SIDE = 512         # longest side of the preview shown on the node during a tiled run
+
+
+class TilePreview:
+    """The result so far of a tiled run, for ComfyUI's preview on the node: the first image of
+    the batch at most PREVIEW_SIDE pixels wide, the LR enlarged (bilinear) where no tile is
+    done yet, each restored tile pasted in as it comes."""
+
+    def __init__(self, lr: torch.Tensor):
+        h, w = lr.shape[-2:]
+        self.scale = 4 * min(1.0, PREVIEW_SIDE / (4 * max(h, w)))        # preview pixels per LR pixel
+        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        self.canvas = resize(lr[:1].float().cpu(), size)
+
+    def paste(self, window, sr: torch.Tensor) -> None:
+        y0, y1, x0, x1 = (round(v * self.scale) for v in window)
+        if y1 > y0 and x1 > x0:
+            self.canvas[..., y0:y1, x0:x1] = resize(sr[:1].float().cpu(), (y1 - y0, x1 - x0))
+
+    def image(self):
+        """ComfyUI's preview: ("JPEG", PIL image, longest side)."""
+        from PIL import Image
+        pixels = (self.canvas[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        return ("JPEG", Image.fromarray(pixels), PREVIEW_SIDE)
+
+
 def run_tiled(model: "FRFSRModel", tiler, lr: torch.Tensor, inputs, ref_pixels: int, tile_size: int,
-              tile_overlap: int) -> tuple[torch.Tensor]:
+              tile_overlap: int, alpha: torch.Tensor | None = None, size: tuple[int, int] | None = None
+              ) -> tuple[torch.Tensor]:
     """``tiler(net, lr, inputs(), tile=..., ...)`` (a :mod:`frfsr.tiling` function) with the
-    model on its device, ComfyUI's progress bar per tile and the cancel check between tiles."""
+    model on its device, ComfyUI's progress bar per tile (with a preview of the result so far
+    where ComfyUI shows one, when there are several tiles) and the cancel check between
+    tiles; the result as :func:`output_image` makes it (``alpha``, ``size``)."""
     tile, overlap = tile_args(tile_size, tile_overlap)
     pbar = cc.progress_bar(1)
+    preview = TilePreview(lr) if cc.shows_previews() else None
+
+    def progress(done: int, total: int) -> None:
+        shown = preview.image() if preview is not None and 1 < total and done < total else None
+        pbar.update_absolute(done, total, shown)
+
     with model.active(memory_estimate(model.model, lr.shape, ref_pixels, tile)) as net:
-        sr = tiler(net, lr, inputs(), tile=tile, overlap=overlap,
-                   progress=lambda done, total: pbar.update_absolute(done, total), interrupt=cc.check_interrupt)
-    return (nchw_to_image(sr),)
+        sr = tiler(net, lr, inputs(), tile=tile, overlap=overlap, progress=progress, interrupt=cc.check_interrupt,
+                   on_tile=preview.paste if preview is not None else None)
+    return (output_image(sr, alpha, size),)
 
 
 def tile_args(tile_size: int, tile_overlap: int) -> tuple[int | str | None, int]:
@@ -285,7 +356,7 @@ _DEVICE_INPUT = (cc.DEVICE_CHOICES, {"default": "auto", "tooltip": "auto: ComfyU
 _DTYPE_INPUT = (DTYPE_CHOICES, {"default": "auto", "tooltip": "weight precision. auto: bfloat16 on a GPU and on a CPU "
                                                           "that computes it natively, else float32 (the reference)"})
 _MODEL_INPUT = (MODEL_TYPE, {"tooltip": "the FRFSR model, from Load FRFSR Model or Load FRFSR Model (Hugging Face Hub)"})
-_MATCH_MODE_INPUT = (("auto", "exact", "fast"), {"default": "auto", "tooltip":
+_MATCH_MODE_INPUT = (MATCH_MODES, {"default": "auto", "tooltip":
                      "exact: every LR patch against every Reference patch (the release's matching); fast: "
                      "coarse-to-fine, linear in the image size, slightly different matches; auto: fast for large "
                      "inputs"})
@@ -329,19 +400,46 @@ _TILE_INPUTS = {             # the tiling of the restoration step (SuperResolve 
 }
 
 
+def optional_input_error(cls, **values) -> str | bool:
+    """The check of optional choice and range inputs for V1's VALIDATE_INPUTS: ComfyUI builds
+    of early 2024 check only the required inputs against their lists and ranges when a prompt
+    is queued (later builds, and V3, check the optional ones too). True, or the message."""
+    optional = cls.input_spec().get("optional", {})
+    for name, value in values.items():
+        if value is None:                     # linked from another node: checked when it runs
+            continue
+        kind, options = optional[name][0], optional[name][1]
+        if isinstance(kind, list) and value not in kind:
+            return f"{name}: {value!r} is not one of {kind}"
+        if kind in ("INT", "FLOAT"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return f"{name}: {value!r} is not a number"
+            if not options.get("min", number) <= number <= options.get("max", number):
+                return f"{name}: {value!r} is outside {options['min']:g} to {options['max']:g}"
+    return True
+
+
 class _Node:
-    """Every node of the pack: its category, and its outputs declared once as
-    (type, name, tooltip) triples, from which ComfyUI's RETURN_TYPES, RETURN_NAMES and
-    OUTPUT_TOOLTIPS are derived."""
+    """Every node of the pack: its category, its inputs (``input_spec``) and its outputs
+    declared once as (type, name, tooltip) triples, from which ComfyUI's RETURN_TYPES,
+    RETURN_NAMES and OUTPUT_TOOLTIPS (V1) and the V3 schema (:mod:`frfsr_nodes.v3`) are
+    derived."""
 
     CATEGORY = CATEGORY
     OUTPUTS: tuple = ()
-    REQUIRED: dict = {}           # ComfyUI's INPUT_TYPES: these two, or a classmethod of the node's own
+    REQUIRED: dict = {}           # the inputs: these two, or an input_spec classmethod of the node's own
     OPTIONAL: dict = {}
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def input_spec(cls) -> dict:
+        """The node's inputs: {"required": {name: (type, options)}, "optional": {...}}."""
         return {"required": dict(cls.REQUIRED), **({"optional": dict(cls.OPTIONAL)} if cls.OPTIONAL else {})}
+
+    @classmethod
+    def INPUT_TYPES(cls):         # ComfyUI V1
+        return cls.input_spec()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -365,8 +463,15 @@ class LoadFRFSR(_ModelLoader):
                    "writes them and the Hub holds them).")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        cc.install_example_inputs()        # the bundled workflows' images, if the input folder lacks them
+    def INPUT_TYPES(cls):         # ComfyUI V1
+        # The bundled workflows' images, if the input folder lacks them (once per folder). V1
+        # only: older ComfyUI sets --input-directory after loading the pack, so the folder is
+        # known for sure only when the frontend asks for the nodes; V3 does it at start-up.
+        cc.install_example_inputs()
+        return cls.input_spec()
+
+    @classmethod
+    def input_spec(cls):
         return {"required": {
             "model_name": (model_choices(), {"tooltip": "models/frfsr/<name>/model.safetensors (config.json beside "
                                                         "it); frfsr-default / frfsr-robust = the weights bundled with frfsr (clean / JPEG or noisy images)"}),
@@ -408,7 +513,7 @@ class LoadFRFSRFromHub(_ModelLoader):
                    "and loads them. Set HF_HUB_OFFLINE=1 to use the cache only.")
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def input_spec(cls):
         return {
             "required": {
                 "repo_id": ("STRING", {"default": "frfsr/frfsr-default", "multiline": False,
@@ -468,6 +573,11 @@ class MatchReference(_Node):
         "ref_scales": _REF_SCALES_INPUT,
         "ref_angles": _REF_ANGLES_INPUT,
     }
+    VALIDATE_INPUTS_V1_ONLY = True              # V3 checks the optional choice itself
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, match_mode="auto"):
+        return optional_input_error(cls, match_mode=match_mode)
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
               ref_scales: str = "1", ref_angles: str = "0"):
@@ -521,7 +631,8 @@ class SuperResolve(_FourTimesImage):
     """Restore the 4x image from the LR image and the aligned textures, tile by tile."""
 
     DESCRIPTION = ("Restores the 4x image from the LR image and the aligned textures, tile by tile "
-                   "(tile_size in LR pixels bounds the memory; 0 picks it from the free memory).")
+                   "(tile_size in LR pixels bounds the memory; 0 picks it from the free memory). "
+                   "An alpha channel of the image is enlarged and kept.")
 
     REQUIRED = {
         "model": _MODEL_INPUT,
@@ -543,15 +654,18 @@ class SuperResolve(_FourTimesImage):
 
         ref_pixels = sum(f.shape[-2] * f.shape[-1] for f in textures.ref_feats[:1])
         return run_tiled(model, restore_tiled, lr, lambda: textures.to(model.device), ref_pixels, tile_size,
-                         tile_overlap)
+                         tile_overlap, alpha=image_alpha(image))
 
 
 class Upscale(_FourTimesImage):
-    """The whole 4x super-resolution in one node: LR image + Reference image(s) -> 4x image."""
+    """The whole super-resolution in one node: LR image + Reference image(s) -> image 4x
+    (or ``upscale_by`` times) the LR's size."""
 
     DESCRIPTION = ("Upscales the LR image(s) 4x, transferring detail from the Reference image(s): match, "
-                   "align and restore in one node, tile by tile (memory bounded by the tile). The three "
-                   "step nodes do the same and show the match confidence and the warped Reference.")
+                   "align and restore in one node, tile by tile (memory bounded by the tile); upscale_by "
+                   "below 4 resizes the 4x result down. An alpha channel of the image is enlarged and kept. "
+                   "The three step nodes do the same and show the match confidence and the warped Reference.")
+    OUTPUTS = (("IMAGE", "image", "the super-resolved image(s), upscale_by times the LR's size (4x by default)"),)
 
     REQUIRED = {
         "model": _MODEL_INPUT,
@@ -565,12 +679,22 @@ class Upscale(_FourTimesImage):
         "match_mode": _MATCH_MODE_INPUT,
         "ref_scales": _REF_SCALES_INPUT,
         "ref_angles": _REF_ANGLES_INPUT,
+        "upscale_by": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip":
+                                 "output size as a multiple of the LR's: 4 = the model's 4x result as it is; "
+                                 "below 4 that result is resized down (bicubic, antialiased)"}),
     }
+    VALIDATE_INPUTS_V1_ONLY = True              # V3 checks the optional choice and range itself
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, match_mode="auto", upscale_by=4.0):
+        return optional_input_error(cls, match_mode=match_mode, upscale_by=upscale_by)
 
     def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
-                tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1", ref_angles: str = "0"):
+                tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1", ref_angles: str = "0",
+                upscale_by: float = 4.0):
         from frfsr.tiling import encode_refs, upscale_tiled
 
+        size = output_size(image, upscale_by)
         scales, angles = parse_ref_scales(ref_scales), parse_ref_angles(ref_angles)
         lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales, angles)
         cc.check_interrupt()
@@ -580,7 +704,20 @@ class Upscale(_FourTimesImage):
             return encode_refs(model.model, refs, lr.shape[0], scales=scales, angles=angles)
 
         with model.model.use_match_mode(match_mode):
-            return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap)
+            return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap,
+                             alpha=image_alpha(image), size=size)
+
+
+UPSCALE_BY_RANGE = (1.0, 4.0)
+
+
+def output_size(image: torch.Tensor, upscale_by: float) -> tuple[int, int]:
+    """(h, w) of the result for an LR IMAGE [B, H, W, C] and ``upscale_by`` (1 to 4)."""
+    factor = float(upscale_by)
+    if not UPSCALE_BY_RANGE[0] <= factor <= UPSCALE_BY_RANGE[1]:
+        raise ValueError(f"upscale_by must be between {UPSCALE_BY_RANGE[0]:g} and {UPSCALE_BY_RANGE[1]:g}, got {upscale_by!r}")
+    h, w = image.shape[1:3]
+    return max(1, round(h * factor)), max(1, round(w * factor))
 
 
 class SelectReferences(_Node):
@@ -623,10 +760,13 @@ class SelectReferences(_Node):
                              progress=lambda *_: cc.check_interrupt())
             chosen = index.select(lr[:1].to(model.device), max(1, int(k)), max(0, int(rerank)))
         picked = torch.cat([cands[s.index: s.index + 1] for s in chosen])
+        alpha = image_alpha(candidates)
+        if alpha is not None:             # the candidates' alpha stays with them
+            alpha = torch.cat([alpha[s.index: s.index + 1] for s in chosen])
         report = {"k": len(chosen), "candidates": len(index),
                   "selected": [{"index": s.index, "score": round(s.score, 6),
                                 "relevance": None if s.relevance is None else round(s.relevance, 6)} for s in chosen]}
-        return (nchw_to_image(picked), json.dumps(report))
+        return (output_image(picked, alpha), json.dumps(report))
 
 
 NODE_CLASS_MAPPINGS = {
@@ -645,6 +785,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FRFSRMatchReference": "FRFSR Match Reference",
     "FRFSRAlignTextures": "FRFSR Align Textures",
     "FRFSRSuperResolve": "FRFSR Super-Resolve (4x)",
-    "FRFSRUpscale": "FRFSR Upscale (4x)",
+    "FRFSRUpscale": "FRFSR Upscale",
     "FRFSRSelectReferences": "FRFSR Select References",
 }

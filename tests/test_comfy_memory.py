@@ -1,8 +1,9 @@
 """Model memory inside ComfyUI, tested with a fake ``comfy.model_management`` /
 ``comfy.model_patcher``: the loader wraps the network in a model patcher, every step asks
 ``load_models_gpu`` for memory (an estimate at least the measured peak) before the network
-runs and unloads it afterwards, and the tile is halved on out-of-memory. Without ComfyUI
-none of it is imported."""
+runs, the model stays loaded from step to step (ComfyUI unloads it, through its own
+``free_memory`` / ``unload_all_models``, never the pack), and the tile is halved on
+out-of-memory. Without ComfyUI none of it is imported."""
 from __future__ import annotations
 
 import os
@@ -51,10 +52,18 @@ class FakeModelManagement(types.ModuleType):
                         force_full_load=False):
         self.log.append(("load", list(models), memory_required, force_full_load))
         for m in models:
+            if any(lm.model is m for lm in self.current_loaded_models):
+                continue                                                # loaded already: as ComfyUI, not again
+            self.log.append(("device", m))
             m.model.to(m.load_device)
             m.model.device = m.load_device                              # as current ComfyUI's patcher does
             m.model.model_loaded_weight_memory = 1
             self.current_loaded_models.insert(0, FakeLoadedModel(m, self.log))
+
+    def unload_all_models(self):
+        """ComfyUI's own way to free everything (its /free endpoint)."""
+        while self.current_loaded_models:
+            self.current_loaded_models.pop().model_unload()
 
     def get_torch_device(self):
         return torch.device("cpu")
@@ -108,13 +117,18 @@ def test_the_loader_registers_a_patcher_and_each_step_asks_for_memory_before_run
                                                                                     _f(*a, **k))[1])
     _run_steps(m, handle, _images(1, 16, 20, 1), _images(1, 16, 16, 2))
     kinds = [e[0] for e in comfy.log]
-    assert kinds == ["load", "run", "unload"] * 3, kinds
-    for entry in comfy.log[::3]:
+    # memory asked for before every step; the weights moved to the device once, then kept there
+    assert kinds == ["load", "device", "run", "load", "run", "load", "run"], kinds
+    for entry in (e for e in comfy.log if e[0] == "load"):
         _, models, memory, full = entry
         assert models == [patcher] and memory > 0 and full is True
-    assert comfy.current_loaded_models == []                 # unloaded after use
+    assert [lm.model for lm in comfy.current_loaded_models] == [patcher]     # still loaded after use
     (sr,) = m["FRFSRUpscale"]().upscale(handle, _images(1, 16, 20, 1), _images(1, 16, 16, 2))
-    assert [e[0] for e in comfy.log[9:]] == ["load", "run", "run", "run", "unload"]
+    assert [e[0] for e in comfy.log[7:]] == ["load", "run", "run", "run"]   # the next node: not loaded again
+    comfy.unload_all_models()                                # ComfyUI frees the memory: the pack follows
+    assert comfy.log[-1] == ("unload", patcher) and comfy.current_loaded_models == []
+    (sr,) = m["FRFSRUpscale"]().upscale(handle, _images(1, 16, 20, 1), _images(1, 16, 16, 2))
+    assert [e[0] for e in comfy.log[12:]] == ["load", "device", "run", "run", "run"]     # loaded again when needed
 
 
 def test_older_load_models_gpu_without_force_full_load(pack, models_dir, comfy, monkeypatch):
@@ -199,7 +213,7 @@ def test_the_tile_is_halved_on_out_of_memory(pack, models_dir, comfy, monkeypatc
         (sr,) = m["FRFSRSuperResolve"]().upscale(handle, lr, tex, 40, 4)
     assert sizes[0] == 40 and set(sizes[1:]) == {20}
     torch.testing.assert_close(sr, expected, atol=1e-5, rtol=0)
-    assert comfy.current_loaded_models == []          # unloaded after the retry too
+    assert len(comfy.current_loaded_models) == 1      # loaded once, kept after the retry too
 
 
 # ---------------------------------------------------------------------- imports

@@ -671,3 +671,121 @@ def test_one_node_upscale_reports_progress_and_stops_between_tiles(pack, handle,
                                                            "auto", 16, 4)
     bar = _FakeProgressBar.instances[-1]
     assert (bar.current, bar.total) == (1, 4)      # one check before the work, then one before each tile
+
+
+# ---------------------------------------------------------------------- upscale_by, alpha, previews
+def test_upscale_by_2_gives_a_2x_image_resized_from_the_4x_one(pack, handle):
+    nodes, _ = pack_modules(pack)
+    m = pack.NODE_CLASS_MAPPINGS
+    lr, ref = _images(1, 16, 20, 1), _images(1, 16, 16, 2)
+    (four,) = m["FRFSRUpscale"]().upscale(handle, lr, ref)
+    (two,) = m["FRFSRUpscale"]().upscale(handle, lr, ref, upscale_by=2)
+    assert four.shape == (1, 64, 80, 3) and two.shape == (1, 32, 40, 3)
+    expected = nodes.resize(four.permute(0, 3, 1, 2), (32, 40)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(two, expected, atol=1e-6, rtol=0)
+    (odd,) = m["FRFSRUpscale"]().upscale(handle, lr, ref, upscale_by=1.5)
+    assert odd.shape == (1, 24, 30, 3) and float(odd.min()) >= 0 and float(odd.max()) <= 1
+    with pytest.raises(ValueError, match="upscale_by must be between 1 and 4"):
+        m["FRFSRUpscale"]().upscale(handle, lr, ref, upscale_by=5)
+
+
+def test_alpha_is_kept_through_the_nodes(pack, handle):
+    """An RGBA LR: the SR nodes return RGBA, the colour as for the RGB image, the alpha the
+    LR's enlarged; Select References keeps its candidates' alpha."""
+    m = pack.NODE_CLASS_MAPPINGS
+    rgb, ref = _images(1, 16, 20, 1), _images(1, 16, 16, 2)
+    alpha = torch.ones(1, 16, 20, 1)
+    alpha[:, :, 10:] = torch.linspace(0, 1, 16)[None, :, None, None].expand(1, 16, 10, 1)
+    rgba = torch.cat([rgb, alpha], dim=-1)
+    (plain,) = m["FRFSRUpscale"]().upscale(handle, rgb, ref)
+    (kept,) = m["FRFSRUpscale"]().upscale(handle, rgba, ref)
+    assert kept.shape == (1, 64, 80, 4)
+    torch.testing.assert_close(kept[..., :3], plain, atol=1e-6, rtol=0)
+    assert float(kept[..., :36, 3].min()) > 0.99                      # opaque where the LR is
+    assert abs(float(kept[..., 3].mean()) - float(alpha.mean())) < 0.01
+    (two,) = m["FRFSRUpscale"]().upscale(handle, rgba, ref, upscale_by=2)
+    assert two.shape == (1, 32, 40, 4)
+    match, _ = m["FRFSRMatchReference"]().match(handle, rgba, ref)
+    tex, _ = m["FRFSRAlignTextures"]().align(handle, match)
+    (steps,) = m["FRFSRSuperResolve"]().upscale(handle, rgba, tex, 0, 16)
+    assert steps.shape == (1, 64, 80, 4)
+    torch.testing.assert_close(steps[..., 3], kept[..., 3])
+    cands = torch.cat([_images(3, 16, 16, 5), torch.rand(3, 16, 16, 1)], dim=-1)
+    picked, _ = m["FRFSRSelectReferences"]().select(handle, rgb, cands, 2, 0)
+    assert picked.shape == (2, 16, 16, 4)
+    assert any(torch.allclose(picked[0], c) for c in cands)
+
+
+def test_a_tiled_run_shows_a_preview_of_the_result_so_far(pack, handle, monkeypatch):
+    _, cc = pack_modules(pack)
+    previews = []
+
+    class Bar(_FakeProgressBar):
+        def update_absolute(self, value, total=None, preview=None):
+            super().update_absolute(value, total, preview)
+            previews.append(preview)
+
+    monkeypatch.setattr(cc, "comfy_utils", types.SimpleNamespace(ProgressBar=Bar))
+    lr, ref = _images(1, 24, 24, 1), _images(1, 16, 16, 2)
+    (sr,) = pack.NODE_CLASS_MAPPINGS["FRFSRUpscale"]().upscale(handle, lr, ref, "auto", 16, 4)
+    assert len(previews) == 4 and previews[-1] is None              # 2 x 2 tiles; the last one: the result itself
+    kind, image, side = previews[-2]
+    assert kind == "JPEG" and side == 512 and image.size == (96, 96)
+    # the restored tiles are in it: after 3 of 4 tiles, the top-left tile is the SR's
+    import numpy as np
+    got = np.asarray(image, dtype=np.float32) / 255
+    want = sr[0, :40, :40].numpy()
+    assert np.abs(got[:40, :40] - want).mean() < 0.03
+
+
+def test_optional_choices_are_checked_for_early_2024_comfyui(pack):
+    m = pack.NODE_CLASS_MAPPINGS
+    assert m["FRFSRMatchReference"].VALIDATE_INPUTS(match_mode="fast") is True
+    assert "'bogus' is not one of" in m["FRFSRMatchReference"].VALIDATE_INPUTS(match_mode="bogus")
+    assert m["FRFSRUpscale"].VALIDATE_INPUTS(match_mode="auto", upscale_by=2.5) is True
+    assert "outside 1 to 4" in m["FRFSRUpscale"].VALIDATE_INPUTS(upscale_by=4.5)
+    for cls in m.values():                 # every choice input is a list (ComfyUI ignores a tuple)
+        for section in cls.INPUT_TYPES().values():
+            for name, spec in section.items():
+                assert not isinstance(spec[0], tuple), (cls.__name__, name)
+
+
+def test_v1_or_v3_is_chosen_by_what_comfyui_offers(tmp_path):
+    """Plain Python: V1 mappings. With a ``comfy_api.latest`` on the path: only
+    ``comfy_entrypoint`` (a pack exporting both loses its V3 nodes in ComfyUI);
+    FRFSR_COMFY_NODE_API=v1 forces V1."""
+    fake = tmp_path / "comfy_api" / "latest"
+    fake.mkdir(parents=True)
+    (tmp_path / "comfy_api" / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text(textwrap.dedent("""
+        class ComfyExtension:
+            pass
+        class _Any:
+            def __getattr__(self, name):
+                return _Any()
+            def __call__(self, *a, **k):
+                return _Any()
+        class io:
+            class ComfyNode:
+                pass
+            Image = String = Int = Float = Boolean = Combo = _Any()
+            Schema = NodeOutput = _Any()
+            @staticmethod
+            def Custom(name):
+                return _Any()
+    """))
+    script = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); m = importlib.import_module('frfsr_nodes'); "
+              "print(m.INTERFACE, sorted(m.EXPORTS))")
+    base = {k: v for k, v in os.environ.items() if k not in ("FRFSR_COMFY_NODE_API", "PYTHONPATH")}
+    envs = {"plain": base, "v3": {**base, "PYTHONPATH": str(tmp_path)},
+            "forced": {**base, "PYTHONPATH": str(tmp_path), "FRFSR_COMFY_NODE_API": "v1"}}
+    procs = {name: subprocess.Popen([sys.executable, "-c", script, str(REPO_ROOT)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+             for name, env in envs.items()}            # at once: each mostly waits for torch to import
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        out[name] = (stdout.split("\n")[0], stderr)
+    assert out["plain"][0] == "v1 ['NODE_CLASS_MAPPINGS', 'NODE_DISPLAY_NAME_MAPPINGS']", out["plain"][1]
+    assert out["v3"][0] == "v3 ['comfy_entrypoint']", out["v3"][1]
+    assert out["forced"][0].startswith("v1 "), out["forced"][1]

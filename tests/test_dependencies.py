@@ -19,7 +19,8 @@ MODULE_OF = {"huggingface-hub": "huggingface_hub", "pillow": "PIL", "pypng": "pn
 # imported only inside a try / where available: the fused kernels, LPIPS in evaluation, a free-RAM probe,
 # matplotlib where it holds the sample photo to fetch (or its wheel is passed), and ComfyUI's own
 # modules (the node pack runs inside ComfyUI)
-OPTIONAL = {"triton", "lpips", "psutil", "matplotlib", "comfy", "folder_paths", "server", "comfy_execution", "nodes"}
+OPTIONAL = {"triton", "lpips", "psutil", "matplotlib", "comfy", "comfy_api", "folder_paths", "server", "comfy_execution",
+            "nodes"}
 TRAINING_ONLY = ("frfsr/training/", "frfsr/data/", "frfsr/evaluate.py")
 # modules of an extra: imported lazily by the files named, which say which extra to install
 EXTRA_ONLY = {"av": ("video", ("frfsr/video.py",)), "ncnn": ("prior", ("train/prior_rrdb.py",))}
@@ -65,7 +66,9 @@ def _files(*folders):
 
 
 def test_core_dependencies_are_what_inference_imports():
-    core = _names(PYPROJECT["project"]["dependencies"])
+    """The core list and the torch extra (torch is kept out of the core list, as out of
+    requirements.txt: ComfyUI brings its own torch build)."""
+    core = _names(PYPROJECT["project"]["dependencies"]) | _names(PYPROJECT["project"]["optional-dependencies"]["torch"])
     inference = {m: f for m, f in _imports(_files("frfsr")).items() if any(_inference_file(m, x) for x in f)}
     undeclared = set(inference) - core - OPTIONAL - set(EXTRA_ONLY)
     assert not undeclared, {m: sorted(inference[m]) for m in undeclared}
@@ -77,7 +80,7 @@ def test_core_dependencies_are_what_inference_imports():
 def test_training_extra_is_what_training_imports():
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert "xformers" not in extras                       # FRFSR has no attention (README)
-    core, train = _names(PYPROJECT["project"]["dependencies"]), _names(extras["train"])
+    core, train = _names(PYPROJECT["project"]["dependencies"]) | _names(extras["torch"]), _names(extras["train"])
     used = _imports(_files("frfsr", "train"))
     assert set(used) - OPTIONAL - set(EXTRA_ONLY) <= core | train, sorted(set(used) - OPTIONAL - core - train)
     assert train <= set(used), f"in the train extra but imported nowhere: {sorted(train - set(used))}"
@@ -91,6 +94,8 @@ def test_comfyui_requirements_list_every_module_the_pack_imports():
     missing = set(used) - reqs - OPTIONAL - set(EXTRA_ONLY) - {"torch"}   # ComfyUI ships its own torch build
     assert not missing, {m: sorted(used[m]) for m in missing}
     assert "torch" not in reqs
+    # the package's own list is the same (the Comfy Registry reads that one)
+    assert reqs == _names(PYPROJECT["project"]["dependencies"])
 
 
 def test_extras_declare_what_their_modules_import():
