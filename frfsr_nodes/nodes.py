@@ -457,8 +457,8 @@ class _ModelLoader(_Node):
 class LoadFRFSR(_ModelLoader):
     """Load an FRFSR model from ComfyUI/models/frfsr."""
 
-    DESCRIPTION = ("Loads FRFSR weights: frfsr-default (bundled, works offline; for clean images), frfsr-robust "
-                   "(bundled; for JPEG, noisy or blurred images) or a model folder "
+    DESCRIPTION = ("Loads FRFSR weights: one bundled with frfsr (works offline; " +
+                   "; ".join(f"{n}: {use}" for n, use in hub.BUNDLED_USES.items()) + ") or a model folder "
                    "ComfyUI/models/frfsr/<name>/ (config.json + model.safetensors, as save_pretrained "
                    "writes them and the Hub holds them).")
 
@@ -474,7 +474,7 @@ class LoadFRFSR(_ModelLoader):
     def input_spec(cls):
         return {"required": {
             "model_name": (model_choices(), {"tooltip": "models/frfsr/<name>/model.safetensors (config.json beside "
-                                                        "it); frfsr-default / frfsr-robust = the weights bundled with frfsr (clean / JPEG or noisy images)"}),
+                                                        "it); " + ", ".join(hub.BUNDLED_USES) + " = the weights bundled with frfsr"}),
             "device": _DEVICE_INPUT,
             "dtype": _DTYPE_INPUT,
         }}
