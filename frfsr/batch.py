@@ -16,8 +16,9 @@ folder is never read back as input.
 Resumable: an output that exists, reads as a whole image (every PNG chunk's checksum) and
 is 4x its input's size is skipped; everything else is computed. Every image is written to
 a temporary file beside its name and renamed into place (:func:`frfsr.image_files.write_image`),
-so a run that is killed leaves no partial file under an output's name; the temporary
-files a killed run left are removed when a later run reaches that output.
+so a run that is killed leaves no partial file under an output's name. Temporary names carry
+the writing process's id: the ones a killed run left are removed when a later run reaches
+that output, and runs going on at once never remove each other's.
 
 Refs: one list for every input (encoded once, :meth:`FRFSRPipeline.encode_refs`), or a
 choice per input: a mapping from input path to Refs, or a callable ``refs(input_path)``
@@ -120,7 +121,7 @@ def list_inputs(inputs: Sequence, suffixes: Sequence[str] | None = None) -> list
 
     for item in inputs:
         text = os.fspath(item)
-        if glob.has_magic(text):
+        if glob.has_magic(text) and not os.path.lexists(text):     # an existing path is a file before a pattern
             parts = Path(text).parts
             fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
             base = Path(*parts[:fixed]) if fixed else Path(".")
@@ -195,6 +196,8 @@ def is_complete(item: BatchItem) -> bool:
     try:
         with Image.open(item.src) as src:
             w, h = src.size
+            if src.getexif().get(0x0112, 1) in (5, 6, 7, 8):     # read upright (EXIF orientation): turned
+                w, h = h, w
         with Image.open(dst) as out:
             size = out.size
             out.verify()
@@ -204,14 +207,11 @@ def is_complete(item: BatchItem) -> bool:
 
 
 def remove_leftovers(dst: Path) -> list[Path]:
-    """Remove the temporary files an interrupted write of ``dst`` left beside it; returns them."""
-    dst = Path(dst)
-    if not dst.parent.is_dir():
-        return []
-    left = sorted(dst.parent.glob(f".{glob.escape(dst.name)}.*.part"))
-    for p in left:
-        p.unlink(missing_ok=True)
-    return left
+    """Remove the temporary files that runs no longer running left beside ``dst`` (images and
+    videos alike, :func:`frfsr._fs.remove_leftovers`); returns them. A run going on beside this
+    one keeps its own."""
+    from ._fs import remove_leftovers as remove
+    return remove(dst)
 
 
 # ---------------------------------------------------------------------- the result

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._fs import fsync, umask
+from ._fs import fsync, temp_prefix, umask
 from .checks import FRFSRWarning
 
 # containers whose writers PyAV/FFmpeg has here; the first codec available is used by default
@@ -299,7 +299,7 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
         size = (4 * w, 4 * h)
 
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".part{dst.suffix}", dir=dst.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst), suffix=f".part{dst.suffix}", dir=dst.parent)
         os.close(fd)
         how = "none" if not ains else ("re-encoded" if audio == "reencode" else "copied")
         try:
