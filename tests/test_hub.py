@@ -350,7 +350,7 @@ def test_interrupted_two_rename_save_is_recovered(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _model(1).save_pretrained(folder, description="new")
     monkeypatch.setattr(frfsr_hub.os, "rename", real_rename)
-    assert not folder.exists() and [p.name.split("-")[-2] for p in tmp_path.iterdir()] == ["old"]
+    assert not folder.exists() and [p.name.split(".frfsr-")[1].split("-")[0] for p in tmp_path.iterdir()] == ["old"]
     assert FRFSRPipeline.from_pretrained(folder).description == "old"
     _model(1).save_pretrained(folder, description="new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
