@@ -82,12 +82,12 @@ def check_output(path, like) -> None:
     gave, or what a result of it will be) can be written to ``path``: the path is not a
     folder, its folder exists or can be made, and the format holds that kind of image."""
     p = Path(path)
-    if p.is_dir():
-        raise ImageFileError(f"cannot write {p}: it is a folder; give a file name such as {p / 'sr.png'}")
-    fmt = _format_of(p)
     if len(os.fsencode(p.name)) > _name_max(p):
         raise ImageFileError(f"cannot write {p}: the name is {len(os.fsencode(p.name))} bytes long, more than the "
                              f"{_name_max(p)} the file system allows; give a shorter name")
+    if p.is_dir():
+        raise ImageFileError(f"cannot write {p}: it is a folder; give a file name such as {p / 'sr.png'}")
+    fmt = _format_of(p)
     parent = p.parent if str(p.parent) else Path(".")
     existing = next(a for a in (parent, *parent.parents) if a.exists()) if not parent.exists() else parent
     if not existing.is_dir():
