@@ -466,28 +466,30 @@ class Trainer:
                    disable=not acc.is_local_main_process)
         tick, tick_step = time.perf_counter(), self.step
         completed = True
-        while self.step < t.max_steps:
-            micro = [next(batches) for _ in range(k)]
-            self.micro += k
-            logs = self.train_step(micro)
-            step = self.step
-            if step % t.log_every == 0 or step == t.max_steps or step == 1:
-                values = {name: acc.reduce(v.to(acc.device), reduction="mean").item() for name, v in logs.items()}
-                now = time.perf_counter()
-                values["samples_per_s"] = (step - tick_step) * k * bs * acc.num_processes / max(now - tick, 1e-9)
-                values["epoch"] = self.micro // self.batches_per_epoch
-                values.update(self._lrs())
-                tick, tick_step = now, step
-                acc.log(values, step=step)
-                bar.set_postfix({n: f"{values[n]:.4g}" for n in ("l1", "perceptual", "adversarial", "d_loss")
-                                 if n in values})
-            bar.update(1)
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
-                self.save()
-            if stop_after is not None and step >= stop_after and step < t.max_steps:
-                completed = False
-                break
-        bar.close()
+        try:
+            while self.step < t.max_steps:
+                micro = [next(batches) for _ in range(k)]
+                self.micro += k
+                logs = self.train_step(micro)
+                step = self.step
+                if step % t.log_every == 0 or step == t.max_steps or step == 1:
+                    values = {name: acc.reduce(v.to(acc.device), reduction="mean").item() for name, v in logs.items()}
+                    now = time.perf_counter()
+                    values["samples_per_s"] = (step - tick_step) * k * bs * acc.num_processes / max(now - tick, 1e-9)
+                    values["epoch"] = self.micro // self.batches_per_epoch
+                    values.update(self._lrs())
+                    tick, tick_step = now, step
+                    acc.log(values, step=step)
+                    bar.set_postfix({n: f"{values[n]:.4g}" for n in ("l1", "perceptual", "adversarial", "d_loss")
+                                     if n in values})
+                bar.update(1)
+                if step % t.checkpoint_every == 0 or step == t.max_steps:
+                    self.save()
+                if stop_after is not None and step >= stop_after and step < t.max_steps:
+                    completed = False
+                    break
+        finally:
+            bar.close()                     # an error is printed on a line of its own
         if completed:
             acc.wait_for_everyone()
             if acc.is_main_process:
