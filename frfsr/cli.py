@@ -457,8 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     is one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
     try:
-        code = args._run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning        # warnings as one line each, as the CLI's own
+            code = args._run(args)
     except CLIError as e:
         print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -474,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     return int(code or 0)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file)
 
 
 def _one_line(e) -> str:

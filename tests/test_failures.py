@@ -195,6 +195,20 @@ def test_two_save_pretrained_into_one_folder_at_once_both_succeed(tmp_path):
     assert loaded.description.startswith("writer ") and loaded.description.endswith("save 3")
 
 
+def test_an_unwritable_descriptor_cache_warns_and_the_ranking_goes_on(tmp_path, tiny):
+    from frfsr.checks import FRFSRWarning
+    from frfsr.retrieval import RefIndex
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    before = _snapshot(tmp_path)
+    with pytest.warns(FRFSRWarning, match=r"descriptor cache .*cache.* cannot be written .*going on without it"):
+        index = RefIndex(tiny, [tmp_path / "c0.png", tmp_path / "c1.png"], cache_dir=tmp_path / "cache" / "d")
+    assert index.computed == 2 and len(index.descriptors) == 2
+    assert _snapshot(tmp_path) == before
+
+
 # ------------------------------------------------------------------ training's command line
 def _train(args, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "train" / "stage1.py"), "--config", str(TINY), *args],
