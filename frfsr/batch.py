@@ -159,9 +159,11 @@ def output_path(rel, out_dir, ext: str | None = None) -> Path:
     return dst
 
 
-def plan(inputs, out_dir, ext: str | None = None) -> list[BatchItem]:
+def plan(inputs, out_dir, ext: str | None = None, keep=()) -> list[BatchItem]:
     """The :class:`BatchItem` of every input (see :func:`list_inputs`, :func:`output_path`);
-    inputs below ``out_dir`` are left out. Two inputs with one output name raise."""
+    inputs below ``out_dir`` are left out. Two inputs with one output name raise, and so does
+    an output that would be written over a file of ``keep`` (``(what, path)`` pairs such as
+    ``("--ref", "refs/a.png")``: files read by the run besides the inputs)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BatchError(f"the output folder {out} is a file; with several inputs, a folder or a glob, -o names a "
@@ -178,6 +180,13 @@ def plan(inputs, out_dir, ext: str | None = None) -> list[BatchItem]:
                              "instead of the files (the layout below it is kept), or run them separately")
         by_dst[key] = item
         items.append(item)
+    if keep:
+        from ._fs import check_apart
+        for item in items:
+            try:
+                check_apart([("the output", item.dst)], keep)
+            except ValueError as e:
+                raise BatchError(str(e)) from None
     if not items:
         raise BatchError(f"no inputs left outside the output folder {out}")
     return items
@@ -378,7 +387,9 @@ def upscale_files(pipe, inputs, refs: RefsChoice, out_dir, *, ext: str | None = 
     several = state is not None and state.num_processes > 1
     rank, world = (state.process_index, state.num_processes) if several else (0, 1)
     main = not several or state.is_main_process
-    items = plan(inputs, out_dir, ext)
+    shared = not callable(refs) and not isinstance(refs, Mapping)
+    ref_files = [("the Ref", r) for r in (_as_list(refs) if shared else []) if isinstance(r, (str, os.PathLike))]
+    items = plan(inputs, out_dir, ext, keep=ref_files)
     if ext is not None:
         from PIL import Image
 
@@ -393,7 +404,6 @@ def upscale_files(pipe, inputs, refs: RefsChoice, out_dir, *, ext: str | None = 
             todo = list(mine)
     result = BatchResult(skipped=[i.dst for i in skipped] if main else [], process_index=rank, num_processes=world)
     cache = _EncodedRefs(pipe, {"ref_scales": ref_scales, "ref_angles": ref_angles})
-    shared = not callable(refs) and not isinstance(refs, Mapping)
     if shared and todo:
         cache(_as_list(refs))
     log = log or (lambda message: None)

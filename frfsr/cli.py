@@ -301,10 +301,7 @@ def _upscale_many(args):
         print(prefix + message, file=sys.stderr if message.startswith(("failed", "warning")) else sys.stdout,
               flush=True)
 
-    items = plan(args.inputs, args.output, args.ext)      # inputs, outputs and their clashes checked before the model loads
-    refs_given = _ref_inputs(args)
-    for item in items:
-        _check_apart([("the output", item.dst)], refs_given)
+    items = plan(args.inputs, args.output, args.ext, keep=_ref_inputs(args))    # checked before the model loads
     pipe = _load_pipeline(args, device=device, dtype=args.dtype)
     if args.top_k is not None:
         refs = _ref_chooser(args, pipe, {i.src: i.dst for i in items})

@@ -112,6 +112,8 @@ def _check_paths(src: Path, dst: Path) -> None:
         raise FileNotFoundError(f"video not found: {src}" if not src.is_dir() else f"video {src} is a folder")
     if dst.is_dir():
         raise VideoFileError(f"cannot write {dst}: it is a folder; give a file name such as {dst / 'sr.mp4'}")
+    from ._fs import check_apart
+    check_apart([("the output", dst)], [("the input", src)])
     if dst.suffix.lower() not in VIDEO_SUFFIXES:
         raise VideoFileError(f"cannot write {dst}: {dst.suffix or 'no extension'!r} is not a video container "
                              f"frfsr writes; accepted: {', '.join(VIDEO_SUFFIXES)}")

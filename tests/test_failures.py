@@ -95,6 +95,23 @@ def test_the_cli_writes_the_output_upright(tmp_path, tiny):
     assert is_complete(BatchItem(tmp_path / "cam.jpg", tmp_path / "sr.png"))
 
 
+def test_upscale_files_never_writes_over_a_ref(tmp_path, tiny):
+    from frfsr.batch import BatchError, upscale_files
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(tmp_path / "out" / "a.png")
+    os.symlink(tmp_path / "out" / "a.png", tmp_path / "ref_link.png")
+    before = _snapshot(tmp_path)
+    for ref in (tmp_path / "out" / "a.png", tmp_path / "ref_link.png"):
+        with pytest.raises(BatchError, match=r"the output .*out/a.png is the Ref .*(out/a|ref_link).png: an output "
+                                             "never overwrites an input"):
+            upscale_files(FRFSRPipeline(tiny), [tmp_path / "in"], [str(ref)], tmp_path / "out", progress=False,
+                          state=None)
+    assert _snapshot(tmp_path) == before
+
+
 # ------------------------------------------------------------------ configs, weights, sizes
 @pytest.mark.parametrize("field,value,accepted", [
     ("ddf_filter_norm", "no", "true or false"),
