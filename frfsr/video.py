@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._fs import fsync, temp_prefix, umask
+from ._fs import WriteError, fsync, temp_prefix, umask
 from .checks import FRFSRWarning
 
 # containers whose writers PyAV/FFmpeg has here; the first codec available is used by default
@@ -368,9 +368,12 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
         os.replace(tmp, dst)
         tmp = None
         fsync(dst.parent)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             writer.close_quietly()
+        if isinstance(e, OSError) and tmp is not None and e.filename is not None and \
+                os.fspath(e.filename) == os.fspath(tmp):      # writing failed (disk full, ...): name the output
+            raise WriteError(f"cannot write {dst}: {e.strerror or e}") from None
         raise
     finally:
         container.close()

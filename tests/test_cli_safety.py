@@ -221,6 +221,50 @@ def test_an_output_folder_that_is_a_file_is_refused(work, model_dir):
     assert _snapshot(work) == before
 
 
+def test_a_read_only_output_folder_is_refused_up_front(work, model_dir):
+    (work / "ro").mkdir()
+    read_only = """
+        import os
+        real = os.access                                    # the folder reads as read-only even to root
+        os.access = lambda p, mode, **kw: False if os.path.basename(str(p)) == "ro" and mode & os.W_OK \\
+            else real(p, mode, **kw)
+    """
+    before = _snapshot(work)
+    res = upscale(work, model_dir, "lr.png", "--ref", "ref.png", "-o", "ro/sr.png", prelude=read_only)
+    assert res.returncode == 2
+    assert one_error_line(res) == "frfsr upscale: error: cannot write ro/sr.png: the folder ro is not writable"
+    assert _snapshot(work) == before
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    pytest.importorskip("av")
+    from test_video import make_clip
+    return make_clip(tmp_path_factory.mktemp("safety_clip") / "clip.mp4")
+
+
+def test_a_video_on_a_full_disk_is_one_line_and_leaves_nothing(work, model_dir, clip):
+    import shutil
+    shutil.copy(clip, work / "clip.mp4")
+    before = _snapshot(work)
+    res = upscale(work, model_dir, "clip.mp4", "--ref", "ref.png", "-o", "sr.mp4", prelude=_NO_LARGE_FILES)
+    assert res.returncode == 1
+    assert one_error_line(res) == "frfsr upscale: error: cannot write sr.mp4: File too large"
+    assert _snapshot(work) == before                      # no output, no .part.mp4
+
+
+def test_a_killed_videos_leftover_is_removed_by_the_next_folder_run(work, model_dir, clip):
+    import shutil
+    (work / "in").mkdir()
+    shutil.copy(clip, work / "in" / "clip.mp4")
+    (work / "out").mkdir()
+    left = work / "out" / ".clip.mp4.frfsr-999999999-abcd1234.part.mp4"    # its run was killed
+    left.write_bytes(b"partial video")
+    res = upscale(work, model_dir, "in", "--ref", "ref.png", "-o", "out/")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert [p.name for p in (work / "out").iterdir()] == ["clip.mp4"]
+
+
 # ------------------------------------------------------------------ model files that are not
 @pytest.mark.parametrize("command", ["info", "convert"])
 def test_a_text_file_as_a_checkpoint_says_so(work, command):
