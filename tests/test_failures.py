@@ -226,6 +226,42 @@ def test_an_unwritable_descriptor_cache_warns_and_the_ranking_goes_on(tmp_path, 
     assert _snapshot(tmp_path) == before
 
 
+_PROBE_NATIVE = """
+    import warnings
+    from frfsr.ops import native
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        print("AVAILABLE", native.available())
+    for w in caught:
+        print("WARNING", w.message)
+"""
+
+
+def test_a_wrong_library_with_a_matching_checksum_is_removed_and_the_reference_used(tmp_path):
+    import hashlib
+    import shutil
+    cxx = shutil.which(os.environ.get("CXX") or "c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler: the native kernels are never built here")
+    env = dict(_env(tmp_path), FRFSR_NATIVE="1")
+
+    def probe():
+        res = subprocess.run([sys.executable, "-c", textwrap.dedent(_PROBE_NATIVE)], capture_output=True, text=True,
+                             env=env, timeout=TIMEOUT)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+        return res.stdout
+    assert "AVAILABLE True" in probe()
+    (lib,) = sorted((tmp_path / "cache" / "native").glob("fast_match-*.so"))
+    src = tmp_path / "other.cpp"
+    src.write_text('extern "C" int frfsr_vector_width() { return 3; }\n')       # ours in name only
+    subprocess.run([cxx, "-shared", "-fPIC", str(src), "-o", str(lib)], check=True, capture_output=True)
+    Path(str(lib) + ".sha256").write_text(hashlib.sha256(lib.read_bytes()).hexdigest() + "\n")
+    out = probe()
+    assert "AVAILABLE False" in out and "is not a working build" in out and "using the reference kernel" in out
+    assert not lib.exists()                                                       # removed: rebuilt next time
+    assert "AVAILABLE True" in probe() and lib.is_file()
+
+
 # ------------------------------------------------------------------ training's command line
 def _train(args, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "train" / "stage1.py"), "--config", str(TINY), *args],
