@@ -166,6 +166,24 @@ def test_a_failing_write_is_one_line_exit_1_and_keeps_the_previous_output(work, 
     assert _snapshot(work) == before                      # the earlier output intact, no temporary file left
 
 
+def test_an_immutable_output_is_one_line_exit_1_and_stays_as_it_was(work, model_dir):
+    immutable = """
+        import errno, os
+        real = os.replace                                   # as for a file with the immutable attribute
+        def replace(src, dst, **kw):
+            if os.path.basename(str(dst)) == "earlier.png":
+                raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(dst))
+            return real(src, dst, **kw)
+        os.replace = replace
+    """
+    before = _snapshot(work)
+    res = upscale(work, model_dir, "lr.png", "--ref", "ref.png", "-o", "earlier.png", prelude=immutable)
+    assert res.returncode == 1
+    assert one_error_line(res) == ("frfsr upscale: error: cannot write earlier.png: Operation not permitted "
+                                   "(the file already there is unchanged)")
+    assert _snapshot(work) == before                      # no temporary file left either
+
+
 def test_a_failing_write_in_a_folder_run_is_reported_and_the_run_goes_on(work, model_dir):
     (work / "in").mkdir()
     _image(work / "in" / "a.png", 16, 16, 3)

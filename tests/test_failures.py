@@ -381,3 +381,24 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_earlier_ones(two_
     assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
     assert errors[0] == f"error: No space left on device: {run / 'checkpoints' / 'ckpt-000004.tmp'}"
     assert _snapshot(run / "checkpoints") == before
+
+
+def test_train_ctrl_c_is_one_line_exit_130_and_keeps_the_checkpoints(two_steps, tmp_path, capsys, monkeypatch):
+    from frfsr.training import loop
+    run = _copy_run(two_steps, tmp_path / "run")
+    before = _snapshot(run / "checkpoints")
+    step, calls = loop.Trainer.train_step, []
+
+    def interrupted(self, batches):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return step(self, batches)
+    monkeypatch.setattr(loop.Trainer, "train_step", interrupted)
+    from frfsr.training.run import main
+    code = main(["--config", str(TINY), "--output_dir", str(run), "--resume"], stage=1)
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("train:")] == [
+        "train: interrupted; the checkpoints already written are complete (resume with --resume)"]
+    assert _snapshot(run / "checkpoints") == before
