@@ -16,8 +16,9 @@ folder is never read back as input.
 Resumable: an output that exists, reads as a whole image (every PNG chunk's checksum) and
 is 4x its input's size is skipped; everything else is computed. Every image is written to
 a temporary file beside its name and renamed into place (:func:`frfsr.image_files.write_image`),
-so a run that is killed leaves no partial file under an output's name; the temporary
-files a killed run left are removed when a later run reaches that output.
+so a run that is killed leaves no partial file under an output's name. Temporary names carry
+the writing process's id: the ones a killed run left are removed when a later run reaches
+that output, and runs going on at once never remove each other's.
 
 Refs: one list for every input (encoded once, :meth:`FRFSRPipeline.encode_refs`), or a
 choice per input: a mapping from input path to Refs, or a callable ``refs(input_path)``
@@ -120,7 +121,7 @@ def list_inputs(inputs: Sequence, suffixes: Sequence[str] | None = None) -> list
 
     for item in inputs:
         text = os.fspath(item)
-        if glob.has_magic(text):
+        if glob.has_magic(text) and not os.path.lexists(text):     # an existing path is a file before a pattern
             parts = Path(text).parts
             fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
             base = Path(*parts[:fixed]) if fixed else Path(".")
@@ -158,9 +159,11 @@ def output_path(rel, out_dir, ext: str | None = None) -> Path:
     return dst
 
 
-def plan(inputs, out_dir, ext: str | None = None) -> list[BatchItem]:
+def plan(inputs, out_dir, ext: str | None = None, keep=()) -> list[BatchItem]:
     """The :class:`BatchItem` of every input (see :func:`list_inputs`, :func:`output_path`);
-    inputs below ``out_dir`` are left out. Two inputs with one output name raise."""
+    inputs below ``out_dir`` are left out. Two inputs with one output name raise, and so does
+    an output that would be written over a file of ``keep`` (``(what, path)`` pairs such as
+    ``("--ref", "refs/a.png")``: files read by the run besides the inputs)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BatchError(f"the output folder {out} is a file; with several inputs, a folder or a glob, -o names a "
@@ -177,6 +180,13 @@ def plan(inputs, out_dir, ext: str | None = None) -> list[BatchItem]:
                              "instead of the files (the layout below it is kept), or run them separately")
         by_dst[key] = item
         items.append(item)
+    if keep:
+        from ._fs import check_apart
+        for item in items:
+            try:
+                check_apart([("the output", item.dst)], keep)
+            except ValueError as e:
+                raise BatchError(str(e)) from None
     if not items:
         raise BatchError(f"no inputs left outside the output folder {out}")
     return items
@@ -195,6 +205,8 @@ def is_complete(item: BatchItem) -> bool:
     try:
         with Image.open(item.src) as src:
             w, h = src.size
+            if src.getexif().get(0x0112, 1) in (5, 6, 7, 8):     # read upright (EXIF orientation): turned
+                w, h = h, w
         with Image.open(dst) as out:
             size = out.size
             out.verify()
@@ -204,14 +216,11 @@ def is_complete(item: BatchItem) -> bool:
 
 
 def remove_leftovers(dst: Path) -> list[Path]:
-    """Remove the temporary files an interrupted write of ``dst`` left beside it; returns them."""
-    dst = Path(dst)
-    if not dst.parent.is_dir():
-        return []
-    left = sorted(dst.parent.glob(f".{glob.escape(dst.name)}.*.part"))
-    for p in left:
-        p.unlink(missing_ok=True)
-    return left
+    """Remove the temporary files that runs no longer running left beside ``dst`` (images and
+    videos alike, :func:`frfsr._fs.remove_leftovers`); returns them. A run going on beside this
+    one keeps its own."""
+    from ._fs import remove_leftovers as remove
+    return remove(dst)
 
 
 # ---------------------------------------------------------------------- the result
@@ -378,7 +387,9 @@ def upscale_files(pipe, inputs, refs: RefsChoice, out_dir, *, ext: str | None = 
     several = state is not None and state.num_processes > 1
     rank, world = (state.process_index, state.num_processes) if several else (0, 1)
     main = not several or state.is_main_process
-    items = plan(inputs, out_dir, ext)
+    shared = not callable(refs) and not isinstance(refs, Mapping)
+    ref_files = [("the Ref", r) for r in (_as_list(refs) if shared else []) if isinstance(r, (str, os.PathLike))]
+    items = plan(inputs, out_dir, ext, keep=ref_files)
     if ext is not None:
         from PIL import Image
 
@@ -393,7 +404,6 @@ def upscale_files(pipe, inputs, refs: RefsChoice, out_dir, *, ext: str | None = 
             todo = list(mine)
     result = BatchResult(skipped=[i.dst for i in skipped] if main else [], process_index=rank, num_processes=world)
     cache = _EncodedRefs(pipe, {"ref_scales": ref_scales, "ref_angles": ref_angles})
-    shared = not callable(refs) and not isinstance(refs, Mapping)
     if shared and todo:
         cache(_as_list(refs))
     log = log or (lambda message: None)

@@ -57,10 +57,13 @@ def check_state_dict(state: dict, model: torch.nn.Module, what: str) -> None:
     ours = model.state_dict()
     problems = {"wrong shapes": [f"{k}: {tuple(state[k].shape)} in the file, {tuple(ours[k].shape)} for this config"
                                  for k in ours if k in state and state[k].shape != ours[k].shape],
+                "non-float": [f"{k}: {str(state[k].dtype).replace('torch.', '')}" for k in ours
+                              if k in state and ours[k].is_floating_point() and not state[k].is_floating_point()],
                 "missing": sorted(set(ours) - set(state)), "unexpected": sorted(set(state) - set(ours))}
     found = [f"{len(v)} {title} ({'; '.join(v[:4])}{', ...' if len(v) > 4 else ''})" for title, v in problems.items() if v]
     if found:
-        raise ValueError(f"{what} does not fit the config: " + ", ".join(found))
+        accepted = ("; weights are float32, float16, bfloat16 or float64" if problems["non-float"] else "")
+        raise ValueError(f"{what} does not fit the config: " + ", ".join(found) + accepted)
 
 
 def check_finite_state_dict(state: dict, what: str) -> None:

@@ -85,7 +85,23 @@ def _single_file(args) -> bool:
     import os
     if len(args.inputs) != 1 or args.output.endswith(("/", os.sep)):
         return False
-    return not glob.has_magic(args.inputs[0]) and not Path(args.inputs[0]).is_dir()
+    src = args.inputs[0]
+    if Path(src).is_dir():
+        return False
+    return Path(src).is_file() or not glob.has_magic(src)     # an existing file is a file, whatever its name
+
+
+def _check_apart(outputs, inputs) -> None:
+    """Refuse, before any work, an output path that names an input or another output."""
+    from ._fs import check_apart
+    try:
+        check_apart(outputs, inputs)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _ref_inputs(args) -> list[tuple[str, str]]:
+    return [("--ref", r) for r in (args.ref or [])] + [("the --ref-dir image", r) for r in _candidates(args)]
 
 
 def _candidates(args) -> list[str]:
@@ -216,6 +232,8 @@ def _upscale_one(args):
     if (os.environ.get("RANK") or "0") != "0":     # one output file: under accelerate launch the first process writes it
         print(f"process {os.environ['RANK']}: one input file, written by process 0")
         return 0
+    _check_apart([("-o", args.output), ("--save-confidence", args.save_confidence),
+                  ("--save-warped-ref", args.save_warped_ref)], [("the input", src)] + _ref_inputs(args))
     if Path(src).suffix.lower() in video_suffixes():
         return _upscale_one_video(args)
     _check_top_k(args)
@@ -285,9 +303,10 @@ def _upscale_many(args):
         print(prefix + message, file=sys.stderr if message.startswith(("failed", "warning")) else sys.stdout,
               flush=True)
 
+    items = plan(args.inputs, args.output, args.ext, keep=_ref_inputs(args))    # checked before the model loads
     pipe = _load_pipeline(args, device=device, dtype=args.dtype)
     if args.top_k is not None:
-        refs = _ref_chooser(args, pipe, {i.src: i.dst for i in plan(args.inputs, args.output, args.ext)})
+        refs = _ref_chooser(args, pipe, {i.src: i.dst for i in items})
     result = upscale_files(pipe, args.inputs, refs, args.output, ext=args.ext, overwrite=args.overwrite,
                            progress=not args.no_progress, state=state, **_pyramid(args), log=log,
                            **_pipe_kwargs(args))
@@ -328,6 +347,7 @@ def _convert(p: argparse.ArgumentParser):
                 cfg.stage = args.stage
                 cfg.validate()
             model = FRFSR(cfg)
+        _check_apart([("-o", args.output)], [("the checkpoint", c) for c in args.checkpoints])
         merged, sources = {}, []
         for path in args.checkpoints:
             state = load_checkpoint(path, args.key)
@@ -426,19 +446,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 usage or input error)."""
+    """Run the command line; returns the exit code: 0 ok, 1 a run that failed (an OS error
+    such as a full disk or a read-only folder while writing: earlier outputs are kept), 2
+    usage or input error (refused before any work), 130 interrupted (Ctrl-C). Every failure
+    is one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
     try:
-        code = args._run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning        # warnings as one line each, as the CLI's own
+            code = args._run(args)
     except CLIError as e:
         print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ConnectionError, MemoryError) as e:
-        print(f"frfsr {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"frfsr {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:                 # at write time: disk full, read-only folder, name too long, ...
+        from ._fs import describe_os_error
+        print(f"frfsr {args.command}: error: {_one_line(describe_os_error(e))}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"frfsr {args.command}: interrupted; outputs already written are complete, none is half-written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return int(code or 0)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
+def _one_line(e) -> str:
+    """A message on one line (its lines joined), or the error's type where it has none."""
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

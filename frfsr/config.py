@@ -42,10 +42,17 @@ class FRFSRConfig:
     name: str = "custom"
 
     def __post_init__(self):
-        self.vgg_widths = tuple(int(v) for v in self.vgg_widths)
+        if isinstance(self.vgg_widths, list):
+            self.vgg_widths = tuple(self.vgg_widths)
         self.validate()
 
     def validate(self) -> None:
+        """ValueError naming the first field of the wrong type or out of range and what it
+        accepts (a model is never built from a value that means something else, e.g. the
+        string "no" for a flag). The size of the model is checked where it is built
+        (:func:`frfsr.models.frfsr.check_size`)."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name))
         if self.version != CONFIG_VERSION:
             raise ValueError(f"unsupported FRFSR config version {self.version!r}; this frfsr reads version {CONFIG_VERSION}")
         positive = ["ngf", "n_res_blocks", "deform_groups", "sife_blocks", "sife_feat", "sife_grow"]
@@ -123,6 +130,26 @@ class FRFSRConfig:
             raise ValueError(f"{where}config is not valid JSON: {e}") from None
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}{e}") from None
+
+
+_KINDS = {"ddf_se_ratio": "number", "ddf_filter_norm": "bool", "vgg_widths": "ints", "name": "str"}
+
+
+def _check_type(name: str, value) -> None:
+    """TypeError-like ValueError unless ``value`` is of the kind the field ``name`` takes
+    (integers for every other field; ``true``/``false`` only for flags)."""
+    kind = _KINDS.get(name, "int")
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = {"int": is_int,
+          "number": (is_int or isinstance(value, float)) and not isinstance(value, bool),
+          "bool": isinstance(value, bool),
+          "str": isinstance(value, str),
+          "ints": isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in value)}[kind]
+    if not ok:
+        accepted = {"int": "an integer", "number": "a number", "bool": "true or false",
+                    "str": "a string", "ints": "a list of three integers"}[kind]
+        raise ValueError(f"config field {name} must be {accepted}, got {value!r} ({type(value).__name__})")
 
 
 PRESETS: dict[str, dict] = {

@@ -200,6 +200,16 @@ def read_safetensors(path) -> tuple[dict, dict]:
         raise ValueError(f"{path} is not a valid safetensors file: {e}") from None
 
 
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
 def load_checkpoint(path, key: str | None = None) -> dict:
     """Read a foreign checkpoint safely and return its state dict. ``.safetensors`` files
     are read with safetensors; anything else with ``torch.load(weights_only=True)``, so a
@@ -226,10 +236,12 @@ def load_checkpoint(path, key: str | None = None) -> dict:
         detail = next((ln for ln in reversed(lines) if not ln.startswith(("Check the documentation", "Please file"))),
                       "unpickling failed")
         raise ValueError(f"{p} is not a readable PyTorch checkpoint (corrupt, or another format): {detail}") from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:             # torch / pickle on a text or other file: KeyError, EOFError, RuntimeError, ...
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"{p} is not a readable PyTorch checkpoint (corrupt, truncated or another format): "
-                         f"{detail}") from None
+        what = ("it is a text file" if _looks_like_text(p)
+                else f"corrupt, truncated or another format: {type(e).__name__}: {detail}")
+        raise ValueError(f"{p} is not a readable PyTorch checkpoint ({what}); "
+                         "accepted: a PyTorch state dict (.pth, .pt, .bin) or a .safetensors file") from None
     try:
         return unwrap_state_dict(obj, key)
     except ValueError as e:

@@ -4,7 +4,8 @@ result goes before any computation, and write it atomically.
 Pillow reads 8-bit images, 16-bit grayscale (mode I;16) and float TIFFs (mode F), but
 reads 16-bit colour PNGs as 8-bit; those (RGB, RGBA and gray + alpha at 16 bits) are
 read and written with pypng as numpy uint16 arrays, so 16-bit colour in gives 16-bit
-colour out. A result is written beside its final name and renamed into place, so an
+colour out. An image with an EXIF orientation (camera JPEGs) is read upright, turned as the
+tag says. A result is written beside its final name and renamed into place, so an
 interrupted run never leaves a partial file under that name.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ._fs import atomic_file
+from ._fs import WriteError, atomic_file
+from .image_io import upright
 
 # the image files taken as inputs where a folder or a glob is given (frfsr.batch); lower case
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
@@ -52,7 +54,7 @@ def read_image(path, what: str = "image"):
             return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, channels)
         img = Image.open(p)
         img.load()
-        return img
+        return upright(img)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ImageFileError(f"cannot read the {what} image {p}: {e}") from None
     except Exception as e:            # pypng's FormatError and the like
@@ -80,6 +82,9 @@ def check_output(path, like) -> None:
     gave, or what a result of it will be) can be written to ``path``: the path is not a
     folder, its folder exists or can be made, and the format holds that kind of image."""
     p = Path(path)
+    if len(os.fsencode(p.name)) > _name_max(p):
+        raise ImageFileError(f"cannot write {p}: the name is {len(os.fsencode(p.name))} bytes long, more than the "
+                             f"{_name_max(p)} the file system allows; give a shorter name")
     if p.is_dir():
         raise ImageFileError(f"cannot write {p}: it is a folder; give a file name such as {p / 'sr.png'}")
     fmt = _format_of(p)
@@ -102,6 +107,15 @@ def check_output(path, like) -> None:
                              f"use {'.tif' if like.mode in ('F', 'I;16', 'I') else '.png'}") from None
 
 
+def _name_max(p: Path) -> int:
+    """The longest file name (bytes) the file system of ``p``'s nearest existing folder takes."""
+    folder = next((a for a in (p.parent, *p.parent.parents) if a.is_dir()), Path("."))
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 def _writable_mode(mode: str, fmt: str) -> str:
     """The mode an image is written in: JPEG has no alpha (dropped)."""
     if fmt == "JPEG" and mode in ("RGBA", "LA"):
@@ -110,16 +124,24 @@ def _writable_mode(mode: str, fmt: str) -> str:
 
 
 def write_image(image, path) -> None:
-    """Write a PIL image or a uint16 (H, W[, C]) array to ``path`` atomically."""
+    """Write a PIL image or a uint16 (H, W[, C]) array to ``path`` atomically; an OS error
+    (disk full, read-only folder, ...) raises :class:`frfsr._fs.WriteError` naming the file,
+    and a file already at ``path`` is left as it was."""
     p = Path(path)
     check_output(p, image)
     fmt = _format_of(p)
-    with atomic_file(p) as tmp, open(tmp, "wb") as f:
-        if isinstance(image, np.ndarray):
-            _write_png16(image, f)
-        else:
-            mode = _writable_mode(image.mode, fmt)
-            (image.convert(mode) if mode != image.mode else image).save(f, format=fmt)
+    try:
+        with atomic_file(p) as tmp, open(tmp, "wb") as f:
+            if isinstance(image, np.ndarray):
+                _write_png16(image, f)
+            else:
+                mode = _writable_mode(image.mode, fmt)
+                (image.convert(mode) if mode != image.mode else image).save(f, format=fmt)
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        kept = " (the file already there is unchanged)" if p.exists() else ""
+        raise WriteError(f"cannot write {p}: {e.strerror or e}{kept}") from None
 
 
 def _write_png16(a: np.ndarray, f) -> None:

@@ -9,7 +9,9 @@ returned as grayscale (ITU-R BT.601 luma of the RGB result).
 
 Accepted inputs
 ---------------
-* PIL images of mode 1, L, LA, La, P, PA, RGB, RGBA, RGBa, CMYK, YCbCr, I;16*, I, F.
+* PIL images of mode 1, L, LA, La, P, PA, RGB, RGBA, RGBa, CMYK, YCbCr, I;16*, I, F; an
+  EXIF orientation (camera JPEGs) is applied first, so the image is seen, and returned,
+  upright.
 * numpy arrays (H, W) or (H, W, C), C in 1..4, dtype uint8, uint16 or float16/32/64
   (floats in [0, 1]).
 * torch tensors (C, H, W) or (B, C, H, W), C in 1..4, dtype uint8 or floating (in [0, 1]).
@@ -137,11 +139,25 @@ def _tensor_to_tensor(t: torch.Tensor, name: str) -> tuple[torch.Tensor, str, bo
     return x.detach().float().clamp(0, 1), str(x.dtype).replace("torch.", ""), batched
 
 
+def upright(img):
+    """A PIL image turned as its EXIF orientation says (camera JPEGs), the tag then dropped;
+    the image itself where it has no orientation. Inputs are read upright, so the output
+    (which carries no orientation) looks as the input did."""
+    from PIL import ImageOps
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:                 # unreadable EXIF: as stored
+        return img
+    if orientation in (None, 1):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def to_model_input(image, name: str = "image") -> tuple[torch.Tensor, torch.Tensor | None, ImageInfo]:
     """One image -> ``(rgb, alpha, info)``: ``rgb`` (B, 3, H, W) float32 in [0, 1] (on the
     tensor's device for tensor input, else CPU), ``alpha`` (B, 1, H, W) or None."""
     if Image is not None and isinstance(image, Image.Image):
-        arr = _pil_to_array(image, name)
+        arr = _pil_to_array(upright(image), name)
         x, dtype, _ = _array_to_tensor(arr, name)
         kind, batched, squeeze, tdtype, device = "pil", False, False, None, None
     elif isinstance(image, np.ndarray):

@@ -299,7 +299,16 @@ class RefIndex:
             return desc
         desc = ref_descriptor(self.model, _read_candidate(path))
         self.computed += 1
-        _save_cached(where, desc, {"sha256": digest, "model": self.identity, "name": path.name})
+        try:
+            _save_cached(where, desc, {"sha256": digest, "model": self.identity, "name": path.name})
+        except OSError as e:                # a read-only or full cache: go on without it
+            import warnings
+
+            from ._fs import describe_os_error
+            from .checks import FRFSRWarning
+            warnings.warn(f"the descriptor cache {self.cache_dir} cannot be written ({describe_os_error(e)}); "
+                          "going on without it", FRFSRWarning, stacklevel=3)
+            self.cache_dir = None
         return desc
 
     def image(self, index: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._fs import fsync, umask
+from ._fs import WriteError, fsync, temp_prefix, umask
 from .checks import FRFSRWarning
 
 # containers whose writers PyAV/FFmpeg has here; the first codec available is used by default
@@ -112,6 +112,8 @@ def _check_paths(src: Path, dst: Path) -> None:
         raise FileNotFoundError(f"video not found: {src}" if not src.is_dir() else f"video {src} is a folder")
     if dst.is_dir():
         raise VideoFileError(f"cannot write {dst}: it is a folder; give a file name such as {dst / 'sr.mp4'}")
+    from ._fs import check_apart
+    check_apart([("the output", dst)], [("the input", src)])
     if dst.suffix.lower() not in VIDEO_SUFFIXES:
         raise VideoFileError(f"cannot write {dst}: {dst.suffix or 'no extension'!r} is not a video container "
                              f"frfsr writes; accepted: {', '.join(VIDEO_SUFFIXES)}")
@@ -299,7 +301,7 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
         size = (4 * w, 4 * h)
 
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".part{dst.suffix}", dir=dst.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst), suffix=f".part{dst.suffix}", dir=dst.parent)
         os.close(fd)
         how = "none" if not ains else ("re-encoded" if audio == "reencode" else "copied")
         try:
@@ -366,9 +368,12 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
         os.replace(tmp, dst)
         tmp = None
         fsync(dst.parent)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             writer.close_quietly()
+        if isinstance(e, OSError) and tmp is not None and e.filename is not None and \
+                os.fspath(e.filename) == os.fspath(tmp):      # writing failed (disk full, ...): name the output
+            raise WriteError(f"cannot write {dst}: {e.strerror or e}") from None
         raise
     finally:
         container.close()

@@ -102,7 +102,7 @@ def test_folder_run_then_nothing_to_do(files, pipe, tmp_path):
     # a truncated output and a temporary file left by a killed write: that one output is done again
     broken = written[3]
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
-    (broken.parent / f".{broken.name}.x1y2.part").write_bytes(b"partial")
+    (broken.parent / f".{broken.name}.frfsr-999999999-x1y2.part").write_bytes(b"partial")   # its process is gone
     assert not is_complete(plan([files / "lrs"], out)[3])
     third = Counting(pipe)
     res = upscale_files(third, [files / "lrs"], _refs(files), out, progress=False, state=None, tile=None)

@@ -77,6 +77,22 @@ def list_images(folder, what: str = "image") -> dict[str, Path]:
     return {k: v[0] for k, v in found.items()}
 
 
+def check_readable(paths, limit: int = 5) -> None:
+    """:class:`DataLayoutError` naming the image files of ``paths`` that do not open as images
+    (empty, truncated header, another format, unreadable); each file's header is read, not
+    its pixels."""
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as e:            # PIL raises many kinds for a damaged file
+            bad.append(f"{p} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})")
+    if bad:
+        raise DataLayoutError(f"{len(bad)} training image(s) cannot be read: {'; '.join(bad[:limit])}"
+                              f"{' ...' if len(bad) > limit else ''}; replace or remove them")
+
+
 def _check_scale(scale) -> int:
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive int; got {scale!r}")
@@ -179,6 +195,10 @@ class CUFEDTrainDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def files(self) -> list[Path]:
+        """Every image file the dataset reads (inputs and Refs)."""
+        return [p for _, inp, ref in self.pairs for p in (inp, ref)]
 
     def _generator(self, index: int) -> torch.Generator | None:
         if self.seed is None:

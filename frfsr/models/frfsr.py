@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -231,6 +232,53 @@ def _check_ref_batch(name: str, n: int, b: int) -> None:
                          f"(batch {b}) or one Ref for all (batch 1)")
 
 
+MAX_PARAMETERS = 1_000_000_000           # 4 GB of float32 weights; the paper's stage-1 net has 13.5 million
+
+
+def _parts(cfg: FRFSRConfig) -> dict[str, nn.Module]:
+    """The networks of an FRFSR model of config ``cfg``, by attribute name, in order."""
+    parts = {"texture_encoder": TextureEncoder(cfg.vgg_widths),
+             "ref_extractor": ReferenceFeatureExtractor(cfg.vgg_widths),
+             "sife": SIFE(cfg.sife_blocks, cfg.sife_feat, cfg.sife_grow),
+             "restoration": RestorationNet(cfg, cfg.vgg_widths, reuse=cfg.stage == 2)}
+    if cfg.stage == 2:
+        parts["reuse_net"] = RestorationNet(cfg, cfg.vgg_widths, reuse=False)
+    return parts
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_count(items: tuple) -> int:
+    cfg = FRFSRConfig(**dict(items))
+    with torch.device("meta"):
+        return sum(p.numel() for m in _parts(cfg).values() for p in m.parameters())
+
+
+def estimate_parameters(config: FRFSRConfig) -> int:
+    """The parameter count of a model of ``config``, without allocating it: networks with
+    one and two of each repeated block are built on the meta device (no memory), and the
+    count, linear in each number of blocks, is extended to the config's."""
+    base = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.to_dict().items()}
+    small = dict(base, n_res_blocks=1, n_ddf_blocks=0, sife_blocks=1)
+
+    def count(**kw) -> int:
+        return _meta_count(tuple(sorted(dict(small, **kw).items())))
+    p0 = count()
+    return (p0 + (config.n_res_blocks - 1) * (count(n_res_blocks=2) - p0)
+            + config.n_ddf_blocks * (count(n_ddf_blocks=1) - p0)
+            + (config.sife_blocks - 1) * (count(sife_blocks=2) - p0))
+
+
+def check_size(config: FRFSRConfig, limit: int | None = None) -> None:
+    """ValueError where a model of ``config`` would have more than ``limit`` parameters
+    (default :data:`MAX_PARAMETERS`), before anything is allocated."""
+    limit = MAX_PARAMETERS if limit is None else limit
+    n = estimate_parameters(config)
+    if n > limit:
+        raise ValueError(f"this config makes a model of {n:,} parameters ({4 * n / 2**30:,.1f} GiB as float32), more "
+                         f"than the {limit:,} accepted (frfsr.models.frfsr.MAX_PARAMETERS); check ngf, "
+                         f"n_res_blocks, n_ddf_blocks, sife_blocks, sife_feat, sife_grow and vgg_widths")
+
+
 class FRFSR(nn.Module, PretrainedMixin):
     """Reference-based 4x super-resolution.
 
@@ -248,13 +296,11 @@ class FRFSR(nn.Module, PretrainedMixin):
     def __init__(self, config: FRFSRConfig | None = None):
         super().__init__()
         cfg = config or FRFSRConfig.paper()
+        check_size(cfg)                   # before anything is allocated
         self.config = cfg
-        self.texture_encoder = TextureEncoder(cfg.vgg_widths)
-        self.ref_extractor = ReferenceFeatureExtractor(cfg.vgg_widths)
-        self.sife = SIFE(cfg.sife_blocks, cfg.sife_feat, cfg.sife_grow)
-        self.restoration = RestorationNet(cfg, cfg.vgg_widths, reuse=cfg.stage == 2)
+        for name, module in _parts(cfg).items():
+            setattr(self, name, module)
         if cfg.stage == 2:
-            self.reuse_net = RestorationNet(cfg, cfg.vgg_widths, reuse=False)
             self.reuse_net.requires_grad_(False)
         self.check_inputs = True          # NaN/Inf checks (one host sync each); off for the fastest path
         self.match_mode = "auto"          # default of match(): "exact", "fast" or "auto" (correspondence.py)

@@ -99,7 +99,7 @@ def build_stage1_model(cfg) -> FRFSR:
         if path:
             try:
                 state = _init_state(path, kind, model)
-            except ValueError as e:
+            except (ValueError, OSError) as e:            # missing, unreadable, another layout
                 raise ValueError(f"init.{key}={path}: {e}") from None
             _load_part(model, part, state, what, path)
     if not (init.pretrained or init.vgg19 or cfg.model.train_ref_extractor):

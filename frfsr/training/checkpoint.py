@@ -108,14 +108,33 @@ def resolve_checkpoint(output_dir, which: str = "latest") -> Path | None:
             raise FileNotFoundError(f"{p} is not a complete checkpoint (no {STATE_FILE})")
         return p
     root = Path(output_dir) / CKPT_DIR
-    latest = root / LATEST
-    if latest.is_file():
-        p = root / latest.read_text().strip()
-        if (p / STATE_FILE).is_file():
-            return p
+    named = _latest_name(root / LATEST)
+    if named is not None and (root / named / STATE_FILE).is_file():
+        return root / named
     complete = [p for _, p in list_checkpoints(root) if (p / STATE_FILE).is_file()]
+    if named is not None or (root / LATEST).exists():
+        import warnings
+        warnings.warn(f"{root / LATEST} does not name a complete checkpoint; using the newest complete one "
+                      f"({complete[-1].name if complete else 'none'})", RuntimeWarning, stacklevel=2)
     return complete[-1] if complete else None
 
 
+def _latest_name(path: Path) -> str | None:
+    """The checkpoint name ``latest`` holds, None where it is missing, unreadable or garbled."""
+    try:
+        text = path.read_bytes()[:256].decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _NAME.match(text) else None
+
+
 def read_trainer_state(ckpt) -> dict:
-    return json.loads((Path(ckpt) / STATE_FILE).read_text())
+    """The trainer state saved with a checkpoint; ValueError where it is unreadable."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} cannot be read: {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a trainer state (a JSON object)")
+    return state

@@ -49,6 +49,10 @@ __all__ = ["Trainer", "collate_train", "state_hash"]
 _KEYS = ("hr", "lr", "ref")
 
 
+class ArchitectureMismatch(ValueError):
+    """A checkpoint written by a model of another architecture (not a damaged one)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or Inf; the run stopped before updating the weights."""
 
@@ -212,7 +216,12 @@ class Trainer:
         if self._data_ready:
             return
         self.root = self._data_root()
-        n = len(self._dataset(0))
+        dataset = self._dataset(0)
+        files = getattr(dataset, "files", None)
+        if files is not None:                 # every file opens, before step 1
+            from ..data.datasets import check_readable
+            check_readable(files())
+        n = len(dataset)
         world, bs = self.acc.num_processes, self.cfg.data.batch_size
         self.batches_per_epoch = (n // world) // bs
         if self.batches_per_epoch < 1:
@@ -346,17 +355,32 @@ class Trainer:
     def trainer_state(self) -> dict:
         return {"step": self.step, "micro_batches": self.micro, "stage": self.stage,
                 "num_processes": self.acc.num_processes, "batch_size": self.cfg.data.batch_size,
-                "grad_accum": self.cfg.train.grad_accum}
+                "grad_accum": self.cfg.train.grad_accum, "model_config": self.unwrapped_model().config.to_dict()}
 
     def save(self) -> Path:
         return save_checkpoint(self.acc, self.out, self.step, self.trainer_state(), self.cfg.train.keep_checkpoints)
 
     def load(self, ckpt) -> None:
         """Restore models, optimisers, schedulers, RNG states and the step counter."""
-        self.acc.load_state(str(ckpt))
         st = read_trainer_state(ckpt)
         if st.get("stage", self.stage) != self.stage:
-            raise ValueError(f"{ckpt} is a stage-{st['stage']} checkpoint; this is a stage-{self.stage} run")
+            raise ArchitectureMismatch(f"{ckpt} is a stage-{st['stage']} checkpoint; this is a stage-{self.stage} run")
+        ours = self.unwrapped_model().config.to_dict()
+        theirs = st.get("model_config")
+        if isinstance(theirs, dict):
+            differ = [f"{k} {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+                      if k != "name" and theirs.get(k) != v]
+            if differ:
+                raise ArchitectureMismatch(f"{ckpt} was written by a model of another architecture ({'; '.join(differ)}); "
+                                           "resume with the config it was trained with, or train into a new output_dir")
+        try:
+            self.acc.load_state(str(ckpt))
+        except RuntimeError as e:
+            if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
+                raise ArchitectureMismatch(f"{ckpt} was written by a model of another architecture (its tensors do not "
+                                           "fit this config); resume with the config it was trained with, or train "
+                                           "into a new output_dir") from None
+            raise
         self.step = int(st["step"])
         self.micro = int(st["micro_batches"])
         same = (st.get("num_processes"), st.get("batch_size")) == (self.acc.num_processes, self.cfg.data.batch_size)
@@ -382,7 +406,9 @@ class Trainer:
         for p in candidates:
             try:
                 self.load(p)
-            except Exception as e:          # any reader's error: safetensors, pickle, json, shapes
+            except ArchitectureMismatch:    # not damaged: another model's checkpoints
+                raise
+            except Exception as e:          # any reader's error: safetensors, pickle, json
                 errors.append(f"{p.name}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}")
                 logger.warning("checkpoint %s cannot be loaded (%s); trying the previous one", p, errors[-1])
                 continue
@@ -440,28 +466,30 @@ class Trainer:
                    disable=not acc.is_local_main_process)
         tick, tick_step = time.perf_counter(), self.step
         completed = True
-        while self.step < t.max_steps:
-            micro = [next(batches) for _ in range(k)]
-            self.micro += k
-            logs = self.train_step(micro)
-            step = self.step
-            if step % t.log_every == 0 or step == t.max_steps or step == 1:
-                values = {name: acc.reduce(v.to(acc.device), reduction="mean").item() for name, v in logs.items()}
-                now = time.perf_counter()
-                values["samples_per_s"] = (step - tick_step) * k * bs * acc.num_processes / max(now - tick, 1e-9)
-                values["epoch"] = self.micro // self.batches_per_epoch
-                values.update(self._lrs())
-                tick, tick_step = now, step
-                acc.log(values, step=step)
-                bar.set_postfix({n: f"{values[n]:.4g}" for n in ("l1", "perceptual", "adversarial", "d_loss")
-                                 if n in values})
-            bar.update(1)
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
-                self.save()
-            if stop_after is not None and step >= stop_after and step < t.max_steps:
-                completed = False
-                break
-        bar.close()
+        try:
+            while self.step < t.max_steps:
+                micro = [next(batches) for _ in range(k)]
+                self.micro += k
+                logs = self.train_step(micro)
+                step = self.step
+                if step % t.log_every == 0 or step == t.max_steps or step == 1:
+                    values = {name: acc.reduce(v.to(acc.device), reduction="mean").item() for name, v in logs.items()}
+                    now = time.perf_counter()
+                    values["samples_per_s"] = (step - tick_step) * k * bs * acc.num_processes / max(now - tick, 1e-9)
+                    values["epoch"] = self.micro // self.batches_per_epoch
+                    values.update(self._lrs())
+                    tick, tick_step = now, step
+                    acc.log(values, step=step)
+                    bar.set_postfix({n: f"{values[n]:.4g}" for n in ("l1", "perceptual", "adversarial", "d_loss")
+                                     if n in values})
+                bar.update(1)
+                if step % t.checkpoint_every == 0 or step == t.max_steps:
+                    self.save()
+                if stop_after is not None and step >= stop_after and step < t.max_steps:
+                    completed = False
+                    break
+        finally:
+            bar.close()                     # an error is printed on a line of its own
         if completed:
             acc.wait_for_everyone()
             if acc.is_main_process:

@@ -30,6 +30,9 @@ def build_parser(stage: int | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv=None, stage: int | None = None) -> int:
+    """Run the command line; returns the exit code: 0 done, 1 a failed run (data, init
+    weights, output folder, disk, resume, a diverged loss: one line on stderr), 2 a bad
+    command line or config, 130 interrupted."""
     parser = build_parser(stage)
     args = parser.parse_args(argv)
     try:
@@ -43,16 +46,50 @@ def main(argv=None, stage: int | None = None) -> int:
         parser.error(str(e))
     if stage is not None and cfg.stage != stage:
         parser.error(f"{args.config} is a stage-{cfg.stage} config; run train/stage{cfg.stage}.py with it")
+    problem = _output_dir_problem(cfg.train.output_dir)
+    if problem:
+        return _fail(problem)
+    try:
+        return _train(cfg, args)
+    except KeyboardInterrupt:
+        print("train: interrupted; the checkpoints already written are complete (resume with --resume)",
+              file=sys.stderr)
+        return 130
+    except OSError as e:                      # disk full at a checkpoint, unreadable data, ...
+        from .._fs import describe_os_error
+        return _fail(describe_os_error(e))
+    except (ValueError, TypeError, RuntimeError, MemoryError) as e:   # data, init weights, resume, diverged loss
+        return _fail(e)
+
+
+def _fail(message) -> int:
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    print(f"error: {text or type(message).__name__}", file=sys.stderr)
+    return 1
+
+
+def _output_dir_problem(output_dir) -> str | None:
+    """Why ``output_dir`` cannot hold the run (a file, a folder that cannot be written), or None."""
+    import os
+    from pathlib import Path
+    out = Path(output_dir)
+    existing = next((a for a in (out, *out.parents) if a.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        return (f"train.output_dir {out}: {existing} is a file, not a folder; give a folder path "
+                "(--output_dir or --set train.output_dir=...)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"train.output_dir {out}: the folder {existing} is not writable"
+    return None
+
+
+def _train(cfg, args) -> int:
     from .loop import Trainer
     trainer = Trainer(cfg)
     logging.basicConfig(level=logging.INFO if trainer.acc.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .loop import NonFiniteLossError
-    try:
-        trainer.fit(resume=args.resume, stop_after=args.stop_after)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    trainer.fit(resume=args.resume, stop_after=args.stop_after)
     if args.dump_rank_hashes:
         trainer.dump_rank_state()
     return 0

@@ -25,6 +25,12 @@ the CPU's feature flags, and otherwise compiles it there (``$CXX``, else ``c++``
 or two) and writes it atomically. Nothing else is needed: the library is loaded with
 :mod:`ctypes` and uses no Python or PyTorch headers.
 
+A cached library is checked before it is used: its sha256 must be the one recorded beside it
+(``<library>.sha256``, written with the build), so a truncated or replaced file is never
+mapped (that would crash the process with SIGBUS); after loading, its functions must be
+there and a tiny top-k must equal :func:`torch.topk`'s. A library that fails either check is
+rebuilt once, with a warning; where the rebuild fails too, the reference kernel is used.
+
 Where it cannot be built (no compiler, a failed build) or ``FRFSR_NATIVE=0`` is set,
 :func:`available` is False and the ``"auto"`` backend runs the reference kernel;
 :func:`unavailable_reason` says why (forcing the ``"native"`` backend raises it).
@@ -76,19 +82,78 @@ def compile_library(dest, arch: tuple[str, ...] = ("-march=native",), cxx: str |
     ``("-mavx2", "-mfma")``, or ``()`` for plain C++) and ``cxx`` (default ``$CXX``, else
     ``c++``); ``RuntimeError`` with the compiler's message if it fails."""
     from ..._fs import atomic_file
+    from ..._fs import sha256
     cmd = (cxx or os.environ.get("CXX") or "c++", *arch, *_FLAGS)
     with atomic_file(dest, suffix=".so") as tmp:
         run = subprocess.run([*cmd, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
                              timeout=_BUILD_TIMEOUT_S)
         if run.returncode != 0:
             raise _BuildFailed(f"`{' '.join(cmd)}` exited {run.returncode}: {run.stderr.strip()[-600:]}")
+        digest = sha256(tmp)
+        with atomic_file(_digest_path(dest)) as dtmp:
+            dtmp.write_text(digest + "\n")
     return Path(dest)
+
+
+def _digest_path(lib) -> Path:
+    return Path(str(lib) + ".sha256")
+
+
+class _BadLibrary(RuntimeError):
+    """A cached library that is damaged or not ours (truncated, replaced, failing its self-test)."""
+
+
+def _check_file(path: Path) -> None:
+    """Raise :class:`_BadLibrary` unless ``path`` is the file its build recorded (by sha256);
+    checked before loading, as mapping a truncated library kills the process."""
+    from ..._fs import sha256
+    try:
+        recorded = _digest_path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        raise _BadLibrary(f"{path} has no recorded checksum ({_digest_path(path).name})") from None
+    if sha256(path) != recorded:
+        raise _BadLibrary(f"{path} is not the file that was built (truncated or replaced: its sha256 differs)")
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """Raise :class:`_BadLibrary` unless the loaded library's kernels answer as they should:
+    its vector width is one it can have and a tiny top-k equals torch.topk's."""
+    if int(lib.frfsr_vector_width()) not in (1, 4, 8, 16):
+        raise _BadLibrary("its vector width is not one a build can have")
+    g = torch.Generator().manual_seed(0)
+    qd, kd = torch.randn(1, 4, 5, generator=g), torch.randn(1, 4, 7, generator=g)
+    want = torch.topk(torch.einsum("bdq,bdk->bqk", qd, kd), 3, dim=-1).indices
+    if not torch.equal(coarse_topk(qd, kd, 3, library=lib), want):
+        raise _BadLibrary("its self-test (a 5 x 7 top-3) gives wrong indices")
+
+
+class _BadLoaded(_BadLibrary):
+    """A library that was loaded and then failed its checks: the process keeps it mapped
+    under its name, so it is removed (the next process rebuilds it) and this one falls back."""
+
+
+def _load_checked(path: Path) -> ctypes.CDLL:
+    """The library at ``path`` after :func:`_check_file`, loading and :func:`_self_test`."""
+    _check_file(path)
+    try:
+        lib = load_library(path)
+        _self_test(lib)
+    except OSError as e:                            # not a loadable library: nothing was mapped
+        raise _BadLibrary(f"{path} cannot be loaded: {e}") from None
+    except (AttributeError, _BadLibrary) as e:      # a library without our functions, or wrong answers      # a library without our functions, or wrong answers
+        for p in (path, _digest_path(path)):
+            p.unlink(missing_ok=True)
+        raise _BadLoaded(f"{path} is not a working build ({e}); removed, the next run rebuilds it") from None
+    return lib
 
 
 def load_library(path) -> ctypes.CDLL:
     """A built library, loaded, its functions' signatures declared."""
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    missing = [f for f in ("frfsr_window_match", "frfsr_coarse_topk", "frfsr_vector_width") if not hasattr(lib, f)]
+    if missing:
+        raise AttributeError(f"it lacks the function(s) {', '.join(missing)}")
     lib.frfsr_window_match.argtypes = [ptr] * 6 + [i64] * 10 + [ptr, ptr, ctypes.c_int]
     lib.frfsr_window_match.restype = ctypes.c_int
     lib.frfsr_coarse_topk.argtypes = [ptr, ptr] + [i64] * 4 + [ptr, ctypes.c_int]
@@ -132,9 +197,20 @@ def _load() -> ctypes.CDLL | None:
             return None
         try:
             path = _build()
-            lib = load_library(path)
-        except (_BuildFailed, OSError, subprocess.SubprocessError) as e:   # no compiler, a failed build, a bad library
-            _state["error"] = str(e) if isinstance(e, _BuildFailed) else f"the native CPU kernel could not be loaded: {e}"
+            try:
+                lib = _load_checked(path)
+            except _BadLoaded:
+                raise
+            except _BadLibrary as e:                # damaged cache, never loaded: rebuild it once
+                warnings.warn(f"the cached native CPU kernel is unusable ({e}); rebuilding it", RuntimeWarning,
+                              stacklevel=3)
+                for p in (path, _digest_path(path)):
+                    p.unlink(missing_ok=True)
+                path = _build()
+                lib = _load_checked(path)
+        except (_BuildFailed, _BadLibrary, OSError, subprocess.SubprocessError) as e:   # no compiler, a failed build
+            _state["error"] = (str(e) if isinstance(e, _BuildFailed)
+                               else f"the native CPU kernel could not be loaded: {e}")
             warnings.warn(_state["error"] + "; using the reference kernel", RuntimeWarning, stacklevel=3)
             return None
         _state["lib"], _state["path"] = lib, path
