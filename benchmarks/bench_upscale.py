@@ -1,6 +1,6 @@
 """Time `frfsr upscale` end to end, LR 500x500 with a 2000x2000 Ref, for several weights in one run.
 
-    python benchmarks/bench_upscale.py --models frfsr-tiny frfsr-default
+    python benchmarks/bench_upscale.py --models frfsr-default frfsr-robust
 
 Inputs (written to a temporary folder): scikit-image's ``coffee`` photo, ``crop((0, 0, 400,
 400))`` resized bicubic to 2000x2000 (Ref) and ``crop((50, 50, 450, 400))`` resized to 500x500
@@ -47,7 +47,7 @@ def run_one(model: str, lr: Path, ref: Path, out: Path, extra: list[str]) -> tup
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["frfsr-tiny", "frfsr-default"])
+    p.add_argument("--models", nargs="+", default=["frfsr-default", "frfsr-robust"])
     p.add_argument("--size", type=int, default=500, help="LR side (default %(default)s)")
     p.add_argument("--ref-size", type=int, default=2000, help="Ref side (default %(default)s)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="more `frfsr upscale` options, after --")

@@ -2,7 +2,7 @@
 side, with PSNR-Y, SSIM-Y, sharpness and detail fidelity (:mod:`frfsr.metrics`), the time per
 image, and a picture grid of enlarged regions.
 
-    python benchmarks/eval_beside_realesrgan.py --weights frfsr-tiny frfsr-robust frfsr-default \\
+    python benchmarks/eval_beside_realesrgan.py --weights frfsr-default frfsr-robust \\
         --json eval.json --grid docs/images/beside_realesrgan.png
 
 Cases are :func:`frfsr.real_inputs.build_cases` (held-out photos of every source, ``--crops``

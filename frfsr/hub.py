@@ -1,7 +1,7 @@
 """What is FRFSR's own in loading and saving models (``FRFSR.from_pretrained`` /
 ``save_pretrained`` / ``push_to_hub`` go through huggingface_hub's ``ModelHubMixin``): the
 file names, where a name's files are (:func:`resolve_model_files`: a local folder, the
-bundled ``"frfsr-default"`` (also None), ``"frfsr-robust"`` or ``"frfsr-tiny"``, or a Hub repo id, validated before any request,
+bundled ``"frfsr-default"`` (also None) or ``"frfsr-robust"``, or a Hub repo id, validated before any request,
 fetched with ``hf_hub_download`` and verified against the Hub's hashes), the model card.
 """
 from __future__ import annotations
@@ -24,14 +24,10 @@ CARD_NAME = "README.md"
 OUR_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 DEFAULT_MODEL = "frfsr-default"
 ROBUST_MODEL = "frfsr-robust"
-TINY_MODEL = "frfsr-tiny"
 BUNDLED_DIR = Path(__file__).parent / "weights" / "default"      # DEFAULT_MODEL: clean LRs
 ROBUST_DIR = Path(__file__).parent / "weights" / "robust"        # ROBUST_MODEL: JPEG / noisy / blurred LRs
-TINY_DIR = Path(__file__).parent / "weights" / "tiny"            # TINY_MODEL: the small earlier default
 #: What each bundled model is for (CLI help, the Load node's description).
-BUNDLED_USES = {DEFAULT_MODEL: "real photos, clean or JPEG LRs, with a pretrained prior",
-                ROBUST_MODEL: "small, JPEG / blurred / noisy LRs",
-                TINY_MODEL: "small and fast, clean LRs"}
+BUNDLED_USES = {DEFAULT_MODEL: "clean LRs", ROBUST_MODEL: "JPEG / blurred / noisy LRs"}
 _DESCRIPTION_KEY = "frfsr.description"
 _CARD_TEMPLATE = Path(__file__).parent / "assets" / "model_card.md"
 
@@ -131,14 +127,14 @@ def _download(repo_id: str, filename: str, *, revision, cache_dir, token, local_
 
 def bundled_models() -> dict[str, Path]:
     """The names of the weights shipped with the package and their folders (present or not)."""
-    return {DEFAULT_MODEL: BUNDLED_DIR, ROBUST_MODEL: ROBUST_DIR, TINY_MODEL: TINY_DIR}
+    return {DEFAULT_MODEL: BUNDLED_DIR, ROBUST_MODEL: ROBUST_DIR}
 
 
 def resolve_model_files(pretrained: str | os.PathLike | None = None, *, revision: str | None = None,
                         subfolder: str | None = None, cache_dir=None, token=None, local_files_only: bool = False,
                         force_download: bool = False, hub_only: bool = False) -> ModelFiles:
     """Find ``config.json`` and ``model.safetensors`` for ``pretrained``: a local folder,
-    ``"frfsr-default"`` / None, ``"frfsr-robust"`` or ``"frfsr-tiny"`` (bundled weights), or a Hub repo id (the weights are
+    ``"frfsr-default"`` / None or ``"frfsr-robust"`` (bundled weights), or a Hub repo id (the weights are
     taken from the very commit the config came from; ``subfolder``: where in the repo).
     ``hub_only``: the name is a Hub repo id, never a local folder."""
     if pretrained is None:

@@ -289,7 +289,7 @@ def test_absolute_path_to_a_listed_file_is_refused(pack, models_dir):
 
 def test_unknown_model_name_lists_what_is_available(pack, models_dir):
     nodes, _ = pack_modules(pack)
-    with pytest.raises(ValueError, match=f"'missing.safetensors' is not in .*available: frfsr-default, frfsr-robust, frfsr-tiny, {MODEL_NAME}"):
+    with pytest.raises(ValueError, match=f"'missing.safetensors' is not in .*available: frfsr-default, frfsr-robust, {MODEL_NAME}"):
         nodes.LoadFRFSR().load("missing.safetensors")
 
 
@@ -318,7 +318,6 @@ def test_bundled_weights_are_offered_when_present(pack, models_dir, tmp_path, mo
     nodes, _ = pack_modules(pack)
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "absent")
     monkeypatch.setattr(hub, "ROBUST_DIR", tmp_path / "absent")
-    monkeypatch.setattr(hub, "TINY_DIR", tmp_path / "absent")
     assert "frfsr-default" not in nodes.model_choices() and "frfsr-robust" not in nodes.model_choices()
     save_tiny_model(tmp_path / "bundled")
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")

@@ -160,7 +160,7 @@ def test_object_info_describes_every_node(server):
     # the model list: bundled weights, the model folder, a link into a configured extra folder,
     # that folder itself; the link that leads anywhere else is not offered
     listed = served_input(info["LoadFRFSR"]["input"]["required"]["model_name"])["options"]
-    assert listed == ["frfsr-default", "frfsr-robust", "frfsr-tiny", "linked/model.safetensors", "tiny/model.safetensors"]
+    assert listed == ["frfsr-default", "frfsr-robust", "linked/model.safetensors", "tiny/model.safetensors"]
     # ComfyUI's own listing of the registered frfsr folders holds every file the loader lists
     # (the bundled two live inside the package, not in a model folder); it also shows the link
     # that leads out of the model folders, which the pack refuses
@@ -310,7 +310,7 @@ def test_unlisted_model_and_malformed_repo_id_are_reported_by_comfyui(server, cl
     errors = _node_errors(server, client_id, prompt)
     assert errors["3"]["class_type"] == "LoadFRFSR"
     assert ("model 'missing/model.safetensors' is not in the models/frfsr folder; available: frfsr-default, "
-            "frfsr-robust, frfsr-tiny, linked/model.safetensors, tiny/model.safetensors") in _details(errors, "3")
+            "frfsr-robust, linked/model.safetensors, tiny/model.safetensors") in _details(errors, "3")
 
     prompt["3"]["inputs"]["model_name"] = "escape/model.safetensors"      # a link out of the model folders
     assert "symbolic link that leads outside the model folders" in _details(_node_errors(server, client_id, prompt), "3")
