@@ -60,10 +60,8 @@ import triton
 import triton.language as tl
 
 from ..reference import check_deform_conv_args
-
-
-def _is_interpreted(kernel) -> bool:
-    return type(kernel).__name__ == "InterpretedFunction"
+from . import _device
+from ._device import is_interpreted as _is_interpreted
 
 
 # Sizes, batch/row strides and conv geometry change with the image size: do not let Triton
@@ -71,7 +69,7 @@ def _is_interpreted(kernel) -> bool:
 # Channel and pixel strides (1 for the layouts used here) stay specialised.
 _DNS = ["Hin", "Win", "Ho", "Wo", "Cout", "G", "Cg", "K", "n_cblk", "tiles_per_img", "total_tiles",
         "tiles_per_split", "s_xb", "s_xh", "s_ob", "s_oc", "s_oh", "s_mb", "s_mc", "s_mh",
-        "s_yb", "s_yc", "s_yh", "s_gb", "s_gc", "s_gh",
+        "s_yb", "s_yc", "s_yh", "s_gb", "s_gc", "s_gh", "s_fb", "s_fc", "s_kb", "s_kc",
         "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"]
 
 
@@ -91,11 +89,15 @@ def _sample_coords(off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
     """Sampling geometry of tap k of group g for a tile of output pixels."""
     i = k // KW
     j = k % KW
-    ch = g * K + k
-    o_base = off_ptr + b * s_ob + yo * s_oh + xo * s_ow
+    # 64-bit offsets: the offset tensor holds 2*G*K planes of Ho*Wo values (144 * 16 M > 2^31 at
+    # 16 MP, 8 groups, 3x3), and a channels-last one has rows of 2*G*K*Wo values
+    ch = (g * K + k).to(tl.int64)
+    yo64 = yo.to(tl.int64)
+    xo64 = xo.to(tl.int64)
+    o_base = off_ptr + b * s_ob + yo64 * s_oh + xo64 * s_ow
     dy = tl.load(o_base + (2 * ch) * s_oc, mask=p_mask, other=0.0).to(tl.float32)
     dx = tl.load(o_base + (2 * ch + 1) * s_oc, mask=p_mask, other=0.0).to(tl.float32)
-    m = tl.load(msk_ptr + b * s_mb + ch * s_mc + yo * s_mh + xo * s_mw, mask=p_mask, other=0.0).to(tl.float32)
+    m = tl.load(msk_ptr + b * s_mb + ch * s_mc + yo64 * s_mh + xo64 * s_mw, mask=p_mask, other=0.0).to(tl.float32)
     py = (yo * stride_h - pad_h + i * dil_h).to(tl.float32) + dy
     px = (xo * stride_w - pad_w + j * dil_w).to(tl.float32) + dx
     y0f = tl.floor(py)
@@ -201,7 +203,8 @@ def _corner_bwd(x_base, gx_base, offs, valid, cm, gcol, gm, bw, NEED_X: tl.const
     msk = valid[:, None] & (cm >= 0)
     t = tl.zeros_like(bw)
     if NEED_X:
-        tl.atomic_add(gx_base + ptr_off, gm * bw[:, None], mask=msk)
+        # relaxed: a sum, no ordering with other memory operations needed
+        tl.atomic_add(gx_base + ptr_off, gm * bw[:, None], mask=msk, sem="relaxed")
     if NEED_T:
         a = tl.load(x_base + ptr_off, mask=msk, other=0.0).to(tl.float32)
         t = tl.sum(gcol * a, axis=1)
@@ -217,6 +220,7 @@ def _dcn_bwd_input_kernel(
     s_ob, s_oc, s_oh, s_ow,
     s_mb, s_mc, s_mh, s_mw,
     s_gb, s_gc, s_gh, s_gw,
+    s_fb, s_fc, s_kb, s_kc,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KW: tl.constexpr,
     NEED_X: tl.constexpr, NEED_OFF: tl.constexpr, NEED_MASK: tl.constexpr,
@@ -237,7 +241,6 @@ def _dcn_bwd_input_kernel(
     go_base = go_ptr + b * s_gb + (yo * s_gh + xo * s_gw)[:, None]
     x_base = x_ptr + b * s_xb
     gx_base = gx_ptr + b * s_xb
-    P = Ho * Wo
 
     for k in range(K):
         y0, x0, y1, x1, ly, lx, m, v00, v01, v10, v11 = _sample_coords(
@@ -278,18 +281,19 @@ def _dcn_bwd_input_kernel(
             t01 += _corner_bwd(x_base, gx_base, o01, v01, cm, gcol, gm, b01, NEED_X, NEED_T)
             t10 += _corner_bwd(x_base, gx_base, o10, v10, cm, gcol, gm, b10, NEED_X, NEED_T)
             t11 += _corner_bwd(x_base, gx_base, o11, v11, cm, gcol, gm, b11, NEED_X, NEED_T)
-        ch = g * K + k
+        ch = (g * K + k).to(tl.int64)
         if NEED_OFF:
             # d sample / d ly and d sample / d lx, channel sums folded in
             g_dy = (1.0 - lx) * (t10 - t00) + lx * (t11 - t01)
             g_dx = (1.0 - ly) * (t01 - t00) + ly * (t11 - t10)
-            # grad_offset / grad_mask buffers are contiguous (B, 2GK, Ho, Wo) / (B, GK, Ho, Wo)
-            ob = goff_ptr + b * (2 * G * K * P) + offs_p
-            tl.store(ob + (2 * ch) * P, g_dy * m, mask=p_mask)
-            tl.store(ob + (2 * ch + 1) * P, g_dx * m, mask=p_mask)
+            # grad_offset / grad_mask buffers: (B, 2GK, Ho, Wo) / (B, GK, Ho, Wo) with pixel
+            # stride 1; 64-bit plane offsets (2GK * Ho * Wo > 2^31 at 16 MP)
+            ob = goff_ptr + b * s_fb + offs_p
+            tl.store(ob + (2 * ch) * s_fc, g_dy * m, mask=p_mask)
+            tl.store(ob + (2 * ch + 1) * s_fc, g_dx * m, mask=p_mask)
         if NEED_MASK:
             g_m = b00 * t00 + b01 * t01 + b10 * t10 + b11 * t11
-            tl.store(gmsk_ptr + b * (G * K * P) + ch * P + offs_p, g_m, mask=p_mask)
+            tl.store(gmsk_ptr + b * s_kb + ch * s_kc + offs_p, g_m, mask=p_mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -351,10 +355,10 @@ def _dcn_bwd_weight_kernel(
     # fp32 buffer laid out like the reordered weight (G, K, Cg, Cout)
     rows = (g * K + k) * Cg + offs_c
     tl.atomic_add(gw_ptr + rows[:, None] * Cout + offs_o[None, :], acc,
-                  mask=c_mask[:, None] & o_mask[None, :])
+                  mask=c_mask[:, None] & o_mask[None, :], sem="relaxed")
     if NEED_BIAS:
         if pid_gkc == 0:
-            tl.atomic_add(gb_ptr + offs_o, gb_acc, mask=o_mask)
+            tl.atomic_add(gb_ptr + offs_o, gb_acc, mask=o_mask, sem="relaxed")
 
 
 # --------------------------------------------------------------------------------------
@@ -376,11 +380,12 @@ _BWD_WEIGHT_BLOCKS, _BWD_WEIGHT_WARPS = (64, 16, 64), 8
 
 
 def _dot_precision(device: torch.device, dtype: torch.dtype) -> str:
-    if _is_interpreted(_dcn_fwd_kernel):
+    """``tl.dot`` input precision: fp32 operands use tf32 tensor cores only when the user allows
+    TF32 for matmuls (``torch.backends.cuda.matmul.allow_tf32``, PyTorch's own switch) and the
+    device has tf32 dots; half operands ignore the choice ('ieee' compiles everywhere)."""
+    if _is_interpreted(_dcn_fwd_kernel) or dtype != torch.float32:
         return "ieee"
-    if dtype != torch.float32:
-        return "tf32"  # ignored for half operands
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return _device.fp32_dot_precision(device, torch.backends.cuda.matmul.allow_tf32)
 
 
 def _geometry(x, offset, mask, weight):
@@ -394,15 +399,25 @@ def _geometry(x, offset, mask, weight):
 
 
 def _check_device(*ts):
-    if ts[0].device.type != "cuda" and not _is_interpreted(_dcn_fwd_kernel):
+    if not _device.on_gpu(ts[0]) and not _is_interpreted(_dcn_fwd_kernel):
         raise RuntimeError("frfsr.ops.triton.deform_conv needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
 
 
-def _device_ctx(t):
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    import contextlib
-    return contextlib.nullcontext()
+_I32 = 2 ** 31
+
+
+def _check_index_range(*named):
+    """The kernels index the offset and mask tensors and the gradient buffers of their shapes
+    in 64 bits, everything else with 32-bit offsets within one batch sample (the batch offset
+    is 64-bit): refuse inputs where one sample of those spans 2^31 elements or more
+    (16 MP in the pipeline is 1.07e9 at most)."""
+    for name, t in named:
+        if t is None or t.dim() == 0 or t.numel() == 0:
+            continue
+        span = 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]))
+        if span >= _I32:
+            raise ValueError(f"frfsr.ops.triton.deform_conv: one sample of {name} {tuple(t.shape)} spans {span} "
+                             f"elements, beyond the kernels' 32-bit indexing (2^31); split the batch or the image")
 
 
 def _reorder_weight(weight, G, Cg, K):
@@ -420,11 +435,12 @@ def _forward(x, offset, mask, weight, bias, st, pd, dl):
     out = torch.empty(B, Cout, Ho, Wo, device=x.device, dtype=x.dtype)
     if B * Ho * Wo == 0 or Cout == 0:
         return out.zero_() if bias is None else out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
+    _check_index_range(("x", xc), ("output", out))
     P = Ho * Wo
     BLOCK_P, BLOCK_C, BLOCK_O = _FWD_BLOCKS
     grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(Cout, BLOCK_O), B)
     has_bias = bias is not None
-    with _device_ctx(x):
+    with _device.device_ctx(x):
         _dcn_fwd_kernel[grid](
             xc, offset, mask, w_r, bias if has_bias else w_r, out,
             Hin, Win, Ho, Wo, Cout, G, Cg, K,
@@ -448,6 +464,7 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
     if w_r.dtype not in (torch.float16, torch.bfloat16):
         w_r = w_r.float()
     prec = _dot_precision(dev, w_r.dtype)
+    _check_index_range(("x", xc), ("grad_out", grad_out))
     gx = goff = gmsk = gw = gb = None
     if need_x or need_off or need_mask:
         # fp32 accumulation buffer with exactly the strides of xc (one offset for load and atomic)
@@ -457,14 +474,16 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
         goff32 = torch.empty(B, 2 * G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_off else None
         gmsk32 = torch.empty(B, G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_mask else None
         dummy = w_r
+        s_f = goff32.stride()[:2] if need_off else (0, 0)
+        s_k = gmsk32.stride()[:2] if need_mask else (0, 0)
         BLOCK_P, BLOCK_C, BLOCK_O = _BWD_INPUT_BLOCKS
         grid = (triton.cdiv(P, BLOCK_P), G, B)
-        with _device_ctx(x):
+        with _device.device_ctx(x):
             _dcn_bwd_input_kernel[grid](
                 xc, offset, mask, w_r, grad_out,
                 gx32 if need_x else dummy, goff32 if need_off else dummy, gmsk32 if need_mask else dummy,
                 Hin, Win, Ho, Wo, Cout, G, Cg, K,
-                *xc.stride(), *offset.stride(), *mask.stride(), *grad_out.stride(),
+                *xc.stride(), *offset.stride(), *mask.stride(), *grad_out.stride(), *s_f, *s_k,
                 st[0], st[1], pd[0], pd[1], dl[0], dl[1],
                 KW=kw, NEED_X=need_x, NEED_OFF=need_off, NEED_MASK=need_mask,
                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O, PRECISION=prec,
@@ -485,15 +504,12 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
         tiles_per_img = triton.cdiv(P, BLOCK_P)
         total_tiles = B * tiles_per_img
         base_programs = G * K * n_cblk * n_oblk
-        if dev.type == "cuda":
-            target = 4 * torch.cuda.get_device_properties(dev).multi_processor_count
-        else:
-            target = 4
+        target = 4 * _device.sm_count(dev) if _device.on_gpu(x) else 4
         n_split = max(1, min(total_tiles, triton.cdiv(target, base_programs)))
         tiles_per_split = triton.cdiv(total_tiles, n_split)
         n_split = triton.cdiv(total_tiles, tiles_per_split)
         grid = (G * K * n_cblk, n_oblk, n_split)
-        with _device_ctx(x):
+        with _device.device_ctx(x):
             _dcn_bwd_weight_kernel[grid](
                 xc, offset, mask, grad_out, gw32, gb32,
                 Hin, Win, Ho, Wo, Cout, G, Cg, K, n_cblk, tiles_per_img, total_tiles, tiles_per_split,

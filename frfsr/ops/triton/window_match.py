@@ -22,12 +22,10 @@ import triton
 import triton.language as tl
 
 from ..window import check_window_match_args, flows_needed, patch_norms
+from . import _device
+from ._device import is_interpreted as _is_interpreted
 
 _EPS = 1e-5
-
-
-def _is_interpreted(kernel) -> bool:
-    return type(kernel).__name__ == "InterpretedFunction"
 
 
 @triton.jit
@@ -112,11 +110,13 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     del max_block_elems
     p, s, r = check_window_match_args(query, key, flows, cell, radius, patch_size)
     interpreted = _is_interpreted(_window_match_kernel)
-    if query.device.type != "cuda" and not interpreted:
+    if not _device.on_gpu(query) and not interpreted:
         raise RuntimeError("frfsr.ops.triton.window_match needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     precision = "ieee" if interpreted else (precision or "tf32")
     if precision not in ("tf32", "ieee"):
         raise ValueError(f"unknown precision {precision!r}")
+    if precision == "tf32":  # 'ieee' where the device has no tf32 dot (AMD gfx90a, gfx950, RDNA)
+        precision = _device.fp32_dot_precision(query.device, True)
     B, C, h, w = query.shape
     H, W = key.shape[-2:]
     hq, wq, hk, wk = h - p + 1, w - p + 1, H - p + 1, W - p + 1
@@ -131,6 +131,10 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     need = flows_needed(flows).to(torch.int32).contiguous()
     score = torch.empty(B, hq, wq, device=query.device, dtype=torch.float32)
     index = torch.empty(B, hq, wq, device=query.device, dtype=torch.int64)
+    for t in (q, k):  # 32-bit offsets within a sample (a 1000 x 1000 x 256 map spans 2.6e8)
+        if t[0].numel() >= 2 ** 31:
+            raise ValueError(f"frfsr.ops.triton.window_match: a {tuple(t.shape)} feature map is beyond the "
+                             "kernel's 32-bit indexing (2^31 values per sample); split the image")
 
     block_p = max(16, triton.next_power_of_2(s * s))
     block_n = max(16, triton.next_power_of_2((s + 2 * r) ** 2))
@@ -149,7 +153,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     if interpreted:
         launch()
     else:  # pragma: no cover - needs a GPU
-        with torch.cuda.device(query.device):
+        with _device.device_ctx(query):
             launch()
     score = score / (qn + _EPS)
     if query.is_floating_point() and query.dtype != torch.float32:
