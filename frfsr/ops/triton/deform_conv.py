@@ -46,12 +46,20 @@ Kernels
     grad_out tiles). Atomic accumulation makes grad_x / grad_weight / grad_bias
     run-to-run nondeterministic in the last bits.
 
-Launch configurations (block sizes, warps) were checked by compiling for sm_90 offline
-(see tests/test_ops_fused.py::test_kernels_compile_for_sm90); they are not autotuned.
+Launch configurations (block sizes, warps) are checked by compiling every specialisation the
+wrappers launch ahead of time for NVIDIA and AMD targets (:mod:`frfsr.ops.triton.aot`,
+tests/test_kernels_aot.py); they are not autotuned.
 
 Precision: sampling and bilinear arithmetic in fp32 (float64 inputs are computed in fp32); ``tl.dot`` gets fp32 operands
-("ieee", or "tf32" on CUDA when ``torch.backends.cuda.matmul.allow_tf32`` is set) or the
-weight's half dtype (fp32 accumulation). Double backward is not supported.
+or the weight's half dtype (fp32 accumulation). fp32 operands run on tf32 tensor cores only
+when the user allows TF32 for matrix products, with PyTorch's own switch
+(``torch.backends.cuda.matmul.allow_tf32 = True``, off by default) and the device has tf32 dots
+(not AMD gfx90a / gfx950 / RDNA); "ieee" fp32 otherwise. Double backward is not supported.
+
+Indexing: the offset and mask tensors (2*G*K and G*K planes of Ho*Wo values: 144 x 16 M
+> 2^31 at a 16 MP output) and the offset / mask gradient buffers are addressed with 64-bit
+offsets; the other tensors with 32-bit offsets within a batch sample (64-bit batch offset),
+which the wrappers check (``ValueError`` beyond 2^31 elements per sample).
 """
 from __future__ import annotations
 
@@ -372,10 +380,12 @@ def _pair(v):
     return int(v), int(v)
 
 
-# (BLOCK_P, BLOCK_C, BLOCK_O) and num_warps, checked offline for sm_90 (compiled to cubin):
-# at most a few bytes of register spill for fp32 "ieee" dots, none for tf32 / half.
+# (BLOCK_P, BLOCK_C, BLOCK_O) and num_warps, compiled ahead of time for sm_80/86/89/90 and AMD
+# gfx942/gfx90a/gfx1100 by frfsr.ops.triton.aot (registers, spills and shared memory of every
+# specialisation: BENCHMARKS.md). The input backward runs its output-channel loop unpipelined
+# (num_stages=1): with the default 3 stages it spilled on every NVIDIA target.
 _FWD_BLOCKS, _FWD_WARPS = (64, 16, 64), 8
-_BWD_INPUT_BLOCKS, _BWD_INPUT_WARPS = (64, 16, 32), 8
+_BWD_INPUT_BLOCKS, _BWD_INPUT_WARPS, _BWD_INPUT_STAGES = (64, 16, 32), 8, 1
 _BWD_WEIGHT_BLOCKS, _BWD_WEIGHT_WARPS = (64, 16, 64), 8
 
 
@@ -487,7 +497,7 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
                 st[0], st[1], pd[0], pd[1], dl[0], dl[1],
                 KW=kw, NEED_X=need_x, NEED_OFF=need_off, NEED_MASK=need_mask,
                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O, PRECISION=prec,
-                num_warps=_BWD_INPUT_WARPS,
+                num_warps=_BWD_INPUT_WARPS, num_stages=_BWD_INPUT_STAGES,
             )
         if need_x:
             gx = gx32.to(x.dtype).contiguous()

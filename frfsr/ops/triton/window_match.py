@@ -28,7 +28,10 @@ from ._device import is_interpreted as _is_interpreted
 _EPS = 1e-5
 
 
-@triton.jit
+# Sizes and batch / row strides change with every tile and Ref: no specialisation on them (value
+# 1, divisibility by 16), or every new size would compile anew. C (padded to a multiple of 16)
+# and the pixel strides stay specialised.
+@triton.jit(do_not_specialize=["hq", "wq", "hk", "wk", "hc", "wc", "M", "s_qb", "s_qh", "s_kb", "s_kh"])
 def _window_match_kernel(
     q_ptr, k_ptr, kn_ptr, flow_ptr, need_ptr, score_ptr, index_ptr,
     C, hq, wq, hk, wk, hc, wc, M,
@@ -98,6 +101,12 @@ def _window_match_kernel(
     tl.store(index_ptr + out, tl.where(best_idx == big, -1, best_idx).to(tl.int64), mask=p_mask)
 
 
+# Compiled ahead of time (frfsr.ops.triton.aot): at the default search cell 4 (16 query
+# patches x 36 key corners, BLOCK_N 64) 32 channels per step and 4 warps spill nothing on
+# sm_80..sm_90 (64 channels spilled on every NVIDIA target).
+_BLOCK_C, _WARPS = 32, 4
+
+
 @torch.no_grad()
 def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, cell: int, radius: int,
                  patch_size: int = 3, max_block_elems: int | None = None, precision: str | None = None):
@@ -125,8 +134,12 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     q = query.float()
     k = key.float()
     qn, kn = patch_norms(q, p), patch_norms(k, p).contiguous()
-    q = q.permute(0, 2, 3, 1).contiguous()          # channels-last: one pixel's channels are contiguous
-    k = k.permute(0, 2, 3, 1).contiguous()
+    # channels-last (one pixel's channels contiguous), padded with zero channels to a multiple
+    # of 16: whole, aligned channel steps (a masked remainder spilled registers)
+    c_pad = -C % 16
+    q = torch.nn.functional.pad(q.permute(0, 2, 3, 1), (0, c_pad)).contiguous()
+    k = torch.nn.functional.pad(k.permute(0, 2, 3, 1), (0, c_pad)).contiguous()
+    C = C + c_pad
     fl = flows.to(torch.int32).contiguous()
     need = flows_needed(flows).to(torch.int32).contiguous()
     score = torch.empty(B, hq, wq, device=query.device, dtype=torch.float32)
@@ -138,7 +151,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
 
     block_p = max(16, triton.next_power_of_2(s * s))
     block_n = max(16, triton.next_power_of_2((s + 2 * r) ** 2))
-    block_c = min(64 if not interpreted else 32, max(16, triton.next_power_of_2(C)))
+    block_c = min(_BLOCK_C if not interpreted else 32, max(16, triton.next_power_of_2(C)))
     grid = (hc * wc, B)
 
     def launch():
@@ -148,7 +161,7 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             CELL=s, RADIUS=r, P=p, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_C=block_c,
-            PRECISION=precision, num_warps=4)
+            PRECISION=precision, num_warps=_WARPS)
 
     if interpreted:
         launch()
