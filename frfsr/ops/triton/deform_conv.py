@@ -436,6 +436,12 @@ def _reorder_weight(weight, G, Cg, K):
     return weight.reshape(Cout, G, Cg, K).permute(1, 3, 2, 0).contiguous()
 
 
+def _grad_plane_buffer(B, planes, Ho, Wo, device):
+    """fp32 (B, planes, Ho, Wo) buffer of the offset / mask gradient, pixel stride 1 (any plane
+    and batch strides: the kernel takes them; tests hand out planes more than 2^31 apart)."""
+    return torch.empty(B, planes, Ho, Wo, device=device, dtype=torch.float32)
+
+
 def _forward(x, offset, mask, weight, bias, st, pd, dl):
     B, Cin, Hin, Win, Cout, kh, kw, K, G, Cg, Ho, Wo = _geometry(x, offset, mask, weight)
     xc = x.contiguous(memory_format=torch.channels_last)
@@ -481,8 +487,8 @@ def _backward(grad_out, x, offset, mask, weight, bias, st, pd, dl, needs):
         gx32 = torch.zeros_like(xc, dtype=torch.float32) if need_x else None
         if need_x and gx32.stride() != xc.stride():
             raise RuntimeError("internal error: grad_x buffer strides differ from x")
-        goff32 = torch.empty(B, 2 * G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_off else None
-        gmsk32 = torch.empty(B, G * K, Ho, Wo, device=dev, dtype=torch.float32) if need_mask else None
+        goff32 = _grad_plane_buffer(B, 2 * G * K, Ho, Wo, dev) if need_off else None
+        gmsk32 = _grad_plane_buffer(B, G * K, Ho, Wo, dev) if need_mask else None
         dummy = w_r
         s_f = goff32.stride()[:2] if need_off else (0, 0)
         s_k = gmsk32.stride()[:2] if need_mask else (0, 0)

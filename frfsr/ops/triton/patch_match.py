@@ -124,6 +124,17 @@ def _bucket(n: int) -> int:
     return max(1024, triton.next_power_of_2(max(1, n)))
 
 
+def _operands(qp: torch.Tensor, kp: torch.Tensor, dtype: torch.dtype):
+    """The kernel's operands from the (B, D, N) patch vectors: queries (B, Nq, D) with D
+    contiguous, keys (B, D, Nk) with Nk contiguous and rows padded to a multiple of 16 values
+    (any row and batch strides work: tests hand out rows more than 2^31 apart)."""
+    B, D, Nk = kp.shape
+    q = qp.transpose(1, 2).to(dtype).contiguous()
+    k = kp.new_empty(B, D, -(-Nk // 16) * 16, dtype=dtype)
+    k[..., :Nk] = kp
+    return q, k
+
+
 @torch.no_grad()
 def patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
                 max_block_elems: int | None = None, precision: str | None = None):
@@ -163,11 +174,7 @@ def patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     qp = qp / (qp.norm(dim=1, keepdim=True) + _EPS)
     kp = kp / (kp.norm(dim=1, keepdim=True) + _EPS)
     op_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    qp = qp.transpose(1, 2).to(op_dtype).contiguous()  # (B, Nq, D): A operand, D contiguous
-    # (B, D, Nk): B operand, Nk contiguous, rows padded to a multiple of 16 values
-    kp_rows = kp.new_empty(B, D, -(-Nk // 16) * 16, dtype=op_dtype)
-    kp_rows[..., :Nk] = kp
-    kp = kp_rows
+    qp, kp = _operands(qp, kp, op_dtype)
     # bf16 operands ignore the input precision ('ieee' compiles on every target); tf32 only
     # where the device has it (not AMD gfx90a / gfx950 / RDNA), 'ieee' elsewhere
     if precision == "tf32" and not interpreted:
