@@ -361,6 +361,51 @@ def _compile_index(i: int) -> Result:
     return compile_one(launch, t, spec)
 
 
+# Tensor arguments a kernel addresses with 64-bit offsets (tests/test_kernels_index.py runs
+# them beyond 2^31); every other tensor argument is addressed with 32-bit offsets within a
+# batch sample (the batch offset is 64-bit), which is exact while one sample spans less than
+# 2^31 elements.
+INDEX64 = {
+    "_dcn_fwd_kernel": {"off_ptr", "msk_ptr"},
+    "_dcn_bwd_input_kernel": {"off_ptr", "msk_ptr", "goff_ptr", "gmsk_ptr"},
+    "_dcn_bwd_weight_kernel": {"off_ptr", "msk_ptr"},
+    "_patch_match_kernel": {"q_ptr", "k_ptr"},
+}
+
+
+# Batch strides: the kernels multiply them by the batch index in 64 bits only, so Triton's
+# i64 specialisation of a batch stride of 2^31 or more (144 x 16 M offset values) is exact.
+_BATCH_STRIDE = re.compile(r"s_[a-z]b")
+
+
+def sample_span(t: torch.Tensor) -> int:
+    """Elements one batch sample of ``t`` spans (1 + the largest offset within it)."""
+    if t.dim() == 0 or t.numel() == 0:
+        return 1
+    dims = list(zip(t.shape, t.stride()))
+    if t.dim() > 1:
+        dims = dims[1:]
+    return 1 + sum((n - 1) * abs(st) for n, st in dims)
+
+
+def index_problems(launches: Iterable[Launch]) -> list[str]:
+    """Launches where a tensor addressed with 32-bit offsets spans 2^31 elements or more per
+    sample, or an int argument other than a batch stride is 2^31 or more (Triton passes it
+    as i64, but the kernels' other arithmetic on it is not checked for that)."""
+    problems = []
+    for launch in launches:
+        fn = launch.kernel
+        wide = INDEX64.get(fn.__name__, set())
+        for name, arg in zip(fn.arg_names, launch.args):
+            if isinstance(arg, torch.Tensor) and name not in wide and sample_span(arg) >= 2 ** 31:
+                problems.append(f"{fn.__name__} ({launch.case}): {name} {tuple(arg.shape)} spans "
+                                f"{sample_span(arg)} elements per sample")
+            if (isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) >= 2 ** 31
+                    and not _BATCH_STRIDE.fullmatch(name)):
+                problems.append(f"{fn.__name__} ({launch.case}): int argument {name} = {arg}")
+    return problems
+
+
 def spill_budget(kernel: str) -> int:
     return SPILL_BUDGET.get(kernel, DEFAULT_SPILL_BUDGET)
 
