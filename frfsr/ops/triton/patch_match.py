@@ -88,7 +88,7 @@ def _patch_match_kernel(
     tl.store(index_ptr + b * s_ib + offs_m, best_idx.to(tl.int64), mask=m_mask)
 
 
-# Configs checked offline for sm_90 (triton.compile to cubin): no register spills.
+# Configs compiled ahead of time for NVIDIA and AMD targets (frfsr.ops.triton.aot; BENCHMARKS.md).
 _CUDA_CONFIGS_BF16 = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
@@ -104,13 +104,28 @@ _CUDA_CONFIGS_FP32 = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 16}, num_warps=4, num_stages=3),
 ]
 
+def _fits_the_device(configs, named_args, **kwargs):
+    """Autotuner prune: on RDNA GPUs (gfx11xx, gfx12xx: 64 KiB of LDS, wave32) keep the configs
+    whose pipelined operand tiles fit in 64 KiB (the largest bf16 ones took 96 KiB there)."""
+    q = named_args["q_ptr"]
+    tgt = _device.target(q.device)
+    if tgt.backend != "hip" or not str(tgt.arch).startswith(("gfx11", "gfx12")):
+        return configs
+    size = q.element_size()
+    fit = [c for c in configs
+           if (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_D"] * size * c.num_stages <= 65536]
+    return fit or configs[-1:]
+
+
 if _is_interpreted(_patch_match_kernel):
     _AUTOTUNED = {}
 else:  # pragma: no cover - needs a GPU
+    _PRUNE = {"early_config_prune": _fits_the_device}
     _AUTOTUNED = {
-        "bf16": triton.autotune(configs=_CUDA_CONFIGS_BF16, key=["Nq_bucket", "Nk_bucket", "D"])(_patch_match_kernel),
-        "fp32": triton.autotune(configs=_CUDA_CONFIGS_FP32,
-                                key=["Nq_bucket", "Nk_bucket", "D", "PRECISION"])(_patch_match_kernel),
+        "bf16": triton.autotune(configs=_CUDA_CONFIGS_BF16, key=["Nq_bucket", "Nk_bucket", "D"],
+                                prune_configs_by=_PRUNE)(_patch_match_kernel),
+        "fp32": triton.autotune(configs=_CUDA_CONFIGS_FP32, key=["Nq_bucket", "Nk_bucket", "D", "PRECISION"],
+                                prune_configs_by=_PRUNE)(_patch_match_kernel),
     }
 
 
