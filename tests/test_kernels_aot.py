@@ -10,9 +10,12 @@ a target's limit and on spills above the per-kernel budget (none at all for wind
 the deformable conv's input backward). It runs in a subprocess without TRITON_INTERPRET (the
 interpreter would replace the kernels).
 
-The CI run takes the representative subset (``aot.cases(full=False)``: every kernel, dtype
-and precision branch at both sizes; fp16 and the relu2_1 scale are left to the full run,
-``python benchmarks/bench_kernels_aot.py``, whose table is in BENCHMARKS.md).
+The CI run takes a representative subset, about 160 compilations (``aot.cases(full=False)``:
+every kernel, dtype and precision branch at both sizes, fp16, the relu2_1 scale and the tiny
+config left out; ``aot.select``: every distinct specialisation on sm_90, on sm_80 one per
+kernel, config and operand dtypes, on the other targets likewise with only the first config
+of the autotuned patch_match). The full set (about 450) runs with
+``python benchmarks/bench_kernels_aot.py``; its table is in BENCHMARKS.md.
 """
 from __future__ import annotations
 

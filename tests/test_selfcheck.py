@@ -151,3 +151,25 @@ def test_switched_off(check_cpu, monkeypatch):
         out = ops.ddf(x, cf, sf, 3, 1)
     assert torch.equal(out, torch.zeros(1, 5, 7, 6))      # trusted as asked
     assert selfcheck.report() == []
+
+
+def test_frfsr_info_shows_the_outcomes(monkeypatch, capsys):
+    """`frfsr info` on a GPU machine runs the self-check for the current device and prints one
+    line per operator and dtype (here the GPU and the outcomes are stand-ins)."""
+    from frfsr import cli
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(ops, "fused_available", lambda: True)
+    outcomes = [selfcheck.Outcome("ddf", "cuda:0", "torch.bfloat16", True, ""),
+                selfcheck.Outcome("window_match", "cuda:0", "torch.float32", False, "RuntimeError: injected")]
+    seen = []
+    monkeypatch.setattr(selfcheck, "check_device", lambda device: seen.append(device) or outcomes)
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert seen == [torch.device("cuda", 0)]
+    assert "fused ddf on cuda:0 bfloat16: self-check passed" in out
+    assert ("fused window_match on cuda:0 float32: self-check FAILED, the reference op runs instead "
+            "(RuntimeError: injected)") in out
+    monkeypatch.setenv("FRFSR_FUSED_SELFCHECK", "0")
+    assert cli.main(["info"]) == 0
+    assert "self-check: off" in capsys.readouterr().out
