@@ -164,7 +164,8 @@ def _ddf_bwd_filters_kernel(
             tl.store(gsf_ptr + (b * (KS * KS) + t) * HW + offs_p, acc_s, mask=p_mask)
 
 
-# Checked offline for sm_90 (compiled to cubin): 80 / 72 registers, no spills.
+# Compiled ahead of time for NVIDIA and AMD targets by frfsr.ops.triton.aot (BENCHMARKS.md: registers,
+# spills and shared memory per target; the filter-gradient kernel spills a few bytes on sm_80 only).
 _BLOCK_C, _BLOCK_P, _WARPS = 16, 128, 8          # forward and grad_x
 _F_BLOCK_C, _F_BLOCK_P, _F_WARPS = 16, 128, 4    # filter gradients
 
