@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import re
 from typing import Callable, Iterable
 
@@ -85,8 +84,8 @@ def _gpu_target(name: str):
 @contextlib.contextmanager
 def describing(target_name: str, sm_count: int = 132):
     """Within the block, the fused wrappers take meta tensors for GPU tensors of ``target_name``
-    and record their launches (yielded list of :class:`Launch`) instead of running them."""
-    import triton
+    and record their launches (:class:`Launch`, in the yielded recorder's ``launches``)
+    instead of running them."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
@@ -128,29 +127,20 @@ def describing(target_name: str, sm_count: int = 132):
     _device.target = lambda device: tgt
     _device.sm_count = lambda device: sm_count
     try:
-        launches_case = _CaseSetter(launches, case)
-        yield launches_case
+        yield _Recorder(launches, case)
     finally:
         for (obj, name), val in saved.items():
             setattr(obj, name, val)
-    del triton
 
 
-class _CaseSetter(list):
-    """The recorded launches; ``.case(name)`` labels the launches recorded after it."""
+class _Recorder:
+    """The launches recorded so far (``.launches``); ``.case(name)`` labels the ones after it."""
 
-    def __init__(self, launches, case):
-        super().__init__()
-        self._launches, self._case = launches, case
+    def __init__(self, launches: list[Launch], case: list[str]):
+        self.launches, self._case = launches, case
 
-    def case(self, name: str):
+    def case(self, name: str) -> None:
         self._case[0] = name
-
-    def __iter__(self):
-        return iter(self._launches)
-
-    def __len__(self):
-        return len(self._launches)
 
 
 def _probe_kernel():
@@ -166,7 +156,7 @@ def _meta(*shape, dtype=torch.float32, channels_last=False):
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t
 
 
-def _dcn(tag, B, C, G, Hin, Win, Ho, Wo, dtype, tf32, backward, channels_last=False):
+def _dcn(B, C, G, Hin, Win, Ho, Wo, dtype, tf32, backward, channels_last=False):
     from . import deform_conv, deform_conv_backward
     K = 9
     x = _meta(B, C, Hin, Win, dtype=dtype, channels_last=channels_last)
@@ -229,7 +219,7 @@ def cases(full: bool = True) -> list[tuple[str, Callable[[], None]]]:
                     train = size_name == "tile"
                     out.append((f"dcn paper C{C} {size_name} {dname}{' tf32' if tf32 else ''}",
                                 lambda C=C, h=h, w=w, dt=dtype, tf=tf32, tr=train:
-                                _dcn("", 9 if tr else 1, C, 8, h, w, h, w, dt, tf, tr)))
+                                _dcn(9 if tr else 1, C, 8, h, w, h, w, dt, tf, tr)))
             for scale in (1, 2, 4):
                 if not full and scale == 2:
                     continue
@@ -244,13 +234,13 @@ def cases(full: bool = True) -> list[tuple[str, Callable[[], None]]]:
                     lambda lr=lr: _window_match(1, 256, lr[0], lr[1], lr[0], lr[1], 4, 1)))
     # channels-last model (bench_inference --channels-last) and the tiny config
     out.append(("dcn paper C64 tile bf16 channels_last",
-                lambda: _dcn("", 1, 64, 8, 256, 256, 256, 256, torch.bfloat16, False, False, channels_last=True)))
+                lambda: _dcn(1, 64, 8, 256, 256, 256, 256, torch.bfloat16, False, False, channels_last=True)))
     out.append(("dcn paper C64 16MP bf16 channels_last",
-                lambda: _dcn("", 1, 64, 8, 4000, 4000, 4000, 4000, torch.bfloat16, False, False,
+                lambda: _dcn(1, 64, 8, 4000, 4000, 4000, 4000, torch.bfloat16, False, False,
                              channels_last=True)))
     if full:
         for C in (8, 16, 32):
-            out.append((f"dcn tiny C{C} fp32", lambda C=C: _dcn("", 2, C, 2, 32, 32, 32, 32, torch.float32, False, True)))
+            out.append((f"dcn tiny C{C} fp32", lambda C=C: _dcn(2, C, 2, 32, 32, 32, 32, torch.float32, False, True)))
         out.append(("ddf tiny fp32", lambda: _ddf(2, 16, 32, 32, torch.float32, True)))
         out.append(("patch_match tiny", lambda: _patch_match(1, 32, 16, 16, 24, 24, "bf16")))
         out.append(("window_match tiny", lambda: _window_match(1, 32, 16, 16, 24, 24, 4, 1)))
@@ -263,7 +253,7 @@ def record_launches(target_name: str, full: bool = True) -> list[Launch]:
         for name, thunk in cases(full):
             rec.case(name)
             thunk()
-        return list(rec)
+        return list(rec.launches)
 
 
 # --------------------------------------------------------------------------------------
