@@ -74,7 +74,35 @@ def _close(a, e, tol=1e-4):
     assert (a.float() - e.float()).abs().max().item() <= tol * scale
 
 
+def _isolated(test):
+    """Run the test body in a forked child: an offset that wraps in 32 bits reads or writes
+    far outside the mapping and crashes the process, which must fail this test only."""
+    def run(*args, **kwargs):
+        pid = os.fork()
+        if pid == 0:                                     # child
+            code = 0
+            try:
+                test(*args, **kwargs)
+            except BaseException:                       # noqa: BLE001 - reported through the exit code
+                import traceback
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            pytest.fail(f"the kernel crashed the process (signal {os.WTERMSIG(status)}): an offset wrapped in 32 bits")
+        assert os.WEXITSTATUS(status) == 0, "the check failed in the child process (traceback above)"
+    run.__name__, run.__doc__ = test.__name__, test.__doc__
+    import inspect
+    run.__signature__ = inspect.signature(test)
+    return run
+
+
 @pytest.mark.parametrize("far", ["planes", "rows"])
+@_isolated
 def test_deform_conv_offsets_beyond_2_31(sparse, far):
     """Offset and mask planes (or rows, as in a channels-last tensor) more than 2^31 elements
     apart: the forward and every gradient agree with the reference."""
@@ -106,6 +134,7 @@ def test_deform_conv_offsets_beyond_2_31(sparse, far):
         _close(a, e)
 
 
+@_isolated
 def test_deform_conv_gradient_planes_beyond_2_31(sparse, monkeypatch):
     """The offset / mask gradient buffers with planes more than 2^31 elements apart (at 16 MP
     they are 16 M values apart, 144 of them)."""
@@ -122,6 +151,7 @@ def test_deform_conv_gradient_planes_beyond_2_31(sparse, monkeypatch):
     _close(gmsk, r_gmsk)
 
 
+@_isolated
 def test_patch_match_rows_beyond_2_31(sparse, monkeypatch):
     """Query rows (D values each) and key rows (Nk values each) spaced so that the start of a
     later tile lies beyond 2^31 elements while offsets within a tile stay below (at 16 MP:
