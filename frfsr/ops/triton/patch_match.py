@@ -104,6 +104,7 @@ _CUDA_CONFIGS_FP32 = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 16}, num_warps=4, num_stages=3),
 ]
 
+
 def _fits_the_device(configs, named_args, **kwargs):
     """Autotuner prune: on RDNA GPUs (gfx11xx, gfx12xx: 64 KiB of LDS, wave32) keep the configs
     whose pipelined operand tiles fit in 64 KiB (the largest bf16 ones took 96 KiB there)."""
