@@ -256,6 +256,13 @@ def test_deform_conv_several_channel_and_output_blocks():
     _check_dcn(args, 1, 1, 1, rel=1e-4)
 
 
+def test_deform_conv_two_taps_per_step():
+    # 8 channels per group as at relu1_1 (64 channels, 8 groups): a column tile of 16 holds two
+    # taps; 9 taps per group leave the last step half filled
+    args = _dcn_inputs(1, 16, 6, 7, 5, 2, 3, 3, 5, 6, 2.5, True, seed=6)
+    _check_dcn(args, 1, 1, 1, rel=1e-4)
+
+
 def test_deform_conv_partial_grads():
     x, off, mask, w, b = _dcn_inputs(1, 4, 5, 6, 3, 2, 3, 3, 4, 5, 2.0, True, seed=9)
     off, w = off.detach(), w.detach()

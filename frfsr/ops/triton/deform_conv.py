@@ -20,6 +20,10 @@ Kernels
     for channel chunk: gather 4 corners -> column tile [BLOCK_P, BLOCK_C] in registers ->
     tl.dot with the weight tile [BLOCK_C, BLOCK_O]``. No im2col buffer exists in memory.
     ``x`` is read through a channels-last view so each corner gather is contiguous in C.
+    Where a group has at most ``BLOCK_C / 2`` channels (8 at relu1_1, 8 groups of 64), a
+    column tile holds two taps (``PAIR``): half the reduction steps, none of them half
+    padding (bf16 / fp16 / tf32 dots; compiled fp32 'ieee' dots keep one tap per step, which
+    spills no registers).
 
 ``_dcn_bwd_input_kernel``  (grad_x, grad_offset, grad_mask)
     A program owns ``BLOCK_P`` pixels and one deformable group. For every tap and channel
@@ -140,6 +144,16 @@ def _gather4(x_ptr, b, cc, c_mask, y0, x0, y1, x1, v00, v01, v10, v11,
     return a00, a01, a10, a11
 
 
+@triton.jit
+def _pair_corner(base, second, c_ok, ya, xa, yb, xb, va, vb, wa, wb, s_xh, s_xw):
+    """One bilinear corner of a two-tap column tile: columns where ``second`` holds read tap b's
+    corner (ya/xa: tap a's), weighted by that tap's bilinear weight * mask."""
+    off = tl.where(second, (yb * s_xh + xb * s_xw)[:, None], (ya * s_xh + xa * s_xw)[:, None])
+    valid = tl.where(second, vb[:, None], va[:, None]) & c_ok
+    w = tl.where(second, wb[:, None], wa[:, None])
+    return w * tl.load(base + off, mask=valid, other=0.0).to(tl.float32)
+
+
 # --------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------
@@ -154,7 +168,7 @@ def _dcn_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KW: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, PAIR: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -169,27 +183,60 @@ def _dcn_fwd_kernel(
     ar_c = tl.arange(0, BLOCK_C)
 
     acc = tl.zeros([BLOCK_P, BLOCK_O], tl.float32)
-    for g in range(G):
-        for k in range(K):
-            y0, x0, y1, x1, ly, lx, m, v00, v01, v10, v11 = _sample_coords(
-                off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
-                s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
-                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win, KW)
-            w00 = ((1.0 - ly) * (1.0 - lx) * m)[:, None]
-            w01 = ((1.0 - ly) * lx * m)[:, None]
-            w10 = (ly * (1.0 - lx) * m)[:, None]
-            w11 = (ly * lx * m)[:, None]
-            for c0 in range(0, Cg, BLOCK_C):
-                offs_c = c0 + ar_c
-                c_mask = offs_c < Cg
-                a00, a01, a10, a11 = _gather4(x_ptr, b, g * Cg + offs_c, c_mask, y0, x0, y1, x1,
-                                              v00, v01, v10, v11, s_xb, s_xc, s_xh, s_xw)
-                col = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
-                # reordered weight (G, K, Cg, Cout), contiguous
-                w_rows = (g * K + k) * Cg + offs_c
+    if PAIR:
+        # 2 * Cg <= BLOCK_C (8 channels per group at relu1_1): one reduction step takes two taps,
+        # column c holding channel c % Cg of tap k + c // Cg, so no step is half padding. The
+        # weight rows of taps k and k + 1 are consecutive in the reordered weight.
+        second = (ar_c // Cg == 1)[None, :]
+        col_ch = ar_c % Cg
+        for g in range(G):
+            cc = (g * Cg + col_ch)[None, :] * s_xc
+            for k in range(0, K, 2):
+                ya0, xa0, ya1, xa1, lya, lxa, ma, va00, va01, va10, va11 = _sample_coords(
+                    off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
+                    s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win, KW)
+                yb0, xb0, yb1, xb1, lyb, lxb, mb, vb00, vb01, vb10, vb11 = _sample_coords(
+                    off_ptr, msk_ptr, b, g, tl.minimum(k + 1, K - 1), K, yo, xo, p_mask,
+                    s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win, KW)
+                n_col = tl.minimum(K - k, 2) * Cg
+                c_ok = (ar_c < n_col)[None, :]
+                base = x_ptr + b * s_xb + cc
+                col = _pair_corner(base, second, c_ok, ya0, xa0, yb0, xb0, va00, vb00,
+                                   (1.0 - lya) * (1.0 - lxa) * ma, (1.0 - lyb) * (1.0 - lxb) * mb, s_xh, s_xw)
+                col += _pair_corner(base, second, c_ok, ya0, xa1, yb0, xb1, va01, vb01,
+                                    (1.0 - lya) * lxa * ma, (1.0 - lyb) * lxb * mb, s_xh, s_xw)
+                col += _pair_corner(base, second, c_ok, ya1, xa0, yb1, xb0, va10, vb10,
+                                    lya * (1.0 - lxa) * ma, lyb * (1.0 - lxb) * mb, s_xh, s_xw)
+                col += _pair_corner(base, second, c_ok, ya1, xa1, yb1, xb1, va11, vb11,
+                                    lya * lxa * ma, lyb * lxb * mb, s_xh, s_xw)
+                w_rows = (g * K + k) * Cg + ar_c
                 wt = tl.load(w_ptr + w_rows[:, None] * Cout + offs_o[None, :],
-                             mask=c_mask[:, None] & o_mask[None, :], other=0.0)
+                             mask=(ar_c < n_col)[:, None] & o_mask[None, :], other=0.0)
                 acc = tl.dot(col.to(wt.dtype), wt, acc, input_precision=PRECISION)
+    else:
+        for g in range(G):
+            for k in range(K):
+                y0, x0, y1, x1, ly, lx, m, v00, v01, v10, v11 = _sample_coords(
+                    off_ptr, msk_ptr, b, g, k, K, yo, xo, p_mask,
+                    s_ob, s_oc, s_oh, s_ow, s_mb, s_mc, s_mh, s_mw,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, Hin, Win, KW)
+                w00 = ((1.0 - ly) * (1.0 - lx) * m)[:, None]
+                w01 = ((1.0 - ly) * lx * m)[:, None]
+                w10 = (ly * (1.0 - lx) * m)[:, None]
+                w11 = (ly * lx * m)[:, None]
+                for c0 in range(0, Cg, BLOCK_C):
+                    offs_c = c0 + ar_c
+                    c_mask = offs_c < Cg
+                    a00, a01, a10, a11 = _gather4(x_ptr, b, g * Cg + offs_c, c_mask, y0, x0, y1, x1,
+                                                  v00, v01, v10, v11, s_xb, s_xc, s_xh, s_xw)
+                    col = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
+                    # reordered weight (G, K, Cg, Cout), contiguous
+                    w_rows = (g * K + k) * Cg + offs_c
+                    wt = tl.load(w_ptr + w_rows[:, None] * Cout + offs_o[None, :],
+                                 mask=c_mask[:, None] & o_mask[None, :], other=0.0)
+                    acc = tl.dot(col.to(wt.dtype), wt, acc, input_precision=PRECISION)
 
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_o, mask=o_mask, other=0.0).to(tl.float32)
@@ -385,6 +432,8 @@ def _pair(v):
 # specialisation: BENCHMARKS.md). The input backward runs its output-channel loop unpipelined
 # (num_stages=1): with the default 3 stages it spilled on every NVIDIA target.
 _FWD_BLOCKS, _FWD_WARPS = (64, 16, 64), 8
+# two taps per step (PAIR): 32 pixels and 4 warps; 64 x 8 warps spilled 40 bytes on sm_86/sm_89
+_FWD_PAIR_BLOCKS, _FWD_PAIR_WARPS = (32, 16, 64), 4
 _BWD_INPUT_BLOCKS, _BWD_INPUT_WARPS, _BWD_INPUT_STAGES = (64, 16, 32), 8, 1
 _BWD_WEIGHT_BLOCKS, _BWD_WEIGHT_WARPS = (64, 16, 64), 8
 
@@ -453,9 +502,15 @@ def _forward(x, offset, mask, weight, bias, st, pd, dl):
         return out.zero_() if bias is None else out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
     _check_index_range(("x", xc), ("output", out))
     P = Ho * Wo
-    BLOCK_P, BLOCK_C, BLOCK_O = _FWD_BLOCKS
-    grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(Cout, BLOCK_O), B)
     has_bias = bias is not None
+    precision = _dot_precision(x.device, w_r.dtype)
+    # two taps per reduction step where a group has at most half a channel block (relu1_1: 8
+    # channels per group); not with compiled fp32 'ieee' dots, where it spilled registers on
+    # sm_80/sm_90 (always under the interpreter, which has no registers: the tests run it)
+    pair = 2 * Cg <= _FWD_PAIR_BLOCKS[1] and (_is_interpreted(_dcn_fwd_kernel) or w_r.dtype != torch.float32
+                                              or precision == "tf32")
+    (BLOCK_P, BLOCK_C, BLOCK_O), warps = (_FWD_PAIR_BLOCKS, _FWD_PAIR_WARPS) if pair else (_FWD_BLOCKS, _FWD_WARPS)
+    grid = (triton.cdiv(P, BLOCK_P), triton.cdiv(Cout, BLOCK_O), B)
     with _device.device_ctx(x):
         _dcn_fwd_kernel[grid](
             xc, offset, mask, w_r, bias if has_bias else w_r, out,
@@ -464,8 +519,8 @@ def _forward(x, offset, mask, weight, bias, st, pd, dl):
             st[0], st[1], pd[0], pd[1], dl[0], dl[1],
             KW=kw, HAS_BIAS=has_bias,
             BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, BLOCK_O=BLOCK_O,
-            PRECISION=_dot_precision(x.device, w_r.dtype),
-            num_warps=_FWD_WARPS,
+            PRECISION=precision, PAIR=pair,
+            num_warps=warps,
         )
     return out
 
