@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # One prepared GPU run for an H100/H200 (or any CUDA machine) that produces every GPU figure
 # BENCHMARKS.md asks for, each step under its own time limit:
+#   0. `frfsr info`: the fused kernels' first-use self-check on this GPU (fp32 and bf16, each
+#      operator against its reference op; a failure means that case runs the reference op), and
+#      tests/test_kernels_aot.py: the launched kernel specialisations compiled ahead of time for
+#      sm_80/86/89/90 and gfx942/gfx90a/gfx1100 within the shared-memory and spill limits (the
+#      full table does not depend on the machine: benchmarks/bench_kernels_aot.py on any CPU);
+#      step 1 runs with FRFSR_FUSED_SELFCHECK=0 (tests/conftest.py), so the parity tests test
+#      the fused kernels themselves;
 #   1. tests/test_ops_fused.py, tests/test_match_fast.py and tests/test_compile.py with
 #      FRFSR_TEST_CUDA=1: the Triton kernels (exact and windowed matching, deformable conv,
 #      DDF) compiled for the GPU (no interpreter) against the reference ops, forward and
@@ -21,9 +28,9 @@
 # Outputs go to "$OUT" when set (else ./gpu_check_out): gpu_check.log (everything printed,
 # tables included), bench_ops.json, bench_inference.json, bench_compile.json,
 # bench_train.json, summary.txt.
-# STEPS picks steps (default "1 2 3 3b 4"); all of them take up to about 14 minutes, so on a
-# machine with a 10-minute limit per command run STEPS="1 2 3" and STEPS="3b 4" as two calls.
-# Time limits (seconds): TEST_TIMEOUT 180, OPS_TIMEOUT 120, INFER_TIMEOUT 240, COMPILE_TIMEOUT
+# STEPS picks steps (default "0 1 2 3 3b 4"); all of them take up to about 18 minutes, so on a
+# machine with a 10-minute limit per command run STEPS="0 1 2" and STEPS="3 3b 4" as two calls.
+# Time limits (seconds): INFO_TIMEOUT 60, AOT_TIMEOUT 240, TEST_TIMEOUT 180, OPS_TIMEOUT 120, INFER_TIMEOUT 240, COMPILE_TIMEOUT
 # 100, TRAIN_TIMEOUT 80 for each of the two training precisions.
 # SIZES overrides the inference sizes (default "500x332 1000x1000 2000x2000 4000x4000"); TILE the
 # LR tile side of the tiled bf16 case timed where the LR is larger (default 500).
@@ -51,8 +58,14 @@ else
     echo "FRFSR_OFFICIAL_PORT / FRFSR_OFFICIAL_SRC not set: no released-architecture baseline"
 fi
 
-want() { [[ " ${STEPS:-1 2 3 3b 4} " == *" $1 "* ]]; }
-test_rc=0 ops_rc=0 infer_rc=0 compile_rc=0 train_rc=0
+want() { [[ " ${STEPS:-0 1 2 3 3b 4} " == *" $1 "* ]]; }
+test_rc=0 ops_rc=0 infer_rc=0 compile_rc=0 train_rc=0 aot_rc=0
+
+if want 0; then
+echo "== 0. frfsr info (fused self-check) and tests/test_kernels_aot.py"
+timeout "${INFO_TIMEOUT:-60}" python -m frfsr.cli info || aot_rc=$?
+timeout "${AOT_TIMEOUT:-240}" python -m pytest tests/test_kernels_aot.py -q -rs -p no:cacheprovider || aot_rc=$?
+fi
 
 if want 1; then
 echo "== 1. pytest tests/test_ops_fused.py tests/test_match_fast.py tests/test_compile.py (FRFSR_TEST_CUDA=1)"
@@ -101,9 +114,9 @@ fi
 
 rm -f "$OUT_DIR"/bench_*.md       # the same tables are in gpu_check.log; $OUT returns at most 8 files
 
-echo "tests rc=$test_rc bench_ops rc=$ops_rc bench_inference rc=$infer_rc compile rc=$compile_rc bench_train rc=$train_rc" \
+echo "info+aot rc=$aot_rc tests rc=$test_rc bench_ops rc=$ops_rc bench_inference rc=$infer_rc compile rc=$compile_rc bench_train rc=$train_rc" \
     | tee "$OUT_DIR/summary.txt"
-[ "$test_rc" -eq 0 ] && [ "$ops_rc" -eq 0 ] && [ "$infer_rc" -eq 0 ] && [ "$compile_rc" -eq 0 ] && [ "$train_rc" -eq 0 ]
+[ "$aot_rc" -eq 0 ] && [ "$test_rc" -eq 0 ] && [ "$ops_rc" -eq 0 ] && [ "$infer_rc" -eq 0 ] && [ "$compile_rc" -eq 0 ] && [ "$train_rc" -eq 0 ]
 }
 
 run_all 2>&1 | tee "$LOG"

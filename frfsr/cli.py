@@ -390,6 +390,15 @@ def _info(p: argparse.ArgumentParser):
         fused = cuda and ops.fused_available()
         why = "" if fused else (" (no CUDA device)" if not cuda else " (Triton is not installed)")
         print(f"frfsr {__version__}, torch {torch.__version__}, CUDA {yes[cuda]}, fused ops {yes[fused]}{why}")
+        if fused:
+            from .ops import selfcheck
+            if not selfcheck.enabled():
+                print("fused ops self-check: off (FRFSR_FUSED_SELFCHECK=0)")
+            else:
+                device = torch.device("cuda", torch.cuda.current_device())
+                for o in selfcheck.check_device(device):
+                    state = "passed" if o.ok else f"FAILED, the reference op runs instead ({o.detail})"
+                    print(f"fused {o.operator} on {o.device} {o.dtype.replace('torch.', '')}: self-check {state}")
         if args.target is None:
             from .hub import bundled_models
             for name, folder in bundled_models().items():

@@ -6,6 +6,10 @@ from pathlib import Path
 # variable must be set before anything imports triton.
 if os.environ.get("FRFSR_TEST_CUDA") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # the parity tests compare the fused kernels themselves with the reference ops: no
+    # first-use self-check, which would swap a failing kernel for the reference op
+    os.environ.setdefault("FRFSR_FUSED_SELFCHECK", "0")
 
 # One intra-op thread (unless OMP_NUM_THREADS says otherwise, e.g. OMP_NUM_THREADS=2), here
 # and in the subprocesses the tests start. The tests run tiny models, whose many small ops

@@ -25,7 +25,10 @@ Backend choice, from highest to lowest priority:
   forces the backend and leaving it restores the previous state;
 * ``frfsr.ops.set_backend(name)`` for the whole process (``set_backend(None)`` removes it);
 * the environment variable ``FRFSR_OPS_BACKEND`` (same values);
-* ``"auto"``: fused kernels for CUDA tensors when Triton imports; for CPU tensors the native
+* ``"auto"``: fused kernels for CUDA tensors when Triton imports (each checked against the
+  reference on a small input before its first use per device and dtype; one that fails runs
+  the reference kernel instead, with a warning: :mod:`frfsr.ops.selfcheck`, shown by ``frfsr
+  info``; ``FRFSR_FUSED_SELFCHECK=0`` turns the check off); for CPU tensors the native
   kernel where there is one and it is built with vector instructions (AVX2 or AVX-512; the
   plain C++ build is slower than the reference); the reference kernels otherwise.
 

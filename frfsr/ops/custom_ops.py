@@ -14,7 +14,8 @@
 
 Every operator takes its kernel as its last argument, ``backend``: ``"reference"`` (plain
 PyTorch, any device), ``"fused"`` (Triton: CUDA tensors, or CPU tensors under
-``TRITON_INTERPRET=1``), ``"native"`` (C++ on CPU tensors where an operator has such a
+``TRITON_INTERPRET=1``; on a GPU, the reference kernel for an (operator, device, dtype) whose
+fused kernel failed its first-use self-check, :mod:`frfsr.ops.selfcheck`), ``"native"`` (C++ on CPU tensors where an operator has such a
 kernel, the reference kernel where it has not) or ``"auto"`` (fused for CUDA tensors when
 Triton imports, native for CPU tensors when built with vector instructions, reference
 otherwise). The wrappers in :mod:`frfsr.ops` pass the backend that
@@ -109,6 +110,13 @@ def _fused():
     return fused
 
 
+def _fused_passes(operator: str, t: Tensor) -> bool:
+    """False when the fused kernel of ``operator`` failed its first-use self-check for ``t``'s
+    device and dtype (:mod:`frfsr.ops.selfcheck`): the reference kernel runs instead."""
+    from . import selfcheck
+    return selfcheck.use_fused(operator, t.device, t.dtype)
+
+
 def _pairs(*values) -> List[Tuple[int, int]]:
     return [_ref.pair(v) for v in values]
 
@@ -126,7 +134,7 @@ def _fresh(t: Tensor) -> Tensor:
 def patch_match(query: Tensor, key: Tensor, patch_size: int = 3, max_block_elems: Optional[int] = None,
                 backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """Best cosine match of every query patch among all key patches (see :mod:`frfsr.ops`)."""
-    if kernel_backend(backend, query.device) == "fused":
+    if kernel_backend(backend, query.device) == "fused" and _fused_passes("patch_match", query):
         score, index = _fused().patch_match(query, key, patch_size=patch_size)
     else:
         score, index = _ref.patch_match(query, key, patch_size=patch_size, max_block_elems=max_block_elems)
@@ -147,7 +155,7 @@ def window_match(query: Tensor, key: Tensor, flows: Tensor, cell: int, radius: i
                  max_block_elems: Optional[int] = None, backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """Windowed cosine matching, the fine step of the fast mode (see :mod:`frfsr.ops.window`)."""
     kernel = kernel_backend(backend, query.device)
-    if kernel == "fused":
+    if kernel == "fused" and _fused_passes("window_match", query):
         score, index = _fused().window_match(query, key, flows, cell, radius, patch_size=patch_size)
     elif kernel == "native" and _window._compute_dtype(query, key) == torch.float32:
         from . import native
@@ -209,7 +217,7 @@ def deform_conv(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: O
     """Modulated deformable convolution (see :mod:`frfsr.ops`); stride, padding and
     dilation are (h, w) pairs."""
     st, pd, dl = _pairs(stride, padding, dilation)
-    if kernel_backend(backend, x.device) == "fused":
+    if kernel_backend(backend, x.device) == "fused" and _fused_passes("deform_conv", x):
         out = _fused().deform_conv(x, offset, mask, weight, bias, stride=st, padding=pd, dilation=dl)
     else:
         out = _ref.deform_conv(x, offset, mask, weight, bias, stride=st, padding=pd, dilation=dl)
@@ -231,7 +239,7 @@ def deform_conv_backward(grad: Tensor, x: Tensor, offset: Tensor, mask: Tensor, 
     gradients whose flag in ``needs`` is set (the bias's only with a bias), in that order."""
     st, pd, dl = _pairs(stride, padding, dilation)
     needs = _deform_needs(needs, bias)
-    if kernel_backend(backend, x.device) == "fused":
+    if kernel_backend(backend, x.device) == "fused" and _fused_passes("deform_conv", x):
         grads = _fused().deform_conv_backward(grad, x, offset, mask, weight, bias, st, pd, dl, needs)
     else:
         grads = _ref.deform_conv_backward(grad, x, offset, mask, weight, bias, st, pd, dl, needs)
@@ -277,7 +285,7 @@ deform_conv.register_autograd(_deform_conv_autograd, setup_context=_deform_conv_
 def ddf(x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int = 3, dilation: int = 1,
         backend: str = "auto") -> Tensor:
     """Decoupled dynamic filter, 'mul' combine (see :mod:`frfsr.ops`)."""
-    if kernel_backend(backend, x.device) == "fused":
+    if kernel_backend(backend, x.device) == "fused" and _fused_passes("ddf", x):
         out = _fused().ddf(x, channel_filter, spatial_filter, kernel_size=kernel_size, dilation=dilation)
     else:
         out = _ref.ddf(x, channel_filter, spatial_filter, kernel_size=kernel_size, dilation=dilation)
@@ -299,7 +307,7 @@ def ddf_backward(grad: Tensor, x: Tensor, channel_filter: Tensor, spatial_filter
     k, d = int(kernel_size), int(dilation)
     needs = _ddf_needs(needs)
     cf = _ref.check_ddf_args(x, channel_filter, spatial_filter, k, d)
-    if kernel_backend(backend, x.device) == "fused":
+    if kernel_backend(backend, x.device) == "fused" and _fused_passes("ddf", x):
         gx, gcf, gsf = _fused().ddf_backward(grad, x, cf, spatial_filter, k, d, needs)
     else:
         dtype = _ref._compute_dtype(x, cf, spatial_filter)

@@ -26,17 +26,14 @@ Double backward is not supported.
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
 from ..reference import check_ddf_args
-
-
-def _is_interpreted(kernel) -> bool:
-    return type(kernel).__name__ == "InterpretedFunction"
+from . import _device
+from ._device import is_interpreted as _is_interpreted
 
 
 # Sizes and batch/channel/row strides change with the input: do not let Triton specialise on
@@ -167,11 +164,8 @@ def _ddf_bwd_filters_kernel(
             tl.store(gsf_ptr + (b * (KS * KS) + t) * HW + offs_p, acc_s, mask=p_mask)
 
 
-def _device_ctx(t):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
-# Checked offline for sm_90 (compiled to cubin): 80 / 72 registers, no spills.
+# Compiled ahead of time for NVIDIA and AMD targets by frfsr.ops.triton.aot (BENCHMARKS.md: registers,
+# spills and shared memory per target; the filter-gradient kernel spills a few bytes on sm_80 only).
 _BLOCK_C, _BLOCK_P, _WARPS = 16, 128, 8          # forward and grad_x
 _F_BLOCK_C, _F_BLOCK_P, _F_WARPS = 16, 128, 4    # filter gradients
 
@@ -181,8 +175,9 @@ def _forward(x, cf, sf, k, dil):
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     BLOCK_C, BLOCK_P = _BLOCK_C, _BLOCK_P
     grid = (triton.cdiv(H * W, BLOCK_P), triton.cdiv(C, BLOCK_C), B)
+    _check_index_range(x, cf, sf, out)
     if out.numel():
-        with _device_ctx(x):
+        with _device.device_ctx(x):
             _ddf_fwd_kernel[grid](
                 x, cf, sf, out, C, H, W, dil,
                 *x.stride(), *cf.stride(), *sf.stride(), *out.stride(),
@@ -203,7 +198,8 @@ def ddf_backward(go: torch.Tensor, x: torch.Tensor, cf: torch.Tensor, sf: torch.
         return (torch.zeros_like(x) if need_x else None, torch.zeros_like(cf) if need_cf else None,
                 torch.zeros_like(sf) if need_sf else None)
     BLOCK_C, BLOCK_P = _BLOCK_C, _BLOCK_P
-    with _device_ctx(x):
+    _check_index_range(go, x, cf, sf)
+    with _device.device_ctx(x):
         if need_x:
             gx = torch.empty(B, C, H, W, device=x.device, dtype=x.dtype)
             grid = (triton.cdiv(HW, BLOCK_P), triton.cdiv(C, BLOCK_C), B)
@@ -244,5 +240,17 @@ def ddf(x: torch.Tensor, channel_filter: torch.Tensor, spatial_filter: torch.Ten
 
 
 def _check_device(x: torch.Tensor) -> None:
-    if x.device.type != "cuda" and not _is_interpreted(_ddf_fwd_kernel):
+    if not _device.on_gpu(x) and not _is_interpreted(_ddf_fwd_kernel):
         raise RuntimeError("frfsr.ops.triton.ddf needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+
+
+def _check_index_range(*ts) -> None:
+    """The kernels index within one batch sample with 32-bit offsets (the batch offset and the
+    filter-gradient buffers are 64-bit): refuse a sample spanning 2^31 elements or more (the
+    pipeline's largest, 64 channels at 16 MP, spans 1.07e9)."""
+    for t in ts:
+        if t.dim() and t.numel():
+            span = 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]))
+            if span >= 2 ** 31:
+                raise ValueError(f"frfsr.ops.triton.ddf: one sample of a {tuple(t.shape)} tensor spans {span} "
+                                 "elements, beyond the kernels' 32-bit indexing (2^31); split the batch or the image")

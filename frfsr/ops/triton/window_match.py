@@ -22,15 +22,17 @@ import triton
 import triton.language as tl
 
 from ..window import check_window_match_args, flows_needed, patch_norms
+from . import _device
+from ._device import is_interpreted as _is_interpreted
 
 _EPS = 1e-5
 
 
-def _is_interpreted(kernel) -> bool:
-    return type(kernel).__name__ == "InterpretedFunction"
-
-
-@triton.jit
+# Sizes change with every tile and Ref: no specialisation on them (value 1, divisibility by 16),
+# or every new size would compile anew. C is padded to a multiple of 16, so the strides (all
+# multiples of C) are always specialised as divisible by 16, which the channel loads need: without
+# it they spilled about 1 KB on every NVIDIA target.
+@triton.jit(do_not_specialize=["hq", "wq", "hk", "wk", "hc", "wc", "M"])
 def _window_match_kernel(
     q_ptr, k_ptr, kn_ptr, flow_ptr, need_ptr, score_ptr, index_ptr,
     C, hq, wq, hk, wk, hc, wc, M,
@@ -100,6 +102,12 @@ def _window_match_kernel(
     tl.store(index_ptr + out, tl.where(best_idx == big, -1, best_idx).to(tl.int64), mask=p_mask)
 
 
+# Compiled ahead of time (frfsr.ops.triton.aot): at the default search cell 4 (16 query
+# patches x 36 key corners, BLOCK_N 64) 32 channels per step and 4 warps spill nothing on
+# sm_80..sm_90 (64 channels spilled on every NVIDIA target).
+_BLOCK_C, _WARPS = 32, 4
+
+
 @torch.no_grad()
 def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, cell: int, radius: int,
                  patch_size: int = 3, max_block_elems: int | None = None, precision: str | None = None):
@@ -112,11 +120,13 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     del max_block_elems
     p, s, r = check_window_match_args(query, key, flows, cell, radius, patch_size)
     interpreted = _is_interpreted(_window_match_kernel)
-    if query.device.type != "cuda" and not interpreted:
+    if not _device.on_gpu(query) and not interpreted:
         raise RuntimeError("frfsr.ops.triton.window_match needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     precision = "ieee" if interpreted else (precision or "tf32")
     if precision not in ("tf32", "ieee"):
         raise ValueError(f"unknown precision {precision!r}")
+    if precision == "tf32":  # 'ieee' where the device has no tf32 dot (AMD gfx90a, gfx950, RDNA)
+        precision = _device.fp32_dot_precision(query.device, True)
     B, C, h, w = query.shape
     H, W = key.shape[-2:]
     hq, wq, hk, wk = h - p + 1, w - p + 1, H - p + 1, W - p + 1
@@ -125,16 +135,24 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
     q = query.float()
     k = key.float()
     qn, kn = patch_norms(q, p), patch_norms(k, p).contiguous()
-    q = q.permute(0, 2, 3, 1).contiguous()          # channels-last: one pixel's channels are contiguous
-    k = k.permute(0, 2, 3, 1).contiguous()
+    # channels-last (one pixel's channels contiguous), padded with zero channels to a multiple
+    # of 16: whole, aligned channel steps (a masked remainder spilled registers)
+    c_pad = -C % 16
+    q = torch.nn.functional.pad(q.permute(0, 2, 3, 1), (0, c_pad)).contiguous()
+    k = torch.nn.functional.pad(k.permute(0, 2, 3, 1), (0, c_pad)).contiguous()
+    C = C + c_pad
     fl = flows.to(torch.int32).contiguous()
     need = flows_needed(flows).to(torch.int32).contiguous()
     score = torch.empty(B, hq, wq, device=query.device, dtype=torch.float32)
     index = torch.empty(B, hq, wq, device=query.device, dtype=torch.int64)
+    for t in (q, k):  # 32-bit offsets within a sample (a 1000 x 1000 x 256 map spans 2.6e8)
+        if t[0].numel() >= 2 ** 31:
+            raise ValueError(f"frfsr.ops.triton.window_match: a {tuple(t.shape)} feature map is beyond the "
+                             "kernel's 32-bit indexing (2^31 values per sample); split the image")
 
     block_p = max(16, triton.next_power_of_2(s * s))
     block_n = max(16, triton.next_power_of_2((s + 2 * r) ** 2))
-    block_c = min(64 if not interpreted else 32, max(16, triton.next_power_of_2(C)))
+    block_c = min(_BLOCK_C if not interpreted else 32, max(16, triton.next_power_of_2(C)))
     grid = (hc * wc, B)
 
     def launch():
@@ -144,12 +162,12 @@ def window_match(query: torch.Tensor, key: torch.Tensor, flows: torch.Tensor, ce
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             CELL=s, RADIUS=r, P=p, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_C=block_c,
-            PRECISION=precision, num_warps=4)
+            PRECISION=precision, num_warps=_WARPS)
 
     if interpreted:
         launch()
     else:  # pragma: no cover - needs a GPU
-        with torch.cuda.device(query.device):
+        with _device.device_ctx(query):
             launch()
     score = score / (qn + _EPS)
     if query.is_floating_point() and query.dtype != torch.float32:
