@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--crops", type=int, default=3)
     p.add_argument("--photos", nargs="+", help="held-out photos (default: every source's)")
     p.add_argument("--grid", type=Path, help="write the picture grid (PNG) here")
-    p.add_argument("--grid-photos", nargs="+", default=["wallpapers:ColorfulCups", "coffee", "grace_hopper"],
+    p.add_argument("--grid-photos", nargs="+", default=["skimage:coffee", "wallpapers:FallenLeaf", "matplotlib:grace_hopper"],
                    help="photos shown in the grid (their most detailed crop)")
     p.add_argument("--json", type=Path, help="write the rows as JSON here")
     p.add_argument("--threads", type=int)
