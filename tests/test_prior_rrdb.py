@@ -165,3 +165,15 @@ def test_basicsr_pth_of_the_whole_rrdbnet_loads_and_fills_sife(tmp_path, wrapper
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model.sife(x), again.trunk(x))
+
+
+def test_the_compact_preset_takes_the_x4plus_trunk():
+    """The preset of a model with the prior: the paper's SIFE shape, which is RRDBNet x4's trunk."""
+    cfg = FRFSRConfig.preset("compact")
+    full = RRDBNet()                                  # x4plus: 23 blocks, 64 features, growth 32
+    assert RRDBNet.shape_of(full.state_dict()) == {"n_blocks": cfg.sife_blocks, "feat": cfg.sife_feat,
+                                                  "grow": cfg.sife_grow}
+    with torch.device("meta"):
+        model = FRFSR(cfg)
+    trunk = {k for k in full.state_dict() if not k.startswith(("conv_up", "conv_hr", "conv_last"))}
+    assert {k.removeprefix("sife.") for k in model.state_dict() if k.startswith("sife.")} == trunk

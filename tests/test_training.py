@@ -442,3 +442,41 @@ def test_resume_skips_a_damaged_latest_checkpoint(uninterrupted, tmp_path):
     assert tr.step == 4
     for k, v in tr.unwrapped_model().state_dict().items():   # steps 3-4 redone: the same weights
         assert torch.equal(v, ref_state[k]), k
+
+
+def test_a_pretrained_model_takes_a_new_sife(tmp_path):
+    """init.pretrained with another SIFE than the model's: every other tensor comes from it, the
+    SIFE from init.sife, the fusion conv keeps its U-Net weights and starts at zero on the new
+    SIFE's channels (so the model starts as the pretrained one without its SIFE);
+    model.freeze_sife keeps the new SIFE fixed."""
+    from frfsr.training.build import build_stage1_model
+    torch.manual_seed(3)
+    old = FRFSR(FRFSRConfig.tiny())                        # SIFE: 1 block, 16 features
+    old.save_pretrained(tmp_path / "old")
+    torch.manual_seed(4)
+    donor = FRFSR(FRFSRConfig.tiny(sife_blocks=2, sife_feat=24, sife_grow=8))
+    torch.save({"params": donor.sife.state_dict()}, tmp_path / "rrdb.pth")
+    over = {"model": {"overrides": {"sife_blocks": 2, "sife_feat": 24, "sife_grow": 8}, "freeze_sife": True},
+            "init": {"pretrained": str(tmp_path / "old"), "sife": str(tmp_path / "rrdb.pth")}}
+    m = build_stage1_model(load_config(TINY, over))
+    for k, v in donor.sife.state_dict().items():
+        assert torch.equal(m.sife.state_dict()[k], v), k
+    for k, v in old.state_dict().items():
+        if not k.startswith("sife.") and "sife_fuse.weight" not in k:
+            assert torch.equal(m.state_dict()[k], v), k
+    w_new, w_old = m.restoration.sife_fuse.weight, old.restoration.sife_fuse.weight
+    assert w_new.shape[1] == 24 + w_old.shape[1] - 16
+    assert torch.equal(w_new[:, 24:], w_old[:, 16:]) and not w_new[:, :24].any()
+    assert not any(p.requires_grad for p in m.sife.parameters())
+    assert all(p.requires_grad for p in m.restoration.parameters())
+    # the restoration net's output equals the pretrained model's with its SIFE's channels at zero
+    lr, ref = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        tex = old.align(old.match(lr, ref))
+        a = m.restoration(lr, m.sife(lr), tex)[0]
+        b = old.restoration(lr, torch.zeros_like(old.sife(lr)), tex)[0]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="has another SIFE than model: set init.sife"):
+        build_stage1_model(load_config(TINY, {"model": over["model"], "init": {"pretrained": str(tmp_path / "old")}}))
+    with pytest.raises(ValueError, match="has another architecture than model"):
+        build_stage1_model(load_config(TINY, {"model": {"overrides": {"ngf": 8}}, "init": over["init"]}))
