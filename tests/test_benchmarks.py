@@ -94,3 +94,15 @@ def test_bench_ops_cpu_check_runs_every_case_under_the_interpreter(tmp_path):
     for r in rows:
         assert r["maxdiff"] is not None
         assert r["maxdiff"] < (0.05 if r["op"] == "match" else 1e-4), r
+
+
+def test_bench_upscale_times_each_model_in_its_own_process(capsys):
+    bench = load_benchmark("bench_upscale")
+    assert bench.main(["--models", "frfsr-default", "frfsr-robust", "--size", "24", "--ref-size", "96"]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in out.splitlines() if r.startswith("| frfsr-")]
+    assert [r.split("|")[1].strip() for r in rows] == ["frfsr-default", "frfsr-robust"]
+    assert all(r.split("|")[2].strip() == "24x24" and float(r.split("|")[4]) > 0 for r in rows)
+    assert re.search(r"frfsr-robust: \d+\.\d\dx the time of frfsr-default", out)
+    with pytest.raises(RuntimeError, match="failed"):
+        bench.main(["--models", "no-such-model", "--size", "24", "--ref-size", "96"])

@@ -480,3 +480,21 @@ def test_a_pretrained_model_takes_a_new_sife(tmp_path):
         build_stage1_model(load_config(TINY, {"model": over["model"], "init": {"pretrained": str(tmp_path / "old")}}))
     with pytest.raises(ValueError, match="has another architecture than model"):
         build_stage1_model(load_config(TINY, {"model": {"overrides": {"ngf": 8}}, "init": over["init"]}))
+
+
+def test_export_default_reads_a_training_checkpoint(uninterrupted, tmp_path):
+    """train/export_default.py on ckpt-N: the model of that step (architecture from the run's
+    config), saved as a model folder with its card; the size limit is checked."""
+    from benchmark_scripts import load_script
+    out, final_state = uninterrupted
+    export = load_script("train", "export_default")
+    (tmp_path / "card.md").write_text("Test weights.")
+    dest = tmp_path / "exported"
+    assert export.main([str(out / "checkpoints" / "ckpt-000004"), "--card", str(tmp_path / "card.md"),
+                        "--out", str(dest)]) == 0
+    got = FRFSR.from_pretrained(dest).state_dict()
+    for k, v in final_state.items():
+        assert torch.equal(got[k], v.to(got[k].dtype)), k
+    assert "Test weights." in (dest / "README.md").read_text()
+    early = export.from_checkpoint(out / "checkpoints" / "ckpt-000002").state_dict()
+    assert any(not torch.equal(early[k], v) for k, v in final_state.items() if v.is_floating_point())
