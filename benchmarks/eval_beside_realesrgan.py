@@ -32,17 +32,14 @@ sys.path.insert(0, str(ROOT / "train"))
 from frfsr.data.degrade import bicubic_upsample  # noqa: E402
 from frfsr.devices import cpu_name  # noqa: E402
 from frfsr.metrics import detail_fidelity, psnr_y, sharpness, ssim_y  # noqa: E402
-from frfsr.real_inputs import KINDS, LR_KINDS, _KIND_LABELS, build_cases  # noqa: E402
+from frfsr.real_inputs import KINDS, LR_KINDS, _KIND_LABELS, _run_model, build_cases  # noqa: E402
 
 METRICS = {"psnr": psnr_y, "ssim": ssim_y, "sharpness": sharpness, "fidelity": detail_fidelity}
 GRID_KINDS = ("clean", "jpeg70", "unrelated")
 
 
-@torch.inference_mode()
 def frfsr_sr(model, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    lr_b, ref_b = lr[None].to(model.dtype), ref[None].to(model.dtype)
-    textures = model.align(model.match(lr_b, model.encode_refs(ref_b, 1)))
-    return model.restore(lr_b, textures).sr[0].float().clamp(0, 1)
+    return _run_model(model, lr, ref)[0]          # as frfsr evaluate --layout heldout runs it
 
 
 def methods(weights: list[str], names: list[str]) -> dict:

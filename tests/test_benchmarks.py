@@ -106,3 +106,36 @@ def test_bench_upscale_times_each_model_in_its_own_process(capsys):
     assert re.search(r"frfsr-robust: \d+\.\d\dx the time of frfsr-default", out)
     with pytest.raises(RuntimeError, match="failed"):
         bench.main(["--models", "no-such-model", "--size", "24", "--ref-size", "96"])
+
+
+def test_eval_beside_realesrgan_table_and_grid(tmp_path):
+    """The evaluation loop, table and picture grid (the methods here: bicubic, the truth half
+    mixed in, and a tiny random FRFSR model with and without its Ref; the real run adds the
+    converted Real-ESRGAN, which needs the prior in the cache)."""
+    import torch
+    from PIL import Image
+
+    from frfsr import FRFSR, FRFSRConfig
+    from frfsr.data.degrade import bicubic_upsample
+    from frfsr.real_inputs import build_cases
+    bench = load_benchmark("eval_beside_realesrgan")
+    cases = build_cases(photos=["skimage:coffee", "skimage:rocket"], kinds=["clean", "jpeg70", "unrelated"],
+                        patch=64, crops=1)
+    torch.manual_seed(0)
+    model = FRFSR(FRFSRConfig.tiny()).eval()
+    bic = lambda c: bicubic_upsample(c.lr, 4).clamp(0, 1)
+    fns = {"bicubic": bic, "half truth": lambda c: 0.5 * c.hr + 0.5 * bic(c),
+           "tiny": lambda c: bench.frfsr_sr(model, c.lr, c.ref),
+           "tiny (no Ref)": lambda c: bench.frfsr_sr(model, c.lr, bic(c))}
+    rows, kept = bench.evaluate(cases, fns, keep=lambda c: c.kind != "jpeg70")
+    by = {(r["method"], r["kind"]): r for r in rows}
+    assert by[("half truth", "clean")]["fidelity"] > by[("bicubic", "clean")]["fidelity"]
+    assert by[("half truth", "clean")]["psnr"] > by[("bicubic", "clean")]["psnr"] + 3
+    assert ("tiny (no Ref)", "unrelated") not in by and by[("tiny (no Ref)", "jpeg70")]["n"] == 2
+    assert all(r["n"] == 2 and r["seconds"] >= 0 for r in rows)
+    table = bench.markdown(rows)
+    assert "| LR as JPEG q70, no Ref (LR as its Ref) | 2 | - | - | " in table
+    assert table.count("\n") == 1 + 5 + 1 and "tiny (no Ref)" not in table.splitlines()[0]
+    bench.picture_grid(cases, kept, ["bicubic", "half truth", "tiny"], tmp_path / "grid.png", region=16, zoom=2)
+    w, h = Image.open(tmp_path / "grid.png").size
+    assert w == 4 + 4 * (32 + 4) and h == 18 + 4 * (32 + 4 + 14)       # HR + 3 methods; 2 photos x 2 kinds

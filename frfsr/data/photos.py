@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import atomic_file, cache_root
+from .._fs import atomic_file, cache_root, digest
 
 __all__ = ["PhotoFile", "PhotoSource", "SOURCES", "PhotoNotFetched", "FETCH_SCRIPT", "cache_dir",
            "photo_names", "heldout_photos", "train_photos", "split_of", "resolve", "is_fetched", "fetch",
@@ -262,11 +262,7 @@ def split_of(name) -> str | None:
 
 # ---------------------------------------------------------------------- verification
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return digest(path, hashlib.sha256())
 
 
 def _file_ok(path: Path, pf: PhotoFile, full: bool = True) -> bool:
