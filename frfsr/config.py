@@ -16,8 +16,8 @@ class FRFSRConfig:
     """Hyper-parameters of an FRFSR model.
 
     ``paper`` is the architecture of the paper and the authors' release (stage-1
-    restoration net of 13,487,071 parameters); ``compact`` is the bundled models' (the
-    paper's SIFE trunk, a narrow U-Net and encoders); ``tiny`` is a small model for tests and
+    restoration net of 13,487,071 parameters); ``compact`` has the paper's SIFE trunk (for a
+    pretrained RRDB prior) with the bundled models' narrow U-Net and encoders; ``tiny`` is a small model for tests and
     quick experiments.
     """
 
@@ -156,7 +156,7 @@ PRESETS: dict[str, dict] = {
     "paper": dict(),
     "tiny": dict(ngf=16, n_res_blocks=1, n_ddf_blocks=1, deform_groups=2, sife_blocks=1,
                  sife_feat=16, sife_grow=8, vgg_widths=(8, 16, 32)),
-    # the bundled models: a narrow U-Net (one block per scale) and encoders, with the paper's
-    # SIFE (23 RRDB, 64 features, growth 32), which takes a pretrained ESRGAN / Real-ESRGAN trunk
+    # the bundled models' narrow U-Net (one block per scale) and encoders with the paper's SIFE
+    # (23 RRDB, 64 features, growth 32), which takes a pretrained ESRGAN / Real-ESRGAN trunk
     "compact": dict(ngf=32, n_res_blocks=1, n_ddf_blocks=1, deform_groups=2, vgg_widths=(32, 64, 128)),
 }
