@@ -177,3 +177,23 @@ def test_the_compact_preset_takes_the_x4plus_trunk():
         model = FRFSR(cfg)
     trunk = {k for k in full.state_dict() if not k.startswith(("conv_up", "conv_hr", "conv_last"))}
     assert {k.removeprefix("sife.") for k in model.state_dict() if k.startswith("sife.")} == trunk
+
+
+def test_finetune_prior_trains_the_top_only(tmp_path):
+    from safetensors.torch import load_file, save_file
+    finetune = load_script("train", "finetune_prior")
+    net = _net(3, n_blocks=3)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "p.safetensors"))
+    out = tmp_path / "tuned.safetensors"
+    assert finetune.main(["--prior", str(tmp_path / "p.safetensors"), "--out", str(out), "--steps", "2",
+                          "--batch", "2", "--patch", "32", "--top-blocks", "1", "--photos", "camera", "coins",
+                          "--eval-every", "0", "--lr", "1e-2"]) == 0
+    tuned, before = load_file(str(out)), net.state_dict()
+    for k, v in before.items():
+        changed = not torch.equal(tuned[k], v)
+        assert changed == k.startswith(("body.2.", "conv_body", "conv_up", "conv_hr", "conv_last")), k
+    with pytest.raises(FileNotFoundError, match="no RRDBNet weights"):
+        finetune.main(["--prior", str(tmp_path / "absent.safetensors"), "--out", str(out), "--eval-every", "0"])
+    with pytest.raises(ValueError, match="--top-blocks must be in 0..3"):
+        finetune.main(["--prior", str(tmp_path / "p.safetensors"), "--out", str(out), "--top-blocks", "4",
+                       "--eval-every", "0"])

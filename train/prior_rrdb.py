@@ -248,12 +248,16 @@ def convert(out: Path | None = None) -> Path:
 
 
 def load_prior(path: Path | None = None) -> RRDBNet:
-    """The converted x4plus RRDBNet (eval mode); converts it first if it is not cached."""
+    """An RRDBNet from a safetensors file (eval mode); by default the converted x4plus, which is
+    fetched and converted first if it is not cached."""
     from safetensors.torch import load_file
 
-    path = Path(path) if path else weights_path()
-    if not path.is_file():
-        path = convert(path)
+    if path is None:
+        path = weights_path()
+        if not path.is_file():
+            path = convert(path)
+    elif not Path(path).is_file():
+        raise FileNotFoundError(f"no RRDBNet weights at {path}")
     sd = load_file(str(path))
     net = RRDBNet(**RRDBNet.shape_of(sd))
     net.load_state_dict(sd)
