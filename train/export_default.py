@@ -26,7 +26,7 @@ import torch
 from frfsr import FRFSR
 from frfsr.hub import BUNDLED_DIR, WEIGHTS_NAME
 
-MAX_BYTES = 48 * 2 ** 20          # the bundled models carry the paper's SIFE trunk (16.7 M parameters)
+MAX_BYTES = 20 * 2 ** 20
 
 
 def from_checkpoint(ckpt: Path) -> FRFSR:
