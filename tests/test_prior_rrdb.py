@@ -156,8 +156,7 @@ def test_basicsr_pth_of_the_whole_rrdbnet_loads_and_fills_sife(tmp_path, wrapper
     sd = net.state_dict()
     torch.save({wrapper: sd} if wrapper else sd, tmp_path / "x4.pth")
     state = load_checkpoint(tmp_path / "x4.pth")
-    again = RRDBNet(**RRDBNet.shape_of(state))
-    again.load_state_dict(state)                    # the whole x4 net, upsampler included
+    again = RRDBNet.from_state_dict(state)          # the whole x4 net, upsampler included
     model = FRFSR(FRFSRConfig.tiny(sife_blocks=2, sife_feat=8, sife_grow=4))
     converted, report = convert_state_dict(state, "esrgan", model)
     assert all(k.startswith("sife.") for k in converted) and not report.missing

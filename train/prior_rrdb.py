@@ -194,10 +194,8 @@ def ncnn_to_rrdbnet(layers: list[NcnnLayer]) -> dict[str, torch.Tensor]:
 
 def load_ncnn_rrdbnet(param_path, bin_path) -> RRDBNet:
     """An :class:`RRDBNet` (eval mode, float32) with the weights of an ncnn RRDBNet x4."""
-    sd = ncnn_to_rrdbnet(read_ncnn(Path(param_path).read_text(), Path(bin_path).read_bytes()))
-    net = RRDBNet(**RRDBNet.shape_of(sd))
-    net.load_state_dict(sd)
-    return net.eval()
+    return RRDBNet.from_state_dict(ncnn_to_rrdbnet(read_ncnn(Path(param_path).read_text(),
+                                                             Path(bin_path).read_bytes())))
 
 
 # ---------------------------------------------------------------- fetch / convert / check
@@ -258,10 +256,7 @@ def load_prior(path: Path | None = None) -> RRDBNet:
             path = convert(path)
     elif not Path(path).is_file():
         raise FileNotFoundError(f"no RRDBNet weights at {path}")
-    sd = load_file(str(path))
-    net = RRDBNet(**RRDBNet.shape_of(sd))
-    net.load_state_dict(sd)
-    return net.eval()
+    return RRDBNet.from_state_dict(load_file(str(path)))
 
 
 def ncnn_output(param_path, bin_path, image: np.ndarray) -> np.ndarray:

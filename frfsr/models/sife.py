@@ -78,6 +78,13 @@ class RRDBNet(SIFE):
             x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
         return self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
 
+    @classmethod
+    def from_state_dict(cls, state_dict: dict) -> "RRDBNet":
+        """An RRDBNet of the shape of ``state_dict`` (BasicSR names) holding it, in eval mode."""
+        net = cls(**cls.shape_of(state_dict))
+        net.load_state_dict(state_dict)
+        return net.eval()
+
     @staticmethod
     def shape_of(state_dict: dict) -> dict:
         """``n_blocks``, ``feat`` and ``grow`` of RRDBNet / SIFE weights (BasicSR names)."""
