@@ -300,7 +300,9 @@ def _upscale_many(args):
     prefix = f"[process {state.process_index}/{state.num_processes}] " if state is not None else ""
 
     def log(message: str) -> None:
-        print(prefix + message, file=sys.stderr if message.startswith(("failed", "warning")) else sys.stdout,
+        # one write per line (text and newline together): the processes of a launch share the pipe,
+        # and an unbuffered stream would otherwise write the newline separately
+        print(prefix + message + "\n", end="", file=sys.stderr if message.startswith(("failed", "warning")) else sys.stdout,
               flush=True)
 
     items = plan(args.inputs, args.output, args.ext, keep=_ref_inputs(args))    # checked before the model loads
