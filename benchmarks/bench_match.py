@@ -33,6 +33,7 @@ try:
     import frfsr  # noqa: F401
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr_train (training, data, evaluation)
 
 from frfsr import ops
 from frfsr.devices import cpu_name
@@ -65,8 +66,8 @@ def fit_exponent(sizes, times) -> float:
 def photo_features(side: int, photo: str, model) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised texture maps (LR, Ref) of ``photo`` for an LR of side ``side`` (see the module
     docstring)."""
-    from frfsr.data.degrade import bicubic_downsample
-    from frfsr.data.photos import load_photo
+    from frfsr_train.data.degrade import bicubic_downsample
+    from frfsr_train.data.photos import load_photo
     img = load_photo(photo)
     n = 4 * side
     if img.shape[0] < n or img.shape[1] < n + side:
@@ -110,7 +111,7 @@ def timing(sizes, make, exact_limit: float, reps: int) -> tuple[list[dict], dict
 def heldout(n: int, patch: int, seed: int) -> list[dict]:
     """Per kind: share of LR positions where fast finds exact's match or one within 1e-3,
     and PSNR-Y of the SR with exact and with fast matching (bundled weights)."""
-    from frfsr.data.views import heldout_pairs
+    from frfsr_train.data.views import heldout_pairs
     from frfsr.metrics import psnr_y
     from frfsr.models.correspondence import match_refs
     from frfsr import FRFSR

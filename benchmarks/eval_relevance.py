@@ -1,6 +1,6 @@
 """Ref relevance on held-out photos: does the low-relevance warning tell relevant Refs from unrelated ones?
 
-Pairs from :mod:`frfsr.real_inputs` (the held-out photos of every photo source that is
+Pairs from :mod:`frfsr_train.real_inputs` (the held-out photos of every photo source that is
 fetched; scikit-image's are always there): every relevant kind (another view at the same
 zoom with a clean, JPEG or blurred and noisy LR, a Ref at half or twice the zoom, rotated
 15 or 30 degrees), the LR as its own Ref (``self``), and unrelated Refs: the kind
@@ -31,8 +31,9 @@ try:
     import frfsr  # noqa: F401
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr_train (training, data, evaluation)
 
-from frfsr import real_inputs
+from frfsr_train import real_inputs
 from frfsr.devices import cpu_name
 from frfsr.models.correspondence import RELEVANCE_THRESHOLD
 
@@ -53,7 +54,7 @@ def roc_auc(positive, negative) -> float:
 
 def available_sources(sources=None) -> tuple[list[str], list[str]]:
     """(fetched, missing) photo sources among ``sources`` (default: all)."""
-    from frfsr.data.photos import SOURCES, is_fetched
+    from frfsr_train.data.photos import SOURCES, is_fetched
     names = list(SOURCES) if not sources else list(sources)
     return [s for s in names if is_fetched(s)], [s for s in names if not is_fetched(s)]
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default="default", help="a model folder / Hub repo id, or 'default' (bundled)")
     p.add_argument("--sources", nargs="+", metavar="SRC",
-                   help="photo sources (default: every one that is fetched; see frfsr.data.photos)")
+                   help="photo sources (default: every one that is fetched; see frfsr_train.data.photos)")
     p.add_argument("--patch", type=int, default=real_inputs.DEFAULT_PATCH, help="HR crop side (default: %(default)s)")
     p.add_argument("--crops", type=int, default=real_inputs.DEFAULT_CROPS, help="crops per photo (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="crop seeds (default: 0 1)")

@@ -427,14 +427,6 @@ def _info(p: argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------- entry
-@subcommand("evaluate", "PSNR/SSIM (Y channel) per Ref level and shuffle level on CUFED5 or pair folders, or on "
-                        "the held-out photos with real inputs (--layout heldout: JPEG / noisy LRs, Refs at other "
-                        "zooms and angles)")
-def _evaluate(p: argparse.ArgumentParser):
-    from .evaluate import configure_parser
-    return configure_parser(p)
-
-
 @subcommand("demo", "super-resolve the bundled sample with the bundled weights and write a comparison image (offline)")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("-o", "--output", default="demo_out", help="output folder (default: %(default)s)")

@@ -1,12 +1,12 @@
 """``frfsr demo``: super-resolve the bundled sample and write a comparison image, offline.
 
 The sample (``frfsr/assets/demo/``) is cut from scikit-image's ``coffee`` photo, one of the
-held-out photos the default weights never saw (:data:`frfsr.data.views.HELDOUT_PHOTOS`):
+held-out photos the default weights never saw (the training data's held-out list):
 
 * ``hr.png``: a 400 x 400 crop (the ground truth, used only to print PSNR-Y);
 * ``lr.png``: its bicubic x1/4 downsampling (100 x 100), the input;
 * ``ref.png``: another view of the same scene (shifted, zoomed, rotated, colour-changed),
-  the reference. :func:`make_demo_inputs` regenerates all three.
+  the reference. ``python train/make_demo_inputs.py`` regenerates all three.
 
 The demo writes ``sr.png`` and ``comparison.png``: four columns (bicubic | FRFSR | Ref |
 match confidence) with, below each, one region enlarged (for the Ref column, the Ref
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ASSETS", "PANEL", "ZOOM_REGION", "COLUMNS", "comparison_size", "make_demo_inputs", "run_demo",
-           "DemoResult"]
+__all__ = ["ASSETS", "PANEL", "ZOOM_REGION", "COLUMNS", "comparison_size", "run_demo", "DemoResult"]
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
 PANEL = 400             # side of each panel in the comparison (HR pixels)
@@ -38,30 +37,18 @@ def comparison_size(panel: int = PANEL) -> tuple[int, int]:
     return n * panel + (n + 1) * GAP, 2 * (LABEL_H + panel) + 3 * GAP
 
 
-def make_demo_inputs(out_dir=ASSETS, photo: str = "coffee", hr_size: int = 400, seed: int = 3) -> Path:
-    """Write ``hr.png``, ``lr.png`` and ``ref.png`` from a held-out scikit-image photo (needs
-    scikit-image). The Ref is a :class:`~frfsr.data.views.ViewPairDataset` view of the
-    same scene, never block-shuffled."""
-    from PIL import Image
-
-    from .data.views import HELDOUT_PHOTOS, ViewPairDataset, load_skimage_photos
-    if photo not in HELDOUT_PHOTOS:
-        raise ValueError(f"the demo uses a held-out photo ({', '.join(HELDOUT_PHOTOS)}), got {photo!r}")
-    ds = ViewPairDataset(load_skimage_photos([photo]), patch=hr_size, length=1, p_unrelated=0.0, p_shuffle=0.0,
-                         flip=False, seed=seed)
-    item = ds[0]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for key in ("hr", "lr", "ref"):
-        arr = item[key].permute(1, 2, 0).mul(255).round().clamp(0, 255).byte().numpy()
-        Image.fromarray(arr).save(out / f"{key}.png", optimize=True)
-    return out
-
-
 def _load(path: Path) -> torch.Tensor:
     from PIL import Image
     arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def _bicubic_x4(lr: torch.Tensor) -> torch.Tensor:
+    """(1, 3, h, w) -> (1, 3, 4h, 4w): PIL's bicubic filter on each float channel (mode F), clamped to [0, 1]."""
+    from PIL import Image
+    h, w = lr.shape[-2:]
+    planes = [np.asarray(Image.fromarray(c.numpy()).resize((4 * w, 4 * h), Image.BICUBIC)) for c in lr[0].float()]
+    return torch.from_numpy(np.stack(planes)).clamp_(0, 1)[None]
 
 
 def _b4(t: torch.Tensor) -> torch.Tensor:
@@ -142,7 +129,6 @@ def run_demo(out_dir="demo_out", model=None, device: str = "cpu", assets=ASSETS)
     """Super-resolve ``assets/lr.png`` with ``assets/ref.png`` and write ``sr.png`` and
     ``comparison.png`` to ``out_dir``. ``model``: a folder / Hub id, None = the bundled
     default weights. PSNR-Y is measured when ``assets/hr.png`` exists."""
-    from .data.degrade import bicubic_upsample
     from .metrics import psnr_y
     from .pipeline import FRFSRPipeline
 
@@ -157,7 +143,7 @@ def run_demo(out_dir="demo_out", model=None, device: str = "cpu", assets=ASSETS)
         res = pipe(lr[0].to(pipe.device), ref[0].to(pipe.device), return_details=True, output_type="pt")
     sr = _b4(res.images)
     t2 = time.perf_counter()
-    bic = bicubic_upsample(lr[0], 4)[None].float()
+    bic = _bicubic_x4(lr)
     _to_pil(sr).save(out / "sr.png")
     region = _region(sr, bic, ZOOM_REGION)
     comp = _comparison(bic, sr, ref, _b4(res.warped_ref), _b4(torch.as_tensor(res.confidence)), region)

@@ -116,8 +116,8 @@ def test_eval_beside_realesrgan_table_and_grid(tmp_path):
     from PIL import Image
 
     from frfsr import FRFSR, FRFSRConfig
-    from frfsr.data.degrade import bicubic_upsample
-    from frfsr.real_inputs import build_cases
+    from frfsr_train.data.degrade import bicubic_upsample
+    from frfsr_train.real_inputs import build_cases
     bench = load_benchmark("eval_beside_realesrgan")
     cases = build_cases(photos=["skimage:coffee", "skimage:rocket"], kinds=["clean", "jpeg70", "unrelated"],
                         patch=64, crops=1)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frfsr.data import (SHUFFLE_LEVELS, CUFED5Dataset, CUFEDTrainDataset, DataLayoutError, PairFolderDataset,
+from frfsr_train.data import (SHUFFLE_LEVELS, CUFED5Dataset, CUFEDTrainDataset, DataLayoutError, PairFolderDataset,
                         augment_pair, bicubic_downsample, bicubic_upsample, color_jitter, flip_rot, modcrop,
                         sample_flip_rot, shuffle_blocks)
 

@@ -69,6 +69,7 @@ def test_shipped_assets_come_from_a_heldout_photo():
     assert hr.size == (4 * lr.width, 4 * lr.height)
     import inspect
 
-    from frfsr.data.views import HELDOUT_PHOTOS
-    from frfsr.demo import make_demo_inputs
+    from benchmark_scripts import load_script
+    from frfsr_train.data.views import HELDOUT_PHOTOS
+    make_demo_inputs = load_script("train", "make_demo_inputs").make_demo_inputs
     assert inspect.signature(make_demo_inputs).parameters["photo"].default in HELDOUT_PHOTOS

@@ -21,7 +21,7 @@ MODULE_OF = {"huggingface-hub": "huggingface_hub", "pillow": "PIL", "pypng": "pn
 # modules (the node pack runs inside ComfyUI)
 OPTIONAL = {"triton", "lpips", "psutil", "matplotlib", "comfy", "comfy_api", "folder_paths", "server", "comfy_execution",
             "nodes"}
-TRAINING_ONLY = ("frfsr/training/", "frfsr/data/", "frfsr/evaluate.py")
+TRAINING_ONLY = ("train/",)
 # modules of an extra: imported lazily by the files named, which say which extra to install
 EXTRA_ONLY = {"av": ("video", ("frfsr/video.py",)), "ncnn": ("prior", ("train/prior_rrdb.py",))}
 # imported by an inference module only where several processes run (accelerate launch / torchrun)
@@ -56,7 +56,7 @@ def _imports(paths) -> dict[str, set[str]]:
                 continue
             for m in mods:
                 top = m.split(".")[0]
-                if top not in std and top not in ("frfsr", "frfsr_nodes", "__future__"):
+                if top not in std and top not in ("frfsr", "frfsr_nodes", "frfsr_train", "__future__"):
                     found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 

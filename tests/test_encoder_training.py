@@ -11,7 +11,7 @@ import yaml
 
 from frfsr import FRFSR
 from frfsr.models.texture_encoder import TextureEncoder
-from frfsr.training.contrastive import (PREFIX, contrastive_loss, encoder_state_dict, lr_upsample,
+from frfsr_train.training.contrastive import (PREFIX, contrastive_loss, encoder_state_dict, lr_upsample,
                                         matching_accuracy, merge_config, model_config, texture_coords)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_training_script_reduces_loss_improves_accuracy_and_saves(tmp_path):
     pytest.importorskip("skimage")
     from safetensors.torch import load_file, save_file
 
-    from frfsr.data.views import heldout_pairs
+    from frfsr_train.data.views import heldout_pairs
 
     spec = importlib.util.spec_from_file_location("encoder_script", ROOT / "train/encoder.py")
     script = importlib.util.module_from_spec(spec)

@@ -309,7 +309,7 @@ def _clean_accelerate():
 
 
 def _main(args, capsys):
-    from frfsr.training.run import main
+    from frfsr_train.training.run import main
     code = main(["--config", str(TINY), *args], stage=1)
     err = capsys.readouterr().err
     return code, [ln for ln in err.splitlines() if ln.startswith("error:")], err
@@ -331,7 +331,7 @@ def test_train_empty_data_and_missing_init_weights(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def two_steps(tmp_path_factory):
     """A tiny stage-1 run stopped after step 2 (one checkpoint)."""
-    from frfsr.training.run import main
+    from frfsr_train.training.run import main
     out = tmp_path_factory.mktemp("two_steps") / "run"
     assert main(["--config", str(TINY), "--output_dir", str(out), "--stop_after", "2"], stage=1) == 0
     from accelerate.state import AcceleratorState
@@ -356,7 +356,7 @@ def test_resume_with_another_architecture_says_so(two_steps, tmp_path, capsys):
 
 
 def test_a_garbled_latest_falls_back_to_the_newest_complete_checkpoint(two_steps, tmp_path, capsys):
-    from frfsr.training.checkpoint import resolve_checkpoint
+    from frfsr_train.training.checkpoint import resolve_checkpoint
     run = _copy_run(two_steps, tmp_path / "run")
     (run / "checkpoints" / "latest").write_bytes(b"\xff\xfe garbage \x00/..")
     with pytest.warns(RuntimeWarning, match="does not name a complete checkpoint; using the newest complete one "
@@ -370,7 +370,7 @@ def test_a_garbled_latest_falls_back_to_the_newest_complete_checkpoint(two_steps
 
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_earlier_ones(two_steps, tmp_path, capsys,
                                                                            monkeypatch):
-    from frfsr.training import loop
+    from frfsr_train.training import loop
     run = _copy_run(two_steps, tmp_path / "run")
     before = _snapshot(run / "checkpoints")
 
@@ -384,7 +384,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_earlier_ones(two_
 
 
 def test_train_ctrl_c_is_one_line_exit_130_and_keeps_the_checkpoints(two_steps, tmp_path, capsys, monkeypatch):
-    from frfsr.training import loop
+    from frfsr_train.training import loop
     run = _copy_run(two_steps, tmp_path / "run")
     before = _snapshot(run / "checkpoints")
     step, calls = loop.Trainer.train_step, []
@@ -395,7 +395,7 @@ def test_train_ctrl_c_is_one_line_exit_130_and_keeps_the_checkpoints(two_steps, 
             raise KeyboardInterrupt
         return step(self, batches)
     monkeypatch.setattr(loop.Trainer, "train_step", interrupted)
-    from frfsr.training.run import main
+    from frfsr_train.training.run import main
     code = main(["--config", str(TINY), "--output_dir", str(run), "--resume"], stage=1)
     err = capsys.readouterr().err
     assert code == 130 and "Traceback" not in err

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from frfsr.training.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PerceptualLoss, VGG19Features,
+from frfsr_train.training.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PerceptualLoss, VGG19Features,
                                    gradient_penalty, wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
 
 

@@ -1,4 +1,4 @@
-"""The photo-source table (frfsr.data.photos): consistent splits, offline scikit-image fetch,
+"""The photo-source table (frfsr_train.data.photos): consistent splits, offline scikit-image fetch,
 verified and atomic archive fetches, clear errors for sources not in the cache."""
 import io
 import tarfile
@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from frfsr.data import photos as ph  # noqa: E402
-from frfsr.data.photos import (SOURCES, PhotoNotFetched, cache_dir, fetch, heldout_photos, is_fetched,  # noqa: E402
+from frfsr_train.data import photos as ph  # noqa: E402
+from frfsr_train.data.photos import (SOURCES, PhotoNotFetched, cache_dir, fetch, heldout_photos, is_fetched,  # noqa: E402
                                load_photo, load_photos, resolve, split_of, train_photos)
 
 
@@ -40,7 +40,7 @@ def test_table_is_consistent():
     hashes = [pf.sha256 for src in SOURCES.values() for pf in src.files.values()]
     assert len(set(hashes)) == len(hashes)                              # no photo under two names
     assert set(heldout_photos()) | set(train_photos()) == seen
-    from frfsr.data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS             # the old names still import
+    from frfsr_train.data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS             # the old names still import
     assert TRAIN_PHOTOS == SOURCES["skimage"].train and HELDOUT_PHOTOS == SOURCES["skimage"].heldout
 
 
@@ -87,7 +87,7 @@ def test_missing_sources_name_the_fetch_command(empty_cache, tmp_path):
         fetch("wallpapers", archive=tmp_path / "missing.deb")
     with pytest.raises(PhotoNotFetched, match="is not a file.*--source matplotlib"):
         fetch("matplotlib", archive=tmp_path / "missing.whl")
-    from frfsr.data.views import ViewPairDataset
+    from frfsr_train.data.views import ViewPairDataset
     with pytest.raises(PhotoNotFetched, match="fetch_photos.py"):
         ViewPairDataset(["coffee", "wallpapers:Path"], patch=64, length=1)
 
@@ -140,7 +140,7 @@ def test_cached_sources_verify_and_load(source):
     for name in SOURCES[source].heldout:
         img = load_photo(f"{source}:{name}")
         assert img.dtype == np.uint8 and img.shape == SOURCES[source].files[name].shape + (3,)
-    from frfsr.data.views import ViewPairDataset
+    from frfsr_train.data.views import ViewPairDataset
     names = [f"{source}:{n}" for n in SOURCES[source].heldout] + ["coffee"]
     item = ViewPairDataset(names, patch=64, length=1, seed=0)[0]
     assert item["hr"].shape == (3, 64, 64) and item["photo"] in names

@@ -1,4 +1,4 @@
-"""Real-input kinds on held-out photos (frfsr.real_inputs): the degraded LRs and the Refs at
+"""Real-input kinds on held-out photos (frfsr_train.real_inputs): the degraded LRs and the Refs at
 other zooms / angles are what they claim, the evaluation and its command lines run."""
 import json
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("skimage")
 
-from frfsr import real_inputs as ri  # noqa: E402
+from frfsr_train import real_inputs as ri  # noqa: E402
 from frfsr.metrics import psnr  # noqa: E402
 
 PATCH = 64
@@ -82,7 +82,7 @@ def test_zoomed_and_self_refs(cases):
     assert tuple(chelsea.scene.shape[-2:]) == (150, 226)
     assert ri.make_ref(chelsea, 0, 0, 96, "ref_zoom0.5").shape == (3, 75, 96)
     # no Ref: the bicubic-upsampled LR
-    from frfsr.data.degrade import bicubic_upsample
+    from frfsr_train.data.degrade import bicubic_upsample
     c = by(cases, "coffee", "self")
     assert torch.allclose(c.ref, bicubic_upsample(c.lr, 4).clamp(0, 1), atol=1e-6)
     # the rotated Ref differs from the unrotated one
@@ -146,9 +146,10 @@ def test_evaluate_rows_and_table(model, cases):
 
 
 def test_cli_heldout_layout(tmp_path, capsys):
-    from frfsr.cli import main
+    from benchmark_scripts import load_script
+    main = load_script("train", "evaluate").main           # python train/evaluate.py
     out = tmp_path / "res.json"
-    code = main(["evaluate", "--layout", "heldout", "--sources", "skimage", "--kinds", "clean", "self",
+    code = main(["--layout", "heldout", "--sources", "skimage", "--kinds", "clean", "self",
                  "--patch", "64", "--crops", "1", "--device", "cpu", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -156,13 +157,13 @@ def test_cli_heldout_layout(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert [r["kind"] for r in saved["rows"]] == ["clean", "self"]
     assert saved["config"]["photos"] == sorted(f"skimage:{n}" for n in ("coffee", "rocket", "chelsea"))
-    assert main(["evaluate", "--layout", "cufed5", "--data", str(tmp_path)]) == 2
+    assert main(["--layout", "cufed5", "--data", str(tmp_path)]) == 2
     assert "--layout cufed5 needs --model, --out" in capsys.readouterr().err
 
 
 def test_missing_source_stops_with_the_fetch_command(tmp_path, monkeypatch):
-    from frfsr.data import photos
-    from frfsr.data.photos import PhotoNotFetched
+    from frfsr_train.data import photos
+    from frfsr_train.data.photos import PhotoNotFetched
     monkeypatch.setenv("FRFSR_CACHE", str(tmp_path))
     monkeypatch.setattr(photos, "_photo_cache", {})
     with pytest.raises(PhotoNotFetched, match="fetch_photos.py --source wallpapers"):

@@ -1,4 +1,4 @@
-"""Real-world degradations (frfsr.data.realworld): every op's shape / dtype / range / seeding,
+"""Real-world degradations (frfsr_train.data.realworld): every op's shape / dtype / range / seeding,
 the whole pipeline, its options and config keys, and training with it."""
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frfsr.data import bicubic_downsample
-from frfsr.data.realworld import (KERNEL_KINDS, DegradationStage, FinalStage, RealWorldDegradation, RealWorldOptions,
+from frfsr_train.data import bicubic_downsample
+from frfsr_train.data.realworld import (KERNEL_KINDS, DegradationStage, FinalStage, RealWorldDegradation, RealWorldOptions,
                                   blur, blur_kernels, gaussian_noise, jpeg, poisson_noise, quantize, random_blur,
                                   random_jpeg, random_kernels, random_noise, random_resize, resize)
 from frfsr.metrics import psnr
@@ -27,7 +27,7 @@ def _smooth(b=4, size=64, seed=0):
 def photo_batch():
     """Four 128x128 crops of a real photo (scikit-image's astronaut) as float in [0, 1]."""
     pytest.importorskip("skimage")
-    from frfsr.data.views import load_skimage_photos
+    from frfsr_train.data.views import load_skimage_photos
     img = torch.from_numpy(load_skimage_photos(["astronaut"])["astronaut"].copy()).permute(2, 0, 1)
     crops = [img[:, y:y + 128, x:x + 128] for y, x in ((0, 100), (200, 200), (300, 50), (128, 300))]
     return torch.stack(crops)
@@ -276,7 +276,7 @@ def _clean_accelerate():
 def _cfg(tmp_path, **sections):
     import yaml
 
-    from frfsr.training import load_config
+    from frfsr_train.training import load_config
     d = {"stage": 1, "model": {"preset": "tiny"},
          "data": {"views": {"photos": ["camera", "coins", "brick"], "length": 4, "scale_range": [0.5, 2.0],
                             "max_rotation": 30.0, "max_perspective": 0.1, "antialias": True},
@@ -293,7 +293,7 @@ def _cfg(tmp_path, **sections):
 
 
 def test_config_keys_parse_and_bad_values_name_the_key(tmp_path):
-    from frfsr.training import ConfigError, load_config
+    from frfsr_train.training import ConfigError, load_config
     cfg = _cfg(tmp_path)
     assert cfg.degradation.kind == "realworld"
     assert cfg.degradation.options().second.jpeg_range == (40.0, 90.0)
@@ -327,7 +327,7 @@ def test_config_keys_parse_and_bad_values_name_the_key(tmp_path):
 
 
 def test_tiny_training_run_with_realworld_lrs_and_wide_views(tmp_path, _clean_accelerate):
-    from frfsr.training import Trainer
+    from frfsr_train.training import Trainer
     t = Trainer(_cfg(tmp_path))
     batch = next(t._batches(0))
     assert batch["lr"].shape == (2, 3, 16, 16) and batch["ref"].shape == (2, 3, 64, 64)
@@ -347,8 +347,8 @@ def test_tiny_training_run_with_realworld_lrs_and_wide_views(tmp_path, _clean_ac
 
 def test_encoder_training_with_realworld_lrs(tmp_path):
     pytest.importorskip("skimage")
-    from frfsr.data.views import load_skimage_photos
-    from frfsr.training.contrastive import degradation_from_config, merge_config, train_encoder
+    from frfsr_train.data.views import load_skimage_photos
+    from frfsr_train.training.contrastive import degradation_from_config, merge_config, train_encoder
     photos = load_skimage_photos(["camera", "brick", "astronaut"])
     cfg = {"model": {"preset": "tiny", "overrides": {}},
            "data": {"patch": 48, "ref_patch": 48, "p_shuffle": 0.0, "num_workers": 0, "scale_range": [0.5, 2.0],

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from frfsr import FRFSRPipeline, real_inputs
+from frfsr import FRFSRPipeline
+from frfsr_train import real_inputs
 from frfsr.checks import FRFSRWarning
 from frfsr.models.correspondence import RELEVANCE_THRESHOLD, ref_confidence, relevance_of, sample_grid
 from frfsr import ops

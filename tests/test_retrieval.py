@@ -29,7 +29,7 @@ def model():
 
 
 def _photo(name: str) -> torch.Tensor:
-    from frfsr.data.photos import load_photo
+    from frfsr_train.data.photos import load_photo
     return torch.from_numpy(np.array(load_photo(name))).permute(2, 0, 1).float().div(255)
 
 
@@ -140,7 +140,7 @@ def test_descriptor_cache_hits_and_changed_files(model, tmp_path, monkeypatch):
 
 
 def test_default_cache_folder_follows_the_photo_cache(monkeypatch, tmp_path):
-    from frfsr.data.photos import cache_dir
+    from frfsr_train.data.photos import cache_dir
     monkeypatch.setenv("FRFSR_CACHE", str(tmp_path / "c"))
     assert retrieval.descriptor_cache_dir() == tmp_path / "c" / "descriptors"
     assert cache_dir() == tmp_path / "c" / "photos"

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from frfsr import FRFSR, FRFSRConfig
-from frfsr.training import checkpoint as ckpt_mod
-from frfsr.training import load_config
-from frfsr.training.checkpoint import resolve_checkpoint
+from frfsr_train.training import checkpoint as ckpt_mod
+from frfsr_train.training import load_config
+from frfsr_train.training.checkpoint import resolve_checkpoint
 from frfsr import FRFSR
-from frfsr.training.trackers import read_csv_log
+from frfsr_train.training.trackers import read_csv_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "train" / "configs" / "tiny.yaml"
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 
 def _trainer(config, out, **overrides):
-    from frfsr.training import Trainer
+    from frfsr_train.training import Trainer
     over = {"train": {"output_dir": str(out)}}
     for k, v in overrides.items():
         sec, key = k.split("__")
@@ -116,7 +116,7 @@ def test_two_process_launch_identical_weights_and_checkpoint(tmp_path):
     state = json.loads((latest / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["num_processes"] == 2
     # the exported weights are the ranks' weights and load through the pipeline format
-    from frfsr.training.loop import state_hash
+    from frfsr_train.training.loop import state_hash
     assert state_hash(FRFSR.from_pretrained(out / "final")) == ranks[0]["generator"]
     rows = read_csv_log(out / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
@@ -124,7 +124,7 @@ def test_two_process_launch_identical_weights_and_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------------- Done 2: kill / resume
 def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
-    from frfsr.training.run import main
+    from frfsr_train.training.run import main
     ref_out, ref_state = uninterrupted
     out = tmp_path / "run_b"
     assert main(["--config", str(TINY), "--output_dir", str(out), "--stop_after", "2"], stage=1) == 0
@@ -222,7 +222,7 @@ def test_latest_pointer_survives_crash_before_pointer_update(tmp_path, monkeypat
 
 # ---------------------------------------------------------------------- Done 3: stage 2
 def test_stage2_model_from_stage1_export(uninterrupted):
-    from frfsr.training.stage2 import build_stage2_model
+    from frfsr_train.training.stage2 import build_stage2_model
     export = uninterrupted[0] / "final"
     s1 = FRFSR.from_pretrained(export).state_dict()
     m = build_stage2_model(export, from_stage1=True)
@@ -289,7 +289,7 @@ def test_stage2_training_frozen_reuse_net_and_all_losses(uninterrupted, tmp_path
 
 # ---------------------------------------------------------------------- config and optimiser
 def test_config_errors_are_clear(tmp_path):
-    from frfsr.training import ConfigError
+    from frfsr_train.training import ConfigError
     with pytest.raises(ConfigError, match=r"unknown key\(s\) data.pach"):
         load_config(TINY, {"data": {"pach": 64}})
     with pytest.raises(ConfigError, match="train.max_steps must be int"):
@@ -313,7 +313,7 @@ def test_config_errors_are_clear(tmp_path):
 
 
 def test_offset_branches_get_their_learning_rates():
-    from frfsr.training.build import generator_param_groups
+    from frfsr_train.training.build import generator_param_groups
     cfg = load_config(REPO / "train" / "configs" / "paper_stage1.yaml")
     m = FRFSR(FRFSRConfig.tiny())
     m.texture_encoder.requires_grad_(False)
@@ -333,7 +333,7 @@ def test_offset_branches_get_their_learning_rates():
 def test_stage1_initialisers(tmp_path):
     """init.sife (ESRGAN names), init.encoder (C2-Matching extractor names) and init.vgg19
     (torchvision indices) land in the right modules; encoder and extractor are frozen."""
-    from frfsr.training.build import build_stage1_model
+    from frfsr_train.training.build import build_stage1_model
     torch.manual_seed(1)
     donor = FRFSR(FRFSRConfig.tiny())
     esrgan = {k: v for k, v in donor.sife.state_dict().items()}
@@ -367,7 +367,7 @@ def test_stage1_initialisers(tmp_path):
 
 
 def test_stage1_initialisers_refuse_files_of_another_layout(tmp_path):
-    from frfsr.training.build import build_stage1_model
+    from frfsr_train.training.build import build_stage1_model
     donor = FRFSR(FRFSRConfig.tiny())
     torch.save({f"RRDB_trunk.{k}": v for k, v in donor.sife.state_dict().items()}, tmp_path / "odd.pth")
     for key, layout in (("vgg19", "torchvision VGG19"), ("encoder", "C2-Matching feature extractor"),
@@ -399,7 +399,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
 # ---------------------------------------------------------------------- failures keep what was saved
 @pytest.mark.parametrize("value", [float("inf"), float("nan"), "-.inf"])
 def test_non_finite_learning_rates_are_refused(value):
-    from frfsr.training import ConfigError
+    from frfsr_train.training import ConfigError
     with pytest.raises(ConfigError, match=r"optim.lr must be a finite number > 0; got (inf|nan|-inf)"):
         load_config(TINY, {"optim": {"lr": value}} if not isinstance(value, str) else [f"optim.lr={value}"])
     with pytest.raises(ConfigError, match="optim.lr_d must be a finite number"):
@@ -407,7 +407,7 @@ def test_non_finite_learning_rates_are_refused(value):
 
 
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from frfsr.training.loop import NonFiniteLossError, Trainer
+    from frfsr_train.training.loop import NonFiniteLossError, Trainer
     original = Trainer._generator_losses
 
     def nan_at_step_3(self, sr, hr, full):
@@ -449,7 +449,7 @@ def test_a_pretrained_model_takes_a_new_sife(tmp_path):
     SIFE from init.sife, the fusion conv keeps its U-Net weights and starts at zero on the new
     SIFE's channels (so the model starts as the pretrained one without its SIFE);
     model.freeze_sife keeps the new SIFE fixed."""
-    from frfsr.training.build import build_stage1_model
+    from frfsr_train.training.build import build_stage1_model
     torch.manual_seed(3)
     old = FRFSR(FRFSRConfig.tiny())                        # SIFE: 1 block, 16 features
     old.save_pretrained(tmp_path / "old")

@@ -1,4 +1,4 @@
-"""frfsr.evaluate on generated CUFED5 / pair folders with a tiny exported model."""
+"""frfsr_train.evaluate on generated CUFED5 / pair folders with a tiny exported model."""
 import argparse
 import csv
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from frfsr import FRFSR, FRFSRConfig
-from frfsr.data import CUFED5Dataset
+from frfsr_train.data import CUFED5Dataset
 from frfsr.metrics import psnr_y, ssim_y
-from frfsr.training.synthetic import make_cufed5, make_pairs
+from frfsr_train.training.synthetic import make_cufed5, make_pairs
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def _read(path):
 
 
 def test_cufed5_levels_and_shuffles(model_dir, tmp_path, capsys):
-    from frfsr.evaluate import main
+    from frfsr_train.evaluate import main
     data = make_cufed5(tmp_path / "cufed5", num_images=1, size=64)
     out = tmp_path / "eval"
     assert main(["--model", str(model_dir), "--data", str(data), "--layout", "cufed5", "--levels", "1,5",
@@ -50,7 +50,7 @@ def test_cufed5_levels_and_shuffles(model_dir, tmp_path, capsys):
 
 
 def test_pairs_layout_through_subcommand_registration(model_dir, tmp_path):
-    from frfsr.evaluate import add_evaluate_parser
+    from frfsr_train.evaluate import add_evaluate_parser
     data = make_pairs(tmp_path / "pairs", num_images=1, size=64)
     parser = argparse.ArgumentParser(prog="frfsr")
     add_evaluate_parser(parser.add_subparsers(dest="command"))
@@ -62,7 +62,7 @@ def test_pairs_layout_through_subcommand_registration(model_dir, tmp_path):
 
 
 def test_bad_arguments_are_reported(model_dir, tmp_path):
-    from frfsr.evaluate import main
+    from frfsr_train.evaluate import main
     with pytest.raises(SystemExit):
         main(["--model", str(model_dir), "--data", str(tmp_path), "--layout", "cufed5", "--shuffle", "extreme",
               "--out", str(tmp_path / "o")])

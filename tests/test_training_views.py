@@ -4,8 +4,8 @@ import torch
 
 pytest.importorskip("skimage")
 
-from frfsr.training import load_config  # noqa: E402
-from frfsr.training.config import ConfigError  # noqa: E402
+from frfsr_train.training import load_config  # noqa: E402
+from frfsr_train.training.config import ConfigError  # noqa: E402
 
 VIEWS = {"photos": ["camera", "coins", "brick"], "length": 8, "p_unrelated": 0.5, "p_shuffle": 0.5}
 
@@ -36,7 +36,7 @@ def _cfg(tmp_path, stage, **extra):
 
 
 def test_views_stage1_trains_the_ref_extractor_then_stage2_with_and_without_reuse(tmp_path):
-    from frfsr.training import Trainer
+    from frfsr_train.training import Trainer
     t = Trainer(_cfg(tmp_path, 1))
     before = {k: v.clone() for k, v in t.unwrapped_model().ref_extractor.state_dict().items()}
     enc_before = {k: v.clone() for k, v in t.unwrapped_model().texture_encoder.state_dict().items()}
@@ -66,7 +66,7 @@ def test_views_config_errors(tmp_path):
 
 
 def test_heldout_photos_are_refused(tmp_path):
-    from frfsr.training import Trainer
+    from frfsr_train.training import Trainer
     t = Trainer(_cfg(tmp_path, 1, data__views={"photos": ["camera", "coffee"]}))
     with pytest.raises(ValueError, match="held-out"):
         t.fit()

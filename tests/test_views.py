@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("skimage")
 
-from frfsr.data import bicubic_downsample  # noqa: E402
-from frfsr.data.views import (HELDOUT_KINDS, HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset,  # noqa: E402
+from frfsr_train.data import bicubic_downsample  # noqa: E402
+from frfsr_train.data.views import (HELDOUT_KINDS, HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset,  # noqa: E402
                               heldout_pairs, load_skimage_photos)
 
 

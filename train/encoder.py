@@ -6,7 +6,7 @@
 
 Writes ``texture_encoder.safetensors`` (``texture_encoder.*`` keys, load into an FRFSR of the
 same config with ``load_state_dict(sd, strict=False)``), ``encoder.json`` (configs and held-out
-matching accuracy before / after) and ``log.jsonl``. See frfsr/training/contrastive.py.
+matching accuracy before / after) and ``log.jsonl``. See train/frfsr_train/training/contrastive.py.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # run from a checkout without installing
 
-from frfsr.training.contrastive import train_encoder  # noqa: E402
+from frfsr_train.training.contrastive import train_encoder  # noqa: E402
 
 
 def main(argv=None) -> None:

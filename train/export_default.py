@@ -34,7 +34,7 @@ def from_checkpoint(ckpt: Path) -> FRFSR:
     from safetensors.torch import load_file
 
     from frfsr import FRFSRConfig
-    from frfsr.training.config import load_config
+    from frfsr_train.training.config import load_config
 
     cfg = load_config(ckpt.parent.parent / "config_stage1.yaml")
     model = FRFSR(FRFSRConfig.preset(cfg.model.preset, **cfg.model.overrides))

@@ -1,4 +1,4 @@
-"""Fetch the natural photo sources of :mod:`frfsr.data.photos` into the cache folder.
+"""Fetch the natural photo sources of :mod:`frfsr_train.data.photos` into the cache folder.
 
     python train/fetch_photos.py                          # every source
     python train/fetch_photos.py --source wallpapers      # one (repeat --source for more)
@@ -7,7 +7,7 @@
 
 Files go to ``$FRFSR_CACHE/photos`` (else ``$XDG_CACHE_HOME/frfsr/photos``, else
 ``~/.cache/frfsr/photos``), are verified against the sizes and sha256 recorded in
-``frfsr.data.photos.SOURCES``, and are kept when already there (``--force`` fetches again).
+``frfsr_train.data.photos.SOURCES``, and are kept when already there (``--force`` fetches again).
 Prints, per source, the training and held-out photos it got. Exit code 1 if a source failed.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frfsr.data.photos import SOURCES, cache_dir, fetch, load_photo
+from frfsr_train.data.photos import SOURCES, cache_dir, fetch, load_photo
 
 
 def main(argv=None) -> int:

@@ -6,10 +6,10 @@
 
 The prior defaults to Real-ESRGAN x4plus as ``train/prior_rrdb.py`` converts it (from the cache).
 Training pairs: random ``--patch`` crops of the training photos of every source
-(:func:`frfsr.data.photos.train_photos`; photos wider than 1200 px at half size, as the held-out
+(:func:`frfsr_train.data.photos.train_photos`; photos wider than 1200 px at half size, as the held-out
 scenes are), LR = PIL bicubic x1/4, saved as a JPEG of quality 30-95 with probability
 ``--jpeg-prob``. Every ``--eval-every`` steps: PSNR-Y of the x4 net alone on held-out crops
-(clean and JPEG q70 LRs, :func:`frfsr.real_inputs.build_cases`). The output is an RRDBNet
+(clean and JPEG q70 LRs, :func:`frfsr_train.real_inputs.build_cases`). The output is an RRDBNet
 safetensors file (BasicSR names) that ``init.sife`` takes.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ EVAL_PHOTOS = ("skimage:coffee", "skimage:rocket", "wallpapers:ColorfulCups", "w
 def training_photos(names=None) -> dict[str, np.ndarray]:
     from PIL import Image
 
-    from frfsr.data.photos import load_photo, train_photos
+    from frfsr_train.data.photos import load_photo, train_photos
     out = {}
     for n in names or train_photos():
         a = load_photo(n)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     photos = training_photos(a.photos)
     cases = []
     if a.eval_every:
-        from frfsr.real_inputs import build_cases
+        from frfsr_train.real_inputs import build_cases
         cases = build_cases(photos=EVAL_PHOTOS, kinds=["clean", "jpeg70"], crops=2)
         print("step 0: held-out PSNR-Y alone", heldout_psnr(net, cases), flush=True)
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 `accelerate launch train/train.py --config train/configs/paper_stage1.yaml`.
 
 train/stage1.py and train/stage2.py run this script, refusing a config of the other stage.
-All logic lives in :mod:`frfsr.training`; see `--help` for the options.
+All logic lives in :mod:`frfsr_train.training`; see `--help` for the options.
 """
 import sys
 from pathlib import Path
@@ -12,7 +12,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frfsr.training.run import main
+from frfsr_train.training.run import main
 
 
 def launch(stage: int | None = None) -> None:

@@ -56,7 +56,7 @@ def main(argv=None, stage: int | None = None) -> int:
               file=sys.stderr)
         return 130
     except OSError as e:                      # disk full at a checkpoint, unreadable data, ...
-        from .._fs import describe_os_error
+        from frfsr._fs import describe_os_error
         return _fail(describe_os_error(e))
     except (ValueError, TypeError, RuntimeError, MemoryError) as e:   # data, init weights, resume, diverged loss
         return _fail(e)

@@ -12,9 +12,9 @@ at another zoom, in other light. :class:`ViewPairDataset` imitates that from one
   degrees, and, when ``max_perspective > 0``, seen at a slant: a random perspective warp that
   moves each Ref corner by up to ``max_perspective * ref_patch`` per axis; with ``antialias``
   the photo is low-pass filtered before a zoomed-out view is sampled (as a camera's optics
-  would); then colour-changed (:func:`frfsr.data.color_jitter`, brightness / contrast /
+  would); then colour-changed (:func:`frfsr_train.data.color_jitter`, brightness / contrast /
   saturation), quantised to 8 bits, and with probability ``p_shuffle`` cut into n x n
-  blocks that are shuffled (:func:`frfsr.data.shuffle_blocks`, n drawn from
+  blocks that are shuffled (:func:`frfsr_train.data.shuffle_blocks`, n drawn from
   ``shuffle_choices``);
 * with probability ``p_unrelated`` the Ref is a view of a *different* photo instead
   (``related=False``), so that a model learns to ignore irrelevant Refs;
@@ -26,9 +26,9 @@ correspondence: ``ref_coords`` (2, P, P), for every HR pixel its (x, y) position
 the Ref or the Ref is unrelated, and ``ref_valid`` (1, P, P), the mask of finite entries.
 With a perspective warp the map from HR to Ref pixels is a homography (``ref_homography``);
 ``ref_coords`` follow it exactly. This is what the contrastive texture-encoder training
-(:mod:`frfsr.training.contrastive`) learns from.
+(:mod:`frfsr_train.training.contrastive`) learns from.
 
-Photos: :mod:`frfsr.data.photos` holds the table of photo sources and their training /
+Photos: :mod:`frfsr_train.data.photos` holds the table of photo sources and their training /
 held-out splits. :func:`load_skimage_photos` reads the photographs bundled with scikit-image
 (``skimage.data``, no download); :data:`TRAIN_PHOTOS` are for training,
 :data:`HELDOUT_PHOTOS` are never trained on and feed :func:`heldout_pairs`, a fixed
@@ -53,11 +53,11 @@ from .photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, load_photos, load_skimage_phot
 __all__ = ["TRAIN_PHOTOS", "HELDOUT_PHOTOS", "DEFAULT_VIEW_JITTER", "HELDOUT_KINDS",
            "load_skimage_photos", "ViewPairDataset", "heldout_pairs"]
 
-#: Colour change of the Ref view (:func:`frfsr.data.color_jitter` strengths).
+#: Colour change of the Ref view (:func:`frfsr_train.data.color_jitter` strengths).
 DEFAULT_VIEW_JITTER = {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25}
 
 #: Kinds of :func:`heldout_pairs`: a relevant Ref, an unrelated Ref, and the relevant Ref
-#: block-shuffled 2x2 / 4x4 / 8x8 (:data:`frfsr.data.SHUFFLE_LEVELS`).
+#: block-shuffled 2x2 / 4x4 / 8x8 (:data:`frfsr_train.data.SHUFFLE_LEVELS`).
 HELDOUT_KINDS = ("relevant", "unrelated", "easy", "medium", "hard")
 
 def _rotation(theta: float) -> np.ndarray:
@@ -67,7 +67,7 @@ def _rotation(theta: float) -> np.ndarray:
 
 def _flip_matrix(size: int, hflip: bool, vflip: bool, rot90: int) -> np.ndarray:
     """3x3 matrix sending pixel (x, y, 1) of a ``size`` x ``size`` image to its place after
-    :func:`frfsr.data.flip_rot` (h-flip, then v-flip, then ``rot90`` quarter turns CCW)."""
+    :func:`frfsr_train.data.flip_rot` (h-flip, then v-flip, then ``rot90`` quarter turns CCW)."""
     n = size - 1
     m = np.eye(3)
     if hflip:
@@ -144,7 +144,7 @@ class ViewPairDataset(Dataset):
 
     Args:
         photos: ``name -> (H, W, 3) uint8`` array (e.g. from :func:`load_skimage_photos`), or
-            a list of photo names / image paths (:func:`frfsr.data.photos.load_photos`);
+            a list of photo names / image paths (:func:`frfsr_train.data.photos.load_photos`);
             every photo must be at least ``patch`` pixels on each side; two or more photos are
             needed when ``p_unrelated > 0``. Item ``i`` is cut from photo ``i % len(photos)``.
         patch: HR size (a multiple of 4); ``ref_patch``: Ref size (default ``patch``).

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import atomic_file, cache_root, digest
+from frfsr._fs import atomic_file, cache_root, digest
 
 __all__ = ["PhotoFile", "PhotoSource", "SOURCES", "PhotoNotFetched", "FETCH_SCRIPT", "cache_dir",
            "photo_names", "heldout_photos", "train_photos", "split_of", "resolve", "is_fetched", "fetch",

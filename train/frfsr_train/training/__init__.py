@@ -21,4 +21,4 @@ def __getattr__(name):
     if name == "build_stage2_model":
         from .stage2 import build_stage2_model
         return build_stage2_model
-    raise AttributeError(f"module 'frfsr.training' has no attribute {name!r}")
+    raise AttributeError(f"module 'frfsr_train.training' has no attribute {name!r}")

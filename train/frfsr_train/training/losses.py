@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..convert import load_checkpoint
-from ..models.vgg import imagenet_normalisation, vgg_layers
+from frfsr.convert import load_checkpoint
+from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
            "ImageDiscriminator", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty",

@@ -4,9 +4,9 @@ The texture encoder (two VGG16-like trunks up to conv3_1, :class:`frfsr.models.t
 only feeds the argmax of the patch matching, so the restoration loss gives it no gradient.
 Like C2-Matching's teacher, it is trained on its own, from pairs whose dense correspondence
 is known: an LR view (bicubic-upsampled exactly as :meth:`frfsr.FRFSR.match` does) and a Ref
-view of the same photo made by a known warp (:class:`frfsr.data.views.ViewPairDataset`).
+view of the same photo made by a known warp (:class:`frfsr_train.data.views.ViewPairDataset`).
 With ``degradation: {kind: realworld}`` the LR views are made on the training device by
-:class:`frfsr.data.realworld.RealWorldDegradation` (blur, resize, noise, JPEG) instead of
+:class:`frfsr_train.data.realworld.RealWorldDegradation` (blur, resize, noise, JPEG) instead of
 the bicubic ones, so that the LR trunk learns to match real, degraded inputs; the held-out
 evaluation keeps the bicubic LRs, comparable across runs.
 
@@ -45,9 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import ops
-from ..config import FRFSRConfig
-from ..models.texture_encoder import TextureEncoder
+from frfsr import ops
+from frfsr.config import FRFSRConfig
+from frfsr.models.texture_encoder import TextureEncoder
 
 __all__ = ["DEFAULT_CONFIG", "PREFIX", "lr_upsample", "texture_coords", "contrastive_loss", "matching_accuracy",
            "evaluate_encoder", "model_config", "merge_config", "degradation_from_config", "encoder_state_dict",
@@ -60,7 +60,7 @@ DEFAULT_CONFIG: dict = {
     # the FRFSR architecture the encoder is trained for (its vgg_widths set the encoder)
     "model": {"preset": "tiny", "overrides": {"ngf": 32, "vgg_widths": [32, 64, 128]}},
     "data": {
-        "photos": None,              # skimage.data names; None = frfsr.data.views.TRAIN_PHOTOS
+        "photos": None,              # skimage.data names; None = frfsr_train.data.views.TRAIN_PHOTOS
         "patch": 96,                 # HR / LR-up side (texture grid = patch / 4)
         "ref_patch": 96,
         "scale_range": [0.8, 1.25],
@@ -93,7 +93,7 @@ DEFAULT_CONFIG: dict = {
                                      # both from one VGG16); ignored with `init`
     },
     # how the training LR views are made: bicubic (the dataset's) or realworld (on the device;
-    # first / second / final: fields of frfsr.data.realworld.RealWorldOptions to change)
+    # first / second / final: fields of frfsr_train.data.realworld.RealWorldOptions to change)
     "degradation": {"kind": "bicubic", "first": {}, "second": {}, "final": {}},
     "eval": {"kinds": ["relevant", "medium", "unrelated"], "n": 12, "patch": 96, "seed": 0},
 }
@@ -181,7 +181,7 @@ def matching_accuracy(encoder: TextureEncoder, lr: torch.Tensor, ref: torch.Tens
     """How often the model's 3x3-patch argmax finds the true correspondence.
 
     ``lr`` (B, 3, h, w), ``ref`` (B, 3, H, W), ``ref_coords`` (B, 2, 4h, 4w) as from
-    :class:`frfsr.data.views.ViewPairDataset`. A valid LR texture position (the centre of a
+    :class:`frfsr_train.data.views.ViewPairDataset`. A valid LR texture position (the centre of a
     full 3x3 query patch whose true position is known and inside the Ref's texture grid) is
     correct when the centre of its best Ref patch is within ``tol`` texture pixels
     (Chebyshev) of the true position. Returns ``accuracy`` (NaN when nothing is valid),
@@ -213,7 +213,7 @@ def _stack_with_hr(pairs: list[dict]) -> dict:
 
 
 def degradation_from_config(config: dict):
-    """The :class:`frfsr.data.realworld.RealWorldDegradation` of ``config['degradation']``,
+    """The :class:`frfsr_train.data.realworld.RealWorldDegradation` of ``config['degradation']``,
     or None for ``kind: bicubic``. Bad kinds or options raise ``ValueError`` naming the key."""
     from ..data.realworld import RealWorldDegradation, RealWorldOptions
     d = dict(config.get("degradation") or {})
@@ -227,7 +227,7 @@ def degradation_from_config(config: dict):
 @torch.no_grad()
 def evaluate_encoder(encoder: TextureEncoder, eval_sets: dict[str, list[dict]], batch_size: int = 8) -> dict:
     """:func:`matching_accuracy` (pooled over items) and mean match score for each named list
-    of items (e.g. from :func:`frfsr.data.views.heldout_pairs`). Restores the train/eval mode."""
+    of items (e.g. from :func:`frfsr_train.data.views.heldout_pairs`). Restores the train/eval mode."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device

@@ -16,10 +16,10 @@ import re
 import torch
 import torch.nn as nn
 
-from ..config import FRFSRConfig
-from ..convert import convert_state_dict, detect_kind, load_checkpoint
-from ..models import FRFSR
-from ..models.restoration import STAGES
+from frfsr.config import FRFSRConfig
+from frfsr.convert import convert_state_dict, detect_kind, load_checkpoint
+from frfsr.models import FRFSR
+from frfsr.models.restoration import STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _load_part(model: FRFSR, part: str, state: dict, what: str, path) -> None:
 
 
 def build_stage1_model(cfg) -> FRFSR:
-    """The stage-1 model of a :class:`~frfsr.training.config.TrainConfig`, initialised and
+    """The stage-1 model of a :class:`~frfsr_train.training.config.TrainConfig`, initialised and
     with the texture encoder frozen, and the Ref extractor frozen unless
     ``model.train_ref_extractor`` (trainable: SIFE + restoration [+ Ref extractor])."""
     model = FRFSR(FRFSRConfig.preset(cfg.model.preset, **cfg.model.overrides))

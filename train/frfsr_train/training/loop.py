@@ -8,7 +8,7 @@ WGAN-GP adversarial loss with a discriminator step per generator step (C2-Matchi
 schedule). Learning rates follow MultiStep milestones counted in optimiser steps.
 
 With ``degradation.kind: realworld`` the LR of every micro-batch is made on the training
-device from its HR by :class:`frfsr.data.realworld.RealWorldDegradation` (the data's bicubic
+device from its HR by :class:`frfsr_train.data.realworld.RealWorldDegradation` (the data's bicubic
 LR is dropped); the Ref stays as the data gives it.
 
 Reproducibility: the data order and augmentations are a function of (seed, epoch, index)
@@ -95,7 +95,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         if t.ops_backend:
-            from .. import ops
+            from frfsr import ops
             ops.set_backend(t.ops_backend)
         self.csv = None
         trackers = []
@@ -494,7 +494,7 @@ class Trainer:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 path = self.unwrapped_model().save_pretrained(
-                    self.out / "final", description=f"FRFSR stage-{self.stage} weights trained with frfsr.training "
+                    self.out / "final", description=f"FRFSR stage-{self.stage} weights trained with frfsr_train.training "
                                                     f"({self.step} steps)")
                 logger.info("final weights exported to %s", path)
             acc.wait_for_everyone()

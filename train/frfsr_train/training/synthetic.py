@@ -1,4 +1,4 @@
-"""Small synthetic datasets of smooth random textures, in the layouts :mod:`frfsr.data` reads.
+"""Small synthetic datasets of smooth random textures, in the layouts :mod:`frfsr_train.data` reads.
 
 Each scene is a random canvas (low-frequency colour field + oriented stripes + blobs, so
 there is detail for a 4x model to recover); the HR is one crop of it and the Ref a

@@ -12,7 +12,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from ..models.vgg import VGGTrunk
+from frfsr.models.vgg import VGGTrunk
 from .losses import check_criterion, feature_distance
 
 __all__ = ["TRUNK_LAYERS", "TrunkPerceptualLoss"]

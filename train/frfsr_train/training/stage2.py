@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..models import FRFSR
+from frfsr.models import FRFSR
 from .build import freeze
 
 __all__ = ["build_stage2_model", "trainable_names"]

@@ -1,7 +1,7 @@
 """Real inputs on held-out photos: degraded LRs, Refs at another zoom or angle, no Ref at all.
 
 Every *kind* of input pairs one LR with one Ref, both cut from the held-out photos of
-:mod:`frfsr.data.photos` (never trained on; every source):
+:mod:`frfsr_train.data.photos` (never trained on; every source):
 
 * the *scene* is the photo at half its resolution (PIL bicubic), so that the full-resolution
   photo can serve as a Ref with twice the detail; the HR is a ``patch`` x ``patch`` crop of
@@ -26,7 +26,7 @@ Every *kind* of input pairs one LR with one Ref, both cut from the held-out phot
 :func:`evaluate` reports per model and kind the PSNR-Y / SSIM-Y (4-pixel border, float
 images) of bicubic, of the model with the kind's Ref, and of the model alone (the self Ref
 for the same LR), the gain (model - bicubic), the Ref gain (model - model alone) and the mean
-relevance (:attr:`frfsr.Correspondence.relevance`). ``frfsr evaluate --layout heldout`` and
+relevance (:attr:`frfsr.Correspondence.relevance`). ``python train/evaluate.py --layout heldout`` and
 ``benchmarks/eval_default.py`` run it and print a markdown table (:func:`markdown`).
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .devices import cpu_name
+from frfsr.devices import cpu_name
 
 __all__ = ["KINDS", "LR_KINDS", "BLUR_SIGMA", "NOISE_SIGMA", "SCENE_SCALE", "Case", "Scene", "load_scene",
            "crop_positions", "jpeg", "blur_noise", "degrade_lr", "make_ref", "ref_view", "build_cases", "evaluate",
@@ -89,7 +89,7 @@ class Scene:
 
 
 def load_scene(name: str) -> Scene:
-    """The :class:`Scene` of a photo (any name :func:`frfsr.data.photos.load_photo` takes)."""
+    """The :class:`Scene` of a photo (any name :func:`frfsr_train.data.photos.load_photo` takes)."""
     from .data.degrade import bicubic_resize
     from .data.photos import load_photo
     arr = load_photo(name)
@@ -263,7 +263,7 @@ def build_cases(photos=None, kinds=KINDS, patch: int = DEFAULT_PATCH, crops: int
                 seed: int = 0, sources=None) -> list[Case]:
     """Every (photo, crop, kind) :class:`Case`, a fixed function of the arguments. ``photos``:
     names (default: every held-out photo of ``sources``, all sources by default: a source
-    not fetched raises :class:`frfsr.data.photos.PhotoNotFetched`). ``unrelated`` needs two
+    not fetched raises :class:`frfsr_train.data.photos.PhotoNotFetched`). ``unrelated`` needs two
     photos or more."""
     from .data.photos import heldout_photos
     kinds = _check_kinds(kinds)
@@ -326,7 +326,7 @@ def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None, re
     unrelated Refs): a Ref that shows a quarter of the scene can only help there. ``ref_scales`` / ``ref_angles``: the Ref pyramid for the kinds' Refs
     (the self Ref of the model alone is matched as given). ``progress(done, total)``."""
     from .data.degrade import bicubic_upsample
-    from .metrics import psnr_y, ssim_y
+    from frfsr.metrics import psnr_y, ssim_y
     kinds = list(dict.fromkeys(c.kind for c in cases))
     per_case, rows = [], []
     total, done = len(models) * len(cases), 0
@@ -432,7 +432,7 @@ def add_arguments(p: argparse.ArgumentParser, weights_flag: bool = True) -> None
     g.add_argument("--ref-angles", type=float, nargs="+", metavar="DEG",
                    help="match every kind's Ref also rotated by these angles (degrees), e.g. 0 30 -30")
     g.add_argument("--sources", nargs="+", metavar="SRC",
-                   help="photo sources whose held-out photos are used (default: all; see frfsr.data.photos)")
+                   help="photo sources whose held-out photos are used (default: all; see frfsr_train.data.photos)")
     g.add_argument("--patch", type=int, default=DEFAULT_PATCH, help="HR crop side (default: %(default)s)")
     g.add_argument("--crops", type=int, default=DEFAULT_CROPS, help="crops per photo (default: %(default)s)")
     g.add_argument("--json", metavar="PATH", help="also write the rows and per-case values as JSON")
@@ -440,7 +440,7 @@ def add_arguments(p: argparse.ArgumentParser, weights_flag: bool = True) -> None
 
 
 def _load(weights: str, device: str):
-    from .models import FRFSR
+    from frfsr.models import FRFSR
     name = None if weights in (None, "default") else weights
     return FRFSR.from_pretrained(name, device=device).eval()
 

@@ -1,9 +1,9 @@
 """Evaluate a model on CUFED5 or a folder of (HR, Ref) pairs, as the Ref-SR literature does,
-or on the held-out photos with real-input kinds (:mod:`frfsr.real_inputs`).
+or on the held-out photos with real-input kinds (:mod:`frfsr_train.real_inputs`).
 
-    python -m frfsr.evaluate --model DIR --data ROOT --layout cufed5|pairs
+    python train/evaluate.py --model DIR --data ROOT --layout cufed5|pairs
                              [--levels 1,2,3,4,5] [--shuffle easy,medium,hard] --out DIR
-    python -m frfsr.evaluate --layout heldout [--weights A B] [--kinds clean jpeg50 ...]
+    python train/evaluate.py --layout heldout [--weights A B] [--kinds clean jpeg50 ...]
                              [--ref-scales 1 0.71 0.5] [--ref-angles 0 30 -30] [--json out.json]
 
 The LR is the HR (cropped to a multiple of 4) downsampled with PIL bicubic; the SR is
@@ -41,7 +41,7 @@ def _seed(*parts) -> int:
 
 
 def _load_model(path: str, device: str):
-    from .models import FRFSR
+    from frfsr.models import FRFSR
     return FRFSR.from_pretrained(path, device=device)
 
 
@@ -115,7 +115,7 @@ def evaluate(model, dataset, layout: str, levels=(1, 2, 3, 4, 5), shuffles=(), c
     from tqdm.auto import tqdm
 
     from .data import shuffle_blocks
-    from .metrics import psnr_y, ssim_y
+    from frfsr.metrics import psnr_y, ssim_y
     device, dtype = model.device, model.dtype
     conds = [("none", None)] + [(str(s), s) for s in shuffles]
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -220,14 +220,13 @@ def _shuffle_list(text: str) -> list:
 
 
 def configure_parser(p: argparse.ArgumentParser):
-    """Add the evaluation arguments to ``p``; returns ``run(args) -> exit code`` (the builder
-    signature of :func:`frfsr.cli.subcommand`)."""
+    """Add the evaluation arguments to ``p``; returns ``run(args) -> exit code``."""
     p.add_argument("--model", help="model folder (config.json + model.safetensors), "
                    "'frfsr-default' or a Hub repo id (required for cufed5 / pairs)")
     p.add_argument("--data", help="dataset root (cufed5 / pairs)")
     p.add_argument("--layout", required=True, choices=["cufed5", "pairs", "heldout"],
                    help="cufed5: ROOT/NNN_0 (HR) + NNN_1..5 (Refs); pairs: ROOT/hr/ + ROOT/ref/ or ROOT/NAME/{hr,ref}; "
-                        "heldout: the held-out photos of frfsr.data.photos with real-input kinds (JPEG, noisy LRs, "
+                        "heldout: the held-out photos of frfsr_train.data.photos with real-input kinds (JPEG, noisy LRs, "
                         "Refs at other zooms and angles; no --data)")
     p.add_argument("--levels", type=_int_list, default=[1, 2, 3, 4, 5], help="CUFED5 Ref levels (default 1,2,3,4,5)")
     p.add_argument("--shuffle", type=_shuffle_list, default=[], help="also evaluate with shuffled Refs: easy,medium,hard")
@@ -278,7 +277,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m frfsr.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python train/evaluate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     configure_parser(parser)
     args = parser.parse_args(argv)

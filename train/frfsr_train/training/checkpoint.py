@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .._fs import fsync
+from frfsr._fs import fsync
 
 __all__ = ["CKPT_DIR", "STATE_FILE", "checkpoint_name", "save_checkpoint", "resolve_checkpoint",
            "list_checkpoints", "read_trainer_state", "remove_stale"]

@@ -3,7 +3,7 @@
 Every item is a dict of CHW float32 tensors in [0, 1] plus strings:
 
 * ``hr``: the HR image, cropped to a multiple of ``scale`` (bottom / right, see
-  :func:`frfsr.data.degrade.modcrop`);
+  :func:`frfsr_train.data.degrade.modcrop`);
 * ``lr``: ``hr`` downsampled by ``scale`` with PIL bicubic on 8-bit data (the C2-Matching
   protocol, bit-exact); ``lr_up``: ``lr`` bicubic-upsampled back to the HR size;
 * ``ref`` / ``ref_lr`` / ``ref_down_up``: the reference image (cropped to a multiple of

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from ..ops.custom_ops import BACKENDS as OPS_BACKENDS
+from frfsr.ops.custom_ops import BACKENDS as OPS_BACKENDS
 
 __all__ = ["ConfigError", "ModelSection", "SyntheticSection", "ViewsSection", "DataSection", "DegradationSection",
            "OptimSection", "LossSection", "InitSection", "TrainSection", "TrainConfig", "load_config", "parse_overrides",
@@ -56,12 +56,12 @@ class SyntheticSection:
 
 @dataclass
 class ViewsSection:
-    """Ref/LR pairs made from single photos (:class:`frfsr.data.views.ViewPairDataset`): the Ref
+    """Ref/LR pairs made from single photos (:class:`frfsr_train.data.views.ViewPairDataset`): the Ref
     is another view of the same scene (offset, zoom, rotation, optional perspective warp,
     colour change, optional block shuffle), or with probability ``p_unrelated`` a view of
     another photo."""
 
-    photos: Optional[list] = None       # skimage.data names; null = frfsr.data.views.TRAIN_PHOTOS
+    photos: Optional[list] = None       # skimage.data names; null = frfsr_train.data.views.TRAIN_PHOTOS
     ref_patch: Optional[int] = None     # Ref side; null = data.patch
     length: int = 2000                  # items per epoch (drawn afresh from the photos)
     scale_range: list = field(default_factory=lambda: [0.8, 1.25])
@@ -94,20 +94,20 @@ class DataSection:
 class DegradationSection:
     """How the LR of each training batch is made from its HR. ``bicubic``: the data's own LR
     (PIL bicubic x1/4 of the 8-bit HR, the paper's protocol). ``realworld``: made on the
-    training device by :class:`frfsr.data.realworld.RealWorldDegradation` (blur, resize,
+    training device by :class:`frfsr_train.data.realworld.RealWorldDegradation` (blur, resize,
     noise and JPEG twice, then resize to HR/4 and JPEG); ``first`` / ``second`` / ``final``
-    change the fields of its :class:`~frfsr.data.realworld.RealWorldOptions` (missing ones keep
+    change the fields of its :class:`~frfsr_train.data.realworld.RealWorldOptions` (missing ones keep
     their defaults); ``clean_prob``: the share of samples that keep the data's bicubic LR, so
     that a model trained for degraded LRs stays good on clean ones."""
 
     kind: str = "bicubic"
-    first: dict = field(default_factory=dict)     # frfsr.data.realworld.DegradationStage fields, first round
+    first: dict = field(default_factory=dict)     # frfsr_train.data.realworld.DegradationStage fields, first round
     second: dict = field(default_factory=dict)    # the same, second round
-    final: dict = field(default_factory=dict)     # frfsr.data.realworld.FinalStage fields
+    final: dict = field(default_factory=dict)     # frfsr_train.data.realworld.FinalStage fields
     clean_prob: float = 0.0                       # share of samples that keep the bicubic LR
 
     def options(self):
-        """The :class:`~frfsr.data.realworld.RealWorldOptions` of these keys."""
+        """The :class:`~frfsr_train.data.realworld.RealWorldOptions` of these keys."""
         from ..data.realworld import RealWorldOptions
         return RealWorldOptions.from_dict({"first": self.first, "second": self.second, "final": self.final,
                                            "clean_prob": self.clean_prob}, prefix="degradation.")
@@ -223,7 +223,7 @@ class TrainConfig:
         if self.stage == 1:
             if self.model is None:
                 self.model = ModelSection()
-            from ..config import PRESETS, FRFSRConfig
+            from frfsr.config import PRESETS, FRFSRConfig
             if self.model.preset not in PRESETS:
                 fail(f"model.preset must be one of {', '.join(sorted(PRESETS))}; got {self.model.preset!r}")
             if self.model.overrides.get("stage", 1) != 1:
