@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import logging
 import math
 import sys
@@ -29,15 +28,13 @@ from pathlib import Path
 
 import torch
 
+from .seeds import seed_of
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate", "summarize", "format_table", "configure_parser", "add_evaluate_parser", "main"]
 
 FIELDS = ("name", "method", "ref_level", "shuffle", "psnr", "ssim", "lpips", "relevance")
-
-
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(",".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 def _load_model(path: str, device: str):
@@ -137,7 +134,7 @@ def evaluate(model, dataset, layout: str, levels=(1, 2, 3, 4, 5), shuffles=(), c
             for shuffle_name, shuffle in conds:
                 r = ref
                 if shuffle is not None:
-                    g = torch.Generator().manual_seed(_seed(seed, name, level, shuffle_name))
+                    g = torch.Generator().manual_seed(seed_of(seed, name, level, shuffle_name))
                     r = shuffle_blocks(ref, shuffle, generator=g)
                 corr = model.match(lr, r.to(device, dtype)[None])
                 sr = model.restore(lr, model.align(corr)).sr[0].float().clamp(0, 1).cpu()

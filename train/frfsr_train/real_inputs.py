@@ -32,7 +32,6 @@ relevance (:attr:`frfsr.Correspondence.relevance`). ``python train/evaluate.py -
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -46,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from frfsr.devices import cpu_name
+
+from .seeds import seed_of
 
 __all__ = ["KINDS", "LR_KINDS", "BLUR_SIGMA", "NOISE_SIGMA", "SCENE_SCALE", "Case", "Scene", "load_scene",
            "crop_positions", "jpeg", "blur_noise", "degrade_lr", "make_ref", "ref_view", "build_cases", "evaluate",
@@ -64,10 +65,6 @@ _BORDER = 4                 # pixels left out of every metric per side (psnr_y's
 # Ref kind -> (field of view: the HR's side / this, rotation in degrees, Ref pixels per scene pixel)
 _REF_GEOMETRY = {"ref_zoom0.5": (0.5, 0.0, 0.5), "ref_zoom2": (2.0, 0.0, 2.0), "ref_detail2": (1.0, 0.0, 2.0),
                  "ref_rot15": (1.0, 15.0, 1.0), "ref_rot30": (1.0, 30.0, 1.0)}
-
-
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(",".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 def _check_kinds(kinds) -> tuple[str, ...]:
@@ -105,7 +102,7 @@ def crop_positions(scene: Scene, patch: int, n: int, seed: int = 0, min_std: flo
     _, h, w = scene.scene.shape
     if min(h, w) < patch:
         raise ValueError(f"{scene.name}: its scene ({h}x{w}, the photo at {SCENE_SCALE}) is smaller than patch={patch}")
-    g = torch.Generator().manual_seed(_seed("crops", scene.name, patch, n, seed))
+    g = torch.Generator().manual_seed(seed_of("crops", scene.name, patch, n, seed))
     out = []
     for _ in range(n):
         for _ in range(20):
@@ -283,7 +280,7 @@ def build_cases(photos=None, kinds=KINDS, patch: int = DEFAULT_PATCH, crops: int
             for kind in kinds:
                 lr_kind = kind if kind in LR_KINDS else "clean"
                 if lr_kind not in lrs:
-                    lrs[lr_kind] = degrade_lr(hr8, lr_kind, _seed("lr", sc.name, j, lr_kind, seed))
+                    lrs[lr_kind] = degrade_lr(hr8, lr_kind, seed_of("lr", sc.name, j, lr_kind, seed))
                 lr = lrs[lr_kind]
                 ref_photo, footprint = sc.name, None
                 if kind == "self":

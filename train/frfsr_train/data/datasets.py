@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..seeds import ITEM, mix_seed
 from .augment import SHUFFLE_LEVELS, color_jitter, flip_rot, sample_flip_rot, shuffle_blocks
 from .degrade import bicubic_downsample, bicubic_upsample, modcrop
 
@@ -203,7 +204,7 @@ class CUFEDTrainDataset(Dataset):
     def _generator(self, index: int) -> torch.Generator | None:
         if self.seed is None:
             return None
-        return torch.Generator().manual_seed((int(self.seed) * 1_000_003 + index) % (2 ** 63))
+        return torch.Generator().manual_seed(mix_seed(ITEM, self.seed, index))
 
     def _crop(self, img: torch.Tensor, path: Path, g) -> torch.Tensor:
         img = modcrop(img, self.scale)

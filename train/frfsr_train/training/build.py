@@ -153,9 +153,9 @@ def generator_param_groups(model: nn.Module, optim) -> list[dict]:
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups[offset_level(name) or "base"].append(p)
-    lrs = {"base": optim.lr, "large": optim.lr_offset_large, "medium": optim.lr_offset_medium,
-           "small": optim.lr_offset_small}
-    return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
+    learning_rates = {"base": optim.lr, "large": optim.lr_offset_large, "medium": optim.lr_offset_medium,
+                      "small": optim.lr_offset_small}
+    return [{"params": ps, "lr": learning_rates[k], "name": k} for k, ps in groups.items() if ps]
 
 
 class GeneratorNet(nn.Module):

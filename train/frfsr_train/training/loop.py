@@ -1,11 +1,9 @@
-"""The training loop shared by stage 1 and stage 2, on Accelerate.
+"""The training loop of the restoration net, on Accelerate: :class:`Trainer` (stage 1; stage 2
+is its subclass :class:`frfsr_train.training.stage2.Stage2Trainer`).
 
 One optimiser step = ``train.grad_accum`` micro-batches of ``data.batch_size`` per process
 (global batch ``batch_size x grad_accum x processes``). Stage 1 minimises the L1
-reconstruction loss. Stage 2 feeds the frozen stage-1 net's HR feature to the stage-2 net
-and, after ``loss.l1_warmup_steps`` L1-only steps, adds the VGG19 perceptual loss and the
-WGAN-GP adversarial loss with a discriminator step per generator step (C2-Matching's
-schedule). Learning rates follow MultiStep milestones counted in optimiser steps.
+reconstruction loss. Learning rates follow MultiStep milestones counted in optimiser steps.
 
 With ``degradation.kind: realworld`` the LR of every micro-batch is made on the training
 device from its HR by :class:`frfsr_train.data.realworld.RealWorldDegradation` (the data's bicubic
@@ -16,7 +14,7 @@ only (each epoch's dataset is seeded and its permutation drawn from a seeded gen
 a resumed run sees exactly the batches an uninterrupted one would; the real-world
 degradations come from a generator seeded by (seed, micro-batch, rank), on the training
 device; the gradient penalty's interpolation weights come from a generator seeded by
-(seed, step, rank).
+(seed, step, rank) (:mod:`frfsr_train.seeds`, one stream each).
 """
 from __future__ import annotations
 
@@ -36,6 +34,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import seeds
+from ..seeds import mix_seed
 from .build import GeneratorNet, build_stage1_model, generator_param_groups
 from .checkpoint import (CKPT_DIR, list_checkpoints, read_trainer_state, remove_stale, resolve_checkpoint,
                          save_checkpoint)
@@ -71,19 +71,24 @@ def state_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _mix(*ints: int) -> int:
-    """A deterministic 63-bit seed from integers."""
-    h = hashlib.sha256(",".join(str(i) for i in ints).encode()).digest()
-    return int.from_bytes(h[:8], "little") >> 1
-
-
-_DEGRADE_STREAM = 0xDE6                 # keeps the degradation seeds apart from the others
-
-
 class Trainer:
-    """Builds the model, optimisers, schedulers and data of a :class:`TrainConfig` and runs
+    """Builds the model, optimiser, scheduler and data of a :class:`TrainConfig` and runs
     :meth:`fit`. :meth:`train_step` runs one optimiser step on given micro-batches (used by
-    the benchmark)."""
+    the benchmark).
+
+    This class trains stage 1 (the L1 reconstruction loss); what stage 2 adds (the frozen
+    stage-1 net, the perceptual and adversarial losses, the discriminator and its step) is
+    :class:`frfsr_train.training.stage2.Stage2Trainer`, which ``Trainer(cfg)`` returns for a
+    stage-2 config. The stage-specific parts are the methods :meth:`_build_model`,
+    :meth:`_build_stage_parts`, :meth:`_prepare`, :meth:`_adversarial`,
+    :meth:`_generator_losses`, :meth:`_discriminator_step`, :meth:`_learning_rates` and
+    :meth:`_rank_state`."""
+
+    def __new__(cls, cfg: TrainConfig, accelerator: Accelerator | None = None):
+        if cls is Trainer and cfg.stage == 2:
+            from .stage2 import Stage2Trainer
+            cls = Stage2Trainer
+        return super().__new__(cls)
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None):
         self.cfg = cfg
@@ -116,11 +121,7 @@ class Trainer:
                            "`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`")
         set_seed(t.seed)                    # identical initialisation on every process
         self._build_models()
-        if self.stage == 1:
-            self.net, self.opt_g = acc.prepare(self.net, self.opt_g)
-        else:
-            self.net, self.disc, self.opt_g, self.opt_d = acc.prepare(self.net, self.disc, self.opt_g, self.opt_d)
-            self.perceptual.to(acc.device)
+        self._prepare()
         acc.register_for_checkpointing(*self.schedulers)
         set_seed(t.seed, device_specific=True)
         self.degrade = None                 # real-world LR maker (degradation.kind: realworld)
@@ -133,12 +134,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ construction
     def _build_models(self) -> None:
-        cfg, o, l = self.cfg, self.cfg.optim, self.cfg.loss
-        if self.stage == 1:
-            model = build_stage1_model(cfg)
-        else:
-            from .stage2 import build_stage2_model
-            model = build_stage2_model(cfg.init.stage1, cfg.init.from_stage1, reuse=cfg.init.reuse)
+        o = self.cfg.optim
+        model = self._build_model()
         model.check_inputs = False          # no host syncs for NaN checks in the hot loop
         self.model = model
         self.net = GeneratorNet(model).train()
@@ -146,19 +143,18 @@ class Trainer:
         self.opt_g = torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, o.milestones, o.gamma)
         self.schedulers = [self.sched_g]
-        if self.stage == 2:
-            from .losses import ImageDiscriminator, PerceptualLoss
-            self.disc = ImageDiscriminator(ndf=l.disc_ndf).train()
-            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_d, betas=tuple(o.betas_d))
-            self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, o.milestones, o.gamma)
-            self.schedulers.append(self.sched_d)
-            if l.perceptual_net == "ref_extractor":
-                from .perceptual import TrunkPerceptualLoss
-                self.perceptual = TrunkPerceptualLoss(model.ref_extractor.vgg, l.perceptual_layer, weight=l.perceptual,
-                                                      criterion=l.perceptual_criterion)
-            else:
-                self.perceptual = PerceptualLoss(l.perceptual_layer, weight=l.perceptual,
-                                                 criterion=l.perceptual_criterion, vgg_weights=l.vgg19_weights)
+        self._build_stage_parts()
+
+    def _build_model(self):
+        """The :class:`FRFSR` to train."""
+        return build_stage1_model(self.cfg)
+
+    def _build_stage_parts(self) -> None:
+        """What the stage adds to the generator and its optimiser (stage 1: nothing)."""
+
+    def _prepare(self) -> None:
+        """Hand the modules and optimisers to Accelerate (device placement, DDP)."""
+        self.net, self.opt_g = self.acc.prepare(self.net, self.opt_g)
 
     # ------------------------------------------------------------------ data
     def _data_root(self) -> Path | None:
@@ -184,7 +180,7 @@ class Trainer:
         return root
 
     def _epoch_seed(self, epoch: int) -> int:
-        return _mix(self.cfg.train.seed, epoch) % (2 ** 31)
+        return mix_seed(seeds.EPOCH, self.cfg.train.seed, epoch) % (2 ** 31)
 
     def _dataset(self, epoch: int):
         d = self.cfg.data
@@ -259,26 +255,32 @@ class Trainer:
         the HR's device; the same for the same (seed, micro, rank). ``clean``: the data's LR,
         kept for a share ``degradation.clean_prob`` of the samples."""
         from ..data.realworld import device_generator
-        g = device_generator(hr.device, _mix(self.cfg.train.seed, micro, self.acc.process_index, _DEGRADE_STREAM))
+        g = device_generator(hr.device, mix_seed(seeds.DEGRADATION, self.cfg.train.seed, micro, self.acc.process_index))
         with torch.no_grad():
             return self.degrade(hr, generator=g, clean=clean)
 
     # ------------------------------------------------------------------ one step
-    def _generator_losses(self, sr, hr, full: bool) -> dict[str, torch.Tensor]:
-        l = self.cfg.loss
-        losses = {"l1": l.pixel * F.l1_loss(sr, hr)}
-        if full:
-            from .losses import wgan_generator_loss
-            losses["perceptual"] = self.perceptual(sr, hr)
-            losses["adversarial"] = l.adversarial * wgan_generator_loss(self.acc.unwrap_model(self.disc)(sr))
-        return losses
+    def _adversarial(self, step: int) -> bool:
+        """Whether optimiser step ``step`` trains against a discriminator (stage 1: never)."""
+        return False
+
+    def _before_generator_step(self, adversarial: bool) -> None:
+        """Called before the generator's micro-batches of a step (stage 1: nothing to do)."""
+
+    def _generator_losses(self, sr, hr, adversarial: bool) -> dict[str, torch.Tensor]:
+        """The generator's losses of one micro-batch (stage 1: the L1 reconstruction loss)."""
+        return {"l1": self.cfg.loss.pixel * F.l1_loss(sr, hr)}
+
+    def _discriminator_step(self, batches: list[dict], fakes: list[torch.Tensor], step: int, adversarial: bool,
+                            add) -> None:
+        """What follows the generator's update in a step (stage 1: nothing)."""
 
     def train_step(self, batches: list[dict]) -> dict[str, torch.Tensor]:
         """One optimiser step over the given micro-batches (dicts of device tensors ``hr``,
         ``lr``, ``ref``); returns the step's losses averaged over the micro-batches."""
         acc, o = self.acc, self.cfg.optim
         step = self.step + 1
-        full = self.stage == 2 and step > self.cfg.loss.l1_warmup_steps
+        adversarial = self._adversarial(step)
         k = len(batches)
         logs: dict[str, torch.Tensor] = {}
 
@@ -286,47 +288,27 @@ class Trainer:
             logs[name] = logs.get(name, 0.0) + value.detach().float() / k
 
         self.net.train()
-        if full:
-            self.disc.requires_grad_(False)
+        self._before_generator_step(adversarial)
         self.opt_g.zero_grad(set_to_none=True)
         fakes = []
         for i, b in enumerate(batches):
             with acc.no_sync(self.net) if i < k - 1 else nullcontext():
                 with acc.autocast():
                     sr = self.net(b["lr"], b["ref"])
-                    losses = self._generator_losses(sr, b["hr"], full)
+                    losses = self._generator_losses(sr, b["hr"], adversarial)
                     total = sum(losses.values())
                 acc.backward(total / k)
             for name, v in losses.items():
                 add(name, v)
             add("g_total", total)
-            if full:
+            if adversarial:
                 fakes.append(sr.detach())
         self._check_finite(step, logs)
         if o.max_grad_norm:
             acc.clip_grad_norm_(self.net.parameters(), o.max_grad_norm)
         self.opt_g.step()
         self.sched_g.step()
-
-        if self.stage == 2:
-            if full:
-                from .losses import wgan_gp_losses
-                self.disc.requires_grad_(True)
-                self.opt_d.zero_grad(set_to_none=True)
-                g = torch.Generator().manual_seed(_mix(self.cfg.train.seed, step, acc.process_index))
-                for i, (b, fake) in enumerate(zip(batches, fakes)):
-                    with acc.no_sync(self.disc) if i < k - 1 else nullcontext():
-                        with acc.autocast():
-                            d = wgan_gp_losses(self.disc, b["hr"], fake, gp_weight=self.cfg.loss.gradient_penalty,
-                                               generator=g)
-                        acc.backward(d["d_loss"] / k)
-                    for name in ("d_loss", "d_wgan", "gp", "d_real", "d_fake"):
-                        add(name, d[name])
-                self.opt_d.step()
-                self._sync_disc_buffers()
-            with warnings.catch_warnings():     # during the warm-up the scheduler steps without the optimiser
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                self.sched_d.step()             # the schedule counts iterations, warm-up included
+        self._discriminator_step(batches, fakes, step, adversarial, add)
         self.step = step
         return logs
 
@@ -343,13 +325,6 @@ class Trainer:
                 f"the loss is not finite at step {step} ({values}); training stopped before this step's update. "
                 f"The last good checkpoint is {last if last else 'none (no checkpoint was saved yet)'}; lower "
                 "optim.lr, set optim.max_grad_norm or train.mixed_precision: no, and resume from it")
-
-    def _sync_disc_buffers(self) -> None:
-        """Give every process rank 0's BatchNorm running statistics of the discriminator (DDP
-        broadcasts them only at the start of its own forwards)."""
-        if self.acc.num_processes > 1:
-            for buf in self.acc.unwrap_model(self.disc).buffers():
-                torch.distributed.broadcast(buf.data, src=0)
 
     # ------------------------------------------------------------------ checkpoints
     def trainer_state(self) -> dict:
@@ -427,19 +402,20 @@ class Trainer:
         """Write this process's weight hashes to ``<output_dir>/rank_state/rank<i>.json`` (tests)."""
         p = Path(path or self.out / "rank_state")
         p.mkdir(parents=True, exist_ok=True)
-        info = {"step": self.step, "rank": self.acc.process_index, "generator": state_hash(self.unwrapped_model())}
-        if self.stage == 2:
-            info["discriminator"] = state_hash(self.acc.unwrap_model(self.disc))
+        info = {"step": self.step, "rank": self.acc.process_index, "generator": state_hash(self.unwrapped_model()),
+                **self._rank_state()}
         f = p / f"rank{self.acc.process_index}.json"
         f.write_text(json.dumps(info, indent=2) + "\n")
         return f
 
+    def _rank_state(self) -> dict[str, str]:
+        """Hashes of the stage's other trained modules (stage 1: none)."""
+        return {}
+
     # ------------------------------------------------------------------ the loop
-    def _lrs(self) -> dict[str, float]:
-        out = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.opt_g.param_groups)}
-        if self.stage == 2:
-            out["lr_d"] = self.opt_d.param_groups[0]["lr"]
-        return out
+    def _learning_rates(self) -> dict[str, float]:
+        """The current learning rate of each parameter group, as logged (``lr_<group>``)."""
+        return {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.opt_g.param_groups)}
 
     def fit(self, resume: str | None = None, stop_after: int | None = None) -> bool:
         """Train to ``train.max_steps``, checkpointing every ``train.checkpoint_every`` steps
@@ -477,7 +453,7 @@ class Trainer:
                     now = time.perf_counter()
                     values["samples_per_s"] = (step - tick_step) * k * bs * acc.num_processes / max(now - tick, 1e-9)
                     values["epoch"] = self.micro // self.batches_per_epoch
-                    values.update(self._lrs())
+                    values.update(self._learning_rates())
                     tick, tick_step = now, step
                     acc.log(values, step=step)
                     bar.set_postfix({n: f"{values[n]:.4g}" for n in ("l1", "perceptual", "adversarial", "d_loss")

@@ -1,17 +1,27 @@
-"""Stage 2 (paper III-A, eq. 1-4): assemble the feature-reuse model from a stage-1 export.
+"""Stage 2 (paper III-A, eq. 1-4): the feature-reuse model built from a stage-1 export, and
+its trainer.
 
 The stage-1 restoration net becomes the frozen ``reuse_net`` whose 64-channel HR feature
 the stage-2 net fuses; the texture encoder, the Ref extractor and the SIFE are taken from
-stage 1 and frozen too. Only ``model.restoration`` (the stage-2 net) is trained.
+stage 1 and frozen too. Only ``model.restoration`` (the stage-2 net) is trained, with L1
+during the first ``loss.l1_warmup_steps`` steps, then L1 + perceptual + WGAN-GP with a
+discriminator step per generator step (C2-Matching's schedule).
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from contextlib import nullcontext
+
+import torch
 
 from frfsr.models import FRFSR
-from .build import freeze
 
-__all__ = ["build_stage2_model", "trainable_names"]
+from .build import freeze
+from .. import seeds
+from .loop import Trainer, state_hash
+
+__all__ = ["build_stage2_model", "trainable_names", "Stage2Trainer"]
 
 
 def build_stage2_model(stage1_dir, from_stage1: bool = True, reuse: bool = True) -> FRFSR:
@@ -58,3 +68,85 @@ def build_stage2_model(stage1_dir, from_stage1: bool = True, reuse: bool = True)
 
 def trainable_names(model) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+class Stage2Trainer(Trainer):
+    """The stage-2 :class:`~frfsr_train.training.loop.Trainer` (``Trainer(cfg)`` returns one
+    for a stage-2 config): the model from :func:`build_stage2_model`, a discriminator with its
+    own Adam and MultiStep schedule, and the perceptual and adversarial generator losses after
+    the L1 warm-up."""
+
+    def _build_model(self) -> FRFSR:
+        i = self.cfg.init
+        return build_stage2_model(i.stage1, i.from_stage1, reuse=i.reuse)
+
+    def _build_stage_parts(self) -> None:
+        from .losses import ImageDiscriminator, PerceptualLoss
+        o, l = self.cfg.optim, self.cfg.loss
+        self.disc = ImageDiscriminator(ndf=l.disc_ndf).train()
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_d, betas=tuple(o.betas_d))
+        self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, o.milestones, o.gamma)
+        self.schedulers.append(self.sched_d)
+        if l.perceptual_net == "ref_extractor":
+            from .perceptual import TrunkPerceptualLoss
+            self.perceptual = TrunkPerceptualLoss(self.model.ref_extractor.vgg, l.perceptual_layer,
+                                                  weight=l.perceptual, criterion=l.perceptual_criterion)
+        else:
+            self.perceptual = PerceptualLoss(l.perceptual_layer, weight=l.perceptual,
+                                             criterion=l.perceptual_criterion, vgg_weights=l.vgg19_weights)
+
+    def _prepare(self) -> None:
+        self.net, self.disc, self.opt_g, self.opt_d = self.acc.prepare(self.net, self.disc, self.opt_g, self.opt_d)
+        self.perceptual.to(self.acc.device)
+
+    def _adversarial(self, step: int) -> bool:
+        return step > self.cfg.loss.l1_warmup_steps
+
+    def _before_generator_step(self, adversarial: bool) -> None:
+        if adversarial:
+            self.disc.requires_grad_(False)
+
+    def _generator_losses(self, sr, hr, adversarial: bool) -> dict[str, torch.Tensor]:
+        losses = super()._generator_losses(sr, hr, adversarial)
+        if adversarial:
+            from .losses import wgan_generator_loss
+            losses["perceptual"] = self.perceptual(sr, hr)
+            losses["adversarial"] = self.cfg.loss.adversarial * wgan_generator_loss(
+                self.acc.unwrap_model(self.disc)(sr))
+        return losses
+
+    def _discriminator_step(self, batches, fakes, step, adversarial, add) -> None:
+        """A WGAN-GP step of the discriminator on the step's fakes (after the warm-up); its
+        schedule counts every step, warm-up included."""
+        acc, k = self.acc, len(batches)
+        if adversarial:
+            from .losses import wgan_gp_losses
+            self.disc.requires_grad_(True)
+            self.opt_d.zero_grad(set_to_none=True)
+            g = torch.Generator().manual_seed(seeds.mix_seed(seeds.GRADIENT_PENALTY, self.cfg.train.seed, step, acc.process_index))
+            for i, (b, fake) in enumerate(zip(batches, fakes)):
+                with acc.no_sync(self.disc) if i < k - 1 else nullcontext():
+                    with acc.autocast():
+                        d = wgan_gp_losses(self.disc, b["hr"], fake, gp_weight=self.cfg.loss.gradient_penalty,
+                                           generator=g)
+                    acc.backward(d["d_loss"] / k)
+                for name in ("d_loss", "d_wgan", "gp", "d_real", "d_fake"):
+                    add(name, d[name])
+            self.opt_d.step()
+            self._sync_disc_buffers()
+        with warnings.catch_warnings():     # during the warm-up the scheduler steps without the optimiser
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.sched_d.step()
+
+    def _sync_disc_buffers(self) -> None:
+        """Give every process rank 0's BatchNorm running statistics of the discriminator (DDP
+        broadcasts them only at the start of its own forwards)."""
+        if self.acc.num_processes > 1:
+            for buf in self.acc.unwrap_model(self.disc).buffers():
+                torch.distributed.broadcast(buf.data, src=0)
+
+    def _rank_state(self) -> dict[str, str]:
+        return {"discriminator": state_hash(self.acc.unwrap_model(self.disc))}
+
+    def _learning_rates(self) -> dict[str, float]:
+        return {**super()._learning_rates(), "lr_d": self.opt_d.param_groups[0]["lr"]}
