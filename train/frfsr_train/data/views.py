@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from .degrade import bicubic_downsample
 # the photo table lives in .photos; these names stay importable from here
 from .photos import HELDOUT_PHOTOS, TRAIN_PHOTOS, load_photos, load_skimage_photos
 
-__all__ = ["TRAIN_PHOTOS", "HELDOUT_PHOTOS", "DEFAULT_VIEW_JITTER", "HELDOUT_KINDS",
+__all__ = ["TRAIN_PHOTOS", "HELDOUT_PHOTOS", "DEFAULT_VIEW_JITTER", "HELDOUT_KINDS", "ViewOptions",
            "load_skimage_photos", "ViewPairDataset", "heldout_pairs"]
 
 #: Colour change of the Ref view (:func:`frfsr_train.data.color_jitter` strengths).
@@ -59,6 +60,27 @@ DEFAULT_VIEW_JITTER = {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25}
 #: Kinds of :func:`heldout_pairs`: a relevant Ref, an unrelated Ref, and the relevant Ref
 #: block-shuffled 2x2 / 4x4 / 8x8 (:data:`frfsr_train.data.SHUFFLE_LEVELS`).
 HELDOUT_KINDS = ("relevant", "unrelated", "easy", "medium", "hard")
+
+
+@dataclass
+class ViewOptions:
+    """How a Ref view is made (see :class:`ViewPairDataset`), with the defaults of every user:
+    the dataset's arguments, the ``data.views`` section of a restoration-net config and the
+    ``data`` section of an encoder config (which changes three of them) start from these."""
+
+    scale_range: list = field(default_factory=lambda: [0.8, 1.25])   # Ref zoom (Ref pixels per photo pixel)
+    max_rotation: float = 10.0          # degrees
+    max_offset: float = 0.25            # fraction of the patch, per axis
+    max_perspective: float = 0.0        # corner moves of a perspective warp, fraction of ref_patch (0 = none)
+    antialias: bool = False             # low-pass the photo before sampling zoomed-out (zoom < 1) views
+    color: bool = True                  # brightness / contrast / saturation change of the Ref
+    p_shuffle: float = 0.0              # probability of a block-shuffled Ref
+    shuffle_choices: list = field(default_factory=lambda: [2, 4, 8])  # its blocks per side, drawn uniformly
+    p_unrelated: float = 0.2            # probability of a Ref cut from another photo
+
+
+_VIEW = ViewOptions()
+
 
 def _rotation(theta: float) -> np.ndarray:
     c, s = math.cos(theta), math.sin(theta)
@@ -153,11 +175,9 @@ class ViewPairDataset(Dataset):
         max_rotation: Ref rotation bound in degrees; ``max_offset``: Ref centre offset bound,
             as a fraction of ``patch``, per axis.
         max_perspective: perspective warp of the Ref, how far each of its corners moves (per
-            axis, uniformly drawn) as a fraction of ``ref_patch``, in [0, 0.25]; 0 (default):
-            no warp, the views of earlier versions exactly.
+            axis, uniformly drawn) as a fraction of ``ref_patch``, in [0, 0.25]; 0: no warp.
         antialias: blur the photo with a Gaussian before sampling a zoomed-out Ref (zoom < 1;
             sigma ``0.5 * sqrt(1 / zoom^2 - 1)`` photo pixels), so that it is not aliased.
-            Off by default (the views of earlier versions).
         color: colour-change the Ref (``True`` for :data:`DEFAULT_VIEW_JITTER`, a dict of
             :func:`color_jitter` strengths, or ``False``).
         p_shuffle, shuffle_choices: probability of block-shuffling the Ref and the numbers of
@@ -168,6 +188,8 @@ class ViewPairDataset(Dataset):
         min_std: redraw HR crops (up to 10 times) whose standard deviation is below this.
         seed: ``None`` uses the global torch RNG; an int makes every item a fixed function of
             ``(seed, index)``.
+
+    The view arguments' defaults are those of :class:`ViewOptions`.
 
     Item keys: ``hr`` (3, P, P), ``lr`` (3, P/4, P/4), ``ref`` (3, R, R), float32 in [0, 1];
     ``related`` (bool); ``ref_coords`` (2, P, P) float32, (x, y) in Ref pixels or NaN;
@@ -180,10 +202,11 @@ class ViewPairDataset(Dataset):
     """
 
     def __init__(self, photos: dict[str, np.ndarray], patch: int = 96, ref_patch: int | None = None,
-                 length: int = 1000, scale_range=(0.8, 1.25), max_rotation: float = 10.0,
-                 max_offset: float = 0.25, color=True, p_shuffle: float = 0.0, shuffle_choices=(2, 4, 8),
-                 p_unrelated: float = 0.2, flip: bool = True, min_std: float = 0.04, seed: int | None = None,
-                 max_perspective: float = 0.0, antialias: bool = False):
+                 length: int = 1000, scale_range=tuple(_VIEW.scale_range), max_rotation: float = _VIEW.max_rotation,
+                 max_offset: float = _VIEW.max_offset, color=_VIEW.color, p_shuffle: float = _VIEW.p_shuffle,
+                 shuffle_choices=tuple(_VIEW.shuffle_choices), p_unrelated: float = _VIEW.p_unrelated,
+                 flip: bool = True, min_std: float = 0.04, seed: int | None = None,
+                 max_perspective: float = _VIEW.max_perspective, antialias: bool = _VIEW.antialias):
         if not photos:
             raise ValueError("ViewPairDataset needs at least one photo")
         if not isinstance(photos, dict):            # names of any photo source, or image paths

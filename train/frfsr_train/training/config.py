@@ -1,12 +1,17 @@
 """Training configuration: a YAML file -> nested dataclasses, validated with clear errors.
 
-A file has the sections ``stage``, ``model``, ``data``, ``degradation``, ``optim``, ``loss``,
-``init`` and ``train`` (see ``train/configs/paper_stage1.yaml`` for every key with a comment). Unknown
+One system for both trainings: :class:`TrainConfig` (the restoration net, either stage:
+sections ``stage``, ``model``, ``data``, ``degradation``, ``optim``, ``loss``, ``init`` and
+``train``; ``train/configs/paper_stage1.yaml`` comments every key) and :class:`EncoderConfig`
+(the texture encoder's contrastive training: ``model``, ``data``, ``degradation``, ``train``,
+``eval``; ``train/configs/encoder_default.yaml``). :func:`load_config` reads either. Unknown
 keys, wrong types and inconsistent values raise :class:`ConfigError` naming the key and the
 file. Command-line overrides use dotted keys: ``train.max_steps=10``, values parsed as YAML.
 
 Numbers written like ``1e-4`` (which YAML 1.1 reads as a string) are accepted for float
-fields.
+fields. Names: in a config key ``lr`` is a learning rate (``optim.lr``, ``train.lr``: the
+keys users write); in code, ``lr`` is the low-resolution image and a learning rate is
+``learning_rate``.
 """
 from __future__ import annotations
 
@@ -22,9 +27,12 @@ import yaml
 
 from frfsr.ops.custom_ops import BACKENDS as OPS_BACKENDS
 
+from ..data.views import ViewOptions
+
 __all__ = ["ConfigError", "ModelSection", "SyntheticSection", "ViewsSection", "DataSection", "DegradationSection",
-           "OptimSection", "LossSection", "InitSection", "TrainSection", "TrainConfig", "load_config", "parse_overrides",
-           "DEGRADATION_KINDS"]
+           "OptimSection", "LossSection", "InitSection", "TrainSection", "TrainConfig", "EncoderModelSection",
+           "EncoderDataSection", "EncoderTrainSection", "EncoderEvalSection", "EncoderConfig", "load_config",
+           "config_from_command_line", "parse_overrides", "DEGRADATION_KINDS"]
 
 #: Values of ``degradation.kind``.
 DEGRADATION_KINDS = ("bicubic", "realworld")
@@ -55,24 +63,15 @@ class SyntheticSection:
 
 
 @dataclass
-class ViewsSection:
+class ViewsSection(ViewOptions):
     """Ref/LR pairs made from single photos (:class:`frfsr_train.data.views.ViewPairDataset`): the Ref
     is another view of the same scene (offset, zoom, rotation, optional perspective warp,
     colour change, optional block shuffle), or with probability ``p_unrelated`` a view of
-    another photo."""
+    another photo. The view keys and their defaults are :class:`~frfsr_train.data.views.ViewOptions`."""
 
-    photos: Optional[list] = None       # skimage.data names; null = frfsr_train.data.views.TRAIN_PHOTOS
+    photos: Optional[list] = None       # photo names; null = frfsr_train.data.views.TRAIN_PHOTOS
     ref_patch: Optional[int] = None     # Ref side; null = data.patch
     length: int = 2000                  # items per epoch (drawn afresh from the photos)
-    scale_range: list = field(default_factory=lambda: [0.8, 1.25])
-    max_rotation: float = 10.0          # degrees
-    max_offset: float = 0.25            # fraction of the patch, per axis
-    max_perspective: float = 0.0        # corner moves of a perspective warp, fraction of ref_patch (0 = none)
-    antialias: bool = False             # low-pass the photo before sampling zoomed-out (zoom < 1) views
-    color: bool = True                  # brightness / contrast / saturation change of the Ref
-    p_shuffle: float = 0.0
-    shuffle_choices: list = field(default_factory=lambda: [2, 4, 8])
-    p_unrelated: float = 0.2
 
 
 @dataclass
@@ -177,26 +176,16 @@ class TrainSection:
     ops_backend: Optional[str] = None   # frfsr.ops backend: auto | reference | fused | native
 
 
-@dataclass
-class TrainConfig:
-    """A whole training run (stage 1 or stage 2)."""
+class ConfigFile:
+    """What both configs share: built from a mapping (a YAML file's), checked, written back."""
 
-    stage: int = 1
-    model: Optional[ModelSection] = None
-    data: DataSection = field(default_factory=DataSection)
-    degradation: DegradationSection = field(default_factory=DegradationSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    loss: LossSection = field(default_factory=LossSection)
-    init: InitSection = field(default_factory=InitSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    source: Optional[str] = None        # the YAML file it came from (for messages)
+    what = "a training config"
 
-    # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, d: dict, source: str | None = None) -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str | None = None):
         where = f" in {source}" if source else ""
         if not isinstance(d, dict):
-            raise ConfigError(f"a training config must be a mapping{where}; got {type(d).__name__}")
+            raise ConfigError(f"{cls.what} must be a mapping{where}; got {type(d).__name__}")
         cfg = _build(cls, {k: v for k, v in d.items() if k != "source"}, "", where)
         cfg.source = source
         cfg.validate()
@@ -210,28 +199,85 @@ class TrainConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        where = f" (in {self.source})" if self.source else ""
+        raise NotImplementedError
 
-        def fail(msg):
-            raise ConfigError(msg + where)
 
+def _failer(source):
+    where = f" (in {source})" if source else ""
+
+    def fail(msg):
+        raise ConfigError(msg + where)
+    return fail
+
+
+def _check_model(m, fail) -> None:
+    """``model``: a known preset whose overrides make a valid :class:`frfsr.FRFSRConfig`."""
+    from frfsr.config import PRESETS, FRFSRConfig
+    if m.preset not in PRESETS:
+        fail(f"model.preset must be one of {', '.join(sorted(PRESETS))}; got {m.preset!r}")
+    try:
+        FRFSRConfig.preset(m.preset, **m.overrides)
+    except (TypeError, ValueError) as e:
+        fail(f"model: {e}")
+
+
+def _check_views(v: ViewOptions, prefix: str, fail) -> None:
+    """The view keys of ``data.views`` (restoration net) or ``data`` (encoder)."""
+    if not (0 <= v.p_unrelated <= 1 and 0 <= v.p_shuffle <= 1):
+        fail(f"{prefix}.p_unrelated and {prefix}.p_shuffle must be in [0, 1]")
+    if len(v.scale_range) != 2:
+        fail(f"{prefix}.scale_range must be two numbers")
+    if not (all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.scale_range)
+            and 0 < v.scale_range[0] <= v.scale_range[1]):
+        fail(f"{prefix}.scale_range must be [low, high] with 0 < low <= high (Ref zoom); got {v.scale_range!r}")
+    if not 0 <= v.max_rotation <= 180:
+        fail(f"{prefix}.max_rotation must be in [0, 180] degrees; got {v.max_rotation}")
+    if not 0 <= v.max_perspective <= 0.25:
+        fail(f"{prefix}.max_perspective must be in [0, 0.25] (a fraction of the Ref side); got {v.max_perspective}")
+
+
+def _check_degradation(g, fail) -> None:
+    if g.kind not in DEGRADATION_KINDS:
+        fail(f"degradation.kind must be one of {', '.join(DEGRADATION_KINDS)}; got {g.kind!r}")
+    try:
+        g.options()                     # checked whatever the kind, so that a typo never waits for a switch
+    except (TypeError, ValueError) as e:
+        fail(str(e))
+
+
+def _check_finite(section: str, obj, fail) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            fail(f"{section}.{f.name} must be a finite number; got {v}")
+
+
+@dataclass
+class TrainConfig(ConfigFile):
+    """A whole training run of the restoration net (stage 1 or stage 2)."""
+
+    stage: int = 1
+    model: Optional[ModelSection] = None
+    data: DataSection = field(default_factory=DataSection)
+    degradation: DegradationSection = field(default_factory=DegradationSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    init: InitSection = field(default_factory=InitSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    source: Optional[str] = None        # the YAML file it came from (for messages)
+
+    def validate(self) -> None:
+        fail = _failer(self.source)
         if self.stage not in (1, 2):
             fail(f"stage must be 1 or 2, got {self.stage!r}")
         d, o, l, t, i = self.data, self.optim, self.loss, self.train, self.init
         if self.stage == 1:
             if self.model is None:
                 self.model = ModelSection()
-            from frfsr.config import PRESETS, FRFSRConfig
-            if self.model.preset not in PRESETS:
-                fail(f"model.preset must be one of {', '.join(sorted(PRESETS))}; got {self.model.preset!r}")
             if self.model.overrides.get("stage", 1) != 1:
                 fail("model.overrides.stage must be 1 in a stage-1 config")
-            try:
-                FRFSRConfig.preset(self.model.preset, **self.model.overrides)
-            except (TypeError, ValueError) as e:
-                fail(f"model: {e}")
+            _check_model(self.model, fail)
             if i.stage1 is not None:
                 fail("init.stage1 is a stage-2 key; remove it from a stage-1 config")
         else:
@@ -254,25 +300,10 @@ class TrainConfig:
         if d.root is None and d.synthetic is None and d.views is None:
             fail("data.root is required (a CUFED folder with input/ and ref/), or set data.synthetic or data.views")
         if d.views is not None:
-            v = d.views
-            if not (0 <= v.p_unrelated <= 1 and 0 <= v.p_shuffle <= 1):
-                fail("data.views.p_unrelated and data.views.p_shuffle must be in [0, 1]")
-            if v.length < 1 or len(v.scale_range) != 2:
-                fail("data.views.length must be >= 1 and data.views.scale_range two numbers")
-            if not (all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.scale_range)
-                    and 0 < v.scale_range[0] <= v.scale_range[1]):
-                fail(f"data.views.scale_range must be [low, high] with 0 < low <= high (Ref zoom); got {v.scale_range!r}")
-            if not 0 <= v.max_rotation <= 180:
-                fail(f"data.views.max_rotation must be in [0, 180] degrees; got {v.max_rotation}")
-            if not 0 <= v.max_perspective <= 0.25:
-                fail(f"data.views.max_perspective must be in [0, 0.25] (a fraction of the Ref side); got {v.max_perspective}")
-        g = self.degradation
-        if g.kind not in DEGRADATION_KINDS:
-            fail(f"degradation.kind must be one of {', '.join(DEGRADATION_KINDS)}; got {g.kind!r}")
-        try:
-            g.options()                     # checked whatever the kind, so that a typo never waits for a switch
-        except (TypeError, ValueError) as e:
-            fail(str(e))
+            if d.views.length < 1:
+                fail("data.views.length must be >= 1")
+            _check_views(d.views, "data.views", fail)
+        _check_degradation(self.degradation, fail)
         if l.perceptual_net not in ("vgg19", "ref_extractor"):
             fail(f"loss.perceptual_net must be vgg19 or ref_extractor; got {l.perceptual_net!r}")
         from ..data import SHUFFLE_LEVELS
@@ -291,11 +322,8 @@ class TrainConfig:
             v = getattr(o, k)
             if not math.isfinite(v) or v <= 0:
                 fail(f"optim.{k} must be a finite number > 0; got {v}")
-        for sec, obj in (("optim", o), ("loss", l)):
-            for f in dataclasses.fields(obj):
-                v = getattr(obj, f.name)
-                if isinstance(v, float) and not math.isfinite(v):
-                    fail(f"{sec}.{f.name} must be a finite number; got {v}")
+        _check_finite("optim", o, fail)
+        _check_finite("loss", l, fail)
         if l.perceptual_criterion not in ("fro", "l1", "l2"):
             fail(f"loss.perceptual_criterion must be fro, l1 or l2; got {l.perceptual_criterion!r}")
         if t.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
@@ -304,6 +332,101 @@ class TrainConfig:
             fail(f"train.ops_backend must be null, {', '.join(OPS_BACKENDS)}; got {t.ops_backend!r}")
         if not all(isinstance(x, str) for x in t.log_with):
             fail(f"train.log_with must be a list of tracker names; got {t.log_with!r}")
+
+
+# ---------------------------------------------------------------------- the texture encoder
+@dataclass
+class EncoderModelSection:
+    """The FRFSR architecture the encoder is trained for (its ``vgg_widths`` set the encoder)."""
+
+    preset: str = "tiny"
+    overrides: dict = field(default_factory=lambda: {"ngf": 32, "vgg_widths": [32, 64, 128]})
+
+
+@dataclass
+class EncoderDataSection(ViewOptions):
+    """Views of the training photos; the view keys are :class:`~frfsr_train.data.views.ViewOptions`,
+    three of them with the encoder's own defaults."""
+
+    photos: Optional[list] = None       # photo names; null = frfsr_train.data.views.TRAIN_PHOTOS
+    patch: int = 96                     # HR / LR-up side (texture grid = patch / 4)
+    ref_patch: int = 96
+    num_workers: int = 1
+    p_shuffle: float = 0.3              # block-shuffled Refs: the correspondence is tracked through the shuffle
+    shuffle_choices: list = field(default_factory=lambda: [2, 4])
+    p_unrelated: float = 0.0            # unrelated pairs have no positives for the contrastive loss
+
+
+@dataclass
+class EncoderTrainSection:
+    """AdamW with a linear warm-up and a cosine decay to 10 %; the InfoNCE loss's settings."""
+
+    batch_size: int = 8                 # per process
+    steps: int = 3000
+    lr: float = 5e-4                    # the peak learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: Optional[float] = 1.0    # gradient norm bound; null or 0: none
+    temperature: float = 0.07           # InfoNCE temperature
+    samples_per_image: int = 64         # sampled LR positions (queries) per pair
+    neg_radius: float = 1.5             # Ref positions closer than this (texture pixels) are not negatives
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 250               # 0: evaluate at the end only
+    max_minutes: Optional[float] = None  # stop (and save) after this much wall time
+    init: Optional[str] = None          # safetensors of texture_encoder.* keys to start from
+    tie_init: bool = True               # start the Ref trunk as a copy of the LR trunk (ignored with init)
+
+
+@dataclass
+class EncoderEvalSection:
+    """The held-out pairs (:func:`frfsr_train.data.views.heldout_pairs`) of the matching accuracy."""
+
+    kinds: list = field(default_factory=lambda: ["relevant", "medium", "unrelated"])
+    n: int = 12
+    patch: int = 96
+    seed: int = 0
+
+
+@dataclass
+class EncoderConfig(ConfigFile):
+    """A contrastive training run of the texture encoder (``train/encoder.py``). ``degradation``
+    is the restoration net's section: how the training LR views are made."""
+
+    what = "an encoder config"
+
+    model: EncoderModelSection = field(default_factory=EncoderModelSection)
+    data: EncoderDataSection = field(default_factory=EncoderDataSection)
+    degradation: DegradationSection = field(default_factory=DegradationSection)
+    train: EncoderTrainSection = field(default_factory=EncoderTrainSection)
+    eval: EncoderEvalSection = field(default_factory=EncoderEvalSection)
+    output_dir: Optional[str] = None    # default: the script's --output_dir, else outputs/<config name>
+    source: Optional[str] = None
+
+    def validate(self) -> None:
+        fail = _failer(self.source)
+        _check_model(self.model, fail)
+        d, t, e = self.data, self.train, self.eval
+        _check_views(d, "data", fail)
+        for k, v in (("data.patch", d.patch), ("data.ref_patch", d.ref_patch), ("eval.patch", e.patch)):
+            if v < 16 or v % 4:
+                fail(f"{k} must be a multiple of 4 and >= 16; got {v}")
+        for k, v in (("train.batch_size", t.batch_size), ("train.log_every", t.log_every),
+                     ("train.samples_per_image", t.samples_per_image), ("eval.n", e.n)):
+            if v < 1:
+                fail(f"{k} must be >= 1; got {v}")
+        if d.num_workers < 0 or t.steps < 0 or t.warmup_steps < 0 or t.eval_every < 0:
+            fail("data.num_workers, train.steps, train.warmup_steps and train.eval_every must be >= 0")
+        for k in ("lr", "temperature"):
+            v = getattr(t, k)
+            if not math.isfinite(v) or v <= 0:
+                fail(f"train.{k} must be a finite number > 0; got {v}")
+        _check_finite("train", t, fail)
+        from ..data.views import HELDOUT_KINDS
+        bad = [k for k in e.kinds if k not in HELDOUT_KINDS]
+        if bad:
+            fail(f"eval.kinds must be among {', '.join(HELDOUT_KINDS)}; got {bad}")
+        _check_degradation(self.degradation, fail)
 
 
 # ---------------------------------------------------------------------- loading
@@ -331,8 +454,9 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path, overrides=None) -> TrainConfig:
-    """Read a YAML training config and apply overrides (a dict or ``key=value`` strings)."""
+def load_config(path, overrides=None, kind: type[ConfigFile] = TrainConfig):
+    """Read a YAML config and apply overrides (a dict or ``key=value`` strings); ``kind``:
+    :class:`TrainConfig` (the restoration net) or :class:`EncoderConfig`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config not found: {path}")
@@ -344,7 +468,21 @@ def load_config(path, overrides=None) -> TrainConfig:
         raise ConfigError(f"{path} must hold a mapping of sections; got {type(d).__name__}")
     if overrides:
         d = _merge(d, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return TrainConfig.from_dict(d, source=str(path))
+    return kind.from_dict(d, source=str(path))
+
+
+def config_from_command_line(parser, path, sets, kind: type[ConfigFile] = TrainConfig, **train_options):
+    """:func:`load_config` for a command line: the ``--set`` items, then the ``train.*`` options
+    given (those not None, e.g. ``max_steps=args.max_steps``); a bad config ends the command
+    through ``parser.error`` (exit code 2)."""
+    try:
+        overrides = parse_overrides(sets)
+        for key, value in train_options.items():
+            if value is not None:
+                overrides.setdefault("train", {})[key] = value
+        return load_config(path, overrides, kind=kind)
+    except ConfigError as e:
+        parser.error(str(e))
 
 
 def _type_name(tp) -> str:
@@ -410,7 +548,8 @@ def _build(cls, d, prefix: str, where: str):
     known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}{where}; "
-                          f"known keys{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(known)}")
+        of = f"keys of {prefix.rstrip('.')}" if prefix else "sections and top-level keys"
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}{where}; known {of}: "
+                          f"{', '.join(known)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in d.items()}
     return cls(**kwargs)

@@ -10,8 +10,8 @@ With ``degradation: {kind: realworld}`` the LR views are made on the training de
 the bicubic ones, so that the LR trunk learns to match real, degraded inputs; the held-out
 evaluation keeps the bicubic LRs, comparable across runs.
 
-Objective (our choice: InfoNCE rather than C2-Matching's margin triplet loss, because it
-uses every negative at once and has a single hyper-parameter, the temperature):
+Objective: InfoNCE (every negative at once, one hyper-parameter: the temperature; C2-Matching
+uses a margin triplet loss):
 
 * features of both views at 1/4 resolution (the texture grid), L2-normalised per pixel;
 * up to ``samples_per_image`` LR texture positions with a known correspondence are sampled
@@ -34,9 +34,8 @@ correspondence lies inside the Ref.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -49,54 +48,15 @@ from frfsr import ops
 from frfsr.config import FRFSRConfig
 from frfsr.models.texture_encoder import TextureEncoder
 
-__all__ = ["DEFAULT_CONFIG", "PREFIX", "lr_upsample", "texture_coords", "contrastive_loss", "matching_accuracy",
+from .. import seeds
+from .config import EncoderConfig
+
+__all__ = ["PREFIX", "lr_upsample", "texture_coords", "contrastive_loss", "matching_accuracy",
            "evaluate_encoder", "model_config", "merge_config", "degradation_from_config", "encoder_state_dict",
-           "load_encoder_weights", "train_encoder"]
+           "load_encoder_weights", "learning_rate_schedule", "train_encoder"]
 
 PREFIX = "texture_encoder."
 """Key prefix of the saved weights: the encoder's names inside an :class:`frfsr.FRFSR`."""
-
-DEFAULT_CONFIG: dict = {
-    # the FRFSR architecture the encoder is trained for (its vgg_widths set the encoder)
-    "model": {"preset": "tiny", "overrides": {"ngf": 32, "vgg_widths": [32, 64, 128]}},
-    "data": {
-        "photos": None,              # skimage.data names; None = frfsr_train.data.views.TRAIN_PHOTOS
-        "patch": 96,                 # HR / LR-up side (texture grid = patch / 4)
-        "ref_patch": 96,
-        "scale_range": [0.8, 1.25],
-        "max_rotation": 10.0,
-        "max_offset": 0.25,
-        "max_perspective": 0.0,      # perspective warp of the Ref (corner moves, fraction of ref_patch)
-        "antialias": False,          # low-pass the photo before sampling zoomed-out Refs
-        "color": True,
-        "p_shuffle": 0.3,
-        "shuffle_choices": [2, 4],
-        "p_unrelated": 0.0,          # unrelated pairs have no positives: useless for this loss
-        "num_workers": 1,
-    },
-    "train": {
-        "batch_size": 8,             # per process
-        "steps": 3000,
-        "lr": 5.0e-4,
-        "weight_decay": 0.0,
-        "warmup_steps": 100,
-        "grad_clip": 1.0,
-        "temperature": 0.07,
-        "samples_per_image": 64,
-        "neg_radius": 1.5,
-        "seed": 0,
-        "log_every": 20,
-        "eval_every": 250,
-        "max_minutes": None,         # stop (and save) after this much wall time
-        "init": None,                # optional safetensors of texture_encoder.* keys to start from
-        "tie_init": True,            # start the Ref trunk as a copy of the LR trunk (C2-Matching starts
-                                     # both from one VGG16); ignored with `init`
-    },
-    # how the training LR views are made: bicubic (the dataset's) or realworld (on the device;
-    # first / second / final: fields of frfsr_train.data.realworld.RealWorldOptions to change)
-    "degradation": {"kind": "bicubic", "first": {}, "second": {}, "final": {}},
-    "eval": {"kinds": ["relevant", "medium", "unrelated"], "n": 12, "patch": 96, "seed": 0},
-}
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -212,16 +172,12 @@ def _stack_with_hr(pairs: list[dict]) -> dict:
     return _stack(pairs, ("hr", "lr", "ref", "ref_coords"))
 
 
-def degradation_from_config(config: dict):
-    """The :class:`frfsr_train.data.realworld.RealWorldDegradation` of ``config['degradation']``,
-    or None for ``kind: bicubic``. Bad kinds or options raise ``ValueError`` naming the key."""
-    from ..data.realworld import RealWorldDegradation, RealWorldOptions
-    d = dict(config.get("degradation") or {})
-    kind = d.pop("kind", "bicubic")
-    if kind not in ("bicubic", "realworld"):
-        raise ValueError(f"degradation.kind must be bicubic or realworld; got {kind!r}")
-    options = RealWorldOptions.from_dict({k: v for k, v in d.items() if v}, prefix="degradation.")
-    return RealWorldDegradation(options) if kind == "realworld" else None
+def degradation_from_config(config: EncoderConfig):
+    """The :class:`frfsr_train.data.realworld.RealWorldDegradation` of ``config.degradation``,
+    or None for ``kind: bicubic``."""
+    from ..data.realworld import RealWorldDegradation
+    g = config.degradation
+    return RealWorldDegradation(g.options()) if g.kind == "realworld" else None
 
 
 @torch.no_grad()
@@ -247,26 +203,16 @@ def evaluate_encoder(encoder: TextureEncoder, eval_sets: dict[str, list[dict]], 
 
 
 # ----------------------------------------------------------------------------- config and weights
-def merge_config(config: dict | None) -> dict:
-    """:data:`DEFAULT_CONFIG` updated by ``config`` (two levels deep; ``model.overrides`` is
-    replaced as a whole). Unknown sections or keys raise ``ValueError``."""
-    out = copy.deepcopy(DEFAULT_CONFIG)
-    for section, values in (config or {}).items():
-        if section not in out:
-            raise ValueError(f"unknown encoder config section {section!r}; known: {', '.join(out)}")
-        if not isinstance(values, dict):
-            raise ValueError(f"encoder config section {section!r} must be a mapping")
-        unknown = set(values) - set(out[section])
-        if unknown:
-            raise ValueError(f"unknown key(s) in encoder config section {section!r}: {', '.join(sorted(unknown))}")
-        out[section].update(copy.deepcopy(values))
-    return out
+def merge_config(config: dict | None) -> EncoderConfig:
+    """The :class:`~frfsr_train.training.config.EncoderConfig` of a mapping (missing keys take
+    their defaults); unknown sections or keys and bad values raise
+    :class:`~frfsr_train.training.config.ConfigError` (a ``ValueError``)."""
+    return EncoderConfig.from_dict(config or {})
 
 
-def model_config(config: dict) -> FRFSRConfig:
-    """The :class:`frfsr.FRFSRConfig` of ``config['model']`` (preset + overrides)."""
-    m = config["model"]
-    return FRFSRConfig.preset(m["preset"], **(m.get("overrides") or {}))
+def model_config(config: EncoderConfig) -> FRFSRConfig:
+    """The :class:`frfsr.FRFSRConfig` of ``config.model`` (preset + overrides)."""
+    return FRFSRConfig.preset(config.model.preset, **config.model.overrides)
 
 
 def encoder_state_dict(encoder: TextureEncoder) -> dict[str, torch.Tensor]:
@@ -293,14 +239,26 @@ class _PairEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- training
-def train_encoder(config: dict | None, output_dir, max_steps: int | None = None, max_minutes: float | None = None,
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, steps: int):
+    """Linear warm-up over ``warmup_steps`` (at least 1) to the optimiser's learning rate, then
+    a cosine decay to 10 % of it at ``steps``; stepped once per optimiser step."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+    warm = max(1, int(warmup_steps))
+    floor = 0.1 * optimizer.param_groups[0]["lr"]
+    return SequentialLR(optimizer, [LinearLR(optimizer, start_factor=1 / warm, end_factor=1.0, total_iters=warm - 1),
+                                    CosineAnnealingLR(optimizer, T_max=max(1, steps - warm), eta_min=floor)],
+                        milestones=[warm])
+
+
+def train_encoder(config: EncoderConfig | dict | None, output_dir, max_steps: int | None = None, max_minutes: float | None = None,
                   photos: dict | None = None, eval_photos: dict | None = None,
                   log: Callable[[str], None] | None = None) -> dict:
     """Train a texture encoder contrastively and save it; returns the summary written to
     ``output_dir/encoder.json``.
 
-    ``config`` follows :data:`DEFAULT_CONFIG` (missing keys take its values); ``max_steps``
-    and ``max_minutes`` override ``train.steps`` / ``train.max_minutes``. ``photos`` /
+    ``config``: an :class:`~frfsr_train.training.config.EncoderConfig` (``load_config(path,
+    kind=EncoderConfig)``) or a mapping of its sections (missing keys take their defaults);
+    ``max_steps`` and ``max_minutes`` override ``train.steps`` / ``train.max_minutes``. ``photos`` /
     ``eval_photos`` (name -> uint8 array) replace the skimage training photos / the held-out
     photos (tests). Weights and summary are also written at every evaluation, so a run
     stopped early leaves a usable result. Runs under ``accelerate launch`` (DDP) as well:
@@ -311,61 +269,50 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
-    from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset, heldout_pairs, load_photos
+    from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewOptions, ViewPairDataset, heldout_pairs, load_photos
 
-    cfg = merge_config(config)
-    tc, dc, ec = cfg["train"], cfg["data"], cfg["eval"]
+    cfg = config if isinstance(config, EncoderConfig) else merge_config(config)
+    tc, dc, ec = cfg.train, cfg.data, cfg.eval
+    if max_steps is not None or max_minutes is not None:
+        tc = dataclasses.replace(tc, steps=tc.steps if max_steps is None else int(max_steps),
+                                 max_minutes=tc.max_minutes if max_minutes is None else float(max_minutes))
+        cfg = dataclasses.replace(cfg, train=tc)
     degrade = degradation_from_config(cfg)
-    if max_steps is not None:
-        tc["steps"] = int(max_steps)
-    if max_minutes is not None:
-        tc["max_minutes"] = float(max_minutes)
     mcfg = model_config(cfg)
     out_dir = Path(output_dir)
     accelerator = Accelerator()
     say = log or accelerator.print
-    set_seed(int(tc["seed"]))
+    set_seed(tc.seed)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     encoder = TextureEncoder(mcfg.vgg_widths)
-    if tc["init"]:
-        load_encoder_weights(encoder, tc["init"])
-    elif tc["tie_init"]:
+    if tc.init:
+        load_encoder_weights(encoder, tc.init)
+    elif tc.tie_init:
         encoder.ref_trunk.load_state_dict(encoder.lr_trunk.state_dict())
     if photos is None:
-        photos = load_photos(dc["photos"] or TRAIN_PHOTOS)
+        photos = load_photos(dc.photos or TRAIN_PHOTOS)
     leaked = set(photos) & set(HELDOUT_PHOTOS + ("cat",))
     if leaked and eval_photos is None:
         raise ValueError(f"training photos include held-out photo(s): {', '.join(sorted(leaked))}")
-    steps, bs = int(tc["steps"]), int(tc["batch_size"])
-    dataset = ViewPairDataset(photos, patch=dc["patch"], ref_patch=dc["ref_patch"],
-                              length=max(1, steps) * bs * accelerator.num_processes,
-                              scale_range=dc["scale_range"], max_rotation=dc["max_rotation"],
-                              max_offset=dc["max_offset"], max_perspective=dc["max_perspective"],
-                              antialias=dc["antialias"], color=dc["color"], p_shuffle=dc["p_shuffle"],
-                              shuffle_choices=dc["shuffle_choices"], p_unrelated=dc["p_unrelated"],
-                              seed=int(tc["seed"]))
-    loader = DataLoader(dataset, batch_size=bs, shuffle=False, drop_last=True, num_workers=int(dc["num_workers"]),
+    steps, bs = tc.steps, tc.batch_size
+    views = {f.name: getattr(dc, f.name) for f in dataclasses.fields(ViewOptions)}
+    dataset = ViewPairDataset(photos, patch=dc.patch, ref_patch=dc.ref_patch,
+                              length=max(1, steps) * bs * accelerator.num_processes, seed=tc.seed, **views)
+    loader = DataLoader(dataset, batch_size=bs, shuffle=False, drop_last=True, num_workers=dc.num_workers,
                         collate_fn=_stack if degrade is None else _stack_with_hr)
     eval_sets = {}
     if accelerator.is_main_process:
-        eval_sets = {kind: heldout_pairs(kind, patch=ec["patch"], n=ec["n"], seed=ec["seed"], photos=eval_photos)
-                     for kind in ec["kinds"]}
+        eval_sets = {kind: heldout_pairs(kind, patch=ec.patch, n=ec.n, seed=ec.seed, photos=eval_photos)
+                     for kind in ec.kinds}
 
     model = _PairEncoder(encoder)
-    optim = torch.optim.AdamW(encoder.parameters(), lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
-    warm = max(1, int(tc["warmup_steps"]))
-
-    def lr_factor(step: int) -> float:           # linear warm-up, cosine decay to 10 %
-        if step < warm:
-            return (step + 1) / warm
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    optim = torch.optim.AdamW(encoder.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = learning_rate_schedule(optim, tc.warmup_steps, steps)
     model, optim, loader, sched = accelerator.prepare(model, optim, loader, sched)
 
-    summary = {"model_config": mcfg.to_dict(), "config": cfg, "weights": "texture_encoder.safetensors",
+    summary = {"model_config": mcfg.to_dict(), "config": cfg.to_dict(), "weights": "texture_encoder.safetensors",
                "key_prefix": PREFIX, "metric": "fraction of LR texture positions whose 3x3-patch argmax is within "
                "1 texture pixel (Chebyshev) of the true correspondence, held-out photos " + ", ".join(HELDOUT_PHOTOS),
                "steps": 0, "stopped_by": None}
@@ -388,40 +335,40 @@ def train_encoder(config: dict | None, output_dir, max_steps: int | None = None,
     if accelerator.is_main_process:
         logf = open(out_dir / "log.jsonl", "w")
     model.train()
-    gen = torch.Generator().manual_seed(int(tc["seed"]) + accelerator.process_index)
+    gen = torch.Generator().manual_seed(seeds.mix_seed(seeds.SAMPLING, tc.seed, accelerator.process_index))
     for batch in loader:
         if step >= steps:
             break
         if degrade is not None:                  # real-world LR views, seeded by (seed, step, rank)
             from ..data.realworld import device_generator
-            g = device_generator(batch["hr"].device, (int(tc["seed"]) * 1_000_003 + step) * 64 + accelerator.process_index)
+            g = device_generator(batch["hr"].device,
+                                 seeds.mix_seed(seeds.DEGRADATION, tc.seed, step, accelerator.process_index))
             with torch.no_grad():
                 batch["lr"] = degrade(batch["hr"], generator=g, clean=batch["lr"])
         f_lr, f_ref = model(lr_upsample(batch["lr"]), batch["ref"])
         loss, stats = contrastive_loss(f_lr, f_ref, texture_coords(batch["ref_coords"]),
-                                       samples_per_image=int(tc["samples_per_image"]),
-                                       temperature=float(tc["temperature"]), neg_radius=float(tc["neg_radius"]),
-                                       generator=gen)
+                                       samples_per_image=tc.samples_per_image, temperature=tc.temperature,
+                                       neg_radius=tc.neg_radius, generator=gen)
         optim.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        if tc["grad_clip"]:
-            accelerator.clip_grad_norm_(model.parameters(), float(tc["grad_clip"]))
+        if tc.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optim.step()
         sched.step()
         step += 1
         history.append(loss.item())
-        if accelerator.is_main_process and (step % int(tc["log_every"]) == 0 or step == 1):
-            rec = {"step": step, "loss": history[-1], "top1": stats["top1"], "lr": sched.get_last_lr()[0],
+        if accelerator.is_main_process and (step % tc.log_every == 0 or step == 1):
+            rec = {"step": step, "loss": history[-1], "top1": stats["top1"], "learning_rate": sched.get_last_lr()[0],
                    "minutes": (time.time() - start) / 60}
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             say(f"step {step}: loss {rec['loss']:.4f} top1 {rec['top1']:.3f} ({rec['minutes']:.1f} min)")
-        if tc["eval_every"] and step % int(tc["eval_every"]) == 0 and step < steps:
+        if tc.eval_every and step % tc.eval_every == 0 and step < steps:
             save(step, final=False)
             if accelerator.is_main_process:
                 say(f"step {step}: held-out {_fmt(summary['heldout_latest'])}")
             accelerator.wait_for_everyone()
-        over = tc["max_minutes"] is not None and (time.time() - start) / 60 >= float(tc["max_minutes"])
+        over = tc.max_minutes is not None and (time.time() - start) / 60 >= tc.max_minutes
         flag = accelerator.reduce(torch.tensor([float(over)], device=accelerator.device), reduction="sum")
         if float(flag) > 0:
             summary["stopped_by"] = "max_minutes"

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .config import ConfigError, load_config, parse_overrides
+from .config import config_from_command_line
 
 __all__ = ["build_parser", "main"]
 
@@ -35,15 +35,8 @@ def main(argv=None, stage: int | None = None) -> int:
     command line or config, 130 interrupted."""
     parser = build_parser(stage)
     args = parser.parse_args(argv)
-    try:
-        overrides = parse_overrides(args.set)
-        if args.output_dir is not None:
-            overrides.setdefault("train", {})["output_dir"] = args.output_dir
-        if args.max_steps is not None:
-            overrides.setdefault("train", {})["max_steps"] = args.max_steps
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        parser.error(str(e))
+    cfg = config_from_command_line(parser, args.config, args.set, output_dir=args.output_dir,
+                                   max_steps=args.max_steps)
     if stage is not None and cfg.stage != stage:
         parser.error(f"{args.config} is a stage-{cfg.stage} config; run train/stage{cfg.stage}.py with it")
     problem = _output_dir_problem(cfg.train.output_dir)
