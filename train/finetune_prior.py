@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="where to write the fine-tuned RRDBNet (.safetensors)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--top-blocks", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", dest="learning_rate", type=float, default=1e-4, help="Adam learning rate")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=96)
     p.add_argument("--jpeg-prob", type=float, default=0.7)
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     for q in params:
         q.requires_grad_(True)
     frozen = net.body[:len(net.body) - a.top_blocks]
-    opt = torch.optim.Adam(params, lr=a.lr)
+    opt = torch.optim.Adam(params, lr=a.learning_rate)
     photos = training_photos(a.photos)
     cases = []
     if a.eval_every:
