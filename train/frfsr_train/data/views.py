@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -77,6 +77,11 @@ class ViewOptions:
     p_shuffle: float = 0.0              # probability of a block-shuffled Ref
     shuffle_choices: list = field(default_factory=lambda: [2, 4, 8])  # its blocks per side, drawn uniformly
     p_unrelated: float = 0.2            # probability of a Ref cut from another photo
+
+    def view_arguments(self) -> dict:
+        """These options as :class:`ViewPairDataset` keyword arguments (also of a config
+        section that extends this class)."""
+        return {f.name: getattr(self, f.name) for f in fields(ViewOptions)}
 
 
 _VIEW = ViewOptions()

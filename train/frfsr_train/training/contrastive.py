@@ -269,7 +269,7 @@ def train_encoder(config: EncoderConfig | dict | None, output_dir, max_steps: in
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
-    from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewOptions, ViewPairDataset, heldout_pairs, load_photos
+    from ..data.views import HELDOUT_PHOTOS, TRAIN_PHOTOS, ViewPairDataset, heldout_pairs, load_photos
 
     cfg = config if isinstance(config, EncoderConfig) else merge_config(config)
     tc, dc, ec = cfg.train, cfg.data, cfg.eval
@@ -297,9 +297,9 @@ def train_encoder(config: EncoderConfig | dict | None, output_dir, max_steps: in
     if leaked and eval_photos is None:
         raise ValueError(f"training photos include held-out photo(s): {', '.join(sorted(leaked))}")
     steps, bs = tc.steps, tc.batch_size
-    views = {f.name: getattr(dc, f.name) for f in dataclasses.fields(ViewOptions)}
     dataset = ViewPairDataset(photos, patch=dc.patch, ref_patch=dc.ref_patch,
-                              length=max(1, steps) * bs * accelerator.num_processes, seed=tc.seed, **views)
+                              length=max(1, steps) * bs * accelerator.num_processes, seed=tc.seed,
+                              **dc.view_arguments())
     loader = DataLoader(dataset, batch_size=bs, shuffle=False, drop_last=True, num_workers=dc.num_workers,
                         collate_fn=_stack if degrade is None else _stack_with_hr)
     eval_sets = {}

@@ -202,11 +202,7 @@ class Trainer:
                 raise ValueError(f"data.views.photos includes held-out photo(s) {leaked}; they are for evaluation only")
             self._photos = load_photos(names)
         return ViewPairDataset(self._photos, patch=d.patch, ref_patch=v.ref_patch, length=v.length,
-                               scale_range=tuple(v.scale_range), max_rotation=v.max_rotation,
-                               max_offset=v.max_offset, max_perspective=v.max_perspective, antialias=v.antialias,
-                               color=v.color, p_shuffle=v.p_shuffle,
-                               shuffle_choices=tuple(v.shuffle_choices), p_unrelated=v.p_unrelated,
-                               flip=d.augment, seed=self._epoch_seed(epoch))
+                               flip=d.augment, seed=self._epoch_seed(epoch), **v.view_arguments())
 
     def _setup_data(self) -> None:
         if self._data_ready:
