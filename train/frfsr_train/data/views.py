@@ -264,6 +264,8 @@ class ViewPairDataset(Dataset):
     def _generator(self, index: int) -> torch.Generator | None:
         if self.seed is None:
             return None
+        # kept as it is, not frfsr_train.seeds.mix_seed: these seeds make heldout_pairs, the held-out
+        # pairs of the figures recorded in BENCHMARKS.md; another formula would be another test set
         return torch.Generator().manual_seed((int(self.seed) * 1_000_003 + index * 7919 + 17) % (2 ** 63))
 
     @staticmethod
