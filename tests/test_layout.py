@@ -11,7 +11,7 @@ MOVED = ("training", "data", "evaluate", "real_inputs")
 def test_inference_imports_nothing_of_training():
     script = ("import sys\n"
               "import frfsr, frfsr.pipeline, frfsr.cli, frfsr.batch, frfsr.video, frfsr.retrieval, frfsr.hub, "
-              "frfsr.convert, frfsr.demo\n"
+              "frfsr.convert, frfsr.demo, frfsr_nodes.nodes\n"
               "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('frfsr_train', 'accelerate')\n"
               "             or m.startswith(tuple('frfsr.' + n for n in " + repr(MOVED) + ")))\n"
               "print('loaded:', bad)\n")
