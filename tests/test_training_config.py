@@ -61,8 +61,8 @@ def test_a_stage2_config_gets_the_stage2_trainer(tmp_path):
     cfg1 = TrainConfig.from_dict({"stage": 1, "model": {"preset": "tiny"}, "data": {"root": str(tmp_path)}})
     assert type(Trainer.__new__(Trainer, cfg2)) is Stage2Trainer
     assert type(Trainer.__new__(Trainer, cfg1)) is Trainer
-    stage_specific = ("_build_model", "_build_stage_parts", "_prepare", "_adversarial", "_generator_losses",
-                      "_discriminator_step", "_learning_rates", "_rank_state")
+    stage_specific = ("_build_model", "_build_stage_parts", "_prepare", "_adversarial", "_before_generator_step",
+                      "_generator_losses", "_discriminator_step", "_learning_rates", "_rank_state")
     assert all(getattr(Stage2Trainer, m) is not getattr(Trainer, m) for m in stage_specific)
 
 

@@ -81,8 +81,8 @@ class Trainer:
     :class:`frfsr_train.training.stage2.Stage2Trainer`, which ``Trainer(cfg)`` returns for a
     stage-2 config. The stage-specific parts are the methods :meth:`_build_model`,
     :meth:`_build_stage_parts`, :meth:`_prepare`, :meth:`_adversarial`,
-    :meth:`_generator_losses`, :meth:`_discriminator_step`, :meth:`_learning_rates` and
-    :meth:`_rank_state`."""
+    :meth:`_before_generator_step`, :meth:`_generator_losses`, :meth:`_discriminator_step`,
+    :meth:`_learning_rates` and :meth:`_rank_state`."""
 
     def __new__(cls, cfg: TrainConfig, accelerator: Accelerator | None = None):
         if cls is Trainer and cfg.stage == 2:
