@@ -125,13 +125,13 @@ def accuracy_rows(model, size, device, crop: int | None = None) -> list[dict]:
         if net is None:
             continue
         lr, ref = lr.to(device), ref.to(device)
-        with ops.use_backend("fused" if fused else "reference"):
-            fp32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
-            bf16 = run_ours(net, lr, ref, "bf16").float().clamp(0, 1)
+        net.set_ops_backend("fused" if fused else "reference")
+        fp32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
+        bf16 = run_ours(net, lr, ref, "bf16").float().clamp(0, 1)
         row = {"weights": name, "psnr_bf16_vs_fp32": round(psnr(bf16, fp32), 2)}
         if fused:
-            with ops.use_backend("reference"):
-                ref32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
+            net.set_ops_backend("reference")
+            ref32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
             row["psnr_fused_vs_reference_fp32"] = round(psnr(fp32, ref32), 2)
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import warnings
 from pathlib import Path, PurePosixPath
@@ -588,7 +589,7 @@ class MatchReference(_Node):
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             cc.check_interrupt()
             refs = net.encode_refs(ref, lr.shape[0], scales=scales, angles=angles)
-            corr = net.match(lr, refs, match_mode=match_mode)
+            corr = net.match(lr, refs, match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
             corr = corr.to(cc.intermediate_device())
         return (corr, confidence)
@@ -703,9 +704,8 @@ class Upscale(_FourTimesImage):
             refs = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             return encode_refs(model.model, refs, lr.shape[0], scales=scales, angles=angles)
 
-        with model.model.use_match_mode(match_mode):
-            return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap,
-                             alpha=image_alpha(image), size=size)
+        return run_tiled(model, functools.partial(upscale_tiled, match_mode=match_mode), lr, encoded, ref_pixels,
+                         tile_size, tile_overlap, alpha=image_alpha(image), size=size)
 
 
 UPSCALE_BY_RANGE = (1.0, 4.0)

@@ -209,7 +209,7 @@ def test_channels_last_gives_the_same_images(pipe, images):
 
 def test_inputs_are_converted_and_checked_once_however_many_tiles(pipe, monkeypatch):
     """One call converts the images once and checks the LR once and each Ref once, in the
-    model, not again per tile (the tiles run FRFSR.restore_tile)."""
+    model, not again per tile (the tiles are matched with check=False)."""
     import frfsr.models.frfsr as model_module
     import frfsr.pipeline as pipeline_module
     checked, converted = [], []

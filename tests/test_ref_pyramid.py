@@ -26,8 +26,8 @@ def test_a_ref_twice_as_close_is_matched_at_the_half_scale(scene):
     model = pipe.model
     with torch.no_grad():
         enc = model.encode_refs(closer, scales=(1, 0.71, 0.5))
-        corr = model.match(lr, enc, match_mode="exact")
-        plain = model.match(lr, model.encode_refs(closer), match_mode="exact")
+        corr = model.match(lr, enc, mode="exact")
+        plain = model.match(lr, model.encode_refs(closer), mode="exact")
     assert enc.sources == ((0, 1.0, 0.0), (0, 0.71, 0.0), (0, 0.5, 0.0))
     assert [tuple(i.shape[-2:]) for i in enc.images] == [(96, 96), (68, 68), (48, 48)]
     # the LR's centre (what the Ref shows) is matched at the 0.5 copy, where the scales agree
@@ -84,8 +84,8 @@ def test_a_rotated_ref_is_matched_at_its_copy_rotated_back(scene):
     tilted = rotate_ref(hr, 30)
     with torch.no_grad():
         enc = model.encode_refs(tilted, angles=(0, -30))
-        corr = model.match(lr, enc, match_mode="exact")
-        plain = model.match(lr, model.encode_refs(tilted), match_mode="exact")
+        corr = model.match(lr, enc, mode="exact")
+        plain = model.match(lr, model.encode_refs(tilted), mode="exact")
     assert enc.sources == ((0, 1.0, 0.0), (0, 1.0, -30.0))
     inner = corr.ref_id[0, 4:-4, 4:-4]
     assert (inner == 1).float().mean() > 0.6, corr.ref_id                      # matched where it is upright

@@ -1,7 +1,6 @@
 """FRFSR: match -> align -> restore (paper Fig. 1), with feature reuse for stage 2."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from ..checks import MIN_LR_SIZE, MIN_REF_SIZE, check_dtype, check_image
 from ..config import FRFSRConfig
+from .. import ops
 from ..ops.fast_match import MATCH_MODES
 from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, normalize_features,
                              pre_offsets, ref_confidence, relevance_of, upscale_flow)
@@ -90,13 +90,25 @@ class Correspondence(_Tensors):
     confidence: torch.Tensor          # (B, 1, h, w): cosine similarity of the best match, 0 on the border
     ref_id: torch.Tensor              # (B, h, w) int64: which Ref the best patch came from (-1 on the border)
     refs: EncodedRefs
-    ref_confidence: tuple[torch.Tensor, ...] = ()   # per Ref given: (B, N) best LR match of its sampled patches
+    lr_texture: torch.Tensor | None = None   # (B, C, h, w): the LR's texture features that were matched
+    patch_size: int = 3
+
+    @functools.cached_property
+    def ref_confidence(self) -> tuple[torch.Tensor, ...]:
+        """Per Ref given: (B, N) float32, the best LR match of each of its sampled patches
+        (:func:`frfsr.models.correspondence.ref_confidence`), computed on first reading."""
+        if self.lr_texture is None:
+            return ()
+        with torch.no_grad():
+            lr_n = normalize_features(self.lr_texture)
+            return tuple(ref_confidence(lr_n, normalize_features(self.refs.textures[i]), self.patch_size)
+                         for i in self.refs.given())
 
     @property
     def relevance(self) -> torch.Tensor:
         """Relevance per sample (B,): how well the Refs and the LR match, both ways
         (:func:`frfsr.models.correspondence.relevance_of`, where the scale is described;
-        below :data:`~frfsr.models.correspondence.RELEVANCE_THRESHOLD` the Refs hardly match)."""
+        below the weights' ``config.relevance_threshold`` the Refs hardly match)."""
         return relevance_of(self.confidence, self.ref_confidence)
 
 
@@ -113,7 +125,6 @@ class AlignedTextures(_Tensors):
     confidence: torch.Tensor
     warped_ref: torch.Tensor          # (B, 3, 4h, 4w): the Ref image warped onto the HR grid (a preview)
     origin: tuple[int, int] = (0, 0)
-    ref_confidence: tuple[torch.Tensor, ...] = ()   # Correspondence.ref_confidence, for the relevance
 
     @property
     def lr_size(self) -> tuple[int, int]:
@@ -133,8 +144,7 @@ class AlignedTextures(_Tensors):
             offsets.append(self.pre_offsets[level][:, :, y0 * s: y1 * s, x0 * s: x1 * s] + shift)
         oy, ox = self.origin
         return AlignedTextures(self.ref_feats, tuple(warped), tuple(offsets), self.confidence[..., y0:y1, x0:x1],
-                               self.warped_ref[..., 4 * y0: 4 * y1, 4 * x0: 4 * x1], (oy + y0, ox + x0),
-                               self.ref_confidence)
+                               self.warped_ref[..., 4 * y0: 4 * y1, 4 * x0: 4 * x1], (oy + y0, ox + x0))
 
 
 @dataclass
@@ -303,11 +313,22 @@ class FRFSR(nn.Module, PretrainedMixin):
         if cfg.stage == 2:
             self.reuse_net.requires_grad_(False)
         self.check_inputs = True          # NaN/Inf checks (one host sync each); off for the fastest path
-        self.match_mode = "auto"          # default of match(): "exact", "fast" or "auto" (correspondence.py)
+        self.ops_backend: str | None = None   # set_ops_backend: the kernels of frfsr.ops this model runs
 
     @property
     def dtype(self) -> torch.dtype:
         return self.restoration.head.weight.dtype
+
+    def set_ops_backend(self, name: str | None) -> "FRFSR":
+        """The kernels of :mod:`frfsr.ops` this model's operators run: 'reference', 'fused',
+        'native', or None / 'auto' (the environment variable ``FRFSR_OPS_BACKEND`` where it is
+        set, else the fastest for the tensors' device). Checked here; returns the model."""
+        name = None if name is None else ops.check_backend(name)
+        self.ops_backend = name
+        for module in self.modules():
+            if module is not self and hasattr(module, "ops_backend"):
+                module.ops_backend = name
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -316,8 +337,7 @@ class FRFSR(nn.Module, PretrainedMixin):
     # ------------------------------------------------------------------ inputs
     def check_lr(self, lr, name: str = "lr") -> torch.Tensor:
         """Validate an LR: shape, size, finite values. The tiled path checks the whole LR once
-        with this (and :meth:`check_encoded`) and then runs :meth:`restore_tile` per tile
-        unchecked."""
+        with this (and :meth:`check_encoded`) and then matches each tile with ``check=False``."""
         return check_image(lr, name, MIN_LR_SIZE, self.check_inputs, what="LR")
 
     @staticmethod
@@ -374,21 +394,20 @@ class FRFSR(nn.Module, PretrainedMixin):
         return EncodedRefs(tuple(images), textures, feats, layout, tuple(sources))
 
     # ------------------------------------------------------------------ steps
-    def match(self, lr: torch.Tensor, ref, match_mode: str | None = None, *, check: bool = True) -> Correspondence:
-        """Correlation-based texture warp, matching step (paper eq. 5-9). ``ref``: Ref
-        tensor(s) or an :class:`EncodedRefs`. ``match_mode``: "exact" (every LR patch against
+    def match(self, lr: torch.Tensor, refs, mode: str = "auto", *, check: bool = True) -> Correspondence:
+        """Correlation-based texture warp, matching step (paper eq. 5-9). ``refs``: Ref
+        tensor(s) or an :class:`EncodedRefs`. ``mode``: "exact" (every LR patch against
         every Ref patch, the release's), "fast" (coarse-to-fine, cost linear in the LR) or
-        "auto" (fast above :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`); None: ``self.match_mode``
-        (default "auto"; :meth:`use_match_mode` sets it for a block). ``check=False``: ``lr``
-        was checked already (:meth:`check_lr`) and ``ref`` is encoded Refs that serve it, as
-        for each tile of :meth:`restore_tile`."""
-        mode = self.match_mode if match_mode is None else match_mode
+        "auto" (fast above :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`). ``check=False``: ``lr``
+        was checked already (:meth:`check_lr`) and ``refs`` is encoded Refs that serve it, as
+        for each tile of a tiled run. The relevance (:attr:`Correspondence.relevance`) is
+        computed when it is read, not here."""
         if mode not in MATCH_MODES:
             raise ValueError(f"unknown match_mode {mode!r}; accepted: {', '.join(MATCH_MODES)}")
         if check:
             self.check_lr(lr)
             check_dtype(lr, "lr", self.dtype)
-        refs = self.encode_refs(ref, lr.shape[0])              # Ref tensors are checked there
+        refs = self.encode_refs(refs, lr.shape[0])             # Ref tensors are checked there
         if check:
             self.check_encoded(refs, lr.shape[0])
             if refs.images[0].device != lr.device:
@@ -397,29 +416,13 @@ class FRFSR(nn.Module, PretrainedMixin):
         lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
         lr_tex = self.texture_encoder.encode_lr(lr_up)
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
-        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, match_mode=mode)
-        with torch.no_grad():                                   # the relevance's backward score: no loss uses it
-            lr_n = normalize_features(lr_tex)
-            backward = tuple(ref_confidence(lr_n, normalize_features(refs.textures[i]), p) for i in refs.given())
+        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, mode=mode, backend=self.ops_backend)
         flow3 = index_to_flow(kx, ky, p)
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
         confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)
         ref_id = F.pad(ref_id, (1, 1, 1, 1), value=-1)
-        return Correspondence(flows, offsets, confidence, ref_id, refs, backward)
-
-    @contextlib.contextmanager
-    def use_match_mode(self, match_mode: str | None):
-        """``with model.use_match_mode("fast"): ...``: every :meth:`match` in the block (also
-        inside the tiled pipeline) uses ``match_mode``; None leaves the current one."""
-        if match_mode is not None and match_mode not in MATCH_MODES:
-            raise ValueError(f"unknown match_mode {match_mode!r}; accepted: {', '.join(MATCH_MODES)}")
-        prev = self.match_mode
-        self.match_mode = prev if match_mode is None else match_mode
-        try:
-            yield self
-        finally:
-            self.match_mode = prev
+        return Correspondence(flows, offsets, confidence, ref_id, refs, lr_tex.detach(), p)
 
     def align(self, corr: Correspondence) -> AlignedTextures:
         """Reference features at three scales, warped onto the LR grid (paper eq. 10-13)."""
@@ -427,8 +430,7 @@ class FRFSR(nn.Module, PretrainedMixin):
         ref_feats = tuple(f.expand(b, -1, -1, -1) for f in corr.refs.feats)
         warped = tuple(flow_warp(f, flow) for f, flow in zip(ref_feats, corr.flows))
         warped_ref = flow_warp(corr.refs.mosaic_image().expand(b, -1, -1, -1), corr.flows[0])
-        return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref,
-                               ref_confidence=corr.ref_confidence)
+        return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref)
 
     def restore(self, lr: torch.Tensor, textures: AlignedTextures, reuse_feature: torch.Tensor | None = None) -> Restoration:
         """SIFE + the 3-scale U-Net (paper III-C). A stage-2 model computes the stage-1 HR
@@ -446,15 +448,6 @@ class FRFSR(nn.Module, PretrainedMixin):
             raise ValueError("reuse_feature is only defined for a stage-2 model (config.stage == 2)")
         sife = self.sife(lr) if sife is None else sife
         return self.reuse_net(lr, sife, textures)[1]
-
-    def restore_tile(self, lr: torch.Tensor, refs: EncodedRefs, origin: tuple[int, int] = (0, 0)
-                     ) -> tuple[Restoration, AlignedTextures]:
-        """match -> align -> restore for one tile of an LR already checked with
-        :meth:`check_lr` (no checks repeated per tile). ``origin`` (y, x, LR pixels): where the
-        tile starts in the whole LR, so the Ref is read "at the same position" as untiled.
-        What :mod:`frfsr.tiling` runs per tile."""
-        tex = dataclasses.replace(self.align(self.match(lr, refs, check=False)), origin=origin)
-        return self.restore(lr, tex), tex
 
     def forward(self, lr: torch.Tensor, ref) -> torch.Tensor:
         corr = self.match(lr, ref)

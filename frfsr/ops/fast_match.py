@@ -37,6 +37,8 @@ x C, linear in the query and independent of the key's size; see :func:`flop_coun
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -117,18 +119,19 @@ def principal_components(qd: torch.Tensor, kd: torch.Tensor, dims: int) -> tuple
     return torch.bmm(proj, qd), torch.bmm(proj, kd)
 
 
-def _native_kernels(t: torch.Tensor) -> bool:
-    """Whether the ops backend runs the native CPU kernels for ``t``."""
-    from . import _backend_for
-    return t.dtype == torch.float32 and _backend_for(t) == "native"
+def _native_kernels(t: torch.Tensor, backend: str | None) -> bool:
+    """Whether the ops backend ``backend`` runs the native CPU kernels for ``t``."""
+    from . import backend_for
+    return t.dtype == torch.float32 and backend_for(t, backend) == "native"
 
 
-def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int | None = None) -> torch.Tensor:
+def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int | None = None, *,
+                backend: str | None = None) -> torch.Tensor:
     """Indices (B, Nq, k') of the k' = min(k, Nk) largest dot products of every query column
     of ``qd`` (B, D, Nq) with the key columns of ``kd`` (B, D, Nk): by the native CPU kernel
     where the ops backend runs it (:func:`frfsr.ops.native.coarse_topk`), else by blocks
     whose similarity tensor holds at most ``max_block_elems`` elements."""
-    if _native_kernels(qd):
+    if _native_kernels(qd, backend):
         from . import native
         return native.coarse_topk(qd, kd, k)
     B, _, n_q = qd.shape
@@ -359,7 +362,7 @@ def candidate_flows(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
                     search_cell: int | None = None, key_stride: int | None = None, topk: int | None = None,
                     neighbours: int | None = None, neighbour_topk: int | None = None, radius: int | None = None,
                     query_stride: int | None = None, context: int | None = None, coarse_dims: int | None = None,
-                    max_block_elems: int | None = None) -> torch.Tensor:
+                    max_block_elems: int | None = None, backend: str | None = None) -> torch.Tensor:
     """Steps 1-3 of the module docstring: the flows (B, search cells y, search cells x, M, 2)
     that :func:`fast_patch_match` gives :func:`frfsr.ops.window_match` (with its
     ``search_cell`` and ``radius``); parameters as there."""
@@ -373,7 +376,7 @@ def candidate_flows(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     qd, grid_q = _coarse_descriptors(query.detach().float(), d["cell"], qs, p, d["context"])
     kd, grid_k = _coarse_descriptors(key.detach().float(), d["cell"], ks, p, d["context"])
     qd, kd = principal_components(qd, kd, d["coarse_dims"])
-    cand = coarse_topk(qd, kd, d["topk"], max_block_elems)
+    cand = coarse_topk(qd, kd, d["topk"], max_block_elems, backend=backend)
     del qd, kd
     flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, ks, d["neighbours"], d["neighbour_topk"]),
                         d["search_cell"] // qs)
@@ -387,22 +390,23 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
                      jumps: tuple[int, ...] | None = None,
                      samples: int | None = None, search_radius: int | None = None,
                      query_stride: int | None = None, context: int | None = None, coarse_dims: int | None = None,
-                     max_block_elems: int | None = None, window_match=None):
+                     max_block_elems: int | None = None, window_match=None, backend: str | None = None):
     """Coarse-to-fine :func:`frfsr.ops.patch_match` (same arguments and outputs; see the
     module docstring). Parameters left None take :data:`FAST_MATCH_DEFAULTS`;
     ``window_match``: the windowed-search implementation (default: the dispatched
-    :func:`frfsr.ops.window_match`)."""
+    :func:`frfsr.ops.window_match` with ``backend``, see :mod:`frfsr.ops`)."""
     from .reference import check_patch_match_args
     p = check_patch_match_args(query, key, patch_size)
     d = _params(cell=cell, search_cell=search_cell, key_stride=key_stride, topk=topk, neighbours=neighbours,
                 neighbour_topk=neighbour_topk, radius=radius, rounds=rounds, jumps=jumps, samples=samples,
                 search_radius=search_radius, query_stride=query_stride, context=context, coarse_dims=coarse_dims)
     if window_match is None:
-        from . import window_match
+        from . import window_match as dispatched
+        window_match = functools.partial(dispatched, backend=backend)
     flows = candidate_flows(query, key, p, cell=d["cell"], search_cell=d["search_cell"], key_stride=d["key_stride"],
                             topk=d["topk"], neighbours=d["neighbours"], neighbour_topk=d["neighbour_topk"],
                             radius=d["radius"], query_stride=d["query_stride"], context=d["context"],
-                            coarse_dims=d["coarse_dims"], max_block_elems=max_block_elems)
+                            coarse_dims=d["coarse_dims"], max_block_elems=max_block_elems, backend=backend)
     search_cell, radius = d["search_cell"], d["radius"]
     if d["rounds"] == 0 or not (d["jumps"] or d["samples"]):
         return window_match(query, key, flows, search_cell, radius, patch_size=p)
