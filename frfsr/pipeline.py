@@ -30,17 +30,9 @@ import torch
 from .checks import FRFSRWarning
 from .image_io import from_model_output, map_to_output, to_model_input, upscale_alpha
 from .models.correspondence import relevance_of
-from .tiling import DEFAULT_OVERLAP, check_lr_tensor, check_tile_args, encode_refs, run_tiles, sr_step, tile_size
-
-# The Ref scale pyramid used when a call does not say (``pipe.ref_scales``): the Ref as given.
-# ``(1, 0.71, 0.5)`` also matches it at 0.71x and 0.5x, for Refs shot closer than the LR
-# (BENCHMARKS.md, "Ref scale pyramid").
-DEFAULT_REF_SCALES = (1.0,)
-# The Ref rotations used when a call does not say (``pipe.ref_angles``): the Ref upright as given.
-# ``(0, 30, -30)`` also matches it rotated by 30 degrees either way, for Refs shot at another
-# camera roll (BENCHMARKS.md, "Real inputs").
-DEFAULT_REF_ANGLES = (0.0,)
-
+from .memory import encode_within_memory
+from .models.frfsr import RefViews
+from .tiling import DEFAULT_OVERLAP, check_lr_tensor, check_tile_args, run_tiles, sr_step, tile_size
 
 @dataclass
 class FRFSRPipelineOutput:
@@ -91,8 +83,8 @@ class FRFSRPipeline:
         self.commit = commit
         # the weights' (config.relevance_threshold); None turns the warning off
         self.relevance_threshold: float | None = model.config.relevance_threshold
-        self.ref_scales: tuple[float, ...] = DEFAULT_REF_SCALES
-        self.ref_angles: tuple[float, ...] = DEFAULT_REF_ANGLES
+        # the copies of the Refs matched when a call does not say: the Refs as given
+        self.ref_views: RefViews = RefViews()
         self._progress_config: dict = {}
 
     # ------------------------------------------------------------------ loading / saving
@@ -174,21 +166,22 @@ class FRFSRPipeline:
                 f"dtype={self.dtype}{src})")
 
     # ------------------------------------------------------------------ refs
-    def encode_refs(self, ref_or_refs, batch_size: int = 1, ref_scales=None, ref_angles=None):
-        """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, encoded)``.
-        ``ref_scales`` / ``ref_angles``: the Ref pyramid's scales and rotations (see
-        :meth:`FRFSR.encode_refs`); None: ``self.ref_scales`` / ``self.ref_angles``."""
+    def prepare_refs(self, ref_or_refs, batch_size: int = 1, ref_views: RefViews | None = None, *,
+                     ref_scales=None, ref_angles=None):
+        """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, prepared)``
+        (an :class:`~frfsr.EncodedRefs`, :meth:`FRFSR.encode_refs` within the free memory).
+        ``ref_views``, ``ref_scales``, ``ref_angles``: as in :meth:`__call__`."""
         from .models import EncodedRefs
         if isinstance(ref_or_refs, EncodedRefs):
             return ref_or_refs
+        views = self._views(ref_views, ref_scales, ref_angles)
         with torch.no_grad():
-            return encode_refs(self.model, self._ref_tensors(ref_or_refs), batch_size,
-                               **self._pyramid(ref_scales, ref_angles))
+            return encode_within_memory(self.model, self._ref_tensors(ref_or_refs), batch_size, views=views)
 
-    def _pyramid(self, ref_scales, ref_angles) -> dict:
-        """The Ref pyramid of a call: the arguments given, else the pipeline's."""
-        return {"scales": self.ref_scales if ref_scales is None else ref_scales,
-                "angles": self.ref_angles if ref_angles is None else ref_angles}
+    def _views(self, ref_views, ref_scales, ref_angles) -> RefViews:
+        """The Ref views of a call: ``ref_views`` (else the pipeline's) with the scales and
+        angles given (checked here, by :class:`RefViews`)."""
+        return RefViews.of(ref_scales, ref_angles, ref_views if ref_views is not None else self.ref_views)
 
     def _ref_tensors(self, ref_or_refs) -> list[torch.Tensor]:
         """Ref images as the model takes them (converted once, here; checked by the model)."""
@@ -201,27 +194,27 @@ class FRFSRPipeline:
     # ------------------------------------------------------------------ inference
     def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,
                  output_dtype=None, return_details: bool = False, progress: bool = True, interrupt=None,
-                 match_mode: str | None = None, ref_scales=None, ref_angles=None):
+                 match_mode: str | None = None, ref_views: RefViews | None = None, ref_scales=None, ref_angles=None):
         """4x SR of ``lr`` (an image, a (B, C, H, W) tensor, or a list of images) using
-        ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`encode_refs`).
+        ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`prepare_refs`).
 
         ``tile``: LR tile side, "auto" (from free memory) or None (whole image);
         ``overlap``: LR pixels shared by tiles; ``output_type``: "pil", "np", "pt" or None
         (like the input); ``output_dtype``: e.g. "uint16" (None: like the input);
         ``progress``: a tqdm bar over tiles; ``interrupt``: called before each tile, return
         True to stop; ``match_mode``: "exact", "fast" or "auto" (see :meth:`FRFSR.match`; None:
-        "auto"); ``ref_scales``: the Ref scale pyramid, e.g.
-        ``(1, 0.71, 0.5)`` for a Ref shot closer than the LR (None: ``self.ref_scales``,
-        :data:`DEFAULT_REF_SCALES`); ``ref_angles``: Ref rotations in degrees, e.g.
-        ``(0, 30, -30)`` for a Ref shot at another camera roll (None: ``self.ref_angles``,
-        :data:`DEFAULT_REF_ANGLES`). Returns the image(s), or :class:`FRFSRPipelineOutput`
-        with ``return_details=True``."""
+        "auto"); ``ref_views``: the copies of every Ref that are matched (:class:`RefViews`;
+        None: ``self.ref_views``, the Refs as given); ``ref_scales``, ``ref_angles``: the same
+        given by their parts, e.g. ``ref_scales=(1, 0.71, 0.5)`` for a Ref shot closer than the
+        LR, ``ref_angles=(0, 30, -30)`` (degrees) for one shot at another camera roll. Returns
+        the image(s), or :class:`FRFSRPipelineOutput` with ``return_details=True``."""
         from .models import EncodedRefs
         # 1. convert the inputs: the LR image(s) and the Refs to model tensors
         many = isinstance(lr, (list, tuple))
         if many and not lr:
             raise ValueError("lr is an empty list; give at least one image")
         refs = ref_or_refs if isinstance(ref_or_refs, EncodedRefs) else self._ref_tensors(ref_or_refs)
+        views = self._views(ref_views, ref_scales, ref_angles)
         names = [f"lr[{i}]" for i in range(len(lr))] if many else ["lr"]
         inputs = [to_model_input(x, n) for x, n in zip(lr if many else [lr], names)]
         outs = []
@@ -234,7 +227,7 @@ class FRFSRPipeline:
                 self.model.check_encoded(refs, rgb.shape[0])
                 encoded = refs
             else:
-                encoded = encode_refs(self.model, refs, rgb.shape[0], **self._pyramid(ref_scales, ref_angles))
+                encoded = encode_within_memory(self.model, refs, rgb.shape[0], views=views)
                 if many and all(r.shape[0] == 1 for r in refs):
                     refs = encoded
             # 3. the tiles: match, align and restore each, blended

@@ -11,16 +11,15 @@ Results differ slightly from the untiled forward: the DDF channel filter pools o
 tile, not the image, and ESA's coarse branch pools on the tile's grid. With the default
 overlap (16 LR pixels) the difference is far below visibility (tests: PSNR >= 40 dB).
 
-:func:`upscale_tiled` is the general entry (the pipeline and the ComfyUI node use it);
+:func:`run_tiles` runs a step over the tiles and blends what it returns (the pipeline runs
+:func:`sr_step` with it); :func:`upscale_tiled` is that for tensors (the ComfyUI node uses it);
 :func:`restore_tiled` restores tiles of already aligned textures (``AlignedTextures.crop``).
-Both pick a tile size from free memory by default and halve it on out-of-memory errors.
+They pick a tile size from free memory by default and halve it on out-of-memory errors.
 """
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +27,7 @@ from typing import Callable
 import torch
 
 from .checks import MIN_LR_SIZE
+from .memory import free_memory, is_out_of_memory, release_memory
 
 DEFAULT_OVERLAP = 16        # LR pixels shared by neighbouring tiles
 MAX_AUTO_TILE = 1024        # largest tile side auto_tile_size picks (LR pixels)
@@ -121,33 +121,6 @@ class TilePlan:
 
 
 # ------------------------------------------------------------------ memory
-def is_out_of_memory(err: BaseException) -> bool:
-    """True for CUDA/MPS/CPU allocation failures."""
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
-    if oom_types and isinstance(err, oom_types):
-        return True
-    msg = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-
-
-def free_memory(device) -> int:
-    """Bytes that a new allocation on ``device`` can use: CUDA free + cached, else the
-    host's available RAM."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        try:
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            return 4 << 30
-
-
 def bytes_per_lr_pixel(model) -> int:
     """Rough peak activation bytes per LR pixel of one forward (16 HR pixels each, the widest
     stages at HR size: U-Net features, the deformable conv's sampled columns over the relu1_1
@@ -169,59 +142,6 @@ def auto_tile_size(model, batch_size: int = 1, device=None, budget_bytes: int | 
     return max(MIN_LR_SIZE, min(MAX_AUTO_TILE, side))
 
 
-def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None, scales=(1.0,),
-                     angles=(0.0,)) -> int:
-    """Bytes that encoding ``refs`` (tensors) needs: what the encoded Refs keep
-    (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel, over every copy of the
-    pyramid's scales and angles) plus one extractor tile's intermediates. MemoryError,
-    saying what to do, when that exceeds the free memory."""
-    from .models.frfsr import REF_TILE, ref_bytes_per_pixel, ref_copies_pixels
-    from .models.vgg import TILE_HALO
-    refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
-    cfg, dtype = model.config, model.dtype
-    keep = ref_bytes_per_pixel(cfg, dtype) * sum(ref_copies_pixels(*r.shape[-2:], scales, angles) * max(r.shape[0], 1)
-                                                 for r in refs)
-    side = min(tile or REF_TILE, max(max(r.shape[-2:]) for r in refs)) + 2 * TILE_HALO
-    work = 4 * cfg.vgg_widths[0] * side * side * (torch.finfo(dtype).bits // 8)
-    need, free = keep + work, free_memory(device if device is not None else model.device)
-    if need > free:
-        biggest = max(refs, key=lambda r: r.shape[-2] * r.shape[-1])
-        f = math.sqrt(max(free - work, 0) / need) * 0.9
-        h, w = biggest.shape[-2:]
-        raise MemoryError(
-            f"encoding the Ref{'s' if len(refs) > 1 else ''} ({', '.join(f'{r.shape[-1]}x{r.shape[-2]}' for r in refs)}) "
-            f"needs about {need / 2**30:.1f} GiB ({ref_bytes_per_pixel(cfg, dtype)} bytes per Ref pixel with this model "
-            f"in {str(dtype).replace('torch.', '')}) but {free / 2**30:.1f} GiB is free on {model.device}. Downscale "
-            f"the Ref to about {int(w * f)}x{int(h * f)} or less (detail finer than 4x the LR's scale is not used "
-            "anyway), use bfloat16 (half the memory), or a device with more memory")
-    return need
-
-
-def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, scales=(1.0,), angles=(0.0,),
-                oom_fallback: bool = True):
-    """``model.encode_refs`` with the memory checked up front (:func:`ref_memory_check`) and
-    the extractor tile halved on out-of-memory; an :class:`EncodedRefs` is passed through."""
-    from .models import EncodedRefs
-    from .models.frfsr import REF_TILE
-    from .models.vgg import TILE_HALO
-    if isinstance(refs, EncodedRefs):
-        return refs
-    tile = tile or REF_TILE
-    ref_memory_check(model, refs, batch_size, tile, scales=scales, angles=angles)
-    while True:
-        try:
-            return model.encode_refs(refs, batch_size, tile=tile, scales=scales, angles=angles)
-        except Exception as err:
-            smallest = 8 * TILE_HALO
-            if not (oom_fallback and is_out_of_memory(err)) or tile <= smallest:
-                raise
-            del err
-            _release_memory(model.device)
-            tile = max(smallest, tile // 2 // 4 * 4)
-            warnings.warn(f"out of memory while encoding the Ref; retrying with Ref tiles of {tile} pixels",
-                          RuntimeWarning, stacklevel=3)
-
-
 def check_tile_args(tile, overlap) -> None:
     """TypeError / ValueError unless ``tile`` ("auto", None or an int) and ``overlap`` are usable."""
     if isinstance(tile, bool) or not (tile is None or tile == "auto" or isinstance(tile, int)):
@@ -232,12 +152,6 @@ def check_tile_args(tile, overlap) -> None:
         raise ValueError(f"overlap must be an integer >= 0 (LR pixels), got {overlap!r}")
     if isinstance(tile, int) and overlap > tile // 2:
         raise ValueError(f"overlap ({overlap}) must be at most half the tile ({tile} -> {tile // 2})")
-
-
-def _release_memory(device) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------ the loop
@@ -286,7 +200,7 @@ def run_tiles(lr: torch.Tensor, step: StepFn, *, tile=None, overlap: int = DEFAU
                 raise RuntimeError(f"out of memory even with the smallest tile ({MIN_LR_SIZE} LR pixels); "
                                    "use a smaller Ref, a lower-precision dtype or another device") from err
             del err, acc
-            _release_memory(device if device is not None else lr.device)
+            release_memory(device if device is not None else lr.device)
             tile = max(MIN_LR_SIZE, current // 2)
             what = f"tile {plan.tile}" if plan.tile else f"the whole {h}x{w} image"
             warnings.warn(f"out of memory with {what}; retrying with tile {tile}", RuntimeWarning, stacklevel=3)
@@ -338,7 +252,7 @@ def sr_step(model, encoded, *, match_mode: str = "auto", details: bool = False, 
 def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP,
                   progress: ProgressFn | None = None, interrupt: InterruptFn | None = None,
                   return_details: bool = False, keep_warped_ref: bool = True, oom_fallback: bool = True,
-                  ref_scales=(1.0,), ref_angles=(0.0,), name: str = "lr", on_tile: TileFn | None = None,
+                  ref_views=None, name: str = "lr", on_tile: TileFn | None = None,
                   match_mode: str = "auto"):
     """4x SR of ``lr`` (B, 3, h, w) in [0, 1] against ``refs`` (a Ref tensor, a list of them,
     or an :class:`EncodedRefs`), tile by tile.
@@ -351,21 +265,22 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     CPU while the model is on a GPU: tiles travel to the model, results come back to
     ``lr``'s device. Returns the SR tensor (float32), or a :class:`TiledOutput` (its
     ``warped_ref`` None when ``keep_warped_ref=False``, which saves an HR-sized buffer).
-    Refs not yet encoded are encoded here, after the LR is checked, with the Ref pyramid's
-    ``ref_scales`` and ``ref_angles``. ``match_mode``: "exact", "fast" or "auto"
+    Refs not yet encoded are encoded here, after the LR is checked, with ``ref_views``
+    (:class:`~frfsr.models.frfsr.RefViews`; None: the Refs as given). ``match_mode``: "exact", "fast" or "auto"
     (:meth:`FRFSR.match`). The LR (``name`` in errors) and the Refs are checked once; the
     tiles are not checked again (``model.match(..., check=False)``)."""
     check_lr_tensor(lr)
     check_tile_args(tile, overlap)
     model.check_lr(lr, name)
     dev, dtype = model.device, model.dtype
+    from .memory import encode_within_memory
     from .models import EncodedRefs
     if isinstance(refs, EncodedRefs):
         model.check_encoded(refs, lr.shape[0])
         encoded = refs
     else:                                    # move the Refs to the model and encode them (checked there)
         refs = [r.to(dev, dtype) for r in refs] if isinstance(refs, (list, tuple)) else refs.to(dev, dtype)
-        encoded = encode_refs(model, refs, lr.shape[0], scales=ref_scales, angles=ref_angles,
+        encoded = encode_within_memory(model, refs, lr.shape[0], views=ref_views,
                               oom_fallback=oom_fallback)
     step = sr_step(model, encoded, match_mode=match_mode, details=return_details, keep_warped_ref=keep_warped_ref,
                    on_tile=on_tile, out_device=lr.device)

@@ -283,16 +283,15 @@ def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
     return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
 
 
-def lr_and_references(model: "FRFSRModel", image, reference, mode: str, scales=(1.0,), angles=(0.0,)):
+def lr_and_references(model: "FRFSRModel", image, reference, mode: str, views):
     """The LR and Reference IMAGEs as model inputs on the intermediate device, the References
     as :func:`reference_input` gives them, and the Reference pixels to encode (over every
-    copy of the pyramid's ``scales`` and ``angles``)."""
-    from frfsr.models.frfsr import ref_copies_pixels
+    copy of the RefViews ``views``)."""
     lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
     ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
                           lr.shape[0], mode)
     refs = ref if isinstance(ref, list) else [ref]
-    return lr, ref, sum(ref_copies_pixels(*r.shape[-2:], scales, angles) for r in refs)
+    return lr, ref, sum(views.pixels(*r.shape[-2:]) for r in refs)
 
 
 PREVIEW_SIDE = 512         # longest side of the preview shown on the node during a tiled run
@@ -378,15 +377,19 @@ def _numbers(text: str, name: str, example: str) -> list[float]:
 
 
 def parse_ref_scales(text: str) -> tuple[float, ...]:
-    """'1 0.71 0.5' or '1, 0.5' -> (1.0, 0.71, 0.5), checked by the library."""
-    from frfsr.models.frfsr import check_ref_scales
-    return check_ref_scales(_numbers(text, "ref_scales", "1 0.71 0.5"))
+    """'1 0.71 0.5' or '1, 0.5' -> (1.0, 0.71, 0.5) (checked by :func:`ref_views`)."""
+    return tuple(_numbers(text, "ref_scales", "1 0.71 0.5"))
 
 
 def parse_ref_angles(text: str) -> tuple[float, ...]:
-    """'0 30 -30' -> (0.0, 30.0, -30.0), checked by the library."""
-    from frfsr.models.frfsr import check_ref_angles
-    return check_ref_angles(_numbers(text, "ref_angles", "0 30 -30"))
+    """'0 30 -30' -> (0.0, 30.0, -30.0) (checked by :func:`ref_views`)."""
+    return tuple(_numbers(text, "ref_angles", "0 30 -30"))
+
+
+def ref_views(ref_scales: str, ref_angles: str):
+    """The nodes' ``ref_scales`` and ``ref_angles`` texts as the library's RefViews (checked there)."""
+    from frfsr.models.frfsr import RefViews
+    return RefViews(parse_ref_scales(ref_scales), parse_ref_angles(ref_angles))
 
 
 _REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
@@ -582,13 +585,13 @@ class MatchReference(_Node):
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
               ref_scales: str = "1", ref_angles: str = "0"):
-        scales, angles = parse_ref_scales(ref_scales), parse_ref_angles(ref_angles)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales, angles)
+        views = ref_views(ref_scales, ref_angles)
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, views)
         with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
             lr = lr.to(model.device)
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             cc.check_interrupt()
-            refs = net.encode_refs(ref, lr.shape[0], scales=scales, angles=angles)
+            refs = net.encode_refs(ref, lr.shape[0], views=views)
             corr = net.match(lr, refs, match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
             corr = corr.to(cc.intermediate_device())
@@ -693,16 +696,17 @@ class Upscale(_FourTimesImage):
     def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
                 tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1", ref_angles: str = "0",
                 upscale_by: float = 4.0):
-        from frfsr.tiling import encode_refs, upscale_tiled
+        from frfsr.memory import encode_within_memory
+        from frfsr.tiling import upscale_tiled
 
         size = output_size(image, upscale_by)
-        scales, angles = parse_ref_scales(ref_scales), parse_ref_angles(ref_angles)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales, angles)
+        views = ref_views(ref_scales, ref_angles)
+        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, views)
         cc.check_interrupt()
 
         def encoded():                  # called with the model on its device
             refs = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
-            return encode_refs(model.model, refs, lr.shape[0], scales=scales, angles=angles)
+            return encode_within_memory(model.model, refs, lr.shape[0], views=views)
 
         return run_tiled(model, functools.partial(upscale_tiled, match_mode=match_mode), lr, encoded, ref_pixels,
                          tile_size, tile_overlap, alpha=image_alpha(image), size=size)

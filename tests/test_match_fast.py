@@ -18,6 +18,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from frfsr import ops  # noqa: E402
+from frfsr.models import RefViews  # noqa: E402
 from frfsr.models.correspondence import MosaicLayout, match_refs, resolve_match_mode  # noqa: E402
 from frfsr.ops import reference as R  # noqa: E402
 from frfsr.ops.fast_match import (FAST_MATCH_DEFAULTS, FAST_MATCH_MIN_PAIRS, cell_flows,  # noqa: E402
@@ -235,7 +236,7 @@ def test_several_refs_and_the_scale_pyramid_in_fast_mode_agree_with_exact():
     lr = F.interpolate(img[..., 8:72, 12:76], size=(16, 16), mode="area").clamp(0, 1)
     refs = [img.clamp(0, 1), torch.rand(1, 3, 64, 72, generator=g)]
     with torch.no_grad():
-        encoded = model.encode_refs(refs, scales=(1, 0.71, 0.5))
+        encoded = model.encode_refs(refs, views=RefViews((1, 0.71, 0.5)))
         ce = model.match(lr, encoded, mode="exact")
         cf = model.match(lr, encoded, mode="fast")
     e, f = ce.confidence[..., 1:-1, 1:-1], cf.confidence[..., 1:-1, 1:-1]

@@ -122,7 +122,7 @@ class FakeModel:
     def __init__(self, max_side=None, error=None):
         self.max_side, self.error, self.sides = max_side, error, []
 
-    def encode_refs(self, refs, batch_size=None, tile=None, scales=(1.0,), angles=(0.0,)):
+    def encode_refs(self, refs, batch_size=None, tile=None, views=None):
         return refs
 
     def check_lr(self, lr, name="lr"):

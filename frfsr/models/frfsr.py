@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -178,19 +179,53 @@ def _distinct_numbers(values, name: str, inside, accepted: str, example: str) ->
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be numbers, e.g. {example}; got {values!r}") from None
     if not out or not all(inside(v) for v in out) or len(set(out)) != len(out):
-        raise ValueError(f"{name} must be distinct {accepted}, e.g. {example}; got {values!r}")
+        got = " ".join(f"{v:g}" for v in out) or "none"
+        raise ValueError(f"{name} must be distinct {accepted}, e.g. {example}; got {got}")
     return out
 
 
 def check_ref_scales(scales) -> tuple[float, ...]:
     """The Ref pyramid's factors: a non-empty sequence of distinct numbers in (0, 4]."""
-    return _distinct_numbers(scales, "ref_scales", lambda s: 0 < s <= 4, "factors in (0, 4]", "(1, 0.71, 0.5)")
+    return _distinct_numbers(scales, "ref_scales", lambda s: 0 < s <= 4, "factors in (0, 4]", "1 0.71 0.5")
 
 
 def check_ref_angles(angles) -> tuple[float, ...]:
     """The Ref rotations: a non-empty sequence of distinct angles in degrees, in [-180, 180]."""
     return _distinct_numbers(angles, "ref_angles", lambda a: -180 <= a <= 180, "angles in [-180, 180] degrees",
-                             "(0, 30, -30)")
+                             "0 30 -30")
+
+
+@dataclass(frozen=True)
+class RefViews:
+    """The copies of every Ref that are matched: the Ref resized by each of ``scales`` (factors
+    in (0, 4]; e.g. ``(1, 0.71, 0.5)`` for a Ref shot closer than the LR), each rotated by
+    each of ``angles`` (degrees, counter-clockwise, in [-180, 180]; e.g. ``(0, 30, -30)`` for a
+    Ref shot at another camera roll). The default is the Ref as given. A number or any
+    sequence of numbers is accepted for either and checked here (ValueError naming
+    ``ref_scales`` / ``ref_angles``); :meth:`FRFSR.encode_refs` makes the copies."""
+
+    scales: tuple[float, ...] = (1.0,)
+    angles: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", check_ref_scales(self.scales))
+        object.__setattr__(self, "angles", check_ref_angles(self.angles))
+
+    @classmethod
+    def of(cls, scales=None, angles=None, base: "RefViews | None" = None) -> "RefViews":
+        """``base`` (default: the Ref as given) with the ``scales`` and ``angles`` that are not None."""
+        base = base if base is not None else cls()
+        if scales is None and angles is None:
+            return base
+        return cls(base.scales if scales is None else scales, base.angles if angles is None else angles)
+
+    def copies(self) -> list[tuple[float, float]]:
+        """(scale, angle) of every copy, scale by scale."""
+        return [(s, a) for s in self.scales for a in self.angles]
+
+    def pixels(self, h: int, w: int) -> int:
+        """Pixels of every copy of an h x w Ref together (what encoding it costs)."""
+        return sum(math.prod(ref_copy_size(h, w, s, a)) for s, a in self.copies())
 
 
 def resize_ref(ref: torch.Tensor, scale: float) -> torch.Tensor:
@@ -209,11 +244,6 @@ def ref_copy_size(h: int, w: int, scale: float = 1.0, angle: float = 0.0) -> tup
         return h, w
     c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
     return max(1, math.ceil(h * c + w * s - 1e-6)), max(1, math.ceil(w * c + h * s - 1e-6))
-
-
-def ref_copies_pixels(h: int, w: int, scales=(1.0,), angles=(0.0,)) -> int:
-    """Pixels of every pyramid copy of an h x w Ref together (what encoding it costs)."""
-    return sum(math.prod(ref_copy_size(h, w, s, a)) for s in check_ref_scales(scales) for a in check_ref_angles(angles))
 
 
 def rotate_ref(ref: torch.Tensor, angle: float) -> torch.Tensor:
@@ -348,43 +378,45 @@ class FRFSR(nn.Module, PretrainedMixin):
             _check_ref_batch(f"ref[{i}]", r.shape[0], batch_size)
 
     def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE,
-                    scales=(1.0,), angles=(0.0,)) -> EncodedRefs:
+                    views: RefViews | None = None, *, scales=None, angles=None) -> EncodedRefs:
         """Validate the Ref(s) and compute what depends on them alone. ``ref``: a (B, 3, H, W)
         tensor or a list of them; ``batch_size``: the LR batch they will serve (Refs of batch
         1 are shared by every LR); ``tile``: the feature extractors run in tiles of this many
         Ref pixels (None: whole), so their intermediates stay bounded; the result is
         :func:`ref_bytes_per_pixel` per Ref pixel either way.
 
-        ``scales``: the Ref scale pyramid. Every Ref is also matched as a copy resized by each
-        factor (e.g. ``(1, 0.71, 0.5)``: a Ref shot closer than the LR then also offers its
-        detail at the LR's scale); the copies are laid on the same mosaic as several Refs, and
-        per LR position the best patch over all of them wins. Copies smaller than the minimum
-        Ref size are left out. Cost: memory and matching time grow with the summed area
-        (1 + 0.5 + 0.25 = 1.75x for ``(1, 0.71, 0.5)``).
-
-        ``angles``: Ref rotations in degrees (counter-clockwise): every scale's copy is also
-        matched rotated by each angle (:func:`rotate_ref`, on a canvas that holds the whole
-        rotated Ref), so that a Ref shot at another camera roll offers its texture upright.
-        ``(0, 30, -30)`` costs about 4.7x the Ref area (each 30-degree copy's canvas is 1.87x).
-        :attr:`EncodedRefs.sources` names each copy (Ref, scale, angle)."""
+        ``views``: the copies of every Ref that are matched (:class:`RefViews`; None: the Ref
+        as given). Every Ref is also matched as a copy resized by each of ``views.scales`` (e.g.
+        ``(1, 0.71, 0.5)``: a Ref shot closer than the LR then also offers its detail at the
+        LR's scale), each copy rotated by each of ``views.angles`` (:func:`rotate_ref`, on a
+        canvas that holds the whole rotated Ref, so that a Ref shot at another camera roll
+        offers its texture upright). The copies are laid on the same mosaic as several Refs,
+        and per LR position the best patch over all of them wins; copies smaller than the
+        minimum Ref size are left out. Memory and matching time grow with the summed area
+        (:meth:`RefViews.pixels`). :attr:`EncodedRefs.sources` names each copy (Ref, scale,
+        angle). ``scales`` / ``angles``: deprecated spelling of ``views=RefViews(scales, angles)``."""
         if isinstance(ref, EncodedRefs):
             return ref
         refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
         if not refs:
             raise ValueError("at least one Ref image is required")
         b = batch_size or max(r.shape[0] if isinstance(r, torch.Tensor) and r.dim() == 4 else 1 for r in refs)
-        scales, angles = check_ref_scales(scales), check_ref_angles(angles)
+        if scales is not None or angles is not None:
+            warnings.warn("encode_refs(scales=, angles=) is deprecated; pass views=RefViews(scales, angles)",
+                          DeprecationWarning, stacklevel=2)
+            views = RefViews.of(scales, angles, views)
+        views = views if views is not None else RefViews()
         images, sources = [], []
         for i, r in enumerate(refs):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
             check_image(r, name, MIN_REF_SIZE, self.check_inputs, what="Ref")
             check_dtype(r, name, self.dtype)
             _check_ref_batch(name, r.shape[0], b)
-            for s in scales:
+            for s in views.scales:
                 scaled = r if s == 1 else resize_ref(r, s)
                 if min(scaled.shape[-2:]) < MIN_REF_SIZE:
                     continue
-                for a in angles:
+                for a in views.angles:
                     images.append(rotate_ref(scaled, a))
                     sources.append((i, s, a))
         layout = MosaicLayout.build([r.shape[-2:] for r in images])

@@ -393,16 +393,17 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
                      max_block_elems: int | None = None, window_match=None, backend: str | None = None):
     """Coarse-to-fine :func:`frfsr.ops.patch_match` (same arguments and outputs; see the
     module docstring). Parameters left None take :data:`FAST_MATCH_DEFAULTS`;
-    ``window_match``: the windowed-search implementation (default: the dispatched
-    :func:`frfsr.ops.window_match` with ``backend``, see :mod:`frfsr.ops`)."""
+    ``window_match``: the windowed-search implementation (default: the operator
+    ``frfsr::window_match`` with the kernel of ``backend``, see :mod:`frfsr.ops`)."""
     from .reference import check_patch_match_args
     p = check_patch_match_args(query, key, patch_size)
     d = _params(cell=cell, search_cell=search_cell, key_stride=key_stride, topk=topk, neighbours=neighbours,
                 neighbour_topk=neighbour_topk, radius=radius, rounds=rounds, jumps=jumps, samples=samples,
                 search_radius=search_radius, query_stride=query_stride, context=context, coarse_dims=coarse_dims)
-    if window_match is None:
-        from . import window_match as dispatched
-        window_match = functools.partial(dispatched, backend=backend)
+    if window_match is None:                 # the operator itself, with the kernel of ``backend``
+        from . import backend_for
+        window_match = functools.partial(torch.ops.frfsr.window_match, max_block_elems=None,
+                                         backend=backend_for(query, backend))
     flows = candidate_flows(query, key, p, cell=d["cell"], search_cell=d["search_cell"], key_stride=d["key_stride"],
                             topk=d["topk"], neighbours=d["neighbours"], neighbour_topk=d["neighbour_topk"],
                             radius=d["radius"], query_stride=d["query_stride"], context=d["context"],
