@@ -39,19 +39,20 @@ def free_memory(device) -> int:
             return 4 << 30
 
 
-def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None, views=None) -> int:
+def ref_memory_check(model, refs, batch_size: int = 1, ref_tile: int | None = None, device=None, views=None) -> int:
     """Bytes that encoding ``refs`` (tensors) needs: what the encoded Refs keep
     (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel, over every copy of the
     :class:`~frfsr.models.frfsr.RefViews` ``views``, default the Ref as given) plus one
-    extractor tile's intermediates. MemoryError,
-    saying what to do, when that exceeds the free memory."""
+    extractor tile's intermediates (``ref_tile`` Ref pixels a side; default
+    :data:`~frfsr.models.frfsr.REF_TILE`). MemoryError, saying what to do, when that exceeds
+    the free memory."""
     from .models.frfsr import REF_TILE, RefViews, ref_bytes_per_pixel
     from .models.vgg import TILE_HALO
     refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
     cfg, dtype = model.config, model.dtype
     views = views if views is not None else RefViews()
     keep = ref_bytes_per_pixel(cfg, dtype) * sum(views.pixels(*r.shape[-2:]) * max(r.shape[0], 1) for r in refs)
-    side = min(tile or REF_TILE, max(max(r.shape[-2:]) for r in refs)) + 2 * TILE_HALO
+    side = min(ref_tile or REF_TILE, max(max(r.shape[-2:]) for r in refs)) + 2 * TILE_HALO
     work = 4 * cfg.vgg_widths[0] * side * side * (torch.finfo(dtype).bits // 8)
     need, free = keep + work, free_memory(device if device is not None else model.device)
     if need > free:
@@ -67,16 +68,17 @@ def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, 
     return need
 
 
-def encode_within_memory(model, refs, batch_size: int = 1, *, tile: int | None = None, views=None,
-                oom_fallback: bool = True):
-    """``model.encode_refs`` with the memory checked up front (:func:`ref_memory_check`) and
-    the extractor tile halved on out-of-memory; an :class:`EncodedRefs` is passed through."""
+def encode_within_memory(model, refs, batch_size: int = 1, *, ref_tile: int | None = None, views=None,
+                         oom_fallback: bool = True):
+    """``model.encode_refs(refs, batch_size, ref_tile, views)`` with the memory checked up front
+    (:func:`ref_memory_check`) and the extractor tile (Ref pixels) halved on out-of-memory; an
+    :class:`~frfsr.EncodedRefs` is passed through."""
     from .models import EncodedRefs
     from .models.frfsr import REF_TILE
     from .models.vgg import TILE_HALO
     if isinstance(refs, EncodedRefs):
         return refs
-    tile = tile or REF_TILE
+    tile = ref_tile or REF_TILE
     ref_memory_check(model, refs, batch_size, tile, views=views)
     while True:
         try:

@@ -127,9 +127,8 @@ class FRFSRPipeline:
         (:func:`frfsr.devices.auto_dtype`). A device this machine lacks raises ValueError.
 
         ``memory_format=torch.channels_last`` stores the convolution weights NHWC, so that
-        the convolutions run in that layout (measured on a 2-core AVX-512 CPU with bf16
-        autocast: 1.86 s -> 1.46 s at HR 160x160; see BENCHMARKS.md); the results equal the
-        default layout's up to float rounding. ``torch.contiguous_format`` goes back."""
+        the convolutions run in that layout (BENCHMARKS.md); the results equal the default
+        layout's up to float rounding. ``torch.contiguous_format`` goes back."""
         from .devices import is_dtype_name, parse_device, resolve_dtype
         if isinstance(device, torch.dtype) or (isinstance(device, str) and dtype is None and is_dtype_name(device)):
             device, dtype = None, device

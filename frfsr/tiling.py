@@ -9,7 +9,7 @@ ones that see zero padding where the whole image has content) never reach the ou
 
 Results differ slightly from the untiled forward: the DDF channel filter pools over the
 tile, not the image, and ESA's coarse branch pools on the tile's grid. With the default
-overlap (16 LR pixels) the difference is far below visibility (tests: PSNR >= 40 dB).
+overlap (16 LR pixels) the difference is far below visibility (tests/test_tiling.py).
 
 :func:`run_tiles` runs a step over the tiles and blends what it returns (the pipeline runs
 :func:`sr_step` with it); :func:`upscale_tiled` is that for tensors (the ComfyUI node uses it);

@@ -170,10 +170,10 @@ def relevance_of(confidence: torch.Tensor, ref_confidence=()) -> torch.Tensor:
 def resolve_match_mode(match_mode: str, lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], patch_size: int = 3) -> str:
     """'exact' or 'fast': what ``match_mode`` ('exact', 'fast' or 'auto') means for these
     texture maps (see the module docstring)."""
-    from ..ops.fast_match import resolve_match_mode as _resolve
+    from ..ops.fast_match import mode_for_counts
     n_query = (lr_tex.shape[-2] - patch_size + 1) * (lr_tex.shape[-1] - patch_size + 1)
     n_key = sum((t.shape[-2] - patch_size + 1) * (t.shape[-1] - patch_size + 1) for t in ref_texs)
-    return _resolve(match_mode, n_query, n_key)
+    return mode_for_counts(match_mode, n_query, n_key)
 
 
 def match_refs(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: MosaicLayout, patch_size: int = 3,

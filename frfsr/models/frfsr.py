@@ -21,7 +21,7 @@ from .pretrained import PretrainedMixin
 from .restoration import RestorationNet
 from .sife import SIFE
 from .texture_encoder import TextureEncoder
-from .vgg import ReferenceFeatureExtractor, run_tiled
+from .vgg import ReferenceFeatureExtractor, extract_in_tiles
 
 
 class _Tensors:
@@ -255,13 +255,12 @@ def rotate_ref(ref: torch.Tensor, angle: float) -> torch.Tensor:
     t = math.radians(angle)
     c, s = math.cos(t), math.sin(t)
     oh, ow = ref_copy_size(h, w, 1.0, angle)
-    ys = torch.arange(oh, dtype=torch.float64, device=ref.device) - (oh - 1) / 2
-    xs = torch.arange(ow, dtype=torch.float64, device=ref.device) - (ow - 1) / 2
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    sx = c * gx - s * gy + (w - 1) / 2          # the source pixel of each output pixel (y grows downwards)
-    sy = s * gx + c * gy + (h - 1) / 2
-    grid = torch.stack([2 * sx / max(w - 1, 1) - 1, 2 * sy / max(h - 1, 1) - 1], -1).float()
-    grid = grid.expand(ref.shape[0], -1, -1, -1)
+    # the source of each output pixel, in grid_sample's [-1, 1] coordinates (pixel centres at the
+    # ends, align_corners=True): the output's coordinates rotated (y grows downwards) and rescaled
+    theta = torch.tensor([[c * (ow - 1) / max(w - 1, 1), -s * (oh - 1) / max(w - 1, 1), 0.0],
+                          [s * (ow - 1) / max(h - 1, 1), c * (oh - 1) / max(h - 1, 1), 0.0]],
+                         dtype=torch.float64, device=ref.device)
+    grid = F.affine_grid(theta.expand(ref.shape[0], 2, 3), [ref.shape[0], 1, oh, ow], align_corners=True).float()
     out = F.grid_sample(ref.float(), grid, mode="bicubic", padding_mode="zeros", align_corners=True)
     return out.clamp_(0, 1).to(ref.dtype)
 
@@ -421,7 +420,7 @@ class FRFSR(nn.Module, PretrainedMixin):
                     sources.append((i, s, a))
         layout = MosaicLayout.build([r.shape[-2:] for r in images])
         textures = tuple(self.texture_encoder.encode_ref(r, tile) for r in images)
-        per_ref = [run_tiled(self.ref_extractor, r, tile) for r in images]
+        per_ref = [extract_in_tiles(self.ref_extractor, r, tile) for r in images]
         feats = tuple(layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
         return EncodedRefs(tuple(images), textures, feats, layout, tuple(sources))
 

@@ -11,7 +11,7 @@ functions below keep the plain signatures and call them. Each operator has
 * a fused Triton kernel (:mod:`frfsr.ops.triton`): CUDA tensors, or CPU tensors under the
   Triton interpreter (``TRITON_INTERPRET=1`` set before Triton is imported);
 * ``window_match`` also has a native CPU kernel (:mod:`frfsr.ops.native`: C++ built on first
-  use with the machine's compiler and cached; about 2x the reference's speed on CPU);
+  use with the machine's compiler and cached);
 * a fake (meta) kernel, which validates the arguments and gives the output shapes, so
   ``torch.compile`` traces a model with these operators in one graph (``fullgraph=True``);
   the operators themselves are opaque to the compiler. (:func:`fast_patch_match` sizes its

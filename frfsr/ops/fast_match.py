@@ -14,7 +14,7 @@
    stores the similarities), as displacements (flows). With ``coarse_dims`` (default 64) the
    descriptors are first projected on their first ``coarse_dims`` principal components
    (of the query's and the key's descriptors together): a quarter of the products at 128
-   channels, for 0.1 point of agreement at most (BENCHMARKS.md, fast matching).
+   channels.
 3. *Propagation.* A cell also takes the flows (the best ``neighbour_topk``) of the cells up
    to ``neighbours`` cells away (as PatchMatch propagates good matches to adjacent patches),
    and the cells are grouped into search cells of ``search_cell`` x ``search_cell`` patches
@@ -22,8 +22,7 @@
 4. *Windowed search.* Every query patch of a search cell compares itself, for each of the
    search cell's flows, with the key patches in the search cell's square moved by the flow
    and widened by ``radius`` (:func:`frfsr.ops.window_match`), and keeps the best cosine.
-5. *Propagation* (optional, ``rounds`` > 0; off by default: measured, it gained a few
-   points of agreement for several times the cost). PatchMatch at full resolution: every
+5. *Propagation* (optional, ``rounds`` > 0; off by default). PatchMatch at full resolution: every
    query patch tries the flows of the patches ``jumps`` positions away and ``samples``
    random offsets of its own flow (:func:`propagate`).
 
@@ -46,37 +45,25 @@ from .reference import PATCH_MATCH_MAX_BLOCK_ELEMS
 from .window import _EPS, patch_norms
 from .window import window_match as _reference_window_match
 
-__all__ = ["fast_patch_match", "candidate_flows", "coarse_topk", "principal_components", "cell_flows", "propagate", "corner_scores", "flop_counts", "resolve_match_mode",
+__all__ = ["fast_patch_match", "candidate_flows", "coarse_topk", "principal_components", "cell_flows", "propagate", "corner_scores", "flop_counts", "mode_for_counts",
            "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "FAST_MATCH_DEFAULTS"]
 
 MATCH_MODES = ("exact", "fast", "auto")
 
 FAST_MATCH_MIN_PAIRS = 2 ** 26
 """``match_mode="auto"`` uses the fast mode when (query patch positions) x (key patches,
-all Refs together) exceeds this (about 8200 x 8200: an LR of 92 px against a Ref of
-368 px). Measured on a 2-core CPU (BENCHMARKS.md, fast matching), fast is about 2.4x faster
-than exact at 2**24 pairs (LR 64 / Ref 256) and 9x at 2**28 (LR 128 / Ref 512) with the
-native CPU kernels (with the reference kernels: about as fast at 2**24, 5x at 2**28); below
-the threshold exact matching costs a few seconds at most and is kept because it is the
-release's."""
+all Refs together) exceeds this (e.g. an LR of 92 px against a Ref of 368 px); below it the
+exact mode, the release's, is kept (where the two cross: BENCHMARKS.md, "Fast matching")."""
 
 FAST_MATCH_DEFAULTS = {"cell": 2, "search_cell": 4, "key_stride": 2, "topk": 22, "neighbours": 0,
                        "neighbour_topk": None, "radius": 1, "context": 1, "query_stride": None, "rounds": 0,
                        "jumps": (1,), "samples": 0, "search_radius": 8, "coarse_dims": 64}
-"""Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching):
-on held-out pairs they find exact matching's match (or one within 1e-3 of its cosine) at
-98.2 / 95.1 / 95.5 / 97.9 % of positions (relevant / 4x4-shuffled / 8x8-shuffled / unrelated
-Refs), the SR within 0.03 dB of exact's, and at LR 192 / Ref 768 they match about 19x faster
-than exact on a 2-core CPU with the native CPU kernels (random features, the worst case;
-about 9-10x with the reference kernels), the time growing with the LR area to the power
-1.1-1.2. Among the designs measured,
-more candidates per cell (``topk``) paid better than candidates borrowed from neighbouring
-cells (``neighbours``, ``neighbour_topk``) or PatchMatch rounds (``rounds``); the earlier
-defaults (cell 4, search cell 8, key stride 4, top-4, context 3) were 3x faster and agreed at
-82 / 68 / 48 / 52 % only."""
+"""Defaults of :func:`fast_patch_match` (parameters as in the module docstring). How often they
+find exact matching's match, how close the SR stays, their speed and the designs compared:
+BENCHMARKS.md, "Fast matching"."""
 
 
-def resolve_match_mode(mode: str, n_query: int, n_key: int) -> str:
+def mode_for_counts(mode: str, n_query: int, n_key: int) -> str:
     """'exact' or 'fast' for a ``match_mode`` and the numbers of query positions and key
     patches (summed over Refs)."""
     if mode not in MATCH_MODES:
