@@ -94,6 +94,28 @@ def encode_within_memory(model, refs, batch_size: int = 1, *, ref_tile: int | No
                           RuntimeWarning, stacklevel=3)
 
 
+AUTO_TILE_ESTIMATE = 256   # tile side step_memory assumes for tile "auto" (the tiler then fits its tile to what is free)
+
+
+def step_memory(model, lr_shape, ref_pixels: int, tile=None) -> int:
+    """Bytes one step (match, align, restore, or all three tile by tile) needs besides the
+    weights, for an LR of ``lr_shape`` (B, C, h, w) and ``ref_pixels`` Ref pixels (every copy):
+    the restoration's activations per LR pixel (:func:`frfsr.tiling.bytes_per_lr_pixel`) over
+    the pixels processed at once (a tile, or the whole image; x1.5 for the fixed cost of small
+    tiles), the blended 4x output of the whole image, and the Ref features
+    (:func:`frfsr.models.frfsr.ref_feature_bytes`) held by the encoded Refs and their warp,
+    twice over. What the ComfyUI nodes ask ComfyUI for (tests/test_comfy_memory.py: above the
+    measured peaks)."""
+    from .models.frfsr import ref_feature_bytes
+    from .tiling import bytes_per_lr_pixel
+    b, h, w = lr_shape[0], lr_shape[-2], lr_shape[-1]
+    side = tile if isinstance(tile, int) else AUTO_TILE_ESTIMATE if tile == "auto" else max(h, w)
+    at_once = min(h, side) * min(w, side)
+    blended = 2 * 16 * 3 * 4 * h * w                   # float32 sum and weights of the 4x output
+    ref_bytes = int(4 * ref_feature_bytes(model.config, model.dtype))
+    return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
+
+
 def release_memory(device) -> None:
     """Give cached memory back after an out-of-memory error (garbage, and the CUDA cache)."""
     gc.collect()

@@ -160,13 +160,19 @@ class Restoration(_Tensors):
 REF_TILE = 1024             # Ref pixels per side that the feature extractors process at once
 
 
-def ref_bytes_per_pixel(config: FRFSRConfig, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes an encoded Ref holds per Ref pixel: the image, VGG19 relu1_1 (full size), relu2_1
-    (1/4 of the pixels), relu3_1 and the texture feature (1/16 each). Paper preset, float32:
-    524 bytes (a 12-megapixel Ref: 6.3 GB)."""
+def ref_feature_bytes(config: FRFSRConfig, dtype: torch.dtype = torch.float32) -> float:
+    """Bytes of the VGG19 features of one Ref pixel: relu1_1 (full size), relu2_1 (1/4 of the
+    pixels) and relu3_1 (1/16)."""
     c1, c2, c3 = config.vgg_widths
+    return torch.finfo(dtype).bits // 8 * (c1 + c2 / 4 + c3 / 16)
+
+
+def ref_bytes_per_pixel(config: FRFSRConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes an encoded Ref holds per Ref pixel: the image, the VGG19 features
+    (:func:`ref_feature_bytes`) and the texture feature (1/16 of the pixels). Paper preset,
+    float32: 524 bytes."""
     elem = torch.finfo(dtype).bits // 8
-    return int(elem * (3 + c1 + c2 / 4 + 2 * c3 / 16))
+    return int(elem * (3 + config.vgg_widths[2] / 16) + ref_feature_bytes(config, dtype))
 
 
 def _distinct_numbers(values, name: str, inside, accepted: str, example: str) -> tuple[float, ...]:
