@@ -101,3 +101,39 @@ def test_no_process_wide_backend_or_match_mode():
         assert not hasattr(ops, name), name
     model = FRFSR(FRFSRConfig.tiny())
     assert not hasattr(model, "match_mode") and not hasattr(model, "use_match_mode")
+
+
+def test_match_leaves_the_relevance_to_its_readers(monkeypatch):
+    """FRFSR.match computes no backward match (training reads no relevance); reading
+    Correspondence.relevance computes it once."""
+    import frfsr.models.frfsr as model_module
+    calls = []
+    real = model_module.ref_confidence
+    monkeypatch.setattr(model_module, "ref_confidence", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = FRFSR(FRFSRConfig.tiny()).eval()
+    with torch.no_grad():
+        corr = model.match(torch.rand(1, 3, 16, 16), [torch.rand(1, 3, 40, 40), torch.rand(1, 3, 36, 44)])
+        sr = model.restore(torch.rand(1, 3, 16, 16), model.align(corr)).sr
+    assert sr.shape == (1, 3, 64, 64) and calls == []
+    first = corr.relevance
+    assert len(calls) == 2 and torch.equal(corr.relevance, first) and len(calls) == 2     # once per Ref, kept
+
+
+def test_the_relevance_threshold_belongs_to_the_weights(tmp_path):
+    from frfsr.config import DEFAULT_RELEVANCE_THRESHOLD
+    from frfsr.hub import BUNDLED_DIR
+    for name in ("default", "robust"):
+        assert FRFSRConfig.from_json(BUNDLED_DIR.parent / name / "config.json").relevance_threshold == 0.465
+    model = FRFSR(FRFSRConfig.tiny(relevance_threshold=0.3))
+    assert FRFSRPipeline(model).relevance_threshold == 0.3
+    model.save_pretrained(tmp_path / "m")
+    assert FRFSRPipeline.from_pretrained(str(tmp_path / "m")).relevance_threshold == 0.3
+    text = (tmp_path / "m" / "config.json").read_text()
+    assert FRFSRConfig.from_json(text.replace('"relevance_threshold": 0.3', '"relevance_threshold": null')
+                                 ).relevance_threshold is None
+    old = text.replace('  "relevance_threshold": 0.3,\n', "")                   # weights saved without the field
+    assert "relevance_threshold" not in old
+    assert FRFSRConfig.from_json(old).relevance_threshold == DEFAULT_RELEVANCE_THRESHOLD
+    with pytest.raises(ValueError, match="relevance_threshold must be a number or null"):
+        FRFSRConfig.tiny(relevance_threshold="high")
