@@ -217,34 +217,34 @@ class FRFSRPipeline:
         names = [f"lr[{i}]" for i in range(len(lr))] if many else ["lr"]
         inputs = [to_model_input(x, n) for x, n in zip(lr if many else [lr], names)]
         outs = []
-        for (rgb, alpha, info), name in zip(inputs, names):
-            check_lr_tensor(rgb)
-            check_tile_args(tile, overlap)
-            self.model.check_lr(rgb, name)
-            # 2. encode the Refs once (for every LR of a list when they are shared)
-            if isinstance(refs, EncodedRefs):
-                self.model.check_encoded(refs, rgb.shape[0])
-                encoded = refs
-            else:
-                encoded = encode_within_memory(self.model, refs, rgb.shape[0], views=views)
-                if many and all(r.shape[0] == 1 for r in refs):
-                    refs = encoded
-            # 3. the tiles: match, align and restore each, blended
-            step = sr_step(self.model, encoded, match_mode=match_mode or "auto", details=True,
-                           keep_warped_ref=return_details, out_device=rgb.device)
-            bar = _ProgressBar(progress and not self._progress_config.get("disable", False),
-                               {k: v for k, v in self._progress_config.items() if k != "disable"})
-            try:
-                with torch.no_grad():
+        with torch.no_grad():
+            for (rgb, alpha, info), name in zip(inputs, names):
+                check_lr_tensor(rgb)
+                check_tile_args(tile, overlap)
+                self.model.check_lr(rgb, name)
+                # 2. encode the Refs once (for every LR of a list when they are shared)
+                if isinstance(refs, EncodedRefs):
+                    self.model.check_encoded(refs, rgb.shape[0])
+                    encoded = refs
+                else:
+                    encoded = encode_within_memory(self.model, refs, rgb.shape[0], views=views)
+                    if many and all(r.shape[0] == 1 for r in refs):
+                        refs = encoded
+                # 3. the tiles: match, align and restore each, blended
+                step = sr_step(self.model, encoded, match_mode=match_mode or "auto", details=True,
+                               keep_warped_ref=return_details, out_device=rgb.device)
+                bar = _ProgressBar(progress and not self._progress_config.get("disable", False),
+                                   {k: v for k, v in self._progress_config.items() if k != "disable"})
+                try:
                     res, _ = run_tiles(rgb, step, tile=tile_size(tile, self.model, rgb.shape[0]), overlap=overlap,
                                        progress=bar, interrupt=interrupt, device=self.device, dtype=self.dtype)
-            finally:
-                bar.close()
-            # 4. the relevance of the Refs to this LR, and the warning when they hardly match
-            relevance = [float(r) for r in relevance_of(res["confidence"].float(), res["ref_confidence"])]
-            self._warn_relevance(relevance, name)
-            # 5. convert back: the input's kind and bit depth, the alpha channel put back
-            outs.append(self._output(res, alpha, info, output_type, output_dtype, relevance, return_details))
+                finally:
+                    bar.close()
+                # 4. the relevance of the Refs to this LR, and the warning when they hardly match
+                relevance = [float(r) for r in relevance_of(res["confidence"].float(), res["ref_confidence"])]
+                self._warn_relevance(relevance, name)
+                # 5. convert back: the input's kind and bit depth, the alpha channel put back
+                outs.append(self._output(res, alpha, info, output_type, output_dtype, relevance, return_details))
         if not many:
             return outs[0] if return_details else outs[0].images
         if not return_details:

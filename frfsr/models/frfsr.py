@@ -1,7 +1,6 @@
 """FRFSR: match -> align -> restore (paper Fig. 1), with feature reuse for stage 2."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import warnings
