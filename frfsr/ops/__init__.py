@@ -91,6 +91,7 @@ import torch
 from . import reference
 from .custom_ops import BACKENDS, check_backend, fused_available, kernel_backend
 
+
 def requested_backend(name: str | None = None) -> str:
     """The backend a call asks for: ``name`` ('auto', 'reference', 'fused' or 'native',
     checked); None or 'auto': ``FRFSR_OPS_BACKEND`` where it is set, else 'auto'."""
