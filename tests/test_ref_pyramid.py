@@ -141,3 +141,18 @@ def test_bad_views_get_one_message_from_the_pipeline_the_cli_and_the_node(scene,
         nodes.Upscale().upscale(model, image, reference, ref_scales=" ".join(scales or ["1"]),
                                 ref_angles=" ".join(angles or ["0"]))
     assert str(by_node.value) == message
+
+
+def test_ref_views_is_one_value(scene):
+    pipe, lr, closer = scene
+    views = RefViews([1, "0.5"], 30)
+    assert (views.scales, views.angles) == ((1.0, 0.5), (30.0,)) and views == RefViews((1, 0.5), (30,))
+    assert views.copies() == [(1.0, 30.0), (0.5, 30.0)] and hash(views) == hash(RefViews((1, 0.5), (30,)))
+    assert RefViews.of(angles=(0, 30), base=views) == RefViews((1, 0.5), (0, 30))
+    with pytest.raises(TypeError, match="ref_views must be a frfsr.RefViews"):
+        pipe.prepare_refs(closer, ref_views=(1, 0.5))
+    with pytest.raises(TypeError, match="ref_views must be a frfsr.RefViews"):
+        pipe.model.encode_refs(closer, views=(1, 0.5))
+    with pytest.warns(DeprecationWarning, match="views=RefViews"):
+        old = pipe.model.encode_refs(closer, scales=(1, 0.5))
+    assert old.sources == pipe.model.encode_refs(closer, views=RefViews((1, 0.5))).sources

@@ -220,6 +220,8 @@ class RefViews:
     def of(cls, scales=None, angles=None, base: "RefViews | None" = None) -> "RefViews":
         """``base`` (default: the Ref as given) with the ``scales`` and ``angles`` that are not None."""
         base = base if base is not None else cls()
+        if not isinstance(base, RefViews):
+            raise TypeError(f"ref_views must be a frfsr.RefViews, e.g. RefViews(scales=(1, 0.5)); got {base!r}")
         if scales is None and angles is None:
             return base
         return cls(base.scales if scales is None else scales, base.angles if angles is None else angles)
@@ -409,7 +411,7 @@ class FRFSR(nn.Module, PretrainedMixin):
             warnings.warn("encode_refs(scales=, angles=) is deprecated; pass views=RefViews(scales, angles)",
                           DeprecationWarning, stacklevel=2)
             views = RefViews.of(scales, angles, views)
-        views = views if views is not None else RefViews()
+        views = RefViews.of(base=views)
         images, sources = [], []
         for i, r in enumerate(refs):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
