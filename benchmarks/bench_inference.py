@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from frfsr import FRFSR, FRFSRConfig  # noqa: E402
+from frfsr import FRFSR, FRFSRConfig, RefViews  # noqa: E402
 from frfsr.checks import MIN_LR_SIZE  # noqa: E402
 from frfsr.tiling import upscale_tiled  # noqa: E402
 
@@ -125,13 +125,13 @@ def accuracy_rows(model, size, device, crop: int | None = None) -> list[dict]:
         if net is None:
             continue
         lr, ref = lr.to(device), ref.to(device)
-        with ops.use_backend("fused" if fused else "reference"):
-            fp32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
-            bf16 = run_ours(net, lr, ref, "bf16").float().clamp(0, 1)
+        net.set_ops_backend("fused" if fused else "reference")
+        fp32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
+        bf16 = run_ours(net, lr, ref, "bf16").float().clamp(0, 1)
         row = {"weights": name, "psnr_bf16_vs_fp32": round(psnr(bf16, fp32), 2)}
         if fused:
-            with ops.use_backend("reference"):
-                ref32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
+            net.set_ops_backend("reference")
+            ref32 = run_ours(net, lr, ref, "fp32").float().clamp(0, 1)
             row["psnr_fused_vs_reference_fp32"] = round(psnr(fp32, ref32), 2)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -152,7 +152,7 @@ def run_ours(model, lr, ref, dtype, tile=None, ref_scales=None):
     ctx = torch.autocast(lr.device.type, dtype=torch.bfloat16) if dtype == "bf16" else torch.autocast(lr.device.type, enabled=False)
     with torch.no_grad(), ctx:
         if ref_scales is not None:
-            ref = model.encode_refs(ref, lr.shape[0], scales=ref_scales)
+            ref = model.encode_refs(ref, lr.shape[0], views=RefViews(ref_scales))
         if tile is None:
             return model(lr, ref)
         return upscale_tiled(model, lr, ref, tile=tile, keep_warped_ref=False)

@@ -85,8 +85,7 @@ def timing(sizes, make, exact_limit: float, reps: int) -> tuple[list[dict], dict
     for side in sizes:
         q, k = make(side)
         fast_t = timed(lambda: ops.fast_patch_match(q, k), reps)
-        with ops.use_backend("reference"):
-            fast_ref_t = timed(lambda: ops.fast_patch_match(q, k), reps)
+        fast_ref_t = timed(lambda: ops.fast_patch_match(q, k, backend="reference"), reps)
         predicted = None
         if len(exact_measured) >= 2:
             e = fit_exponent([s for s, _ in exact_measured], [t for _, t in exact_measured])
@@ -126,14 +125,14 @@ def heldout(n: int, patch: int, seed: int) -> list[dict]:
             refs = model.encode_refs(ref)
             lr_tex = model.texture_encoder.encode_lr(F.interpolate(lr, scale_factor=4, mode="bicubic",
                                                                    align_corners=False))
-            ke = match_refs(lr_tex, list(refs.textures), refs.layout, match_mode="exact")
-            kf = match_refs(lr_tex, list(refs.textures), refs.layout, match_mode="fast")
+            ke = match_refs(lr_tex, list(refs.textures), refs.layout, mode="exact")
+            kf = match_refs(lr_tex, list(refs.textures), refs.layout, mode="fast")
             same = (ke[1] == kf[1]) & (ke[2] == kf[2])
             good = same | (kf[0] >= ke[0] - 1e-3)
             agree += int(good.sum())
             total += good.numel()
             for mode in srs:
-                srs[mode].append(model.restore(lr, model.align(model.match(lr, refs, match_mode=mode))).sr.clamp(0, 1))
+                srs[mode].append(model.restore(lr, model.align(model.match(lr, refs, mode=mode))).sr.clamp(0, 1))
         hr = torch.stack([it["hr"] for it in items])
         p = {m: psnr_y(torch.cat(v), hr) for m, v in srs.items()}
         rows.append({"kind": kind, "agree": agree / total, "psnr_exact": p["exact"], "psnr_fast": p["fast"],
@@ -179,7 +178,7 @@ def main(argv=None) -> int:
         make = lambda side: (features(side, channels, 1), features(side, channels, 2))  # noqa: E731
     command = "python benchmarks/bench_match.py " + " ".join(argv if argv is not None else sys.argv[1:])
     from frfsr.ops.custom_ops import kernel_backend
-    kernel = kernel_backend(ops.get_backend(), torch.device("cpu"))
+    kernel = kernel_backend(ops.requested_backend(), torch.device("cpu"))
     if kernel == "native":
         from frfsr.ops import native
         kernel += f" ({native.vector_width() * 32}-bit vectors)"

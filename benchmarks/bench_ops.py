@@ -233,8 +233,7 @@ def _op(name: str, backend: str):
     fn = getattr(ops, name)
 
     def call(*args, **kwargs):
-        with ops.use_backend(backend):
-            return fn(*args, **kwargs)
+        return fn(*args, backend=backend, **kwargs)
     return call
 
 

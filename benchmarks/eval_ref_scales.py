@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr
 
 from frfsr_train.data.views import HELDOUT_PHOTOS, load_skimage_photos
 from frfsr.metrics import psnr_y
+from frfsr.models.frfsr import RefViews
 
 PYRAMIDS = {"as given": (1.0,), "1, 0.71, 0.5": (1.0, 0.71, 0.5), "1, 0.5": (1.0, 0.5)}
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     for kind in ("same zoom", "2x closer"):
         for label, scales in PYRAMIDS.items():
             t = time.perf_counter()
-            sr = torch.cat([model(it["lr"], model.encode_refs(it[kind], scales=scales)) for it in items]).clamp(0, 1)
+            sr = torch.cat([model(it["lr"], model.encode_refs(it[kind], views=RefViews(scales))) for it in items]).clamp(0, 1)
             p = psnr_y(sr, hr)
             print(f"| {kind} | {label} | {p:.2f} | {p - base:+.2f} | {time.perf_counter() - t:.1f} |", flush=True)
     return 0

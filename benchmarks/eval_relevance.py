@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))   # frfsr
 
 from frfsr_train import real_inputs
 from frfsr.devices import cpu_name
-from frfsr.models.correspondence import RELEVANCE_THRESHOLD
 
 #: Kinds whose Ref shows the LR's scene.
 RELEVANT = tuple(k for k in real_inputs.KINDS if k not in ("self", "unrelated"))
@@ -138,8 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, default=real_inputs.DEFAULT_PATCH, help="HR crop side (default: %(default)s)")
     p.add_argument("--crops", type=int, default=real_inputs.DEFAULT_CROPS, help="crops per photo (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="crop seeds (default: 0 1)")
-    p.add_argument("--threshold", type=float, default=RELEVANCE_THRESHOLD,
-                   help="relevance below which the warning fires (default: the pipeline's, %(default)s)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="relevance below which the warning fires (default: the weights' config.relevance_threshold)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", metavar="PATH", help="also write every pair's relevance and the summary as JSON")
@@ -165,7 +164,8 @@ def main(argv=None) -> int:
         rows = relevances(model, sources, args.patch, args.crops, args.seeds, progress)
     except ValueError as e:
         p.exit(2, f"eval_relevance: error: {e}\n")
-    summary = summarise(rows, args.threshold)
+    threshold = model.config.relevance_threshold if args.threshold is None else args.threshold
+    summary = summarise(rows, threshold)
     command = ("python benchmarks/eval_relevance.py " + " ".join(shlex.quote(a) for a in argv)).strip()
     print(markdown(summary, command))
     seconds = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """frfsr: reference-based 4x image super-resolution (FRFSR)."""
 from .config import FRFSRConfig
-from .models import FRFSR, AlignedTextures, Correspondence, EncodedRefs, Restoration
+from .models import FRFSR, AlignedTextures, Correspondence, EncodedRefs, RefViews, Restoration
 
 __version__ = "0.1.0"
 
@@ -13,4 +13,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'frfsr' has no attribute {name!r}")
 
 
-__all__ = ["FRFSR", "FRFSRConfig", "FRFSRPipeline", "EncodedRefs", "Correspondence", "AlignedTextures", "Restoration"]
+__all__ = ["FRFSR", "FRFSRConfig", "FRFSRPipeline", "RefViews", "EncodedRefs", "Correspondence", "AlignedTextures", "Restoration"]

@@ -20,7 +20,7 @@ so a run that is killed leaves no partial file under an output's name. Temporary
 the writing process's id: the ones a killed run left are removed when a later run reaches
 that output, and runs going on at once never remove each other's.
 
-Refs: one list for every input (encoded once, :meth:`FRFSRPipeline.encode_refs`), or a
+Refs: one list for every input (encoded once, :meth:`FRFSRPipeline.prepare_refs`), or a
 choice per input: a mapping from input path to Refs, or a callable ``refs(input_path)``
 returning them (e.g. a retrieval over a Ref collection); consecutive inputs with the same
 Refs share one encoding.
@@ -320,8 +320,8 @@ def _refs_for(refs: RefsChoice, src: Path) -> list:
 class _EncodedRefs:
     """The last Refs encoded, reused while consecutive inputs have the same ones."""
 
-    def __init__(self, pipe, pyramid: dict):
-        self.pipe, self.pyramid = pipe, pyramid
+    def __init__(self, pipe, views):
+        self.pipe, self.views = pipe, views
         self.key, self.held, self.encoded = None, None, None
 
     @staticmethod
@@ -338,7 +338,7 @@ class _EncodedRefs:
             from .image_files import read_image
             self.encoded = None                       # free the previous encoding first
             images = [read_image(r, "Ref") if isinstance(r, (str, os.PathLike)) else r for r in refs]
-            self.encoded = self.pipe.encode_refs(images, **self.pyramid)
+            self.encoded = self.pipe.prepare_refs(images, ref_views=self.views)
             self.key, self.held = key, refs
         return self.encoded
 
@@ -362,7 +362,7 @@ def _upscale_video(pipe, item: BatchItem, encoded, progress: bool, pipe_kwargs: 
 
 
 def upscale_files(pipe, inputs, refs: RefsChoice, out_dir, *, ext: str | None = None, overwrite: bool = False,
-                  progress: bool = True, state="auto", ref_scales=None, ref_angles=None, log: Callable[[str], None] | None = None,
+                  progress: bool = True, state="auto", ref_views=None, log: Callable[[str], None] | None = None,
                   video_kwargs: dict | None = None, **pipe_kwargs) -> BatchResult:
     """4x SR of every input of ``inputs`` (files, folders, globs: :func:`plan`) into ``out_dir``.
 
@@ -373,7 +373,8 @@ def upscale_files(pipe, inputs, refs: RefsChoice, out_dir, *, ext: str | None = 
     (default: skip them); ``progress``: a tqdm bar over inputs (and tiles, as the pipeline
     shows them), on the main process; ``state``: "auto" (Accelerate's ``PartialState`` when
     several processes run, :func:`distributed_state`), None (this process does everything)
-    or a ``PartialState``; ``ref_scales`` / ``ref_angles``: the Ref pyramid for the encoding;
+    or a ``PartialState``; ``ref_views``: the Ref copies to match (:class:`frfsr.models.frfsr.RefViews`;
+    None: the pipeline's);
     ``log(message)``: told of every output written and every failure; ``video_kwargs``:
     keywords for :func:`frfsr.video.upscale_video` (e.g. ``batch_size``). Other keywords go
     to every pipeline call (``tile``, ``overlap``, ``match_mode``, ``interrupt``).
@@ -403,7 +404,7 @@ def upscale_files(pipe, inputs, refs: RefsChoice, out_dir, *, ext: str | None = 
         with state.split_between_processes(todo) as mine:
             todo = list(mine)
     result = BatchResult(skipped=[i.dst for i in skipped] if main else [], process_index=rank, num_processes=world)
-    cache = _EncodedRefs(pipe, {"ref_scales": ref_scales, "ref_angles": ref_angles})
+    cache = _EncodedRefs(pipe, ref_views)
     if shared and todo:
         cache(_as_list(refs))
     log = log or (lambda message: None)

@@ -143,9 +143,13 @@ def _ref_chooser(args, pipe, outputs):
     return RefChooser(index, args.top_k, args.rerank, extra=list(args.ref or []), outputs=outputs)
 
 
-def _pyramid(args) -> dict:
-    """The Ref pyramid options of the command line (None: the pipeline's defaults)."""
-    return {"ref_scales": args.ref_scales, "ref_angles": args.ref_angles}
+def _ref_views(args):
+    """The Ref views of ``--ref-scales`` / ``--ref-angles`` (checked here, by
+    :class:`frfsr.models.frfsr.RefViews`), or None: the pipeline's."""
+    if args.ref_scales is None and args.ref_angles is None:
+        return None
+    from .models.frfsr import RefViews
+    return RefViews.of(args.ref_scales, args.ref_angles)
 
 
 def _pipe_kwargs(args) -> dict:
@@ -237,6 +241,7 @@ def _upscale_one(args):
     if Path(src).suffix.lower() in video_suffixes():
         return _upscale_one_video(args)
     _check_top_k(args)
+    views = _ref_views(args)
     lr = _open_image(src, "LR")
     refs = [_open_image(r, "Ref") for r in _ref_paths(args)] if args.top_k is None else None
     check_output(args.output, lr)                   # before any computation
@@ -249,7 +254,7 @@ def _upscale_one(args):
                 for r in _ref_chooser(args, pipe, {src: args.output})(src)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FRFSRWarning)
-        out = pipe(lr, refs, return_details=True, progress=not args.no_progress, **_pyramid(args),
+        out = pipe(lr, refs, return_details=True, progress=not args.no_progress, ref_views=views,
                    **_pipe_kwargs(args))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -269,6 +274,7 @@ def _upscale_one_video(args):
         raise CLIError("--save-confidence and --save-warped-ref take an input image, not a video")
     if args.top_k is not None:
         raise CLIError("--top-k chooses Refs for images; for a video name its Refs with --ref (or all of --ref-dir)")
+    views = _ref_views(args)
     try:
         from .video import upscale_video
     except ImportError as e:
@@ -276,7 +282,7 @@ def _upscale_one_video(args):
     refs = [_open_image(r, "Ref") for r in _ref_paths(args)]
     pipe = _load_pipeline(args, device=args.device, dtype=args.dtype)
     try:
-        upscale_video(pipe, args.inputs[0], args.output, pipe.encode_refs(refs, **_pyramid(args)),
+        upscale_video(pipe, args.inputs[0], args.output, pipe.prepare_refs(refs, ref_views=views),
                       progress=not args.no_progress, **_pipe_kwargs(args))
     except ImportError as e:
         raise CLIError(f"video needs PyAV: pip install 'frfsr[video]' ({e})") from None
@@ -289,6 +295,7 @@ def _upscale_many(args):
         raise CLIError("--save-confidence and --save-warped-ref take one input image with -o a file name; "
                        "leave them out for several inputs, folders or globs")
     _check_top_k(args)
+    views = _ref_views(args)
     refs = _ref_paths(args)
     try:
         state = distributed_state(cpu=True if args.device == "cpu" else None)   # None in a single process
@@ -310,7 +317,7 @@ def _upscale_many(args):
     if args.top_k is not None:
         refs = _ref_chooser(args, pipe, {i.src: i.dst for i in items})
     result = upscale_files(pipe, args.inputs, refs, args.output, ext=args.ext, overwrite=args.overwrite,
-                           progress=not args.no_progress, state=state, **_pyramid(args), log=log,
+                           progress=not args.no_progress, state=state, ref_views=views, log=log,
                            **_pipe_kwargs(args))
     total = gather_results(result, state)
     if state is None or state.is_main_process:

@@ -9,6 +9,8 @@ from typing import Any
 
 CONFIG_VERSION = 1
 CLASS_NAME = "FRFSR"            # "_class_name" in config.json
+#: The relevance threshold of weights whose config does not give one (the bundled weights' value).
+DEFAULT_RELEVANCE_THRESHOLD = 0.465
 
 
 @dataclass
@@ -36,6 +38,11 @@ class FRFSRConfig:
     vgg_widths: tuple[int, int, int] = (64, 128, 256)
     # correspondence
     patch_size: int = 3
+    # relevance (frfsr.models.correspondence.relevance_of) below which the Refs hardly match the LR
+    # and the pipeline warns; its scale depends on the texture encoder's weights, so it is
+    # measured for them (benchmarks/eval_relevance.py). Weights whose config.json has no such
+    # field get DEFAULT_RELEVANCE_THRESHOLD; null turns the warning off.
+    relevance_threshold: float | None = DEFAULT_RELEVANCE_THRESHOLD
     # feature reuse (paper III-A): a stage-2 net also takes the stage-1 net's HR feature
     stage: int = 1
     version: int = CONFIG_VERSION
@@ -132,7 +139,8 @@ class FRFSRConfig:
             raise ValueError(f"{where}{e}") from None
 
 
-_KINDS = {"ddf_se_ratio": "number", "ddf_filter_norm": "bool", "vgg_widths": "ints", "name": "str"}
+_KINDS = {"ddf_se_ratio": "number", "ddf_filter_norm": "bool", "vgg_widths": "ints", "name": "str",
+          "relevance_threshold": "number or null"}
 
 
 def _check_type(name: str, value) -> None:
@@ -144,11 +152,13 @@ def _check_type(name: str, value) -> None:
           "number": (is_int or isinstance(value, float)) and not isinstance(value, bool),
           "bool": isinstance(value, bool),
           "str": isinstance(value, str),
+          "number or null": value is None or ((is_int or isinstance(value, float)) and not isinstance(value, bool)),
           "ints": isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool)
                                                             for v in value)}[kind]
     if not ok:
         accepted = {"int": "an integer", "number": "a number", "bool": "true or false",
-                    "str": "a string", "ints": "a list of three integers"}[kind]
+                    "str": "a string", "ints": "a list of three integers",
+                    "number or null": "a number or null"}[kind]
         raise ValueError(f"config field {name} must be {accepted}, got {value!r} ({type(value).__name__})")
 
 

@@ -5,10 +5,9 @@ One table of dtype names (:data:`DTYPES`) serves the pipeline, the Hub loader, t
 the node pack.
 
 CPU precision: bfloat16 is fast on a CPU only where the CPU computes it natively (the
-AVX-512 BF16 or AMX instructions): there, bf16 convolutions measured about 1.5x faster
-than float32 (BENCHMARKS.md, "CPU"). Elsewhere (e.g. an AVX2-only CPU) PyTorch emulates
-bf16 and the same model ran 7-15x slower than in float32 (BENCHMARKS.md), so ``"auto"``
-picks float32 and an explicit bf16 request on such a CPU warns.
+AVX-512 BF16 or AMX instructions). Elsewhere (e.g. an AVX2-only CPU) PyTorch emulates bf16,
+far slower than float32 (BENCHMARKS.md, "CPU"), so ``"auto"`` picks float32 and an explicit
+bf16 request on such a CPU warns.
 """
 from __future__ import annotations
 
@@ -155,8 +154,7 @@ def resolve_dtype(dtype, device) -> torch.dtype:
 
 
 def warn_if_emulated(dtype: torch.dtype, device, stacklevel: int = 3) -> None:
-    """Warn when bfloat16 is asked for on a CPU without native bf16 (emulated: about 10x
-    slower than float32 there)."""
+    """Warn when bfloat16 is asked for on a CPU without native bf16 (emulated there)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("bfloat16 on this CPU is emulated (it has no AVX-512 BF16 or AMX instructions) and runs "

@@ -15,13 +15,29 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ._fs import WriteError, atomic_file
 from .image_io import upright
 
-# the image files taken as inputs where a folder or a glob is given (frfsr.batch); lower case
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+_EXTERNAL_READERS = {"EPS"}      # formats Pillow reads only through another program (Ghostscript)
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    """The suffixes (lower case) of the image formats this Pillow both reads and writes itself:
+    its registered extensions, less the stub formats (which need a handler) and
+    :data:`_EXTERNAL_READERS`."""
+    Image.init()
+
+    def readable(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        return (factory is not None and fmt in Image.SAVE and fmt not in _EXTERNAL_READERS
+                and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)))
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if readable(fmt)))
+
+
+# the image files taken as inputs where a folder or a glob is given (frfsr.batch, frfsr.retrieval)
+IMAGE_SUFFIXES = _image_suffixes()
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_16BIT_COLOUR = {2: 3, 4: 2, 6: 4}        # PNG colour type -> channels (RGB, gray + alpha, RGBA)

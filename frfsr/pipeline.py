@@ -14,9 +14,8 @@ otherwise. Large LRs are processed in tiles (:mod:`frfsr.tiling`).
 Relevance: how well the Refs and the LR match, both ways (the mean cosine similarity of each
 LR texture patch with its best Ref patch, and of each Ref patch with its best LR patch),
 computed by :func:`frfsr.models.correspondence.relevance_of` for the whole image (also when
-tiled), as :attr:`Correspondence.relevance` computes it. Below :data:`RELEVANCE_THRESHOLD`
-(measured with the bundled weights on held-out photos: BENCHMARKS.md, "Ref relevance") the
-Ref hardly matches the LR and the output is mostly the model's own reconstruction; the
+tiled), as :attr:`Correspondence.relevance` computes it. Below ``relevance_threshold`` (the
+weights' ``config.relevance_threshold``) the Ref hardly matches the LR and the output is mostly the model's own reconstruction; the
 pipeline then warns with :class:`FRFSRWarning`.
 """
 from __future__ import annotations
@@ -30,18 +29,10 @@ import torch
 
 from .checks import FRFSRWarning
 from .image_io import from_model_output, map_to_output, to_model_input, upscale_alpha
-from .models.correspondence import RELEVANCE_THRESHOLD, relevance_of
-from .tiling import DEFAULT_OVERLAP, encode_refs, upscale_tiled
-
-# The Ref scale pyramid used when a call does not say (``pipe.ref_scales``): the Ref as given.
-# ``(1, 0.71, 0.5)`` also matches it at 0.71x and 0.5x, for Refs shot closer than the LR
-# (BENCHMARKS.md, "Ref scale pyramid").
-DEFAULT_REF_SCALES = (1.0,)
-# The Ref rotations used when a call does not say (``pipe.ref_angles``): the Ref upright as given.
-# ``(0, 30, -30)`` also matches it rotated by 30 degrees either way, for Refs shot at another
-# camera roll (BENCHMARKS.md, "Real inputs").
-DEFAULT_REF_ANGLES = (0.0,)
-
+from .models.correspondence import relevance_of
+from .memory import encode_within_memory
+from .models.frfsr import RefViews
+from .tiling import DEFAULT_OVERLAP, check_lr_tensor, check_tile_args, run_tiles, sr_step, tile_size
 
 @dataclass
 class FRFSRPipelineOutput:
@@ -90,9 +81,10 @@ class FRFSRPipeline:
         self.description = description
         self.source = source
         self.commit = commit
-        self.relevance_threshold: float | None = RELEVANCE_THRESHOLD
-        self.ref_scales: tuple[float, ...] = DEFAULT_REF_SCALES
-        self.ref_angles: tuple[float, ...] = DEFAULT_REF_ANGLES
+        # the weights' (config.relevance_threshold); None turns the warning off
+        self.relevance_threshold: float | None = model.config.relevance_threshold
+        # the copies of the Refs matched when a call does not say: the Refs as given
+        self.ref_views: RefViews = RefViews()
         self._progress_config: dict = {}
 
     # ------------------------------------------------------------------ loading / saving
@@ -135,9 +127,8 @@ class FRFSRPipeline:
         (:func:`frfsr.devices.auto_dtype`). A device this machine lacks raises ValueError.
 
         ``memory_format=torch.channels_last`` stores the convolution weights NHWC, so that
-        the convolutions run in that layout (measured on a 2-core AVX-512 CPU with bf16
-        autocast: 1.86 s -> 1.46 s at HR 160x160; see BENCHMARKS.md); the results equal the
-        default layout's up to float rounding. ``torch.contiguous_format`` goes back."""
+        the convolutions run in that layout (BENCHMARKS.md); the results equal the default
+        layout's up to float rounding. ``torch.contiguous_format`` goes back."""
         from .devices import is_dtype_name, parse_device, resolve_dtype
         if isinstance(device, torch.dtype) or (isinstance(device, str) and dtype is None and is_dtype_name(device)):
             device, dtype = None, device
@@ -174,21 +165,22 @@ class FRFSRPipeline:
                 f"dtype={self.dtype}{src})")
 
     # ------------------------------------------------------------------ refs
-    def encode_refs(self, ref_or_refs, batch_size: int = 1, ref_scales=None, ref_angles=None):
-        """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, encoded)``.
-        ``ref_scales`` / ``ref_angles``: the Ref pyramid's scales and rotations (see
-        :meth:`FRFSR.encode_refs`); None: ``self.ref_scales`` / ``self.ref_angles``."""
+    def prepare_refs(self, ref_or_refs, batch_size: int = 1, ref_views: RefViews | None = None, *,
+                     ref_scales=None, ref_angles=None):
+        """Convert and encode Ref image(s) once, to reuse for many LRs: ``pipe(lr, prepared)``
+        (an :class:`~frfsr.EncodedRefs`, :meth:`FRFSR.encode_refs` within the free memory).
+        ``ref_views``, ``ref_scales``, ``ref_angles``: as in :meth:`__call__`."""
         from .models import EncodedRefs
         if isinstance(ref_or_refs, EncodedRefs):
             return ref_or_refs
+        views = self._views(ref_views, ref_scales, ref_angles)
         with torch.no_grad():
-            return encode_refs(self.model, self._ref_tensors(ref_or_refs), batch_size,
-                               **self._pyramid(ref_scales, ref_angles))
+            return encode_within_memory(self.model, self._ref_tensors(ref_or_refs), batch_size, views=views)
 
-    def _pyramid(self, ref_scales, ref_angles) -> dict:
-        """The Ref pyramid of a call: the arguments given, else the pipeline's."""
-        return {"scales": self.ref_scales if ref_scales is None else ref_scales,
-                "angles": self.ref_angles if ref_angles is None else ref_angles}
+    def _views(self, ref_views, ref_scales, ref_angles) -> RefViews:
+        """The Ref views of a call: ``ref_views`` (else the pipeline's) with the scales and
+        angles given (checked here, by :class:`RefViews`)."""
+        return RefViews.of(ref_scales, ref_angles, ref_views if ref_views is not None else self.ref_views)
 
     def _ref_tensors(self, ref_or_refs) -> list[torch.Tensor]:
         """Ref images as the model takes them (converted once, here; checked by the model)."""
@@ -201,69 +193,78 @@ class FRFSRPipeline:
     # ------------------------------------------------------------------ inference
     def __call__(self, lr, ref_or_refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP, output_type: str | None = None,
                  output_dtype=None, return_details: bool = False, progress: bool = True, interrupt=None,
-                 match_mode: str | None = None, ref_scales=None, ref_angles=None):
+                 match_mode: str | None = None, ref_views: RefViews | None = None, ref_scales=None, ref_angles=None):
         """4x SR of ``lr`` (an image, a (B, C, H, W) tensor, or a list of images) using
-        ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`encode_refs`).
+        ``ref_or_refs`` (one Ref image, a list of Refs for every LR, or :meth:`prepare_refs`).
 
         ``tile``: LR tile side, "auto" (from free memory) or None (whole image);
         ``overlap``: LR pixels shared by tiles; ``output_type``: "pil", "np", "pt" or None
         (like the input); ``output_dtype``: e.g. "uint16" (None: like the input);
         ``progress``: a tqdm bar over tiles; ``interrupt``: called before each tile, return
         True to stop; ``match_mode``: "exact", "fast" or "auto" (see :meth:`FRFSR.match`; None:
-        the model's, "auto" by default); ``ref_scales``: the Ref scale pyramid, e.g.
-        ``(1, 0.71, 0.5)`` for a Ref shot closer than the LR (None: ``self.ref_scales``,
-        :data:`DEFAULT_REF_SCALES`); ``ref_angles``: Ref rotations in degrees, e.g.
-        ``(0, 30, -30)`` for a Ref shot at another camera roll (None: ``self.ref_angles``,
-        :data:`DEFAULT_REF_ANGLES`). Returns the image(s), or :class:`FRFSRPipelineOutput`
-        with ``return_details=True``."""
+        "auto"); ``ref_views``: the copies of every Ref that are matched (:class:`RefViews`;
+        None: ``self.ref_views``, the Refs as given); ``ref_scales``, ``ref_angles``: the same
+        given by their parts, e.g. ``ref_scales=(1, 0.71, 0.5)`` for a Ref shot closer than the
+        LR, ``ref_angles=(0, 30, -30)`` (degrees) for one shot at another camera roll. Returns
+        the image(s), or :class:`FRFSRPipelineOutput` with ``return_details=True``."""
         from .models import EncodedRefs
-        if not isinstance(ref_or_refs, EncodedRefs):
-            ref_or_refs = self._ref_tensors(ref_or_refs)
-        pyramid = self._pyramid(ref_scales, ref_angles)
-        with self.model.use_match_mode(match_mode):
-            return self._call(lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress,
-                              interrupt, pyramid)
+        # 1. convert the inputs: the LR image(s) and the Refs to model tensors
+        many = isinstance(lr, (list, tuple))
+        if many and not lr:
+            raise ValueError("lr is an empty list; give at least one image")
+        refs = ref_or_refs if isinstance(ref_or_refs, EncodedRefs) else self._ref_tensors(ref_or_refs)
+        views = self._views(ref_views, ref_scales, ref_angles)
+        names = [f"lr[{i}]" for i in range(len(lr))] if many else ["lr"]
+        inputs = [to_model_input(x, n) for x, n in zip(lr if many else [lr], names)]
+        outs = []
+        with torch.no_grad():
+            for (rgb, alpha, info), name in zip(inputs, names):
+                check_lr_tensor(rgb)
+                check_tile_args(tile, overlap)
+                self.model.check_lr(rgb, name)
+                # 2. encode the Refs once (for every LR of a list when they are shared)
+                if isinstance(refs, EncodedRefs):
+                    self.model.check_encoded(refs, rgb.shape[0])
+                    encoded = refs
+                else:
+                    encoded = encode_within_memory(self.model, refs, rgb.shape[0], views=views)
+                    if many and all(r.shape[0] == 1 for r in refs):
+                        refs = encoded
+                # 3. the tiles: match, align and restore each, blended
+                step = sr_step(self.model, encoded, match_mode=match_mode or "auto", details=True,
+                               keep_warped_ref=return_details, out_device=rgb.device)
+                bar = _ProgressBar(progress and not self._progress_config.get("disable", False),
+                                   {k: v for k, v in self._progress_config.items() if k != "disable"})
+                try:
+                    res, _ = run_tiles(rgb, step, tile=tile_size(tile, self.model, rgb.shape[0]), overlap=overlap,
+                                       progress=bar, interrupt=interrupt, device=self.device, dtype=self.dtype)
+                finally:
+                    bar.close()
+                # 4. the relevance of the Refs to this LR, and the warning when they hardly match
+                relevance = [float(r) for r in relevance_of(res["confidence"].float(), res["ref_confidence"])]
+                self._warn_relevance(relevance, name)
+                # 5. convert back: the input's kind and bit depth, the alpha channel put back
+                outs.append(self._output(res, alpha, info, output_type, output_dtype, relevance, return_details))
+        if not many:
+            return outs[0] if return_details else outs[0].images
+        if not return_details:
+            return [o.images for o in outs]
+        return FRFSRPipelineOutput([o.images for o in outs], [o.confidence for o in outs],
+                                   [o.warped_ref for o in outs], [o.relevance for o in outs])
 
-    def _call(self, lr, ref_or_refs, tile, overlap, output_type, output_dtype, return_details, progress, interrupt,
-              pyramid):
-        if isinstance(lr, (list, tuple)):
-            if not lr:
-                raise ValueError("lr is an empty list; give at least one image")
-            from .models import EncodedRefs
-            if not isinstance(ref_or_refs, EncodedRefs) and all(r.shape[0] == 1 for r in ref_or_refs):
-                ref_or_refs = self.encode_refs(ref_or_refs, 1, pyramid["scales"], pyramid["angles"])  # once for all
-            outs = [self._one(x, ref_or_refs, f"lr[{i}]", tile, overlap, output_type, output_dtype, progress, interrupt,
-                              return_details, pyramid) for i, x in enumerate(lr)]
-            if not return_details:
-                return [o.images for o in outs]
-            return FRFSRPipelineOutput([o.images for o in outs], [o.confidence for o in outs],
-                                       [o.warped_ref for o in outs], [o.relevance for o in outs])
-        out = self._one(lr, ref_or_refs, "lr", tile, overlap, output_type, output_dtype, progress, interrupt,
-                        return_details, pyramid)
-        return out if return_details else out.images
-
-    def _one(self, lr, refs, name, tile, overlap, output_type, output_dtype, progress, interrupt, details, pyramid):
-        rgb, alpha, info = to_model_input(lr, name)
-        bar = _ProgressBar(progress and not self._progress_config.get("disable", False),
-                           {k: v for k, v in self._progress_config.items() if k != "disable"})
-        try:
-            res = upscale_tiled(self.model, rgb, refs, tile=tile, overlap=overlap, progress=bar, interrupt=interrupt,
-                                return_details=True, keep_warped_ref=details, ref_scales=pyramid["scales"],
-                                ref_angles=pyramid["angles"], name=name)
-        finally:
-            bar.close()
-        relevance = [float(r) for r in relevance_of(res.confidence, res.ref_confidence)]
-        self._warn_relevance(relevance, name)
-        alpha_hr = upscale_alpha(alpha.to(res.sr.device)) if alpha is not None else None
-        images = from_model_output(res.sr, alpha_hr, info, output_type, output_dtype)
+    @staticmethod
+    def _output(res: dict, alpha, info, output_type, output_dtype, relevance: list[float], details: bool):
+        """One LR's blended tiles as the caller's kind of image (and the details)."""
+        alpha_hr = upscale_alpha(alpha.to(res["sr"].device)) if alpha is not None else None
+        images = from_model_output(res["sr"].float(), alpha_hr, info, output_type, output_dtype)
         if not details:
             return FRFSRPipelineOutput(images, None, None, None)
         otype = info.kind if output_type is None else output_type
         ref_info = dataclasses.replace(info, gray=False, alpha=False, squeeze_channels=False)
         # a colour preview: as 8-bit RGB where the result is a PIL image (PIL has no 16-bit or float colour)
-        warped = from_model_output(res.warped_ref, None, ref_info, output_type,
+        warped = from_model_output(res["warped_ref"].float(), None, ref_info, output_type,
                                    "uint8" if otype == "pil" else output_dtype)
-        confidence = map_to_output(res.confidence, otype, info.batched)
+        confidence = map_to_output(res["confidence"].float(), otype, info.batched)
         return FRFSRPipelineOutput(images, confidence, warped, relevance if info.batched else relevance[0])
 
     def _warn_relevance(self, relevance: list[float], name: str) -> None:
@@ -272,6 +273,6 @@ class FRFSRPipeline:
         if low:
             warnings.warn(f"the Ref hardly matches {name} (relevance {min(low):.2f} < {t}); the output is mostly the "
                           "model's own reconstruction, not detail transferred from the Ref. A Ref showing the same "
-                          "scene or content helps", FRFSRWarning, stacklevel=5)
+                          "scene or content helps", FRFSRWarning, stacklevel=3)
 
 

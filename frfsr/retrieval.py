@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fs import atomic_file, cache_root, sha256
+from .image_files import IMAGE_SUFFIXES
 
 __all__ = ["RefChooser", "CELL", "MAX_CELLS", "MAX_QUERY_CELLS", "SCALES", "QUERY_ROTATIONS", "DESCRIPTOR_VERSION", "Selection",
            "RefIndex", "descriptor_cache_dir", "model_identity", "ref_descriptor", "lr_descriptor", "descriptor_scores",
@@ -62,7 +63,6 @@ MAX_QUERY_CELLS = 512       # cells per LR view
 SCALES = (1.0, 0.5)         # the candidate is described at these sizes, in one bag
 QUERY_ROTATIONS = (-20.0, 20.0)   # the LR is also described rotated by these angles (degrees)
 DESCRIPTOR_VERSION = 1      # part of the cache key: a change of the descriptor's design invalidates the cache
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 _MIN_SIDE = 12              # the smallest Ref the model takes (frfsr.checks.MIN_REF_SIZE)
 
 

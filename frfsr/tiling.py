@@ -9,17 +9,17 @@ ones that see zero padding where the whole image has content) never reach the ou
 
 Results differ slightly from the untiled forward: the DDF channel filter pools over the
 tile, not the image, and ESA's coarse branch pools on the tile's grid. With the default
-overlap (16 LR pixels) the difference is far below visibility (tests: PSNR >= 40 dB).
+overlap (16 LR pixels) the difference is far below visibility (tests/test_tiling.py).
 
-:func:`upscale_tiled` is the general entry (the pipeline and the ComfyUI node use it);
+:func:`run_tiles` runs a step over the tiles and blends what it returns (the pipeline runs
+:func:`sr_step` with it); :func:`upscale_tiled` is that for tensors (the ComfyUI node uses it);
 :func:`restore_tiled` restores tiles of already aligned textures (``AlignedTextures.crop``).
-Both pick a tile size from free memory by default and halve it on out-of-memory errors.
+They pick a tile size from free memory by default and halve it on out-of-memory errors.
 """
 from __future__ import annotations
 
-import gc
+import dataclasses
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from .checks import MIN_LR_SIZE
+from .memory import free_memory, is_out_of_memory, release_memory
 
 DEFAULT_OVERLAP = 16        # LR pixels shared by neighbouring tiles
 MAX_AUTO_TILE = 1024        # largest tile side auto_tile_size picks (LR pixels)
@@ -120,33 +121,6 @@ class TilePlan:
 
 
 # ------------------------------------------------------------------ memory
-def is_out_of_memory(err: BaseException) -> bool:
-    """True for CUDA/MPS/CPU allocation failures."""
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
-    if oom_types and isinstance(err, oom_types):
-        return True
-    msg = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-
-
-def free_memory(device) -> int:
-    """Bytes that a new allocation on ``device`` can use: CUDA free + cached, else the
-    host's available RAM."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        try:
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            return 4 << 30
-
-
 def bytes_per_lr_pixel(model) -> int:
     """Rough peak activation bytes per LR pixel of one forward (16 HR pixels each, the widest
     stages at HR size: U-Net features, the deformable conv's sampled columns over the relu1_1
@@ -168,60 +142,8 @@ def auto_tile_size(model, batch_size: int = 1, device=None, budget_bytes: int | 
     return max(MIN_LR_SIZE, min(MAX_AUTO_TILE, side))
 
 
-def ref_memory_check(model, refs, batch_size: int = 1, tile: int | None = None, device=None, scales=(1.0,),
-                     angles=(0.0,)) -> int:
-    """Bytes that encoding ``refs`` (tensors) needs: what the encoded Refs keep
-    (:func:`frfsr.models.ref_bytes_per_pixel` per Ref pixel, over every copy of the
-    pyramid's scales and angles) plus one extractor tile's intermediates. MemoryError,
-    saying what to do, when that exceeds the free memory."""
-    from .models.frfsr import REF_TILE, ref_bytes_per_pixel, ref_copies_pixels
-    from .models.vgg import TILE_HALO
-    refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
-    cfg, dtype = model.config, model.dtype
-    keep = ref_bytes_per_pixel(cfg, dtype) * sum(ref_copies_pixels(*r.shape[-2:], scales, angles) * max(r.shape[0], 1)
-                                                 for r in refs)
-    side = min(tile or REF_TILE, max(max(r.shape[-2:]) for r in refs)) + 2 * TILE_HALO
-    work = 4 * cfg.vgg_widths[0] * side * side * (torch.finfo(dtype).bits // 8)
-    need, free = keep + work, free_memory(device if device is not None else model.device)
-    if need > free:
-        biggest = max(refs, key=lambda r: r.shape[-2] * r.shape[-1])
-        f = math.sqrt(max(free - work, 0) / need) * 0.9
-        h, w = biggest.shape[-2:]
-        raise MemoryError(
-            f"encoding the Ref{'s' if len(refs) > 1 else ''} ({', '.join(f'{r.shape[-1]}x{r.shape[-2]}' for r in refs)}) "
-            f"needs about {need / 2**30:.1f} GiB ({ref_bytes_per_pixel(cfg, dtype)} bytes per Ref pixel with this model "
-            f"in {str(dtype).replace('torch.', '')}) but {free / 2**30:.1f} GiB is free on {model.device}. Downscale "
-            f"the Ref to about {int(w * f)}x{int(h * f)} or less (detail finer than 4x the LR's scale is not used "
-            "anyway), use bfloat16 (half the memory), or a device with more memory")
-    return need
-
-
-def encode_refs(model, refs, batch_size: int = 1, *, tile: int | None = None, scales=(1.0,), angles=(0.0,),
-                oom_fallback: bool = True):
-    """``model.encode_refs`` with the memory checked up front (:func:`ref_memory_check`) and
-    the extractor tile halved on out-of-memory; an :class:`EncodedRefs` is passed through."""
-    from .models import EncodedRefs
-    from .models.frfsr import REF_TILE
-    from .models.vgg import TILE_HALO
-    if isinstance(refs, EncodedRefs):
-        return refs
-    tile = tile or REF_TILE
-    ref_memory_check(model, refs, batch_size, tile, scales=scales, angles=angles)
-    while True:
-        try:
-            return model.encode_refs(refs, batch_size, tile=tile, scales=scales, angles=angles)
-        except Exception as err:
-            smallest = 8 * TILE_HALO
-            if not (oom_fallback and is_out_of_memory(err)) or tile <= smallest:
-                raise
-            del err
-            _release_memory(model.device)
-            tile = max(smallest, tile // 2 // 4 * 4)
-            warnings.warn(f"out of memory while encoding the Ref; retrying with Ref tiles of {tile} pixels",
-                          RuntimeWarning, stacklevel=3)
-
-
-def _check_tile_args(tile, overlap) -> None:
+def check_tile_args(tile, overlap) -> None:
+    """TypeError / ValueError unless ``tile`` ("auto", None or an int) and ``overlap`` are usable."""
     if isinstance(tile, bool) or not (tile is None or tile == "auto" or isinstance(tile, int)):
         raise TypeError(f"tile must be an int (LR pixels), 'auto' or None (no tiling); got {tile!r}")
     if isinstance(tile, int) and tile < MIN_LR_SIZE:
@@ -232,21 +154,44 @@ def _check_tile_args(tile, overlap) -> None:
         raise ValueError(f"overlap ({overlap}) must be at most half the tile ({tile} -> {tile // 2})")
 
 
-def _release_memory(device) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-
-
 # ------------------------------------------------------------------ the loop
-def _run(h: int, w: int, tile, overlap: int, step, progress, interrupt, oom_fallback: bool, device):
-    """Run ``step(y0, y1, x0, x1) -> {name: (tensor, scale)}`` over a plan and blend (a
-    ``(tuple of tensors, None)`` entry is kept as the elementwise maximum over the tiles); on
-    out-of-memory halve the tile and start again. Returns ({name: blended}, tile used)."""
+StepFn = Callable[[torch.Tensor, tuple], dict]   # step(lr_tile, (y0, y1, x0, x1)) -> {name: tensor or tuple}
+
+
+def run_tiles(lr: torch.Tensor, step: StepFn, *, tile=None, overlap: int = DEFAULT_OVERLAP,
+              progress: ProgressFn | None = None, interrupt: InterruptFn | None = None, oom_fallback: bool = True,
+              device=None, dtype=None) -> tuple[dict, int | None]:
+    """Run ``step(lr_tile, window)`` over the tiles of ``lr`` (B, C, h, w; ``tile``: an int or
+    None, see :class:`TilePlan`) and blend what it returns: a tensor whose side is a multiple of
+    the tile's is feathered in at that scale (float32); a tuple of tensors is kept as the
+    elementwise maximum over the tiles. ``lr_tile`` is moved to ``device`` and ``dtype`` (the
+    model's; None: as ``lr``).
+    On out-of-memory the tile is halved and the run starts again. Returns ({name: blended},
+    the tile used)."""
+    h, w = lr.shape[-2:]
     while True:
         plan = TilePlan.build(h, w, tile, overlap)
+        windows, acc = plan.windows(), {}
         try:
-            return _blend(plan, step, progress, interrupt), plan.tile
+            for i, (y0, y1, x0, x1) in enumerate(windows):
+                if interrupt is not None and interrupt():
+                    raise InterruptedError("upscaling was interrupted")
+                out = step(lr[..., y0:y1, x0:x1].to(device=device, dtype=dtype), (y0, y1, x0, x1))
+                for name, t in out.items():
+                    if isinstance(t, tuple):
+                        acc[name] = t if name not in acc else tuple(torch.maximum(a, b) for a, b in zip(acc[name], t))
+                    elif len(windows) == 1:
+                        acc[name] = t
+                    else:
+                        sc = t.shape[-1] // (x1 - x0)
+                        if name not in acc:
+                            acc[name] = t.new_zeros(*t.shape[:2], h * sc, w * sc, dtype=torch.float32)
+                        wy = feather(y0, y1, h, plan.overlap, sc).to(t.device)
+                        wx = feather(x0, x1, w, plan.overlap, sc).to(t.device)
+                        acc[name][..., y0 * sc: y1 * sc, x0 * sc: x1 * sc] += t.float() * (wy[:, None] * wx[None, :])
+                del out
+                if progress is not None:
+                    progress(i + 1, len(windows))
         except Exception as err:
             if not (oom_fallback and is_out_of_memory(err)):
                 raise
@@ -254,60 +199,61 @@ def _run(h: int, w: int, tile, overlap: int, step, progress, interrupt, oom_fall
             if current <= MIN_LR_SIZE:
                 raise RuntimeError(f"out of memory even with the smallest tile ({MIN_LR_SIZE} LR pixels); "
                                    "use a smaller Ref, a lower-precision dtype or another device") from err
-            del err
-            _release_memory(device)
+            del err, acc
+            release_memory(device if device is not None else lr.device)
             tile = max(MIN_LR_SIZE, current // 2)
             what = f"tile {plan.tile}" if plan.tile else f"the whole {h}x{w} image"
-            warnings.warn(f"out of memory with {what}; retrying with tile {tile}", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"out of memory with {what}; retrying with tile {tile}", RuntimeWarning, stacklevel=3)
+            continue
+        if len(windows) > 1:
+            for t in acc.values():
+                if isinstance(t, torch.Tensor):
+                    wy, wx = plan.weight_sums(t.shape[-1] // w)
+                    t /= (wy[:, None] * wx[None, :]).to(t.device).clamp_min(1e-12)
+        return acc, plan.tile
 
 
-def _blend(plan: TilePlan, step, progress, interrupt) -> dict:
-    windows = plan.windows()
-    acc: dict[str, torch.Tensor] = {}
-    for i, (y0, y1, x0, x1) in enumerate(windows):
-        if interrupt is not None and interrupt():
-            raise InterruptedError("upscaling was interrupted")
-        out = step(y0, y1, x0, x1)
-        for name in [k for k, (_, s) in out.items() if s is None]:
-            t = out.pop(name)[0]
-            acc[name] = t if name not in acc else tuple(torch.maximum(a, b) for a, b in zip(acc[name], t))
-        if len(windows) == 1:
-            acc.update({k: t for k, (t, _) in out.items()})
-        else:
-            for name, (t, s) in out.items():
-                if name not in acc:
-                    acc[name] = t.new_zeros(*t.shape[:2], plan.height * s, plan.width * s, dtype=torch.float32)
-                wy = feather(y0, y1, plan.height, plan.overlap, s).to(t.device)
-                wx = feather(x0, x1, plan.width, plan.overlap, s).to(t.device)
-                acc[name][..., y0 * s: y1 * s, x0 * s: x1 * s] += t.float() * (wy[:, None] * wx[None, :])
-        del out
-        if progress is not None:
-            progress(i + 1, len(windows))
-    if len(windows) > 1:
-        for name, t in acc.items():
-            if not isinstance(t, torch.Tensor):
-                continue
-            s = t.shape[-1] // plan.width
-            wy, wx = plan.weight_sums(s)
-            t /= (wy[:, None] * wx[None, :]).to(t.device).clamp_min(1e-12)
-    return acc
-
-
-def _resolve_tile(tile, model, batch_size: int):
+def tile_size(tile, model, batch_size: int):
+    """``tile`` as :func:`run_tiles` takes it: "auto" becomes :func:`auto_tile_size`."""
     return auto_tile_size(model, batch_size) if tile == "auto" else tile
 
 
-def _check_lr(lr) -> None:
+def check_lr_tensor(lr) -> None:
+    """TypeError unless ``lr`` is a (B, C, h, w) tensor."""
     if not isinstance(lr, torch.Tensor) or lr.dim() != 4:
         raise TypeError(f"lr must be a (B, 3, h, w) tensor, got {type(lr).__name__}"
                         + (f" of shape {tuple(lr.shape)}" if isinstance(lr, torch.Tensor) else ""))
+
+
+def sr_step(model, encoded, *, match_mode: str = "auto", details: bool = False, keep_warped_ref: bool = True,
+            on_tile: TileFn | None = None, out_device=None) -> StepFn:
+    """The step of :func:`run_tiles` that super-resolves an LR tile (already checked and on the
+    model's device and dtype) against ``encoded`` Refs: match, align, restore (the Ref read
+    where the untiled run reads it). It returns the SR tile, and with ``details`` the
+    confidence, the warped Ref (``keep_warped_ref``) and the Refs' backward confidence (for the
+    relevance), all moved to ``out_device``."""
+    def step(lr_tile, window):
+        y0, y1, x0, x1 = window
+        corr = model.match(lr_tile, encoded, match_mode, check=False)
+        tex = dataclasses.replace(model.align(corr), origin=(y0, x0))
+        out = {"sr": model.restore(lr_tile, tex).sr.to(out_device)}
+        if on_tile is not None:
+            on_tile(window, out["sr"])
+        if details:
+            out["confidence"] = tex.confidence.to(out_device)
+            out["ref_confidence"] = tuple(r.to(out_device) for r in corr.ref_confidence)
+            if keep_warped_ref:
+                out["warped_ref"] = tex.warped_ref.to(out_device)
+        return out
+    return step
 
 
 @torch.no_grad()
 def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = DEFAULT_OVERLAP,
                   progress: ProgressFn | None = None, interrupt: InterruptFn | None = None,
                   return_details: bool = False, keep_warped_ref: bool = True, oom_fallback: bool = True,
-                  ref_scales=(1.0,), ref_angles=(0.0,), name: str = "lr", on_tile: TileFn | None = None):
+                  ref_views=None, name: str = "lr", on_tile: TileFn | None = None,
+                  match_mode: str = "auto"):
     """4x SR of ``lr`` (B, 3, h, w) in [0, 1] against ``refs`` (a Ref tensor, a list of them,
     or an :class:`EncodedRefs`), tile by tile.
 
@@ -319,36 +265,27 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     CPU while the model is on a GPU: tiles travel to the model, results come back to
     ``lr``'s device. Returns the SR tensor (float32), or a :class:`TiledOutput` (its
     ``warped_ref`` None when ``keep_warped_ref=False``, which saves an HR-sized buffer).
-    Refs not yet encoded are encoded here, after the LR is checked, with the Ref pyramid's
-    ``ref_scales`` and ``ref_angles``. The LR (``name`` in errors) and the Refs are checked once; the
-    tiles are not checked again (:meth:`FRFSR.restore_tile`)."""
-    _check_lr(lr)
-    _check_tile_args(tile, overlap)
+    Refs not yet encoded are encoded here, after the LR is checked, with ``ref_views``
+    (:class:`~frfsr.models.frfsr.RefViews`; None: the Refs as given). ``match_mode``: "exact", "fast" or "auto"
+    (:meth:`FRFSR.match`). The LR (``name`` in errors) and the Refs are checked once; the
+    tiles are not checked again (``model.match(..., check=False)``)."""
+    check_lr_tensor(lr)
+    check_tile_args(tile, overlap)
     model.check_lr(lr, name)
     dev, dtype = model.device, model.dtype
+    from .memory import encode_within_memory
     from .models import EncodedRefs
     if isinstance(refs, EncodedRefs):
         model.check_encoded(refs, lr.shape[0])
         encoded = refs
     else:                                    # move the Refs to the model and encode them (checked there)
         refs = [r.to(dev, dtype) for r in refs] if isinstance(refs, (list, tuple)) else refs.to(dev, dtype)
-        encoded = encode_refs(model, refs, lr.shape[0], scales=ref_scales, angles=ref_angles,
+        encoded = encode_within_memory(model, refs, lr.shape[0], views=ref_views,
                               oom_fallback=oom_fallback)
-
-    def step(y0, y1, x0, x1):
-        restored, tex = model.restore_tile(lr[..., y0:y1, x0:x1].to(dev, dtype), encoded, origin=(y0, x0))
-        out = {"sr": (restored.sr.to(lr.device), 4)}
-        if on_tile is not None:
-            on_tile((y0, y1, x0, x1), out["sr"][0])
-        if return_details:
-            out["confidence"] = (tex.confidence.to(lr.device), 1)
-            out["ref_confidence"] = (tuple(r.to(lr.device) for r in tex.ref_confidence), None)
-            if keep_warped_ref:
-                out["warped_ref"] = (tex.warped_ref.to(lr.device), 4)
-        return out
-
-    h, w = lr.shape[-2:]
-    res, used = _run(h, w, _resolve_tile(tile, model, lr.shape[0]), overlap, step, progress, interrupt, oom_fallback, dev)
+    step = sr_step(model, encoded, match_mode=match_mode, details=return_details, keep_warped_ref=keep_warped_ref,
+                   on_tile=on_tile, out_device=lr.device)
+    res, used = run_tiles(lr, step, tile=tile_size(tile, model, lr.shape[0]), overlap=overlap, progress=progress,
+                          interrupt=interrupt, oom_fallback=oom_fallback, device=dev, dtype=dtype)
     if return_details:
         warped = res["warped_ref"].float() if keep_warped_ref else None
         return TiledOutput(res["sr"].float(), res["confidence"].float(), warped, used, res["ref_confidence"])
@@ -362,20 +299,21 @@ def restore_tiled(model, lr: torch.Tensor, textures, *, tile="auto", overlap: in
     """Restore ``lr`` tile by tile from the whole image's :class:`AlignedTextures` (from
     ``model.align``), cropping them per tile with ``textures.crop``. Only the restoration
     is tiled: the textures are held whole. Arguments as :func:`upscale_tiled`."""
-    _check_lr(lr)
-    _check_tile_args(tile, overlap)
+    check_lr_tensor(lr)
+    check_tile_args(tile, overlap)
     h, w = lr.shape[-2:]
     if tuple(textures.lr_size) != (h, w):
         raise ValueError(f"the textures were aligned for an LR of {tuple(textures.lr_size)}, but lr is {h}x{w}")
     dev, dtype = model.device, model.dtype
 
-    def step(y0, y1, x0, x1):
-        part = lr[..., y0:y1, x0:x1].to(dev, dtype)
+    def step(part, window):
+        y0, y1, x0, x1 = window
         tex = textures if (y0, x0, y1, x1) == (0, 0, h, w) else textures.crop(y0, x0, y1, x1)
         sr = model.restore(part, tex).sr.to(lr.device)
         if on_tile is not None:
-            on_tile((y0, y1, x0, x1), sr)
-        return {"sr": (sr, 4)}
+            on_tile(window, sr)
+        return {"sr": sr}
 
-    res, _ = _run(h, w, _resolve_tile(tile, model, lr.shape[0]), overlap, step, progress, interrupt, oom_fallback, dev)
+    res, _ = run_tiles(lr, step, tile=tile_size(tile, model, lr.shape[0]), overlap=overlap, progress=progress,
+                       interrupt=interrupt, oom_fallback=oom_fallback, device=dev, dtype=dtype)
     return res["sr"].float()

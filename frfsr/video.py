@@ -119,19 +119,19 @@ def _check_paths(src: Path, dst: Path) -> None:
                              f"frfsr writes; accepted: {', '.join(VIDEO_SUFFIXES)}")
 
 
-def _load_refs(pipe, refs, ref_scales, ref_angles):
+def _load_refs(pipe, refs, views):
     """Refs encoded once for every frame (paths are read as image files)."""
     from .models import EncodedRefs
     if isinstance(refs, EncodedRefs):
-        if ref_scales is not None or ref_angles is not None:
-            raise ValueError("ref_scales and ref_angles apply when the Refs are encoded; these Refs are encoded "
-                             "already (pass them to pipe.encode_refs)")
+        if views is not None:
+            raise ValueError("ref_views apply when the Refs are encoded; these Refs are encoded "
+                             "already (pass them to pipe.prepare_refs)")
         return refs
     items = list(refs) if isinstance(refs, (list, tuple)) else [refs]
     if any(isinstance(r, (str, os.PathLike)) for r in items):
         from .image_files import read_image
         items = [read_image(r, "Ref") if isinstance(r, (str, os.PathLike)) else r for r in items]
-    return pipe.encode_refs(items, 1, ref_scales, ref_angles)
+    return pipe.prepare_refs(items, 1, views)
 
 
 def _frame_rate(stream) -> Fraction:
@@ -256,7 +256,7 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
                   **pipe_kwargs) -> VideoResult:
     """4x SR of the video ``src`` into ``dst`` (.mp4, .mkv, .mov, .avi or .webm:
     :data:`VIDEO_SUFFIXES`), frame by frame, against ``refs``: Ref image(s) (PIL, arrays,
-    tensors or image paths, one or a list) or :meth:`FRFSRPipeline.encode_refs`'s result;
+    tensors or image paths, one or a list) or :meth:`FRFSRPipeline.prepare_refs`'s result;
     Refs are encoded once for the whole clip.
 
     ``batch_size``: frames per pipeline call (memory holds one batch and its 4x frames);
@@ -267,7 +267,7 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
     ``{"preset": "slow"}``); ``audio``: "auto" (copy, re-encode where the container does not
     hold the codec), "copy" (fail instead of re-encoding), "reencode" or "drop".
     Other keywords go to the pipeline call (``tile``, ``overlap``, ``match_mode``,
-    ``interrupt``; ``ref_scales`` and ``ref_angles`` to the Ref encoding). Returns a :class:`VideoResult`."""
+    ``interrupt``; ``ref_views`` to the Ref encoding). Returns a :class:`VideoResult`."""
     av = _import_av()
     src, dst = Path(src), Path(dst)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -281,7 +281,7 @@ def upscale_video(pipe, src, dst, refs, *, batch_size: int = 4, progress: bool =
     suffix = dst.suffix.lower()
     vcodec = _pick_video_codec(av, codec, suffix)
     acodec = _AUDIO_CODECS.get(suffix, _DEFAULT_AUDIO_CODEC)
-    encoded = _load_refs(pipe, refs, pipe_kwargs.pop("ref_scales", None), pipe_kwargs.pop("ref_angles", None))
+    encoded = _load_refs(pipe, refs, pipe_kwargs.pop("ref_views", None))
 
     try:
         container = av.open(str(src))

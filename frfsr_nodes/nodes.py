@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import warnings
 from pathlib import Path, PurePosixPath
@@ -29,6 +30,7 @@ import torch
 
 from frfsr import FRFSR, AlignedTextures, Correspondence
 from frfsr.checks import MIN_LR_SIZE
+from frfsr.memory import step_memory
 from frfsr import hub
 from frfsr.hub import CONFIG_NAME, WEIGHTS_NAME
 
@@ -103,20 +105,21 @@ def check_image_values(image: torch.Tensor, name: str) -> None:
                       FRFSRImageWarning, stacklevel=3)
 
 
-def image_to_nchw(image: torch.Tensor, name: str, device, dtype) -> torch.Tensor:
-    """ComfyUI IMAGE [B, H, W, C] -> model input [B, 3, H, W] (grayscale repeated, alpha dropped)."""
+def image_input(image: torch.Tensor, name: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ComfyUI IMAGE [B, H, W, C] -> the model input [B, 3, H, W] on ``device`` in ``dtype``
+    (grayscale repeated) and its alpha channel [B, 1, H, W] float32 or None: the IMAGE's values
+    checked (:func:`check_image_values`), then converted by the library
+    (:func:`frfsr.image_io.to_model_input`)."""
+    from frfsr.image_io import to_model_input
     if not isinstance(image, torch.Tensor) or image.dim() != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"{name} must be a ComfyUI IMAGE of shape [B, H, W, C], got {shape}")
     c = image.shape[-1]
-    if c == 1:
-        image = image.expand(-1, -1, -1, 3)
-    elif c in (3, 4):
-        image = image[..., :3]
-    else:
+    if c not in (1, 3, 4):
         raise ValueError(f"{name} has {c} channels; an IMAGE must have 1, 3 or 4 channels [B, H, W, C]")
-    check_image_values(image, name)
-    return image.permute(0, 3, 1, 2).to(device=device, dtype=dtype).clamp(0, 1).contiguous()
+    check_image_values(image[..., :3], name)
+    rgb, alpha, _ = to_model_input(image.clamp(0, 1).permute(0, 3, 1, 2), name)
+    return rgb.to(device=device, dtype=dtype).contiguous(), alpha
 
 
 def nchw_to_image(t: torch.Tensor) -> torch.Tensor:
@@ -126,11 +129,6 @@ def nchw_to_image(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).clamp(0, 1).float().to(cc.intermediate_device()).contiguous()
 
 
-def image_alpha(image) -> torch.Tensor | None:
-    """The alpha channel of a 4-channel IMAGE as [B, 1, H, W] float32, or None."""
-    if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[-1] == 4:
-        return image[..., 3:].permute(0, 3, 1, 2).float().clamp(0, 1)
-    return None
 
 
 def resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -260,38 +258,15 @@ def reference_input(ref: torch.Tensor, lr_batch: int, mode: str):
     return ref
 
 
-AUTO_TILE_ESTIMATE = 256   # tile side asked for with tile_size 0; the tiler then fits its tile to what is free
-
-
-def memory_estimate(model: FRFSR, lr_shape, ref_pixels: int, tile=None) -> int:
-    """Bytes one step asks ComfyUI for besides the weights: the restoration's activations per
-    LR pixel (:func:`frfsr.tiling.bytes_per_lr_pixel`) over the pixels processed at once (a
-    tile, or the whole image; x1.5 for the fixed cost of small tiles), the blended 4x output
-    of the whole image, and the Reference features. The measured peaks of match, align and
-    restore stay below it (tests/test_comfy_memory.py)."""
-    from frfsr.tiling import bytes_per_lr_pixel
-
-    b, h, w = lr_shape[0], lr_shape[-2], lr_shape[-1]
-    side = tile if isinstance(tile, int) else AUTO_TILE_ESTIMATE if tile == "auto" else max(h, w)
-    at_once = min(h, side) * min(w, side)
-    elem = torch.finfo(model.dtype).bits // 8
-    blended = 2 * 16 * 3 * 4 * h * w                   # float32 sum and weights of the 4x output
-    # VGG relu1_1/2_1/3_1 features of the Reference at 1, 1/2, 1/4 size (c1 * (1 + 2/4 + 4/16)
-    # channels per Reference pixel), held by the encoded References and their warp, twice over
-    ref_bytes = 4 * elem * model.config.vgg_widths[0] * 7 // 4
-    return int(b * (3 * bytes_per_lr_pixel(model) * at_once // 2 + blended + ref_bytes * ref_pixels))
-
-
-def lr_and_references(model: "FRFSRModel", image, reference, mode: str, scales=(1.0,), angles=(0.0,)):
-    """The LR and Reference IMAGEs as model inputs on the intermediate device, the References
-    as :func:`reference_input` gives them, and the Reference pixels to encode (over every
-    copy of the pyramid's ``scales`` and ``angles``)."""
-    from frfsr.models.frfsr import ref_copies_pixels
-    lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
-    ref = reference_input(image_to_nchw(reference, "reference", cc.intermediate_device(), model.dtype),
+def lr_and_references(model: "FRFSRModel", image, reference, mode: str, views):
+    """The LR and Reference IMAGEs as model inputs on the intermediate device (:func:`image_input`),
+    the LR's alpha channel (or None), the References as :func:`reference_input` gives them, and
+    the Reference pixels to encode (over every copy of the RefViews ``views``)."""
+    lr, alpha = image_input(image, "image", cc.intermediate_device(), model.dtype)
+    ref = reference_input(image_input(reference, "reference", cc.intermediate_device(), model.dtype)[0],
                           lr.shape[0], mode)
     refs = ref if isinstance(ref, list) else [ref]
-    return lr, ref, sum(ref_copies_pixels(*r.shape[-2:], scales, angles) for r in refs)
+    return lr, alpha, ref, sum(views.pixels(*r.shape[-2:]) for r in refs)
 
 
 PREVIEW_SIDE = 512         # longest side of the preview shown on the node during a tiled run
@@ -335,7 +310,7 @@ def run_tiled(model: "FRFSRModel", tiler, lr: torch.Tensor, inputs, ref_pixels: 
         shown = preview.image() if preview is not None and 1 < total and done < total else None
         pbar.update_absolute(done, total, shown)
 
-    with model.active(memory_estimate(model.model, lr.shape, ref_pixels, tile)) as net:
+    with model.active(step_memory(model.model, lr.shape, ref_pixels, tile)) as net:
         sr = tiler(net, lr, inputs(), tile=tile, overlap=overlap, progress=progress, interrupt=cc.check_interrupt,
                    on_tile=preview.paste if preview is not None else None)
     return (output_image(sr, alpha, size),)
@@ -377,15 +352,19 @@ def _numbers(text: str, name: str, example: str) -> list[float]:
 
 
 def parse_ref_scales(text: str) -> tuple[float, ...]:
-    """'1 0.71 0.5' or '1, 0.5' -> (1.0, 0.71, 0.5), checked by the library."""
-    from frfsr.models.frfsr import check_ref_scales
-    return check_ref_scales(_numbers(text, "ref_scales", "1 0.71 0.5"))
+    """'1 0.71 0.5' or '1, 0.5' -> (1.0, 0.71, 0.5) (checked by :func:`ref_views`)."""
+    return tuple(_numbers(text, "ref_scales", "1 0.71 0.5"))
 
 
 def parse_ref_angles(text: str) -> tuple[float, ...]:
-    """'0 30 -30' -> (0.0, 30.0, -30.0), checked by the library."""
-    from frfsr.models.frfsr import check_ref_angles
-    return check_ref_angles(_numbers(text, "ref_angles", "0 30 -30"))
+    """'0 30 -30' -> (0.0, 30.0, -30.0) (checked by :func:`ref_views`)."""
+    return tuple(_numbers(text, "ref_angles", "0 30 -30"))
+
+
+def ref_views(ref_scales: str, ref_angles: str):
+    """The nodes' ``ref_scales`` and ``ref_angles`` texts as the library's RefViews (checked there)."""
+    from frfsr.models.frfsr import RefViews
+    return RefViews(parse_ref_scales(ref_scales), parse_ref_angles(ref_angles))
 
 
 _REFERENCE_MODE_INPUT = (REFERENCE_MODES, {"default": "auto", "tooltip":
@@ -581,14 +560,14 @@ class MatchReference(_Node):
 
     def match(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", match_mode: str = "auto",
               ref_scales: str = "1", ref_angles: str = "0"):
-        scales, angles = parse_ref_scales(ref_scales), parse_ref_angles(ref_angles)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales, angles)
-        with model.active(memory_estimate(model.model, lr.shape, ref_pixels)) as net:
+        views = ref_views(ref_scales, ref_angles)
+        lr, _, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, views)
+        with model.active(step_memory(model.model, lr.shape, ref_pixels)) as net:
             lr = lr.to(model.device)
             ref = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
             cc.check_interrupt()
-            refs = net.encode_refs(ref, lr.shape[0], scales=scales, angles=angles)
-            corr = net.match(lr, refs, match_mode=match_mode)
+            refs = net.encode_refs(ref, lr.shape[0], views=views)
+            corr = net.match(lr, refs, match_mode)
             confidence = nchw_to_image(corr.confidence.clamp(0, 1))
             corr = corr.to(cc.intermediate_device())
         return (corr, confidence)
@@ -612,7 +591,7 @@ class AlignTextures(_Node):
         if not isinstance(match, Correspondence):
             raise TypeError(f"match must come from MatchReference, got {type(match).__name__}")
         ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in match.refs.images)
-        with model.active(memory_estimate(model.model, match.confidence.shape, ref_pixels)) as net:
+        with model.active(step_memory(model.model, match.confidence.shape, ref_pixels)) as net:
             cc.check_interrupt()
             tex = net.align(match.to(model.device))
             preview = nchw_to_image(tex.warped_ref)
@@ -645,7 +624,7 @@ class SuperResolve(_FourTimesImage):
                 tile_overlap: int = 16):
         if not isinstance(textures, AlignedTextures):
             raise TypeError(f"textures must come from AlignTextures, got {type(textures).__name__}")
-        lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
+        lr, alpha = image_input(image, "image", cc.intermediate_device(), model.dtype)
         n, (h, w) = textures.confidence.shape[0], textures.lr_size
         if (n, h, w) != (lr.shape[0], *lr.shape[-2:]):
             raise ValueError(f"the textures were made for {n} image(s) of {h}x{w}, but image is {lr.shape[0]} of "
@@ -654,7 +633,7 @@ class SuperResolve(_FourTimesImage):
 
         ref_pixels = sum(f.shape[-2] * f.shape[-1] for f in textures.ref_feats[:1])
         return run_tiled(model, restore_tiled, lr, lambda: textures.to(model.device), ref_pixels, tile_size,
-                         tile_overlap, alpha=image_alpha(image))
+                         tile_overlap, alpha=alpha)
 
 
 class Upscale(_FourTimesImage):
@@ -692,20 +671,20 @@ class Upscale(_FourTimesImage):
     def upscale(self, model: FRFSRModel, image, reference, reference_mode: str = "auto", tile_size: int = 0,
                 tile_overlap: int = 16, match_mode: str = "auto", ref_scales: str = "1", ref_angles: str = "0",
                 upscale_by: float = 4.0):
-        from frfsr.tiling import encode_refs, upscale_tiled
+        from frfsr.memory import encode_within_memory
+        from frfsr.tiling import upscale_tiled
 
         size = output_size(image, upscale_by)
-        scales, angles = parse_ref_scales(ref_scales), parse_ref_angles(ref_angles)
-        lr, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, scales, angles)
+        views = ref_views(ref_scales, ref_angles)
+        lr, alpha, ref, ref_pixels = lr_and_references(model, image, reference, reference_mode, views)
         cc.check_interrupt()
 
         def encoded():                  # called with the model on its device
             refs = [r.to(model.device) for r in ref] if isinstance(ref, list) else ref.to(model.device)
-            return encode_refs(model.model, refs, lr.shape[0], scales=scales, angles=angles)
+            return encode_within_memory(model.model, refs, lr.shape[0], views=views)
 
-        with model.model.use_match_mode(match_mode):
-            return run_tiled(model, upscale_tiled, lr, encoded, ref_pixels, tile_size, tile_overlap,
-                             alpha=image_alpha(image), size=size)
+        return run_tiled(model, functools.partial(upscale_tiled, match_mode=match_mode), lr, encoded, ref_pixels,
+                         tile_size, tile_overlap, alpha=alpha, size=size)
 
 
 UPSCALE_BY_RANGE = (1.0, 4.0)
@@ -748,19 +727,18 @@ class SelectReferences(_Node):
 
         from frfsr.retrieval import RefIndex
 
-        lr = image_to_nchw(image, "image", cc.intermediate_device(), model.dtype)
+        lr, _ = image_input(image, "image", cc.intermediate_device(), model.dtype)
         if lr.shape[0] != 1:
             warnings.warn(f"FRFSR Select References: image is a batch of {lr.shape[0]}; the first image is used",
                           stacklevel=2)
-        cands = image_to_nchw(candidates, "candidates", cc.intermediate_device(), model.dtype)
+        cands, alpha = image_input(candidates, "candidates", cc.intermediate_device(), model.dtype)
         pixels = cands.shape[-2] * cands.shape[-1]
-        with model.active(memory_estimate(model.model, lr.shape, pixels)) as net:
+        with model.active(step_memory(model.model, lr.shape, pixels)) as net:
             cc.check_interrupt()
             index = RefIndex(net, [c.to(model.device) for c in cands.split(1)], cache_dir=None,
                              progress=lambda *_: cc.check_interrupt())
             chosen = index.select(lr[:1].to(model.device), max(1, int(k)), max(0, int(rerank)))
         picked = torch.cat([cands[s.index: s.index + 1] for s in chosen])
-        alpha = image_alpha(candidates)
         if alpha is not None:             # the candidates' alpha stays with them
             alpha = torch.cat([alpha[s.index: s.index + 1] for s in chosen])
         report = {"k": len(chosen), "candidates": len(index),

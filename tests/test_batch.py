@@ -59,9 +59,9 @@ class Counting:
     def __init__(self, pipe, stop_at=None):
         self.pipe, self.calls, self.encodes, self.stop_at = pipe, 0, 0, stop_at
 
-    def encode_refs(self, *args, **kwargs):
+    def prepare_refs(self, *args, **kwargs):
         self.encodes += 1
-        return self.pipe.encode_refs(*args, **kwargs)
+        return self.pipe.prepare_refs(*args, **kwargs)
 
     def __call__(self, lr, refs, **kwargs):
         if self.stop_at is not None and self.calls == self.stop_at:

@@ -44,7 +44,6 @@ def _fresh_dynamo():
 def tiny():
     torch.manual_seed(0)
     model = FRFSR(FRFSRConfig.tiny()).eval().to(DEV)
-    model.match_mode = "exact"
     return model
 
 
@@ -92,7 +91,8 @@ def test_tiny_model_compiles_to_one_graph_reference_kernels(tiny):
     lr, ref = _images()
     lr_tex = torch.zeros(1, 1, 4 * lr.shape[-2], 4 * lr.shape[-1])
     assert resolve_match_mode("auto", lr_tex, [torch.zeros(1, 1, *ref.shape[-2:])]) == "exact"
-    with torch.no_grad(), ops.use_backend("reference"):
+    tiny.set_ops_backend("reference")
+    with torch.no_grad():
         compiled = _check_model_compiles(tiny, lr, ref, rtol=1e-5, atol=1e-5)
         if DEV.type == "cpu":       # on CUDA a failed device assertion would end the CUDA context
             # the NaN/Inf input check is an assertion inside the graph (eager: a ValueError)
@@ -109,7 +109,8 @@ def test_tiny_model_compiles_to_one_graph_reference_kernels(tiny):
     "test_fused_kernels_compile_and_follow_the_backend compiles every operator on the fused path"))
 def test_tiny_model_compiles_to_one_graph_fused_kernels(tiny):
     lr, ref = _images()
-    with torch.no_grad(), ops.use_backend("fused"):
+    tiny.set_ops_backend("fused")
+    with torch.no_grad():
         _check_model_compiles(tiny, lr, ref, rtol=2e-3, atol=2e-3)
 
 
@@ -121,11 +122,14 @@ class _EveryOp(torch.nn.Module):
     """Each operator once: exact and windowed matching, a deformable conv whose offsets
     depend on the match, a DDF on its output."""
 
+    backend = None                      # the ops backend every call passes
+
     def forward(self, q, k, flows, x, off, mask, weight, bias, cf, sf):
-        score, index = ops.patch_match(q, k, 3)
-        wscore, windex = ops.window_match(q, k, flows, 2, 1)
-        y = ops.deform_conv(x, off + score.mean() + wscore.mean(), torch.sigmoid(mask), weight, bias)
-        z = ops.ddf(F.relu(y), cf, sf, 3, 1)
+        b = self.backend
+        score, index = ops.patch_match(q, k, 3, backend=b)
+        wscore, windex = ops.window_match(q, k, flows, 2, 1, backend=b)
+        y = ops.deform_conv(x, off + score.mean() + wscore.mean(), torch.sigmoid(mask), weight, bias, backend=b)
+        z = ops.ddf(F.relu(y), cf, sf, 3, 1, backend=b)
         return score, index, wscore, windex, z
 
 
@@ -168,7 +172,8 @@ class _Spy:
 def test_every_op_compiles_with_inductor_reference_kernels():
     model = _EveryOp()
     inputs = _every_op_inputs()
-    with torch.no_grad(), ops.use_backend("reference"):
+    model.backend = "reference"
+    with torch.no_grad():
         eager = model(*inputs)
         out = torch.compile(model, fullgraph=True)(*inputs)
     for a, e in zip(out, eager):
@@ -184,14 +189,14 @@ def test_every_op_compiles_forward_and_backward(backend):
     model = _EveryOp()
     leaves = _every_op_inputs(requires_grad=True)
     diff = [t for t in leaves if t.requires_grad]
-    with ops.use_backend(backend):
-        eager = model(*leaves)
-        eager_grads = torch.autograd.grad(_loss(eager), diff)
-        explanation = torch._dynamo.explain(model)(*leaves)
-        assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
-        torch._dynamo.reset()
-        out = torch.compile(model, fullgraph=True, backend="aot_eager")(*leaves)
-        grads = torch.autograd.grad(_loss(out), diff)
+    model.backend = backend
+    eager = model(*leaves)
+    eager_grads = torch.autograd.grad(_loss(eager), diff)
+    explanation = torch._dynamo.explain(model)(*leaves)
+    assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
+    torch._dynamo.reset()
+    out = torch.compile(model, fullgraph=True, backend="aot_eager")(*leaves)
+    grads = torch.autograd.grad(_loss(out), diff)
     tol = dict(rtol=1e-5, atol=1e-5) if DEV.type == "cpu" else dict(rtol=2e-3, atol=2e-3)
     for a, e in zip(out, eager):
         torch.testing.assert_close(a, e, **tol)
@@ -211,17 +216,17 @@ def test_fused_kernels_compile_and_follow_the_backend(monkeypatch):
     recorder = _Recorder()
     compiled = torch.compile(model, fullgraph=True, backend=recorder)
     with torch.no_grad():
-        with ops.use_backend("fused"):
-            eager = model(*inputs)
-            assert all(s.calls == 1 for s in spies.values())
-            out = compiled(*inputs)
+        model.backend = "fused"
+        eager = model(*inputs)
+        assert all(s.calls == 1 for s in spies.values())
+        out = compiled(*inputs)
         assert all(s.calls == 2 for s in spies.values()), {n: s.calls for n, s in spies.items()}
         assert len(recorder.graphs) == 1
         for a, e in zip(out, eager):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
-        with ops.use_backend("reference"):
-            ref_eager = model(*inputs)
-            ref_out = compiled(*inputs)
+        model.backend = "reference"
+        ref_eager = model(*inputs)
+        ref_out = compiled(*inputs)
         assert all(s.calls == 2 for s in spies.values())      # the reference graph calls no kernel
         assert len(recorder.graphs) == 2                      # retraced for the other backend
         for a, e in zip(ref_out, ref_eager):

@@ -121,8 +121,7 @@ def test_deform_conv_offsets_beyond_2_31(sparse, far):
     x, w, b = (t.requires_grad_() for t in (x, w, b))
     off_v.requires_grad_()
     mask_v.requires_grad_()
-    with ops.use_backend("fused"):
-        out = ops.deform_conv(x, off_v, mask_v, w, b)
+    out = ops.deform_conv(x, off_v, mask_v, w, b, backend="fused")
     off.requires_grad_()
     mask.requires_grad_()
     r_out = ref.deform_conv(x, off, mask, w, b)

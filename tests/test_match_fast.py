@@ -18,6 +18,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from frfsr import ops  # noqa: E402
+from frfsr.models import RefViews  # noqa: E402
 from frfsr.models.correspondence import MosaicLayout, match_refs, resolve_match_mode  # noqa: E402
 from frfsr.ops import reference as R  # noqa: E402
 from frfsr.ops.fast_match import (FAST_MATCH_DEFAULTS, FAST_MATCH_MIN_PAIRS, cell_flows,  # noqa: E402
@@ -235,9 +236,9 @@ def test_several_refs_and_the_scale_pyramid_in_fast_mode_agree_with_exact():
     lr = F.interpolate(img[..., 8:72, 12:76], size=(16, 16), mode="area").clamp(0, 1)
     refs = [img.clamp(0, 1), torch.rand(1, 3, 64, 72, generator=g)]
     with torch.no_grad():
-        encoded = model.encode_refs(refs, scales=(1, 0.71, 0.5))
-        ce = model.match(lr, encoded, match_mode="exact")
-        cf = model.match(lr, encoded, match_mode="fast")
+        encoded = model.encode_refs(refs, views=RefViews((1, 0.71, 0.5)))
+        ce = model.match(lr, encoded, mode="exact")
+        cf = model.match(lr, encoded, mode="fast")
     e, f = ce.confidence[..., 1:-1, 1:-1], cf.confidence[..., 1:-1, 1:-1]
     assert (f <= e + 1e-5).all()
     assert (f >= e - 1e-3).float().mean() >= 0.9
@@ -273,7 +274,7 @@ def test_several_refs_in_both_modes():
     holder = _smooth(16, 34, 34, seed=11)
     holder[..., 5:29, 7:31] = scene
     layout = MosaicLayout.build([(4 * 30, 4 * 26), (4 * 34, 4 * 34)])
-    res = {m: match_refs(lr, [other, holder], layout, match_mode=m) for m in ("exact", "fast")}
+    res = {m: match_refs(lr, [other, holder], layout, mode=m) for m in ("exact", "fast")}
     (es, ekx, eky, eid), (fs, fkx, fky, fid) = res["exact"], res["fast"]
     assert (eid == 1).float().mean() > 0.98
     same = (fkx == ekx) & (fky == eky) & (fid == eid)
@@ -317,10 +318,8 @@ def test_dispatch_uses_the_fused_kernel_when_asked():
     _fused()
     q, k = _feat(1, 16, 6, 6, seed=15), _feat(1, 16, 7, 7, seed=16)
     flows = torch.zeros(1, 2, 2, 1, 2, dtype=torch.long)
-    with ops.use_backend("fused"):
-        s, i = ops.window_match(q, k, flows, 2, 1)
-    with ops.use_backend("reference"):
-        s2, i2 = ops.window_match(q, k, flows, 2, 1)
+    s, i = ops.window_match(q, k, flows, 2, 1, backend="fused")
+    s2, i2 = ops.window_match(q, k, flows, 2, 1, backend="reference")
     assert (s - s2).abs().max() < 1e-5
 
 
@@ -337,8 +336,7 @@ def check_window_match_gradients(backend: str):
     res = {}
     for name in ("reference", backend):
         qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-        with ops.use_backend(name):
-            score, index = ops.window_match(qq, kk, flows, 2, 1)
+        score, index = ops.window_match(qq, kk, flows, 2, 1, backend=name)
         res[name] = (score, index, torch.autograd.grad(score, (qq, kk), go))
     (rs, ri, rg), (fs, fi, fg) = res["reference"], res[backend]
     assert torch.equal(fi[sep], ri[sep])
@@ -377,12 +375,10 @@ def test_match_mode_reaches_the_model_pipeline_cli_and_node():
     lr = torch.rand(1, 3, 20, 18, generator=torch.Generator().manual_seed(1))
     ref = torch.rand(1, 3, 64, 60, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        corr = {m: model.match(lr, ref, match_mode=m) for m in ("exact", "fast", "auto")}
-        with model.use_match_mode("fast"):
-            assert model.match_mode == "fast"
-        assert model.match_mode == "auto"
+        corr = {m: model.match(lr, ref, mode=m) for m in ("exact", "fast", "auto")}
+        assert not hasattr(model, "match_mode")            # a per-call argument, no model state
         with pytest.raises(ValueError, match="match_mode"):
-            model.match(lr, ref, match_mode="nope")
+            model.match(lr, ref, mode="nope")
     for m in ("fast", "auto"):
         assert corr[m].flows[0].shape == corr["exact"].flows[0].shape
         assert torch.isfinite(corr[m].confidence).all()
@@ -390,7 +386,7 @@ def test_match_mode_reaches_the_model_pipeline_cli_and_node():
     pipe = FRFSRPipeline(model)
     pipe.relevance_threshold = None                      # random weights: no relevance warning
     out = pipe(lr, ref, match_mode="fast", output_type="pt", progress=False)
-    assert out.shape == (1, 3, 80, 72) and model.match_mode == "auto"
+    assert out.shape == (1, 3, 80, 72) and not hasattr(model, "match_mode")
     args = cli.build_parser().parse_args(["upscale", "lr.png", "--ref", "r.png", "-o", "o.png", "--match-mode", "fast"])
     assert args.match_mode == "fast"
     nodes = pytest.importorskip("frfsr_nodes.nodes") if _nodes_importable() else None

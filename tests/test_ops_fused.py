@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from unittest import mock
 
 import pytest
 import torch  # does not import Triton
@@ -68,8 +69,7 @@ def _rand(*shape, g, device=DEV, requires_grad=False):
 def _fused_op(name, *args, **kwargs):
     """``frfsr.ops.<name>`` on the fused kernels: the custom operator, which carries the
     fused backward (the functions of frfsr.ops.triton compute forward passes only)."""
-    with ops.use_backend("fused"):
-        return getattr(ops, name)(*args, **kwargs)
+    return getattr(ops, name)(*args, backend="fused", **kwargs)
 
 
 def _assert_close(actual, expected, rel, name=""):
@@ -404,11 +404,9 @@ def test_dispatcher_fused_backend_calls_the_kernels(monkeypatch, name):
         q, k, _ = _separated_pair(1, 3, 6, 7, 9, 9, 3, seed=4)
         args = (q, k)
         kwargs = dict(patch_size=3)
-    with ops.use_backend("fused"):
-        out = getattr(ops, name)(*args, **kwargs)
+    out = getattr(ops, name)(*args, backend="fused", **kwargs)
     assert spy.calls == 1
-    with ops.use_backend("reference"):
-        r_out = getattr(ops, name)(*args, **kwargs)
+    r_out = getattr(ops, name)(*args, backend="reference", **kwargs)
     assert spy.calls == 1
     if name == "patch_match":
         assert torch.equal(out[1], r_out[1])
@@ -426,7 +424,7 @@ def _grads_per_backend(fn, inputs, seed):
     res = {}
     for backend in ("reference", "fused"):
         leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        with ops.use_backend(backend):
+        with mock.patch.dict(os.environ, {"FRFSR_OPS_BACKEND": backend}):     # fn's ops calls pass no backend
             out = fn(*leaves)
         go = torch.randn(out.shape, generator=_gen(seed)).to(out.device)
         res[backend] = (out, torch.autograd.grad(out, leaves, go))
@@ -438,8 +436,7 @@ def test_patch_match_score_gradient_is_the_same_for_both_backends():
     backward, so wherever they pick the same patches the gradients agree."""
     query, key, expect = _separated_pair(2, 4, 6, 7, 9, 10, 3, seed=41)
     res = _grads_per_backend(lambda q, k: ops.patch_match(q, k, 3)[0], (query, key), seed=42)
-    with ops.use_backend("fused"):
-        assert torch.equal(ops.patch_match(query, key, 3)[1], expect)
+    assert torch.equal(ops.patch_match(query, key, 3, backend="fused")[1], expect)
     (r_out, r_grads), (f_out, f_grads) = res["reference"], res["fused"]
     _assert_close(f_out, r_out, 1e-5, "score")
     for name, a, e in zip(("query", "key"), f_grads, r_grads):

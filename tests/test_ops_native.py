@@ -138,8 +138,7 @@ def test_native_coarse_topk_equals_the_reference(B, D, nq, nk, k):
     qd = F.normalize(torch.randn(B, D, nq, generator=torch.Generator().manual_seed(nq)), dim=1)
     kd = F.normalize(torch.randn(B, D, nk, generator=torch.Generator().manual_seed(nk)), dim=1)
     got = native.coarse_topk(qd, kd, k)
-    with ops.use_backend("reference"):
-        want = coarse_topk(qd, kd, k)
+    want = coarse_topk(qd, kd, k, backend="reference")
     assert got.shape == want.shape == (B, nq, min(k, nk))
     sim = torch.bmm(qd.transpose(1, 2).double(), kd.double())
     g, w = sim.gather(2, got), sim.gather(2, want)
@@ -183,18 +182,15 @@ def test_auto_dispatches_window_match_to_the_native_kernel_on_cpu(monkeypatch):
     q, k = _smooth(16, 20, 20, seed=11), _smooth(16, 40, 40, seed=12)
     s_auto, i_auto = ops.fast_patch_match(q, k)
     assert calls, "auto did not run the native kernel"
-    with ops.use_backend("reference"):
-        s_ref, i_ref = ops.fast_patch_match(q, k)
+    s_ref, i_ref = ops.fast_patch_match(q, k, backend="reference")
     assert len(calls) == 1
     assert (s_auto - s_ref).abs().max() < 1e-5
     assert (i_auto == i_ref).float().mean() > 0.99
-    with ops.use_backend("native"):
-        ops.window_match(q, k, candidate_flows(q, k), 4, 1)
+    ops.window_match(q, k, candidate_flows(q, k), 4, 1, backend="native")
     assert len(calls) == 2
     # float64 keeps the reference's float64 arithmetic; the other operators have no native kernel
-    with ops.use_backend("native"):
-        ops.window_match(q.double(), k.double(), candidate_flows(q, k), 4, 1)
-        ops.patch_match(q[..., :8, :8], k[..., :8, :8])
+    ops.window_match(q.double(), k.double(), candidate_flows(q, k), 4, 1, backend="native")
+    ops.patch_match(q[..., :8, :8], k[..., :8, :8], backend="native")
     assert len(calls) == 2
 
 
@@ -232,8 +228,7 @@ _PROBE = """
     s, i = ops.fast_patch_match(q, q)
     print("SELF", bool((i.view(-1) == torch.arange(100).view(10, 10)[:, :].reshape(-1)).all()))
     try:
-        with ops.use_backend("native"):
-            ops.window_match(q, q, torch.zeros(1, 3, 3, 1, 2, dtype=torch.long), 4, 1)
+        ops.window_match(q, q, torch.zeros(1, 3, 3, 1, 2, dtype=torch.long), 4, 1, backend="native")
         print("FORCED ok")
     except RuntimeError as e:
         print("FORCED", e)

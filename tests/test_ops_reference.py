@@ -508,9 +508,9 @@ def test_ddf_backward_is_the_autograd_of_the_reference():
 
 
 @pytest.fixture
-def reference_backend():
-    with ops.use_backend("reference"):
-        yield
+def reference_backend(monkeypatch):
+    monkeypatch.setenv("FRFSR_OPS_BACKEND", "reference")     # what a call without a backend runs
+    yield
 
 
 def test_custom_op_gradcheck_reference(reference_backend):
@@ -606,68 +606,42 @@ def test_fake_kernels_validate_like_the_kernels():
 @pytest.fixture
 def clean_backend(monkeypatch):
     monkeypatch.delenv("FRFSR_OPS_BACKEND", raising=False)
-    prev = ops._forced
-    ops.set_backend(None)
     yield monkeypatch
-    ops.set_backend(prev)
 
 
-def test_use_backend_is_a_pure_context_manager(clean_backend):
-    assert ops.get_backend() == "auto"
-    cm = ops.use_backend("fused")                       # constructing it changes nothing
-    assert ops.get_backend() == "auto"
-    with cm as entered:
-        assert entered is cm and ops.get_backend() == "fused"
-        with ops.use_backend("reference"):
-            assert ops.get_backend() == "reference"
-        assert ops.get_backend() == "fused"
-        with cm:                                        # re-entrant
-            assert ops.get_backend() == "fused"
-        assert ops.get_backend() == "fused"
-    assert ops.get_backend() == "auto"
-    with pytest.raises(KeyError):
-        with ops.use_backend("reference"):
-            raise KeyError("restored on the way out")
-    assert ops.get_backend() == "auto"
-
-    @ops.use_backend("reference")                       # as a decorator: only during each call
-    def inside():
-        return ops.get_backend()
-
-    assert ops.get_backend() == "auto"
-    assert inside() == "reference" and inside() == "reference"
-    assert ops.get_backend() == "auto"
-    with pytest.raises(ValueError, match="unknown ops backend 'cuda'"):
-        ops.use_backend("cuda")
-    assert ops.get_backend() == "auto"
-
-
-def test_set_backend_is_global_and_the_priorities_hold(clean_backend):
+def test_backend_is_an_argument_and_a_model_setting(clean_backend):
+    from frfsr import FRFSR, FRFSRConfig
     monkeypatch = clean_backend
+    assert ops.requested_backend() == "auto" and ops.requested_backend("fused") == "fused"
     monkeypatch.setenv("FRFSR_OPS_BACKEND", "Reference ")
-    assert ops.get_backend() == "reference"              # the environment variable
-    ops.set_backend("auto")
-    assert ops.get_backend() == "auto"                   # set_backend beats the environment
-    with ops.use_backend("fused"):
-        assert ops.get_backend() == "fused"              # use_backend beats set_backend
-        ops.set_backend("reference")                     # changed inside a block: restored on leaving
-    assert ops.get_backend() == "auto"
-    with ops.use_backend(None):
-        assert ops.get_backend() == "reference"          # None: as if nothing were forced
-    ops.set_backend(None)
-    assert ops.get_backend() == "reference"
+    assert ops.requested_backend() == "reference"              # the environment variable
+    assert ops.requested_backend("auto") == "reference"        # 'auto': as if nothing were asked
+    assert ops.requested_backend("fused") == "fused"           # an argument beats the environment
     monkeypatch.setenv("FRFSR_OPS_BACKEND", "triton")
     with pytest.raises(ValueError, match="unknown ops backend 'triton'"):
-        ops.get_backend()
+        ops.requested_backend()
+    monkeypatch.delenv("FRFSR_OPS_BACKEND")
+    a, b = FRFSR(FRFSRConfig.tiny()), FRFSR(FRFSRConfig.tiny())
+    assert a.set_ops_backend("reference") is a
     with pytest.raises(ValueError, match="accepted: auto, reference, fused"):
-        ops.set_backend("gpu")
+        a.set_ops_backend("gpu")
+    users = [m for m in a.modules() if hasattr(m, "ops_backend")]
+    assert len(users) > 3 and all(m.ops_backend == "reference" for m in users)     # every operator's module
+    assert all(m.ops_backend is None for m in b.modules() if hasattr(m, "ops_backend"))   # per model
+    seen = []
+    real = custom_ops.kernel_backend
+    monkeypatch.setattr(ops, "kernel_backend", lambda name, dev: seen.append(name) or real(name, dev))
+    with torch.no_grad():
+        a(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 24, 24))
+    assert seen and set(seen) == {"reference"}                  # matching, deformable convs and DDF alike
+    a.set_ops_backend(None)
+    assert all(m.ops_backend is None for m in users)
 
 
 def test_fused_without_triton_is_a_clear_error(clean_backend):
     clean_backend.setattr(custom_ops, "fused_available", lambda: False)
     q = torch.randn(1, 3, 5, 5)
-    with ops.use_backend("fused"), pytest.raises(RuntimeError, match="Triton is not importable"):
-        ops.patch_match(q, q)
-    with ops.use_backend("auto"):                         # auto falls back to the reference on CUDA
-        assert custom_ops.kernel_backend("auto", torch.device("cuda")) == "reference"
-        assert ops._backend_for(q) in ("reference", "native")     # (CPU: the native kernel where built)
+    with pytest.raises(RuntimeError, match="Triton is not importable"):
+        ops.patch_match(q, q, backend="fused")
+    assert custom_ops.kernel_backend("auto", torch.device("cuda")) == "reference"   # auto: the reference on CUDA
+    assert ops.backend_for(q, "auto") in ("reference", "native")     # (CPU: the native kernel where built)

@@ -89,7 +89,7 @@ def test_several_refs_and_encoded_refs(pipe, images):
     ref2 = np.ascontiguousarray(ref[:20, :30])
     out = pipe(lr, [ref, ref2], output_type="pt")
     assert out.shape == (3, 4 * H, 4 * W)
-    encoded = pipe.encode_refs([ref, ref2])
+    encoded = pipe.prepare_refs([ref, ref2])
     assert torch.equal(pipe(lr, encoded, output_type="pt"), out)
     outs = pipe([lr, lr[:, ::-1].copy()], ref)
     assert isinstance(outs, list) and len(outs) == 2 and outs[0].shape == (4 * H, 4 * W, 3)
@@ -209,7 +209,7 @@ def test_channels_last_gives_the_same_images(pipe, images):
 
 def test_inputs_are_converted_and_checked_once_however_many_tiles(pipe, monkeypatch):
     """One call converts the images once and checks the LR once and each Ref once, in the
-    model, not again per tile (the tiles run FRFSR.restore_tile)."""
+    model, not again per tile (the tiles are matched with check=False)."""
     import frfsr.models.frfsr as model_module
     import frfsr.pipeline as pipeline_module
     checked, converted = [], []

@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from frfsr import FRFSR, FRFSRConfig, FRFSRPipeline
-from frfsr import tiling
+from frfsr import memory
 from frfsr.models.frfsr import ref_bytes_per_pixel
 
 
@@ -62,9 +62,9 @@ def test_ref_bytes_per_pixel_of_the_paper_preset():
 def test_too_large_ref_is_refused_up_front_with_what_to_do(model, monkeypatch):
     pipe = FRFSRPipeline(model)
     ref = torch.rand(1, 3, 300, 400)
-    need = tiling.ref_memory_check(model, ref)
+    need = memory.ref_memory_check(model, ref)
     assert need > ref_bytes_per_pixel(model.config) * 300 * 400
-    monkeypatch.setattr(tiling, "free_memory", lambda device: need // 3)
+    monkeypatch.setattr(memory, "free_memory", lambda device: need // 3)
     calls = []
     monkeypatch.setattr(model, "encode_refs", lambda *a, **k: calls.append(1))
     with pytest.raises(MemoryError, match=r"encoding the Ref \(400x300\) needs about .* GiB .* Downscale the Ref to "
@@ -77,16 +77,16 @@ def test_out_of_memory_while_encoding_halves_the_tile(model, monkeypatch):
     real = FRFSR.encode_refs
     tiles = []
 
-    def fails_above_128(self, ref, batch_size=None, tile=None, scales=(1.0,), angles=(0.0,)):
+    def fails_above_128(self, ref, batch_size=None, tile=None, views=None):
         tiles.append(tile)
         if tile > 128:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, ref, batch_size, tile=tile, scales=scales, angles=angles)
+        return real(self, ref, batch_size, tile=tile, views=views)
 
     monkeypatch.setattr(FRFSR, "encode_refs", fails_above_128)
     ref = torch.rand(1, 3, 200, 160)
     with pytest.warns(RuntimeWarning) as caught:
-        enc = tiling.encode_refs(model, ref)
+        enc = memory.encode_within_memory(model, ref)
     assert tiles == [1024, 512, 256, 128]
     assert [str(w.message).split()[-2] for w in caught] == ["512", "256", "128"]
     with torch.no_grad():
@@ -94,4 +94,4 @@ def test_out_of_memory_while_encoding_halves_the_tile(model, monkeypatch):
     torch.testing.assert_close(enc.feats[0], whole.feats[0], rtol=0, atol=1e-5)
     monkeypatch.setattr(FRFSR, "encode_refs", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not memory")))
     with pytest.raises(RuntimeError, match="not memory"):
-        tiling.encode_refs(model, ref)
+        memory.encode_within_memory(model, ref)

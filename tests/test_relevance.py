@@ -11,9 +11,13 @@ import torch
 from frfsr import FRFSRPipeline
 from frfsr_train import real_inputs
 from frfsr.checks import FRFSRWarning
-from frfsr.models.correspondence import RELEVANCE_THRESHOLD, ref_confidence, relevance_of, sample_grid
+from frfsr.config import DEFAULT_RELEVANCE_THRESHOLD as PIPELINE_THRESHOLD
+from frfsr.config import FRFSRConfig
+from frfsr.hub import BUNDLED_DIR
+from frfsr.models.correspondence import ref_confidence, relevance_of, sample_grid
 from frfsr import ops
-from frfsr.pipeline import RELEVANCE_THRESHOLD as PIPELINE_THRESHOLD
+
+RELEVANCE_THRESHOLD = FRFSRConfig.from_json(BUNDLED_DIR / "config.json").relevance_threshold   # the weights'
 from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]

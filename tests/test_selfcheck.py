@@ -59,8 +59,7 @@ def test_real_kernels_pass_and_run(check_cpu, monkeypatch):
     x, cf, sf = _ddf_args()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        with ops.use_backend("fused"):
-            out = ops.ddf(x, cf, sf, 3, 1)
+        out = ops.ddf(x, cf, sf, 3, 1, backend="fused")
     assert len(calls) == 2          # the self-check's call, then the operator's
     _close(out, ref.ddf(x, cf, sf, 3, 1))
     (outcome,) = selfcheck.report()
@@ -72,20 +71,18 @@ def test_failing_kernel_falls_back_to_the_reference_with_one_warning(check_cpu, 
         raise RuntimeError("PTX assembly aborted: injected compile error")
     monkeypatch.setattr(fused, "deform_conv", broken)
     x, off, mask, w, b = _dcn_args()
-    with ops.use_backend("fused"):
-        with pytest.warns(RuntimeWarning, match="fused deform_conv kernel failed its self-check"):
-            out = ops.deform_conv(x, off, mask, w, b)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)      # once only
-            out2 = ops.deform_conv(x, off, mask, w, b)
+    with pytest.warns(RuntimeWarning, match="fused deform_conv kernel failed its self-check"):
+        out = ops.deform_conv(x, off, mask, w, b, backend="fused")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)      # once only
+        out2 = ops.deform_conv(x, off, mask, w, b, backend="fused")
     r_out = ref.deform_conv(x, off, mask, w, b)
     assert torch.equal(out, r_out) and torch.equal(out2, r_out)
     (outcome,) = selfcheck.report()
     assert not outcome.ok and "injected compile error" in outcome.detail
     # the backward follows the forward's decision: the reference backward, no fused kernel
     xg = x.clone().requires_grad_()
-    with ops.use_backend("fused"):
-        out = ops.deform_conv(xg, off, mask, w, b)
+    out = ops.deform_conv(xg, off, mask, w, b, backend="fused")
     (gx,) = torch.autograd.grad(out.sum(), xg)
     xr = x.clone().requires_grad_()
     (rgx,) = torch.autograd.grad(ref.deform_conv(xr, off, mask, w, b).sum(), xr)
@@ -96,9 +93,8 @@ def test_wrong_kernel_falls_back_to_the_reference(check_cpu, monkeypatch):
     real = fused.ddf
     monkeypatch.setattr(fused, "ddf", lambda *a, **k: real(*a, **k) * 1.5)
     x, cf, sf = _ddf_args(1)
-    with ops.use_backend("fused"):
-        with pytest.warns(RuntimeWarning, match="fused ddf kernel failed its self-check"):
-            out = ops.ddf(x, cf, sf, 3, 1)
+    with pytest.warns(RuntimeWarning, match="fused ddf kernel failed its self-check"):
+        out = ops.ddf(x, cf, sf, 3, 1, backend="fused")
     assert torch.equal(out, ref.ddf(x, cf, sf, 3, 1))
     (outcome,) = selfcheck.report()
     assert not outcome.ok and outcome.detail.startswith("output: max abs error")
@@ -114,9 +110,8 @@ def test_wrong_index_is_caught(check_cpu, monkeypatch):
     g = torch.Generator().manual_seed(2)
     q = torch.nn.functional.normalize(torch.randn(1, 3, 6, 6, generator=g), dim=1)
     k = torch.nn.functional.normalize(torch.randn(1, 3, 8, 7, generator=g), dim=1)
-    with ops.use_backend("fused"):
-        with pytest.warns(RuntimeWarning, match="patch_match"):
-            score, index = ops.patch_match(q, k, 3)
+    with pytest.warns(RuntimeWarning, match="patch_match"):
+        score, index = ops.patch_match(q, k, 3, backend="fused")
     r_score, r_index = ref.patch_match(q, k, 3)
     assert torch.equal(index, r_index)
     assert selfcheck.report()[0].detail == "index differs from the reference"
@@ -138,8 +133,7 @@ def test_cpu_runs_skip_the_check(monkeypatch):
         raise AssertionError("the self-check ran for CPU tensors")
     monkeypatch.setattr(selfcheck, "_run", fail)
     x, cf, sf = _ddf_args(3)
-    with ops.use_backend("fused"):
-        ops.ddf(x, cf, sf, 3, 1)
+    ops.ddf(x, cf, sf, 3, 1, backend="fused")
     assert selfcheck.report() == []
 
 
@@ -147,8 +141,7 @@ def test_switched_off(check_cpu, monkeypatch):
     monkeypatch.setenv("FRFSR_FUSED_SELFCHECK", "0")
     monkeypatch.setattr(fused, "ddf", lambda *a, **k: torch.zeros(1, 5, 7, 6))
     x, cf, sf = _ddf_args(4)
-    with ops.use_backend("fused"):
-        out = ops.ddf(x, cf, sf, 3, 1)
+    out = ops.ddf(x, cf, sf, 3, 1, backend="fused")
     assert torch.equal(out, torch.zeros(1, 5, 7, 6))      # trusted as asked
     assert selfcheck.report() == []
 

@@ -122,21 +122,17 @@ class FakeModel:
     def __init__(self, max_side=None, error=None):
         self.max_side, self.error, self.sides = max_side, error, []
 
-    def encode_refs(self, refs, batch_size=None, tile=None, scales=(1.0,), angles=(0.0,)):
+    def encode_refs(self, refs, batch_size=None, tile=None, views=None):
         return refs
 
     def check_lr(self, lr, name="lr"):
         return lr
 
-    def restore_tile(self, lr, refs, origin=(0, 0)):
-        tex = self.align(self.match(lr, refs))
-        return self.restore(lr, tex), tex
+    def match(self, lr, refs, mode="auto", check=True):
+        return SimpleNamespace(lr=lr, ref_confidence=())
 
-    def match(self, lr, refs):
-        return lr
-
-    def align(self, lr):
-        b, _, h, w = lr.shape
+    def align(self, corr):
+        b, _, h, w = corr.lr.shape
         return AlignedTextures((), (), (), torch.ones(b, 1, h, w), torch.zeros(b, 3, 4 * h, 4 * w))
 
     def restore(self, lr, tex):

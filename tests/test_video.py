@@ -128,8 +128,8 @@ def test_refs_encoded_once_and_batches_bounded(pipe, ref, clip, tmp_path, monkey
     class Spy:                              # the pipeline, recording the batch of each call
         relevance_threshold = None
 
-        def encode_refs(self, *a, **k):
-            return pipe.encode_refs(*a, **k)
+        def prepare_refs(self, *a, **k):
+            return pipe.prepare_refs(*a, **k)
 
         def __call__(self, x, refs, **kw):
             calls["batches"].append(x.shape[0])
@@ -141,7 +141,7 @@ def test_refs_encoded_once_and_batches_bounded(pipe, ref, clip, tmp_path, monkey
     out = probe(tmp_path / "sr.mkv")
     assert len(out["frames"]) == N and out["fps"] == FPS and out["audio"] == [("aac", SAMPLE_RATE)]
     # already encoded Refs are used as they are
-    encoded = pipe.encode_refs(ref)
+    encoded = pipe.prepare_refs(ref)
     calls["encode"] = 0
     upscale_video(pipe, clip, tmp_path / "sr2.mp4", encoded, batch_size=N, progress=False, audio="drop")
     assert calls["encode"] == 0 and probe(tmp_path / "sr2.mp4")["audio"] == []

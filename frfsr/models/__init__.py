@@ -1,3 +1,3 @@
-from .frfsr import FRFSR, AlignedTextures, Correspondence, EncodedRefs, Restoration
+from .frfsr import FRFSR, AlignedTextures, Correspondence, EncodedRefs, RefViews, Restoration
 
-__all__ = ["FRFSR", "EncodedRefs", "Correspondence", "AlignedTextures", "Restoration"]
+__all__ = ["FRFSR", "RefViews", "EncodedRefs", "Correspondence", "AlignedTextures", "Restoration"]

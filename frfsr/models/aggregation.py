@@ -25,6 +25,7 @@ class DDF(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.filter_norm = filter_norm
+        self.ops_backend: str | None = None       # the operator's backend (FRFSR.set_ops_backend)
         taps = kernel_size * kernel_size
         mid = max(int(channels * se_ratio), 1)
         self.spatial = nn.Conv2d(channels, taps, 1)
@@ -44,7 +45,7 @@ class DDF(nn.Module):
         channel = self.channel_expand(F.relu(self.channel_reduce(pooled))).view(b, c, taps)
         if self.filter_norm:
             spatial, channel = self._norm(spatial, 1), self._norm(channel, 2)
-        return ops.ddf(x, channel, spatial, kernel_size=self.kernel_size)
+        return ops.ddf(x, channel, spatial, kernel_size=self.kernel_size, backend=self.ops_backend)
 
 
 class DDFResBlock(nn.Module):

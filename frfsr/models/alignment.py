@@ -45,6 +45,7 @@ class ModulatedDeformConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.offset_mask = nn.Conv2d(channels, 3 * deform_groups * taps, kernel_size, 1, kernel_size // 2)
+        self.ops_backend: str | None = None       # the operator's backend (FRFSR.set_ops_backend)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -62,7 +63,7 @@ class ModulatedDeformConv(nn.Module):
         pre = repeat(pre_offset.flip(-1), "b k h w yx -> b (g k yx) h w", g=self.groups)
         offset = torch.cat((o1, o2), dim=1) + pre.to(o1.dtype)
         return ops.deform_conv(ref_feat, offset, torch.sigmoid(mask), self.weight, self.bias,
-                               stride=1, padding=self.kernel_size // 2, dilation=1)
+                               stride=1, padding=self.kernel_size // 2, dilation=1, backend=self.ops_backend)
 
 
 class FeatureAlignment(nn.Module):

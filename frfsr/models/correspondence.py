@@ -19,7 +19,7 @@ coarse-to-fine (:func:`frfsr.ops.fast_patch_match`, cost linear in the LR, same 
 :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`. Both modes match each Ref on its own and keep the
 best, the earlier Ref on ties.
 
-Relevance (:func:`relevance_of`, :data:`RELEVANCE_THRESHOLD`): how well the Refs and an LR
+Relevance (:func:`relevance_of`; the threshold is the weights' ``config.relevance_threshold``): how well the Refs and an LR
 match, one number per LR, from both directions: the LR's confidence map (each LR patch's best
 Ref patch) and each Ref's *backward* confidence (:func:`ref_confidence`: each Ref patch's
 best LR patch, on a grid of at most :data:`REF_SAMPLES` Ref patches). A tiled run blends the
@@ -37,12 +37,6 @@ from .. import ops
 
 SCALES = (4, 2, 1)          # mosaic factor of relu1_1, relu2_1, relu3_1 w.r.t. the texture grid
 MOSAIC_GAP = 2              # zero columns between Refs, in texture-grid (1/4) pixels
-
-# Relevance below which the Refs hardly match the LR (the pipeline warns): see relevance_of
-# and BENCHMARKS.md ("Ref relevance"), where it was measured with the bundled weights'
-# texture encoder (benchmarks/eval_relevance.py). The scale depends on the texture encoder's
-# weights: set ``pipe.relevance_threshold`` for others (measure it with that script's ``--weights``).
-RELEVANCE_THRESHOLD = 0.465
 
 REF_SAMPLES = 1024
 """At most this many patches of each Ref (a regular grid over its patch positions; all of them
@@ -151,27 +145,10 @@ def relevance_of(confidence: torch.Tensor, ref_confidence=()) -> torch.Tensor:
     Why both: a Ref at twice the zoom shows a quarter of the LR's scene, so most LR patches
     find no true match (a low forward score), while nearly all of the Ref is in the LR (a
     high backward score); a Ref at half the zoom is the other way round; an unrelated photo
-    scores low both ways. Measured with the bundled weights on held-out photos
-    (benchmarks/eval_relevance.py, BENCHMARKS.md "Ref relevance"): ROC AUC relevant against
-    unrelated 0.983 for both directions (0.982 before the ref_detail2 kind; 0.971 for the
-    forward score alone); below
-    :data:`RELEVANCE_THRESHOLD` (0.465) fall 92 % of the unrelated pairs and 4 % of the
-    relevant ones. Relevant Refs (another view of the scene, also at half or twice the zoom,
-    rotated, or with a JPEG / blurred LR) give a median of about 0.58, the LR as its own Ref
-    0.79, Refs of another photo 0.36; flat regions such as sky match anything, so an
-    unrelated Ref seldom scores below 0.15. Matching a Ref pyramid (``ref_scales`` /
-    ``ref_angles``) raises the forward score of every Ref, unrelated ones too: the threshold
-    was measured with the Refs as given.
-
-    Tried for the forward score and not better (ROC AUC on the crop-seed-0 pairs, where the
-    mean gives 0.974): the share of positions above a similarity level (0.965 at 0.5), the
-    similarity relative to the LR's match with itself (0.971) or minus a per-LR null from
-    real unrelated Refs (0.956), the median (0.970), a texture-weighted mean (0.970), the
-    share of positions whose flow agrees with a neighbour's (0.75), a logistic combination of
-    quantiles and flow agreement fitted on training photos (0.972); and, over both crop
-    seeds (the mean: 0.971), the similarity minus the LR patch's best match elsewhere in the
-    LR (0.971) or weighted by how unlike the rest of the LR the patch is (0.973, at a cost
-    quadratic in the LR)."""
+    scores low both ways. The scale depends on the texture encoder's weights: their
+    ``config.relevance_threshold`` says below which value the Refs hardly match (how it was
+    measured for the bundled weights: BENCHMARKS.md, "Ref relevance"). Matching a Ref pyramid
+    (``ref_scales`` / ``ref_angles``) raises the forward score of every Ref, unrelated ones too."""
     if not isinstance(confidence, torch.Tensor) or confidence.dim() != 4 or confidence.shape[1] != 1:
         shape = tuple(confidence.shape) if isinstance(confidence, torch.Tensor) else type(confidence).__name__
         raise ValueError(f"relevance_of needs a (B, 1, h, w) confidence map, got {shape}")
@@ -193,25 +170,26 @@ def relevance_of(confidence: torch.Tensor, ref_confidence=()) -> torch.Tensor:
 def resolve_match_mode(match_mode: str, lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], patch_size: int = 3) -> str:
     """'exact' or 'fast': what ``match_mode`` ('exact', 'fast' or 'auto') means for these
     texture maps (see the module docstring)."""
-    from ..ops.fast_match import resolve_match_mode as _resolve
+    from ..ops.fast_match import mode_for_counts
     n_query = (lr_tex.shape[-2] - patch_size + 1) * (lr_tex.shape[-1] - patch_size + 1)
     n_key = sum((t.shape[-2] - patch_size + 1) * (t.shape[-1] - patch_size + 1) for t in ref_texs)
-    return _resolve(match_mode, n_query, n_key)
+    return mode_for_counts(match_mode, n_query, n_key)
 
 
 def match_refs(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: MosaicLayout, patch_size: int = 3,
-               match_mode: str = "exact"):
+               mode: str = "exact", backend: str | None = None):
     """Best 3x3 patch over all Refs for every valid LR texture position.
 
-    ``match_mode``: 'exact' (default here), 'fast' or 'auto' (see the module docstring).
+    ``mode``: 'exact' (default here), 'fast' or 'auto' (see the module docstring);
+    ``backend``: the kernels of :mod:`frfsr.ops` (None: the environment's or 'auto').
     Returns ``score`` (B, h-2, w-2), ``kx``, ``ky`` (mosaic texture-grid coordinates of the
     matched patch's top-left corner, int64) and ``ref_id`` (which Ref won, int64)."""
-    mode = resolve_match_mode(match_mode, lr_tex, ref_texs, patch_size)
+    mode = resolve_match_mode(mode, lr_tex, ref_texs, patch_size)
     match = ops.patch_match if mode == "exact" else ops.fast_patch_match
     q = normalize_features(lr_tex)
     best = kx = ky = ref_id = None
     for r, (tex, off) in enumerate(zip(ref_texs, layout.offsets)):
-        score, index = match(q, normalize_features(tex), patch_size=patch_size)
+        score, index = match(q, normalize_features(tex), patch_size=patch_size, backend=backend)
         wk = tex.shape[-1] - patch_size + 1
         x, y = index % wk + off, torch.div(index, wk, rounding_mode="floor")
         if best is None:

@@ -1,10 +1,9 @@
 """FRFSR: match -> align -> restore (paper Fig. 1), with feature reuse for stage 2."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from ..checks import MIN_LR_SIZE, MIN_REF_SIZE, check_dtype, check_image
 from ..config import FRFSRConfig
+from .. import ops
 from ..ops.fast_match import MATCH_MODES
 from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, normalize_features,
                              pre_offsets, ref_confidence, relevance_of, upscale_flow)
@@ -20,7 +20,7 @@ from .pretrained import PretrainedMixin
 from .restoration import RestorationNet
 from .sife import SIFE
 from .texture_encoder import TextureEncoder
-from .vgg import ReferenceFeatureExtractor, run_tiled
+from .vgg import ReferenceFeatureExtractor, extract_in_tiles
 
 
 class _Tensors:
@@ -90,13 +90,25 @@ class Correspondence(_Tensors):
     confidence: torch.Tensor          # (B, 1, h, w): cosine similarity of the best match, 0 on the border
     ref_id: torch.Tensor              # (B, h, w) int64: which Ref the best patch came from (-1 on the border)
     refs: EncodedRefs
-    ref_confidence: tuple[torch.Tensor, ...] = ()   # per Ref given: (B, N) best LR match of its sampled patches
+    lr_texture: torch.Tensor | None = None   # (B, C, h, w): the LR's texture features that were matched
+    patch_size: int = 3
+
+    @functools.cached_property
+    def ref_confidence(self) -> tuple[torch.Tensor, ...]:
+        """Per Ref given: (B, N) float32, the best LR match of each of its sampled patches
+        (:func:`frfsr.models.correspondence.ref_confidence`), computed on first reading."""
+        if self.lr_texture is None:
+            return ()
+        with torch.no_grad():
+            lr_n = normalize_features(self.lr_texture)
+            return tuple(ref_confidence(lr_n, normalize_features(self.refs.textures[i]), self.patch_size)
+                         for i in self.refs.given())
 
     @property
     def relevance(self) -> torch.Tensor:
         """Relevance per sample (B,): how well the Refs and the LR match, both ways
         (:func:`frfsr.models.correspondence.relevance_of`, where the scale is described;
-        below :data:`~frfsr.models.correspondence.RELEVANCE_THRESHOLD` the Refs hardly match)."""
+        below the weights' ``config.relevance_threshold`` the Refs hardly match)."""
         return relevance_of(self.confidence, self.ref_confidence)
 
 
@@ -113,7 +125,6 @@ class AlignedTextures(_Tensors):
     confidence: torch.Tensor
     warped_ref: torch.Tensor          # (B, 3, 4h, 4w): the Ref image warped onto the HR grid (a preview)
     origin: tuple[int, int] = (0, 0)
-    ref_confidence: tuple[torch.Tensor, ...] = ()   # Correspondence.ref_confidence, for the relevance
 
     @property
     def lr_size(self) -> tuple[int, int]:
@@ -133,8 +144,7 @@ class AlignedTextures(_Tensors):
             offsets.append(self.pre_offsets[level][:, :, y0 * s: y1 * s, x0 * s: x1 * s] + shift)
         oy, ox = self.origin
         return AlignedTextures(self.ref_feats, tuple(warped), tuple(offsets), self.confidence[..., y0:y1, x0:x1],
-                               self.warped_ref[..., 4 * y0: 4 * y1, 4 * x0: 4 * x1], (oy + y0, ox + x0),
-                               self.ref_confidence)
+                               self.warped_ref[..., 4 * y0: 4 * y1, 4 * x0: 4 * x1], (oy + y0, ox + x0))
 
 
 @dataclass
@@ -149,13 +159,19 @@ class Restoration(_Tensors):
 REF_TILE = 1024             # Ref pixels per side that the feature extractors process at once
 
 
-def ref_bytes_per_pixel(config: FRFSRConfig, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes an encoded Ref holds per Ref pixel: the image, VGG19 relu1_1 (full size), relu2_1
-    (1/4 of the pixels), relu3_1 and the texture feature (1/16 each). Paper preset, float32:
-    524 bytes (a 12-megapixel Ref: 6.3 GB)."""
+def ref_feature_bytes(config: FRFSRConfig, dtype: torch.dtype = torch.float32) -> float:
+    """Bytes of the VGG19 features of one Ref pixel: relu1_1 (full size), relu2_1 (1/4 of the
+    pixels) and relu3_1 (1/16)."""
     c1, c2, c3 = config.vgg_widths
+    return torch.finfo(dtype).bits // 8 * (c1 + c2 / 4 + c3 / 16)
+
+
+def ref_bytes_per_pixel(config: FRFSRConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes an encoded Ref holds per Ref pixel: the image, the VGG19 features
+    (:func:`ref_feature_bytes`) and the texture feature (1/16 of the pixels). Paper preset,
+    float32: 524 bytes."""
     elem = torch.finfo(dtype).bits // 8
-    return int(elem * (3 + c1 + c2 / 4 + 2 * c3 / 16))
+    return int(elem * (3 + config.vgg_widths[2] / 16) + ref_feature_bytes(config, dtype))
 
 
 def _distinct_numbers(values, name: str, inside, accepted: str, example: str) -> tuple[float, ...]:
@@ -168,19 +184,55 @@ def _distinct_numbers(values, name: str, inside, accepted: str, example: str) ->
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be numbers, e.g. {example}; got {values!r}") from None
     if not out or not all(inside(v) for v in out) or len(set(out)) != len(out):
-        raise ValueError(f"{name} must be distinct {accepted}, e.g. {example}; got {values!r}")
+        got = " ".join(f"{v:g}" for v in out) or "none"
+        raise ValueError(f"{name} must be distinct {accepted}, e.g. {example}; got {got}")
     return out
 
 
 def check_ref_scales(scales) -> tuple[float, ...]:
     """The Ref pyramid's factors: a non-empty sequence of distinct numbers in (0, 4]."""
-    return _distinct_numbers(scales, "ref_scales", lambda s: 0 < s <= 4, "factors in (0, 4]", "(1, 0.71, 0.5)")
+    return _distinct_numbers(scales, "ref_scales", lambda s: 0 < s <= 4, "factors in (0, 4]", "1 0.71 0.5")
 
 
 def check_ref_angles(angles) -> tuple[float, ...]:
     """The Ref rotations: a non-empty sequence of distinct angles in degrees, in [-180, 180]."""
     return _distinct_numbers(angles, "ref_angles", lambda a: -180 <= a <= 180, "angles in [-180, 180] degrees",
-                             "(0, 30, -30)")
+                             "0 30 -30")
+
+
+@dataclass(frozen=True)
+class RefViews:
+    """The copies of every Ref that are matched: the Ref resized by each of ``scales`` (factors
+    in (0, 4]; e.g. ``(1, 0.71, 0.5)`` for a Ref shot closer than the LR), each rotated by
+    each of ``angles`` (degrees, counter-clockwise, in [-180, 180]; e.g. ``(0, 30, -30)`` for a
+    Ref shot at another camera roll). The default is the Ref as given. A number or any
+    sequence of numbers is accepted for either and checked here (ValueError naming
+    ``ref_scales`` / ``ref_angles``); :meth:`FRFSR.encode_refs` makes the copies."""
+
+    scales: tuple[float, ...] = (1.0,)
+    angles: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", check_ref_scales(self.scales))
+        object.__setattr__(self, "angles", check_ref_angles(self.angles))
+
+    @classmethod
+    def of(cls, scales=None, angles=None, base: "RefViews | None" = None) -> "RefViews":
+        """``base`` (default: the Ref as given) with the ``scales`` and ``angles`` that are not None."""
+        base = base if base is not None else cls()
+        if not isinstance(base, RefViews):
+            raise TypeError(f"ref_views must be a frfsr.RefViews, e.g. RefViews(scales=(1, 0.5)); got {base!r}")
+        if scales is None and angles is None:
+            return base
+        return cls(base.scales if scales is None else scales, base.angles if angles is None else angles)
+
+    def copies(self) -> list[tuple[float, float]]:
+        """(scale, angle) of every copy, scale by scale."""
+        return [(s, a) for s in self.scales for a in self.angles]
+
+    def pixels(self, h: int, w: int) -> int:
+        """Pixels of every copy of an h x w Ref together (what encoding it costs)."""
+        return sum(math.prod(ref_copy_size(h, w, s, a)) for s, a in self.copies())
 
 
 def resize_ref(ref: torch.Tensor, scale: float) -> torch.Tensor:
@@ -201,11 +253,6 @@ def ref_copy_size(h: int, w: int, scale: float = 1.0, angle: float = 0.0) -> tup
     return max(1, math.ceil(h * c + w * s - 1e-6)), max(1, math.ceil(w * c + h * s - 1e-6))
 
 
-def ref_copies_pixels(h: int, w: int, scales=(1.0,), angles=(0.0,)) -> int:
-    """Pixels of every pyramid copy of an h x w Ref together (what encoding it costs)."""
-    return sum(math.prod(ref_copy_size(h, w, s, a)) for s in check_ref_scales(scales) for a in check_ref_angles(angles))
-
-
 def rotate_ref(ref: torch.Tensor, angle: float) -> torch.Tensor:
     """A Ref rotated counter-clockwise by ``angle`` degrees about its centre (bicubic), on a
     canvas grown to hold all of it; the corners it does not cover are black. Kept in [0, 1]."""
@@ -215,13 +262,12 @@ def rotate_ref(ref: torch.Tensor, angle: float) -> torch.Tensor:
     t = math.radians(angle)
     c, s = math.cos(t), math.sin(t)
     oh, ow = ref_copy_size(h, w, 1.0, angle)
-    ys = torch.arange(oh, dtype=torch.float64, device=ref.device) - (oh - 1) / 2
-    xs = torch.arange(ow, dtype=torch.float64, device=ref.device) - (ow - 1) / 2
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    sx = c * gx - s * gy + (w - 1) / 2          # the source pixel of each output pixel (y grows downwards)
-    sy = s * gx + c * gy + (h - 1) / 2
-    grid = torch.stack([2 * sx / max(w - 1, 1) - 1, 2 * sy / max(h - 1, 1) - 1], -1).float()
-    grid = grid.expand(ref.shape[0], -1, -1, -1)
+    # the source of each output pixel, in grid_sample's [-1, 1] coordinates (pixel centres at the
+    # ends, align_corners=True): the output's coordinates rotated (y grows downwards) and rescaled
+    theta = torch.tensor([[c * (ow - 1) / max(w - 1, 1), -s * (oh - 1) / max(w - 1, 1), 0.0],
+                          [s * (ow - 1) / max(h - 1, 1), c * (oh - 1) / max(h - 1, 1), 0.0]],
+                         dtype=torch.float64, device=ref.device)
+    grid = F.affine_grid(theta.expand(ref.shape[0], 2, 3), [ref.shape[0], 1, oh, ow], align_corners=True).float()
     out = F.grid_sample(ref.float(), grid, mode="bicubic", padding_mode="zeros", align_corners=True)
     return out.clamp_(0, 1).to(ref.dtype)
 
@@ -303,11 +349,22 @@ class FRFSR(nn.Module, PretrainedMixin):
         if cfg.stage == 2:
             self.reuse_net.requires_grad_(False)
         self.check_inputs = True          # NaN/Inf checks (one host sync each); off for the fastest path
-        self.match_mode = "auto"          # default of match(): "exact", "fast" or "auto" (correspondence.py)
+        self.ops_backend: str | None = None   # set_ops_backend: the kernels of frfsr.ops this model runs
 
     @property
     def dtype(self) -> torch.dtype:
         return self.restoration.head.weight.dtype
+
+    def set_ops_backend(self, name: str | None) -> "FRFSR":
+        """The kernels of :mod:`frfsr.ops` this model's operators run: 'reference', 'fused',
+        'native', or None / 'auto' (the environment variable ``FRFSR_OPS_BACKEND`` where it is
+        set, else the fastest for the tensors' device). Checked here; returns the model."""
+        name = None if name is None else ops.check_backend(name)
+        self.ops_backend = name
+        for module in self.modules():
+            if module is not self and hasattr(module, "ops_backend"):
+                module.ops_backend = name
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -316,8 +373,7 @@ class FRFSR(nn.Module, PretrainedMixin):
     # ------------------------------------------------------------------ inputs
     def check_lr(self, lr, name: str = "lr") -> torch.Tensor:
         """Validate an LR: shape, size, finite values. The tiled path checks the whole LR once
-        with this (and :meth:`check_encoded`) and then runs :meth:`restore_tile` per tile
-        unchecked."""
+        with this (and :meth:`check_encoded`) and then matches each tile with ``check=False``."""
         return check_image(lr, name, MIN_LR_SIZE, self.check_inputs, what="LR")
 
     @staticmethod
@@ -328,67 +384,68 @@ class FRFSR(nn.Module, PretrainedMixin):
             _check_ref_batch(f"ref[{i}]", r.shape[0], batch_size)
 
     def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE,
-                    scales=(1.0,), angles=(0.0,)) -> EncodedRefs:
+                    views: RefViews | None = None, *, scales=None, angles=None) -> EncodedRefs:
         """Validate the Ref(s) and compute what depends on them alone. ``ref``: a (B, 3, H, W)
         tensor or a list of them; ``batch_size``: the LR batch they will serve (Refs of batch
         1 are shared by every LR); ``tile``: the feature extractors run in tiles of this many
         Ref pixels (None: whole), so their intermediates stay bounded; the result is
         :func:`ref_bytes_per_pixel` per Ref pixel either way.
 
-        ``scales``: the Ref scale pyramid. Every Ref is also matched as a copy resized by each
-        factor (e.g. ``(1, 0.71, 0.5)``: a Ref shot closer than the LR then also offers its
-        detail at the LR's scale); the copies are laid on the same mosaic as several Refs, and
-        per LR position the best patch over all of them wins. Copies smaller than the minimum
-        Ref size are left out. Cost: memory and matching time grow with the summed area
-        (1 + 0.5 + 0.25 = 1.75x for ``(1, 0.71, 0.5)``).
-
-        ``angles``: Ref rotations in degrees (counter-clockwise): every scale's copy is also
-        matched rotated by each angle (:func:`rotate_ref`, on a canvas that holds the whole
-        rotated Ref), so that a Ref shot at another camera roll offers its texture upright.
-        ``(0, 30, -30)`` costs about 4.7x the Ref area (each 30-degree copy's canvas is 1.87x).
-        :attr:`EncodedRefs.sources` names each copy (Ref, scale, angle)."""
+        ``views``: the copies of every Ref that are matched (:class:`RefViews`; None: the Ref
+        as given). Every Ref is also matched as a copy resized by each of ``views.scales`` (e.g.
+        ``(1, 0.71, 0.5)``: a Ref shot closer than the LR then also offers its detail at the
+        LR's scale), each copy rotated by each of ``views.angles`` (:func:`rotate_ref`, on a
+        canvas that holds the whole rotated Ref, so that a Ref shot at another camera roll
+        offers its texture upright). The copies are laid on the same mosaic as several Refs,
+        and per LR position the best patch over all of them wins; copies smaller than the
+        minimum Ref size are left out. Memory and matching time grow with the summed area
+        (:meth:`RefViews.pixels`). :attr:`EncodedRefs.sources` names each copy (Ref, scale,
+        angle). ``scales`` / ``angles``: deprecated spelling of ``views=RefViews(scales, angles)``."""
         if isinstance(ref, EncodedRefs):
             return ref
         refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
         if not refs:
             raise ValueError("at least one Ref image is required")
         b = batch_size or max(r.shape[0] if isinstance(r, torch.Tensor) and r.dim() == 4 else 1 for r in refs)
-        scales, angles = check_ref_scales(scales), check_ref_angles(angles)
+        if scales is not None or angles is not None:
+            warnings.warn("encode_refs(scales=, angles=) is deprecated; pass views=RefViews(scales, angles)",
+                          DeprecationWarning, stacklevel=2)
+            views = RefViews.of(scales, angles, views)
+        views = RefViews.of(base=views)
         images, sources = [], []
         for i, r in enumerate(refs):
             name = "ref" if len(refs) == 1 else f"ref[{i}]"
             check_image(r, name, MIN_REF_SIZE, self.check_inputs, what="Ref")
             check_dtype(r, name, self.dtype)
             _check_ref_batch(name, r.shape[0], b)
-            for s in scales:
+            for s in views.scales:
                 scaled = r if s == 1 else resize_ref(r, s)
                 if min(scaled.shape[-2:]) < MIN_REF_SIZE:
                     continue
-                for a in angles:
+                for a in views.angles:
                     images.append(rotate_ref(scaled, a))
                     sources.append((i, s, a))
         layout = MosaicLayout.build([r.shape[-2:] for r in images])
         textures = tuple(self.texture_encoder.encode_ref(r, tile) for r in images)
-        per_ref = [run_tiled(self.ref_extractor, r, tile) for r in images]
+        per_ref = [extract_in_tiles(self.ref_extractor, r, tile) for r in images]
         feats = tuple(layout.canvas([f[level] for f in per_ref], s) for level, s in enumerate(SCALES))
         return EncodedRefs(tuple(images), textures, feats, layout, tuple(sources))
 
     # ------------------------------------------------------------------ steps
-    def match(self, lr: torch.Tensor, ref, match_mode: str | None = None, *, check: bool = True) -> Correspondence:
-        """Correlation-based texture warp, matching step (paper eq. 5-9). ``ref``: Ref
-        tensor(s) or an :class:`EncodedRefs`. ``match_mode``: "exact" (every LR patch against
+    def match(self, lr: torch.Tensor, refs, mode: str = "auto", *, check: bool = True) -> Correspondence:
+        """Correlation-based texture warp, matching step (paper eq. 5-9). ``refs``: Ref
+        tensor(s) or an :class:`EncodedRefs`. ``mode``: "exact" (every LR patch against
         every Ref patch, the release's), "fast" (coarse-to-fine, cost linear in the LR) or
-        "auto" (fast above :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`); None: ``self.match_mode``
-        (default "auto"; :meth:`use_match_mode` sets it for a block). ``check=False``: ``lr``
-        was checked already (:meth:`check_lr`) and ``ref`` is encoded Refs that serve it, as
-        for each tile of :meth:`restore_tile`."""
-        mode = self.match_mode if match_mode is None else match_mode
+        "auto" (fast above :data:`frfsr.ops.FAST_MATCH_MIN_PAIRS`). ``check=False``: ``lr``
+        was checked already (:meth:`check_lr`) and ``refs`` is encoded Refs that serve it, as
+        for each tile of a tiled run. The relevance (:attr:`Correspondence.relevance`) is
+        computed when it is read, not here."""
         if mode not in MATCH_MODES:
             raise ValueError(f"unknown match_mode {mode!r}; accepted: {', '.join(MATCH_MODES)}")
         if check:
             self.check_lr(lr)
             check_dtype(lr, "lr", self.dtype)
-        refs = self.encode_refs(ref, lr.shape[0])              # Ref tensors are checked there
+        refs = self.encode_refs(refs, lr.shape[0])             # Ref tensors are checked there
         if check:
             self.check_encoded(refs, lr.shape[0])
             if refs.images[0].device != lr.device:
@@ -397,29 +454,13 @@ class FRFSR(nn.Module, PretrainedMixin):
         lr_up = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
         lr_tex = self.texture_encoder.encode_lr(lr_up)
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
-        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, match_mode=mode)
-        with torch.no_grad():                                   # the relevance's backward score: no loss uses it
-            lr_n = normalize_features(lr_tex)
-            backward = tuple(ref_confidence(lr_n, normalize_features(refs.textures[i]), p) for i in refs.given())
+        score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, mode=mode, backend=self.ops_backend)
         flow3 = index_to_flow(kx, ky, p)
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
         confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)
         ref_id = F.pad(ref_id, (1, 1, 1, 1), value=-1)
-        return Correspondence(flows, offsets, confidence, ref_id, refs, backward)
-
-    @contextlib.contextmanager
-    def use_match_mode(self, match_mode: str | None):
-        """``with model.use_match_mode("fast"): ...``: every :meth:`match` in the block (also
-        inside the tiled pipeline) uses ``match_mode``; None leaves the current one."""
-        if match_mode is not None and match_mode not in MATCH_MODES:
-            raise ValueError(f"unknown match_mode {match_mode!r}; accepted: {', '.join(MATCH_MODES)}")
-        prev = self.match_mode
-        self.match_mode = prev if match_mode is None else match_mode
-        try:
-            yield self
-        finally:
-            self.match_mode = prev
+        return Correspondence(flows, offsets, confidence, ref_id, refs, lr_tex.detach(), p)
 
     def align(self, corr: Correspondence) -> AlignedTextures:
         """Reference features at three scales, warped onto the LR grid (paper eq. 10-13)."""
@@ -427,8 +468,7 @@ class FRFSR(nn.Module, PretrainedMixin):
         ref_feats = tuple(f.expand(b, -1, -1, -1) for f in corr.refs.feats)
         warped = tuple(flow_warp(f, flow) for f, flow in zip(ref_feats, corr.flows))
         warped_ref = flow_warp(corr.refs.mosaic_image().expand(b, -1, -1, -1), corr.flows[0])
-        return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref,
-                               ref_confidence=corr.ref_confidence)
+        return AlignedTextures(ref_feats, warped, corr.pre_offsets, corr.confidence, warped_ref)
 
     def restore(self, lr: torch.Tensor, textures: AlignedTextures, reuse_feature: torch.Tensor | None = None) -> Restoration:
         """SIFE + the 3-scale U-Net (paper III-C). A stage-2 model computes the stage-1 HR
@@ -446,15 +486,6 @@ class FRFSR(nn.Module, PretrainedMixin):
             raise ValueError("reuse_feature is only defined for a stage-2 model (config.stage == 2)")
         sife = self.sife(lr) if sife is None else sife
         return self.reuse_net(lr, sife, textures)[1]
-
-    def restore_tile(self, lr: torch.Tensor, refs: EncodedRefs, origin: tuple[int, int] = (0, 0)
-                     ) -> tuple[Restoration, AlignedTextures]:
-        """match -> align -> restore for one tile of an LR already checked with
-        :meth:`check_lr` (no checks repeated per tile). ``origin`` (y, x, LR pixels): where the
-        tile starts in the whole LR, so the Ref is read "at the same position" as untiled.
-        What :mod:`frfsr.tiling` runs per tile."""
-        tex = dataclasses.replace(self.align(self.match(lr, refs, check=False)), origin=origin)
-        return self.restore(lr, tex), tex
 
     def forward(self, lr: torch.Tensor, ref) -> torch.Tensor:
         corr = self.match(lr, ref)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .vgg import VGGTrunk, run_tiled
+from .vgg import VGGTrunk, extract_in_tiles
 
 
 class TextureEncoder(nn.Module):
@@ -21,5 +21,5 @@ class TextureEncoder(nn.Module):
 
     def encode_ref(self, ref: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """Texture feature of a Ref, at 1/4 of its size; ``tile``: compute it in tiles of
-        that many pixels (:func:`frfsr.models.vgg.run_tiled`), bounding the memory."""
-        return run_tiled(self.ref_trunk, ref, tile)[2]
+        that many pixels (:func:`frfsr.models.vgg.extract_in_tiles`), bounding the memory."""
+        return extract_in_tiles(self.ref_trunk, ref, tile)[2]

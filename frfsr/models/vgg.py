@@ -135,7 +135,7 @@ class ReferenceFeatureExtractor(nn.Module):
         return self.vgg(ref)
 
 
-def run_tiled(trunk, img: torch.Tensor, tile: int | None):
+def extract_in_tiles(trunk, img: torch.Tensor, tile: int | None):
     """``trunk(img)`` (a :class:`VGGTrunk`, or a module calling one, returning the three
     maps at full, 1/2 and 1/4 size) computed in square tiles of ``tile`` pixels (a multiple
     of 4) with a margin of :data:`TILE_HALO` pixels, so that the intermediates are bounded

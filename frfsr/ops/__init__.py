@@ -11,26 +11,23 @@ functions below keep the plain signatures and call them. Each operator has
 * a fused Triton kernel (:mod:`frfsr.ops.triton`): CUDA tensors, or CPU tensors under the
   Triton interpreter (``TRITON_INTERPRET=1`` set before Triton is imported);
 * ``window_match`` also has a native CPU kernel (:mod:`frfsr.ops.native`: C++ built on first
-  use with the machine's compiler and cached; about 2x the reference's speed on CPU);
+  use with the machine's compiler and cached);
 * a fake (meta) kernel, which validates the arguments and gives the output shapes, so
   ``torch.compile`` traces a model with these operators in one graph (``fullgraph=True``);
   the operators themselves are opaque to the compiler. (:func:`fast_patch_match` sizes its
   search from the data, which costs a graph break; exact matching does not);
 * one autograd formula for both kernels (below).
 
-Backend choice, from highest to lowest priority:
-
-* ``with frfsr.ops.use_backend("reference" | "fused" | "native" | "auto"):`` for a block (or as a
-  decorator, for each call of the function): constructing it changes nothing, entering it
-  forces the backend and leaving it restores the previous state;
-* ``frfsr.ops.set_backend(name)`` for the whole process (``set_backend(None)`` removes it);
-* the environment variable ``FRFSR_OPS_BACKEND`` (same values);
-* ``"auto"``: fused kernels for CUDA tensors when Triton imports (each checked against the
-  reference on a small input before its first use per device and dtype; one that fails runs
-  the reference kernel instead, with a warning: :mod:`frfsr.ops.selfcheck`, shown by ``frfsr
-  info``; ``FRFSR_FUSED_SELFCHECK=0`` turns the check off); for CPU tensors the native
-  kernel where there is one and it is built with vector instructions (AVX2 or AVX-512; the
-  plain C++ build is slower than the reference); the reference kernels otherwise.
+Backend choice: every function below takes ``backend`` ("reference", "fused", "native",
+"auto" or None). None and "auto" mean the environment variable ``FRFSR_OPS_BACKEND`` (same
+values) where it is set, else ``"auto"``: fused kernels for CUDA tensors when Triton imports
+(each checked against the reference on a small input before its first use per device and
+dtype; one that fails runs the reference kernel instead, with a warning:
+:mod:`frfsr.ops.selfcheck`, shown by ``frfsr info``; ``FRFSR_FUSED_SELFCHECK=0`` turns the
+check off); for CPU tensors the native kernel where there is one and it is built with vector
+instructions (AVX2 or AVX-512; the plain C++ build is slower than the reference); the
+reference kernels otherwise. A model holds its choice (:meth:`frfsr.FRFSR.set_ops_backend`)
+and passes it to every operator call; nothing is process-wide.
 
 The backend is resolved when a function below is called and handed to the operator as its
 last argument, so a ``torch.compile``-d caller is retraced when the choice changes.
@@ -87,7 +84,6 @@ Operators
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -95,70 +91,43 @@ import torch
 from . import reference
 from .custom_ops import BACKENDS, check_backend, fused_available, kernel_backend
 
-_forced: str | None = None
 
-
-def get_backend() -> str:
-    """The requested backend: 'auto', 'reference', 'fused' or 'native' (see the module docstring)."""
-    if _forced is not None:
-        return _forced
+def requested_backend(name: str | None = None) -> str:
+    """The backend a call asks for: ``name`` ('auto', 'reference', 'fused' or 'native',
+    checked); None or 'auto': ``FRFSR_OPS_BACKEND`` where it is set, else 'auto'."""
+    if name is not None and check_backend(name) != "auto":
+        return name
     return check_backend(os.environ.get("FRFSR_OPS_BACKEND", "auto").strip().lower() or "auto")
 
 
-def set_backend(name: str | None) -> None:
-    """Force ``name`` ('auto', 'reference', 'fused' or 'native') for the whole process; None removes
-    the forced choice (``FRFSR_OPS_BACKEND`` or 'auto' decide again)."""
-    global _forced
-    _forced = None if name is None else check_backend(name)
+def backend_for(t: torch.Tensor, backend: str | None = None) -> str:
+    """'reference', 'fused' or 'native': the kernels an operator call on ``t``'s device runs
+    for ``backend`` (see :func:`requested_backend`)."""
+    return kernel_backend(requested_backend(backend), t.device)
 
 
-class use_backend(contextlib.ContextDecorator):
-    """``with use_backend("fused"): ...`` forces a backend inside the block and restores the
-    previous choice on leaving it (also after an exception). Creating the object only checks
-    the name; as a decorator it applies to each call of the function. ``None`` inside the
-    block: as if nothing were forced. Re-entrant; the choice is process-wide while active."""
-
-    def __init__(self, name: str | None):
-        self.name = None if name is None else check_backend(name)
-        self._saved: list[str | None] = []
-
-    def __enter__(self) -> "use_backend":
-        global _forced
-        self._saved.append(_forced)
-        _forced = self.name
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        global _forced
-        _forced = self._saved.pop()
-        return False
+def patch_match(query, key, patch_size: int = 3, max_block_elems: int | None = None, *, backend: str | None = None):
+    return torch.ops.frfsr.patch_match(query, key, int(patch_size), max_block_elems, backend_for(query, backend))
 
 
-def _backend_for(t: torch.Tensor) -> str:
-    """'reference', 'fused' or 'native' for an operator call on ``t``'s device."""
-    return kernel_backend(get_backend(), t.device)
-
-
-def patch_match(query, key, patch_size: int = 3, max_block_elems: int | None = None):
-    return torch.ops.frfsr.patch_match(query, key, int(patch_size), max_block_elems, _backend_for(query))
-
-
-def window_match(query, key, flows, cell: int, radius: int, patch_size: int = 3, max_block_elems: int | None = None):
+def window_match(query, key, flows, cell: int, radius: int, patch_size: int = 3, max_block_elems: int | None = None,
+                 *, backend: str | None = None):
     return torch.ops.frfsr.window_match(query, key, flows, int(cell), int(radius), int(patch_size), max_block_elems,
-                                        _backend_for(query))
+                                        backend_for(query, backend))
 
 
-def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1):
+def deform_conv(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1, *, backend: str | None = None):
     return torch.ops.frfsr.deform_conv(x, offset, mask, weight, bias, reference.pair(stride, "stride"),
                                        reference.pair(padding, "padding"), reference.pair(dilation, "dilation"),
-                                       _backend_for(x))
+                                       backend_for(x, backend))
 
 
-def ddf(x, channel_filter, spatial_filter, kernel_size: int = 3, dilation: int = 1):
-    return torch.ops.frfsr.ddf(x, channel_filter, spatial_filter, int(kernel_size), int(dilation), _backend_for(x))
+def ddf(x, channel_filter, spatial_filter, kernel_size: int = 3, dilation: int = 1, *, backend: str | None = None):
+    return torch.ops.frfsr.ddf(x, channel_filter, spatial_filter, int(kernel_size), int(dilation),
+                               backend_for(x, backend))
 
 
 from .fast_match import FAST_MATCH_MIN_PAIRS, MATCH_MODES, fast_patch_match  # noqa: E402
 
 __all__ = ["patch_match", "window_match", "fast_patch_match", "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "deform_conv",
-           "ddf", "use_backend", "set_backend", "get_backend", "fused_available", "BACKENDS", "reference"]
+           "ddf", "requested_backend", "backend_for", "fused_available", "BACKENDS", "reference"]

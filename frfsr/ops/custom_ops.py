@@ -19,7 +19,7 @@ fused kernel failed its first-use self-check, :mod:`frfsr.ops.selfcheck`), ``"na
 kernel, the reference kernel where it has not) or ``"auto"`` (fused for CUDA tensors when
 Triton imports, native for CPU tensors when built with vector instructions, reference
 otherwise). The wrappers in :mod:`frfsr.ops` pass the backend that
-:func:`frfsr.ops.get_backend` resolves, so an operator is a pure function of its
+:func:`frfsr.ops.backend_for` resolves from their ``backend`` argument, so an operator is a pure function of its
 arguments: a compiled graph records the backend it was traced with, and torch.compile
 retraces when the backend switch changes.
 

@@ -14,7 +14,7 @@
    stores the similarities), as displacements (flows). With ``coarse_dims`` (default 64) the
    descriptors are first projected on their first ``coarse_dims`` principal components
    (of the query's and the key's descriptors together): a quarter of the products at 128
-   channels, for 0.1 point of agreement at most (BENCHMARKS.md, fast matching).
+   channels.
 3. *Propagation.* A cell also takes the flows (the best ``neighbour_topk``) of the cells up
    to ``neighbours`` cells away (as PatchMatch propagates good matches to adjacent patches),
    and the cells are grouped into search cells of ``search_cell`` x ``search_cell`` patches
@@ -22,8 +22,7 @@
 4. *Windowed search.* Every query patch of a search cell compares itself, for each of the
    search cell's flows, with the key patches in the search cell's square moved by the flow
    and widened by ``radius`` (:func:`frfsr.ops.window_match`), and keeps the best cosine.
-5. *Propagation* (optional, ``rounds`` > 0; off by default: measured, it gained a few
-   points of agreement for several times the cost). PatchMatch at full resolution: every
+5. *Propagation* (optional, ``rounds`` > 0; off by default). PatchMatch at full resolution: every
    query patch tries the flows of the patches ``jumps`` positions away and ``samples``
    random offsets of its own flow (:func:`propagate`).
 
@@ -37,6 +36,8 @@ x C, linear in the query and independent of the key's size; see :func:`flop_coun
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -44,37 +45,25 @@ from .reference import PATCH_MATCH_MAX_BLOCK_ELEMS
 from .window import _EPS, patch_norms
 from .window import window_match as _reference_window_match
 
-__all__ = ["fast_patch_match", "candidate_flows", "coarse_topk", "principal_components", "cell_flows", "propagate", "corner_scores", "flop_counts", "resolve_match_mode",
+__all__ = ["fast_patch_match", "candidate_flows", "coarse_topk", "principal_components", "cell_flows", "propagate", "corner_scores", "flop_counts", "mode_for_counts",
            "MATCH_MODES", "FAST_MATCH_MIN_PAIRS", "FAST_MATCH_DEFAULTS"]
 
 MATCH_MODES = ("exact", "fast", "auto")
 
 FAST_MATCH_MIN_PAIRS = 2 ** 26
 """``match_mode="auto"`` uses the fast mode when (query patch positions) x (key patches,
-all Refs together) exceeds this (about 8200 x 8200: an LR of 92 px against a Ref of
-368 px). Measured on a 2-core CPU (BENCHMARKS.md, fast matching), fast is about 2.4x faster
-than exact at 2**24 pairs (LR 64 / Ref 256) and 9x at 2**28 (LR 128 / Ref 512) with the
-native CPU kernels (with the reference kernels: about as fast at 2**24, 5x at 2**28); below
-the threshold exact matching costs a few seconds at most and is kept because it is the
-release's."""
+all Refs together) exceeds this (e.g. an LR of 92 px against a Ref of 368 px); below it the
+exact mode, the release's, is kept (where the two cross: BENCHMARKS.md, "Fast matching")."""
 
 FAST_MATCH_DEFAULTS = {"cell": 2, "search_cell": 4, "key_stride": 2, "topk": 22, "neighbours": 0,
                        "neighbour_topk": None, "radius": 1, "context": 1, "query_stride": None, "rounds": 0,
                        "jumps": (1,), "samples": 0, "search_radius": 8, "coarse_dims": 64}
-"""Defaults of :func:`fast_patch_match`, chosen by measurement (BENCHMARKS.md, fast matching):
-on held-out pairs they find exact matching's match (or one within 1e-3 of its cosine) at
-98.2 / 95.1 / 95.5 / 97.9 % of positions (relevant / 4x4-shuffled / 8x8-shuffled / unrelated
-Refs), the SR within 0.03 dB of exact's, and at LR 192 / Ref 768 they match about 19x faster
-than exact on a 2-core CPU with the native CPU kernels (random features, the worst case;
-about 9-10x with the reference kernels), the time growing with the LR area to the power
-1.1-1.2. Among the designs measured,
-more candidates per cell (``topk``) paid better than candidates borrowed from neighbouring
-cells (``neighbours``, ``neighbour_topk``) or PatchMatch rounds (``rounds``); the earlier
-defaults (cell 4, search cell 8, key stride 4, top-4, context 3) were 3x faster and agreed at
-82 / 68 / 48 / 52 % only."""
+"""Defaults of :func:`fast_patch_match` (parameters as in the module docstring). How often they
+find exact matching's match, how close the SR stays, their speed and the designs compared:
+BENCHMARKS.md, "Fast matching"."""
 
 
-def resolve_match_mode(mode: str, n_query: int, n_key: int) -> str:
+def mode_for_counts(mode: str, n_query: int, n_key: int) -> str:
     """'exact' or 'fast' for a ``match_mode`` and the numbers of query positions and key
     patches (summed over Refs)."""
     if mode not in MATCH_MODES:
@@ -117,18 +106,19 @@ def principal_components(qd: torch.Tensor, kd: torch.Tensor, dims: int) -> tuple
     return torch.bmm(proj, qd), torch.bmm(proj, kd)
 
 
-def _native_kernels(t: torch.Tensor) -> bool:
-    """Whether the ops backend runs the native CPU kernels for ``t``."""
-    from . import _backend_for
-    return t.dtype == torch.float32 and _backend_for(t) == "native"
+def _native_kernels(t: torch.Tensor, backend: str | None) -> bool:
+    """Whether the ops backend ``backend`` runs the native CPU kernels for ``t``."""
+    from . import backend_for
+    return t.dtype == torch.float32 and backend_for(t, backend) == "native"
 
 
-def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int | None = None) -> torch.Tensor:
+def coarse_topk(qd: torch.Tensor, kd: torch.Tensor, k: int, max_block_elems: int | None = None, *,
+                backend: str | None = None) -> torch.Tensor:
     """Indices (B, Nq, k') of the k' = min(k, Nk) largest dot products of every query column
     of ``qd`` (B, D, Nq) with the key columns of ``kd`` (B, D, Nk): by the native CPU kernel
     where the ops backend runs it (:func:`frfsr.ops.native.coarse_topk`), else by blocks
     whose similarity tensor holds at most ``max_block_elems`` elements."""
-    if _native_kernels(qd):
+    if _native_kernels(qd, backend):
         from . import native
         return native.coarse_topk(qd, kd, k)
     B, _, n_q = qd.shape
@@ -359,7 +349,7 @@ def candidate_flows(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
                     search_cell: int | None = None, key_stride: int | None = None, topk: int | None = None,
                     neighbours: int | None = None, neighbour_topk: int | None = None, radius: int | None = None,
                     query_stride: int | None = None, context: int | None = None, coarse_dims: int | None = None,
-                    max_block_elems: int | None = None) -> torch.Tensor:
+                    max_block_elems: int | None = None, backend: str | None = None) -> torch.Tensor:
     """Steps 1-3 of the module docstring: the flows (B, search cells y, search cells x, M, 2)
     that :func:`fast_patch_match` gives :func:`frfsr.ops.window_match` (with its
     ``search_cell`` and ``radius``); parameters as there."""
@@ -373,7 +363,7 @@ def candidate_flows(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3,
     qd, grid_q = _coarse_descriptors(query.detach().float(), d["cell"], qs, p, d["context"])
     kd, grid_k = _coarse_descriptors(key.detach().float(), d["cell"], ks, p, d["context"])
     qd, kd = principal_components(qd, kd, d["coarse_dims"])
-    cand = coarse_topk(qd, kd, d["topk"], max_block_elems)
+    cand = coarse_topk(qd, kd, d["topk"], max_block_elems, backend=backend)
     del qd, kd
     flows = group_flows(cell_flows(cand, grid_q, grid_k, qs, ks, d["neighbours"], d["neighbour_topk"]),
                         d["search_cell"] // qs)
@@ -387,22 +377,24 @@ def fast_patch_match(query: torch.Tensor, key: torch.Tensor, patch_size: int = 3
                      jumps: tuple[int, ...] | None = None,
                      samples: int | None = None, search_radius: int | None = None,
                      query_stride: int | None = None, context: int | None = None, coarse_dims: int | None = None,
-                     max_block_elems: int | None = None, window_match=None):
+                     max_block_elems: int | None = None, window_match=None, backend: str | None = None):
     """Coarse-to-fine :func:`frfsr.ops.patch_match` (same arguments and outputs; see the
     module docstring). Parameters left None take :data:`FAST_MATCH_DEFAULTS`;
-    ``window_match``: the windowed-search implementation (default: the dispatched
-    :func:`frfsr.ops.window_match`)."""
+    ``window_match``: the windowed-search implementation (default: the operator
+    ``frfsr::window_match`` with the kernel of ``backend``, see :mod:`frfsr.ops`)."""
     from .reference import check_patch_match_args
     p = check_patch_match_args(query, key, patch_size)
     d = _params(cell=cell, search_cell=search_cell, key_stride=key_stride, topk=topk, neighbours=neighbours,
                 neighbour_topk=neighbour_topk, radius=radius, rounds=rounds, jumps=jumps, samples=samples,
                 search_radius=search_radius, query_stride=query_stride, context=context, coarse_dims=coarse_dims)
-    if window_match is None:
-        from . import window_match
+    if window_match is None:                 # the operator itself, with the kernel of ``backend``
+        from . import backend_for
+        window_match = functools.partial(torch.ops.frfsr.window_match, max_block_elems=None,
+                                         backend=backend_for(query, backend))
     flows = candidate_flows(query, key, p, cell=d["cell"], search_cell=d["search_cell"], key_stride=d["key_stride"],
                             topk=d["topk"], neighbours=d["neighbours"], neighbour_topk=d["neighbour_topk"],
                             radius=d["radius"], query_stride=d["query_stride"], context=d["context"],
-                            coarse_dims=d["coarse_dims"], max_block_elems=max_block_elems)
+                            coarse_dims=d["coarse_dims"], max_block_elems=max_block_elems, backend=backend)
     search_cell, radius = d["search_cell"], d["radius"]
     if d["rounds"] == 0 or not (d["jumps"] or d["samples"]):
         return window_match(query, key, flows, search_cell, radius, patch_size=p)

@@ -12,8 +12,8 @@
   each query's current k-th best, so the (query cells x key cells) similarities are never
   stored.
 
-Same definitions and tie rules as the reference; together about 2x the reference's speed on
-a 2-core CPU (BENCHMARKS.md, fast matching). Vector paths: AVX-512, AVX2 + FMA, plain C++
+Same definitions and tie rules as the reference, faster (BENCHMARKS.md, "Fast matching").
+Vector paths: AVX-512, AVX2 + FMA, plain C++
 (chosen by the compiler's target; ``"auto"`` uses the kernels only with vectors, the plain
 build being slower than the reference).
 
