@@ -498,3 +498,13 @@ def test_export_default_reads_a_training_checkpoint(uninterrupted, tmp_path):
     assert "Test weights." in (dest / "README.md").read_text()
     early = export.from_checkpoint(out / "checkpoints" / "ckpt-000002").state_dict()
     assert any(not torch.equal(early[k], v) for k, v in final_state.items() if v.is_floating_point())
+
+
+def test_the_ops_backend_is_the_trained_models_not_the_process(tmp_path):
+    """``train.ops_backend`` reaches every operator of the trained model and nothing outside it."""
+    from frfsr import ops
+    tr = _trainer(TINY, tmp_path / "run", train__ops_backend="reference")
+    assert tr.model.ops_backend == "reference"
+    assert {m.ops_backend for m in tr.model.modules() if hasattr(m, "ops_backend")} == {"reference"}
+    assert not hasattr(ops, "set_backend") and not hasattr(ops, "use_backend")
+    assert FRFSR(FRFSRConfig.tiny()).ops_backend is None       # a model built beside it is untouched

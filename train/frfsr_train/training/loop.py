@@ -99,9 +99,6 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        if t.ops_backend:
-            from frfsr import ops
-            ops.set_backend(t.ops_backend)
         self.csv = None
         trackers = []
         for name in t.log_with:
@@ -137,6 +134,7 @@ class Trainer:
         o = self.cfg.optim
         model = self._build_model()
         model.check_inputs = False          # no host syncs for NaN checks in the hot loop
+        model.set_ops_backend(self.cfg.train.ops_backend)
         self.model = model
         self.net = GeneratorNet(model).train()
         groups = generator_param_groups(model, o)
