@@ -29,27 +29,26 @@
 
 namespace {
 
+// The vector operations of one instruction set, W its register width in bits (512 or 256).
+#define FRFSR_VECTOR_OPS(W)                                                          \
+  inline vec vload(const float* p) { return _mm##W##_loadu_ps(p); }                  \
+  inline void vstore(float* p, vec v) { _mm##W##_storeu_ps(p, v); }                  \
+  inline vec vset1(float x) { return _mm##W##_set1_ps(x); }                          \
+  inline vec vfma(vec a, vec b, vec c) { return _mm##W##_fmadd_ps(a, b, c); }        \
+  inline vec vadd(vec a, vec b) { return _mm##W##_add_ps(a, b); }                    \
+  inline vec vzero() { return _mm##W##_setzero_ps(); }
+
 #if defined(__AVX512F__)
 typedef __m512 vec;
 constexpr int VL = 16;  // floats per vector
 constexpr int NJ = 8;   // key pixels per register block
 constexpr int NT = 3;   // query vectors per register block (NJ x NT accumulators)
-inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
-inline vec vset1(float x) { return _mm512_set1_ps(x); }
-inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
-inline vec vzero() { return _mm512_setzero_ps(); }
+FRFSR_VECTOR_OPS(512)
 inline unsigned vgt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }  // lanes where a > b
 #elif defined(__AVX2__) && defined(__FMA__)
 typedef __m256 vec;
 constexpr int VL = 8, NJ = 4, NT = 3;
-inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
-inline vec vset1(float x) { return _mm256_set1_ps(x); }
-inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
-inline vec vzero() { return _mm256_setzero_ps(); }
+FRFSR_VECTOR_OPS(256)
 inline unsigned vgt(vec a, vec b) { return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ))); }
 #else
 typedef float vec;
