@@ -153,6 +153,5 @@ def test_ref_views_is_one_value(scene):
         pipe.prepare_refs(closer, ref_views=(1, 0.5))
     with pytest.raises(TypeError, match="ref_views must be a frfsr.RefViews"):
         pipe.model.encode_refs(closer, views=(1, 0.5))
-    with pytest.warns(DeprecationWarning, match="views=RefViews"):
-        old = pipe.model.encode_refs(closer, scales=(1, 0.5))
-    assert old.sources == pipe.model.encode_refs(closer, views=RefViews((1, 0.5))).sources
+    with pytest.raises(TypeError, match="scales"):           # one spelling: views=RefViews(...)
+        pipe.model.encode_refs(closer, scales=(1, 0.5))

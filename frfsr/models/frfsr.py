@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -384,7 +383,7 @@ class FRFSR(nn.Module, PretrainedMixin):
             _check_ref_batch(f"ref[{i}]", r.shape[0], batch_size)
 
     def encode_refs(self, ref, batch_size: int | None = None, tile: int | None = REF_TILE,
-                    views: RefViews | None = None, *, scales=None, angles=None) -> EncodedRefs:
+                    views: RefViews | None = None) -> EncodedRefs:
         """Validate the Ref(s) and compute what depends on them alone. ``ref``: a (B, 3, H, W)
         tensor or a list of them; ``batch_size``: the LR batch they will serve (Refs of batch
         1 are shared by every LR); ``tile``: the feature extractors run in tiles of this many
@@ -400,17 +399,13 @@ class FRFSR(nn.Module, PretrainedMixin):
         and per LR position the best patch over all of them wins; copies smaller than the
         minimum Ref size are left out. Memory and matching time grow with the summed area
         (:meth:`RefViews.pixels`). :attr:`EncodedRefs.sources` names each copy (Ref, scale,
-        angle). ``scales`` / ``angles``: deprecated spelling of ``views=RefViews(scales, angles)``."""
+        angle)."""
         if isinstance(ref, EncodedRefs):
             return ref
         refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
         if not refs:
             raise ValueError("at least one Ref image is required")
         b = batch_size or max(r.shape[0] if isinstance(r, torch.Tensor) and r.dim() == 4 else 1 for r in refs)
-        if scales is not None or angles is not None:
-            warnings.warn("encode_refs(scales=, angles=) is deprecated; pass views=RefViews(scales, angles)",
-                          DeprecationWarning, stacklevel=2)
-            views = RefViews.of(scales, angles, views)
         views = RefViews.of(base=views)
         images, sources = [], []
         for i, r in enumerate(refs):

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from frfsr import RefViews
 from frfsr.devices import cpu_name
 
 from .seeds import seed_of
@@ -303,7 +304,7 @@ def _run_model(model, lr: torch.Tensor, ref: torch.Tensor, ref_scales=None,
     """SR (3, 4h, 4w) of one LR with one Ref (and the Ref pyramid given), and the relevance."""
     dev, dtype = model.device, model.dtype
     lr_b, ref_b = lr[None].to(dev, dtype), ref[None].to(dev, dtype)
-    refs = model.encode_refs(ref_b, 1, scales=ref_scales or (1.0,), angles=ref_angles or (0.0,))
+    refs = model.encode_refs(ref_b, 1, views=RefViews.of(ref_scales, ref_angles))
     corr = model.match(lr_b, refs)
     sr = model.restore(lr_b, model.align(corr)).sr[0].float().clamp(0, 1).cpu()
     return sr, float(corr.relevance[0])
