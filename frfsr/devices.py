@@ -158,5 +158,5 @@ def warn_if_emulated(dtype: torch.dtype, device, stacklevel: int = 3) -> None:
     device = torch.device(device) if not isinstance(device, torch.device) else device
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("bfloat16 on this CPU is emulated (it has no AVX-512 BF16 or AMX instructions) and runs "
-                      "many times slower than float32 (BENCHMARKS.md: bf16 on a CPU without native bf16); use dtype='float32' or 'auto' here", FRFSRWarning,
-                      stacklevel=stacklevel)
+                      "many times slower than float32 (BENCHMARKS.md: bf16 on a CPU without native bf16); "
+                      "use dtype='float32' or 'auto' here", FRFSRWarning, stacklevel=stacklevel)
