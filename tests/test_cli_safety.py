@@ -201,6 +201,7 @@ def test_ctrl_c_is_one_line_exit_130_and_keeps_the_written_outputs(work, model_d
     interrupt_second = """
         import os, signal
         from frfsr import pipeline
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, also when started in the background
         call, calls = pipeline.FRFSRPipeline.__call__, []
         def interrupted(self, *a, **kw):                   # a real SIGINT, as Ctrl-C sends, during the 2nd image
             calls.append(1)
