@@ -152,3 +152,43 @@ def test_wgan_losses_and_backward():
     assert torch.allclose(out["d_loss"], out["d_wgan"] + out["gp"])
     out["d_loss"].backward()
     assert d.features[0].weight.grad is not None and fake.grad is None
+
+
+def _rrdb_file(tmp_path, blocks=2, upsampler=True):
+    """A small RRDBNet (BasicSR names) written as safetensors, with or without its upsampler."""
+    from safetensors.torch import save_file
+
+    from frfsr.models.sife import RRDBNet
+    torch.manual_seed(0)
+    state = RRDBNet(n_blocks=blocks, feat=8, grow=4).state_dict()
+    if not upsampler:
+        state = {k: v for k, v in state.items() if k.split(".")[0] in ("conv_first", "body", "conv_body")}
+    path = tmp_path / "rrdb.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("upsampler", [True, False])
+def test_rrdb_perceptual_loss(tmp_path, upsampler):
+    from frfsr_train.training.perceptual import RRDBPerceptualLoss, load_rrdb_trunk, rrdb_layer_depth
+    trunk = load_rrdb_trunk(_rrdb_file(tmp_path, upsampler=upsampler))
+    assert len(trunk.body) == 2 and not trunk.training
+    assert [rrdb_layer_depth(n) for n in ("conv_first", "block1", "block12")] == [0, 1, 12]
+    for bad in ("relu3_1", "block0", "block", "conv_body"):
+        with pytest.raises(ValueError, match="conv_first or block<N>"):
+            rrdb_layer_depth(bad)
+    with pytest.raises(ValueError, match="needs 3 RRDB blocks; the weights have 2"):
+        RRDBPerceptualLoss(trunk, "block3")
+    loss = RRDBPerceptualLoss(trunk, "block2", weight=0.5, criterion="l1").train()
+    assert not loss.features.training and not any(p.requires_grad for p in loss.parameters())
+    gt = torch.rand(2, 3, 24, 24)
+    assert float(loss(gt.clone(), gt)) == 0.0
+    x = (gt + 0.1 * torch.randn_like(gt)).requires_grad_(True)
+    value = loss(x, gt)
+    with torch.no_grad():                   # the features of conv_first and both blocks, by hand
+        fx, fg = trunk.body(trunk.conv_first(x)), trunk.body(trunk.conv_first(gt))
+    torch.testing.assert_close(value.detach(), 0.5 * (fx - fg).abs().mean())
+    value.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    shallow = RRDBPerceptualLoss(trunk, "conv_first", weight=1.0, criterion="l2")
+    torch.testing.assert_close(shallow(x.detach(), gt), ((trunk.conv_first(x.detach()) - trunk.conv_first(gt)) ** 2).mean())

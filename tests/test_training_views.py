@@ -63,6 +63,10 @@ def test_views_config_errors(tmp_path):
         _cfg(tmp_path, 1, data__views={"p_unrelated": 1.5})
     with pytest.raises(ConfigError, match="perceptual_net"):
         _cfg(tmp_path, 1, loss__perceptual_net="resnet")
+    with pytest.raises(ConfigError, match="needs loss.rrdb_weights"):
+        _cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="block2")
+    with pytest.raises(ConfigError, match="perceptual_layer: an RRDB perceptual layer is conv_first or block<N>"):
+        _cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="relu3_1", loss__rrdb_weights="x")
 
 
 def test_heldout_photos_are_refused(tmp_path):
@@ -70,3 +74,23 @@ def test_heldout_photos_are_refused(tmp_path):
     t = Trainer(_cfg(tmp_path, 1, data__views={"photos": ["camera", "coffee"]}))
     with pytest.raises(ValueError, match="held-out"):
         t.fit()
+
+
+def test_stage2_with_the_rrdb_perceptual_loss(tmp_path):
+    """``loss.perceptual_net: rrdb``: stage 2 measures its outputs with the first blocks of RRDB weights."""
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import save_file
+
+    from frfsr.models.sife import RRDBNet
+    from frfsr_train.training import Trainer
+    from frfsr_train.training.perceptual import RRDBPerceptualLoss
+    assert Trainer(_cfg(tmp_path, 1)).fit()
+    torch.manual_seed(0)
+    rrdb = tmp_path / "rrdb.safetensors"
+    save_file(RRDBNet(n_blocks=3, feat=8, grow=4).state_dict(), str(rrdb))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    t = Trainer(_cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="block2",
+                     loss__rrdb_weights=str(rrdb), loss__perceptual=0.05))
+    assert isinstance(t.perceptual, RRDBPerceptualLoss) and len(t.perceptual.features) == 3   # conv_first + 2 blocks
+    assert t.fit()
+    assert (tmp_path / "s2" / "final" / "model.safetensors").is_file()

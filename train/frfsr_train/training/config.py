@@ -139,6 +139,8 @@ class LossSection:
     perceptual_layer: str = "relu5_1"
     perceptual_criterion: str = "fro"
     perceptual_net: str = "vgg19"           # vgg19 | ref_extractor (the model's own trained VGG19 trunk, frozen)
+                                            # | rrdb (the first blocks of a pretrained RRDB, frozen: rrdb_weights)
+    rrdb_weights: Optional[str] = None      # perceptual_net rrdb: RRDBNet / SIFE safetensors (e.g. the x4plus prior)
     vgg19_weights: Optional[str] = None     # torchvision vgg19 state dict (.pth / .safetensors) for the perceptual loss
     adversarial: float = 1e-6
     gradient_penalty: float = 10.0
@@ -304,8 +306,16 @@ class TrainConfig(ConfigFile):
                 fail("data.views.length must be >= 1")
             _check_views(d.views, "data.views", fail)
         _check_degradation(self.degradation, fail)
-        if l.perceptual_net not in ("vgg19", "ref_extractor"):
-            fail(f"loss.perceptual_net must be vgg19 or ref_extractor; got {l.perceptual_net!r}")
+        if l.perceptual_net not in ("vgg19", "ref_extractor", "rrdb"):
+            fail(f"loss.perceptual_net must be vgg19, ref_extractor or rrdb; got {l.perceptual_net!r}")
+        if l.perceptual_net == "rrdb" and self.stage == 2:
+            from .perceptual import rrdb_layer_depth
+            if not l.rrdb_weights:
+                fail("loss.perceptual_net rrdb needs loss.rrdb_weights (RRDBNet safetensors, e.g. the converted prior)")
+            try:
+                rrdb_layer_depth(l.perceptual_layer)
+            except ValueError as e:
+                fail(f"loss.perceptual_layer: {e}")
         from ..data import SHUFFLE_LEVELS
         if isinstance(d.shuffle_level, str) and d.shuffle_level not in SHUFFLE_LEVELS:
             fail(f"data.shuffle_level must be null, {', '.join(SHUFFLE_LEVELS)} or a positive int; got {d.shuffle_level!r}")

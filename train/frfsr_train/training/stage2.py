@@ -91,6 +91,10 @@ class Stage2Trainer(Trainer):
             from .perceptual import TrunkPerceptualLoss
             self.perceptual = TrunkPerceptualLoss(self.model.ref_extractor.vgg, l.perceptual_layer,
                                                   weight=l.perceptual, criterion=l.perceptual_criterion)
+        elif l.perceptual_net == "rrdb":
+            from .perceptual import RRDBPerceptualLoss, load_rrdb_trunk
+            self.perceptual = RRDBPerceptualLoss(load_rrdb_trunk(l.rrdb_weights), l.perceptual_layer,
+                                                 weight=l.perceptual, criterion=l.perceptual_criterion)
         else:
             self.perceptual = PerceptualLoss(l.perceptual_layer, weight=l.perceptual,
                                              criterion=l.perceptual_criterion, vgg_weights=l.vgg19_weights)
