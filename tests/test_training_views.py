@@ -67,6 +67,9 @@ def test_views_config_errors(tmp_path):
         _cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="block2")
     with pytest.raises(ConfigError, match="perceptual_layer: an RRDB perceptual layer is conv_first or block<N>"):
         _cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="relu3_1", loss__rrdb_weights="x")
+    with pytest.raises(ConfigError, match="loss.rrdb_weights: no file at"):
+        _cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="block2",
+             loss__rrdb_weights=str(tmp_path / "missing.safetensors"))
 
 
 def test_heldout_photos_are_refused(tmp_path):

@@ -316,6 +316,8 @@ class TrainConfig(ConfigFile):
                 rrdb_layer_depth(l.perceptual_layer)
             except ValueError as e:
                 fail(f"loss.perceptual_layer: {e}")
+            if not Path(l.rrdb_weights).is_file():
+                fail(f"loss.rrdb_weights: no file at {l.rrdb_weights}")
         from ..data import SHUFFLE_LEVELS
         if isinstance(d.shuffle_level, str) and d.shuffle_level not in SHUFFLE_LEVELS:
             fail(f"data.shuffle_level must be null, {', '.join(SHUFFLE_LEVELS)} or a positive int; got {d.shuffle_level!r}")
