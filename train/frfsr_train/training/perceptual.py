@@ -87,12 +87,12 @@ class RRDBPerceptualLoss(nn.Module):
 
 
 def load_rrdb_trunk(path) -> nn.Module:
-    """The RRDB trunk (``conv_first``, ``body``, ``conv_body``) of RRDBNet or SIFE weights in a
-    safetensors file (BasicSR names; an upsampler in the file is left out)."""
-    from safetensors.torch import load_file
-
+    """The RRDB trunk (``conv_first``, ``body``, ``conv_body``) of ESRGAN / RRDBNet x4 weights or
+    SIFE weights (``.pth`` or ``.safetensors``, either key style; an upsampler in the file is
+    left out), read by :func:`frfsr.convert.load_checkpoint` and :func:`frfsr.convert.esrgan_to_sife`."""
+    from frfsr.convert import esrgan_to_sife, load_checkpoint
     from frfsr.models.sife import SIFE, RRDBNet
-    state = load_file(str(path))
+    state = {k.removeprefix("sife."): v for k, v in esrgan_to_sife(load_checkpoint(path))[0].items()}
     trunk = SIFE(**RRDBNet.shape_of(state))
-    trunk.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in ("conv_first", "body", "conv_body")})
+    trunk.load_state_dict(state)
     return trunk.eval()
