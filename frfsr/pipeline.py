@@ -32,7 +32,7 @@ from .image_io import from_model_output, map_to_output, to_model_input, upscale_
 from .models.correspondence import relevance_of
 from .memory import encode_within_memory
 from .models.frfsr import RefViews
-from .tiling import DEFAULT_OVERLAP, check_lr_tensor, check_tile_args, run_tiles, sr_step, tile_size
+from .tiling import DEFAULT_OVERLAP, checked_and_encoded, run_tiles, sr_step, tile_size
 
 @dataclass
 class FRFSRPipelineOutput:
@@ -219,17 +219,11 @@ class FRFSRPipeline:
         outs = []
         with torch.no_grad():
             for (rgb, alpha, info), name in zip(inputs, names):
-                check_lr_tensor(rgb)
-                check_tile_args(tile, overlap)
-                self.model.check_lr(rgb, name)
-                # 2. encode the Refs once (for every LR of a list when they are shared)
-                if isinstance(refs, EncodedRefs):
-                    self.model.check_encoded(refs, rgb.shape[0])
-                    encoded = refs
-                else:
-                    encoded = encode_within_memory(self.model, refs, rgb.shape[0], views=views)
-                    if many and all(r.shape[0] == 1 for r in refs):
-                        refs = encoded
+                # 2. encode the Refs once (for every LR of a list when they are shared), the LR checked
+                encoded = checked_and_encoded(self.model, rgb, refs, tile=tile, overlap=overlap, name=name,
+                                              views=views)
+                if many and not isinstance(refs, EncodedRefs) and all(r.shape[0] == 1 for r in refs):
+                    refs = encoded
                 # 3. the tiles: match, align and restore each, blended
                 step = sr_step(self.model, encoded, match_mode=match_mode or "auto", details=True,
                                keep_warped_ref=return_details, out_device=rgb.device)

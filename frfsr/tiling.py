@@ -225,6 +225,25 @@ def check_lr_tensor(lr) -> None:
                         + (f" of shape {tuple(lr.shape)}" if isinstance(lr, torch.Tensor) else ""))
 
 
+def checked_and_encoded(model, lr: torch.Tensor, refs, *, tile, overlap: int, name: str = "lr", views=None,
+                        oom_fallback: bool = True):
+    """Check ``lr`` (a (B, 3, h, w) tensor; ``name`` in errors) and the tiling arguments once,
+    and give the Refs encoded for it: an :class:`~frfsr.EncodedRefs` checked against its batch,
+    else the Ref tensor(s) moved to the model and encoded within the free memory with ``views``
+    (:func:`frfsr.memory.encode_within_memory`)."""
+    from .memory import encode_within_memory
+    from .models import EncodedRefs
+    check_lr_tensor(lr)
+    check_tile_args(tile, overlap)
+    model.check_lr(lr, name)
+    if isinstance(refs, EncodedRefs):
+        model.check_encoded(refs, lr.shape[0])
+        return refs
+    dev, dtype = model.device, model.dtype
+    refs = [r.to(dev, dtype) for r in refs] if isinstance(refs, (list, tuple)) else refs.to(dev, dtype)
+    return encode_within_memory(model, refs, lr.shape[0], views=views, oom_fallback=oom_fallback)
+
+
 def sr_step(model, encoded, *, match_mode: str = "auto", details: bool = False, keep_warped_ref: bool = True,
             on_tile: TileFn | None = None, out_device=None) -> StepFn:
     """The step of :func:`run_tiles` that super-resolves an LR tile (already checked and on the
@@ -269,19 +288,9 @@ def upscale_tiled(model, lr: torch.Tensor, refs, *, tile="auto", overlap: int = 
     (:class:`~frfsr.models.frfsr.RefViews`; None: the Refs as given). ``match_mode``: "exact", "fast" or "auto"
     (:meth:`FRFSR.match`). The LR (``name`` in errors) and the Refs are checked once; the
     tiles are not checked again (``model.match(..., check=False)``)."""
-    check_lr_tensor(lr)
-    check_tile_args(tile, overlap)
-    model.check_lr(lr, name)
     dev, dtype = model.device, model.dtype
-    from .memory import encode_within_memory
-    from .models import EncodedRefs
-    if isinstance(refs, EncodedRefs):
-        model.check_encoded(refs, lr.shape[0])
-        encoded = refs
-    else:                                    # move the Refs to the model and encode them (checked there)
-        refs = [r.to(dev, dtype) for r in refs] if isinstance(refs, (list, tuple)) else refs.to(dev, dtype)
-        encoded = encode_within_memory(model, refs, lr.shape[0], views=ref_views,
-                              oom_fallback=oom_fallback)
+    encoded = checked_and_encoded(model, lr, refs, tile=tile, overlap=overlap, name=name, views=ref_views,
+                                  oom_fallback=oom_fallback)
     step = sr_step(model, encoded, match_mode=match_mode, details=return_details, keep_warped_ref=keep_warped_ref,
                    on_tile=on_tile, out_device=lr.device)
     res, used = run_tiles(lr, step, tile=tile_size(tile, model, lr.shape[0]), overlap=overlap, progress=progress,
