@@ -293,16 +293,21 @@ def _nothing_matched(kind: str, state_dict: dict) -> ValueError:
 
 
 # ====================================================================== ESRGAN RRDB -> SIFE
-_ESRGAN_DROPPED = re.compile(r"(conv_up1|conv_up2|conv_hr|conv_last|upconv1|upconv2|HRconv)\.(weight|bias)"
-                             r"|model\.(?:[2-9]|1\d)\.(weight|bias)")
+# ESRGAN's x4 upsampler in BasicSR, 2019 ESRGAN and original-release names -> BasicSR's (SIFE's)
+_ESRGAN_UPSAMPLER = {"conv_up1": "conv_up1", "conv_up2": "conv_up2", "conv_hr": "conv_hr", "conv_last": "conv_last",
+                     "upconv1": "conv_up1", "upconv2": "conv_up2", "HRconv": "conv_hr",
+                     "model.3": "conv_up1", "model.6": "conv_up2", "model.8": "conv_hr", "model.10": "conv_last"}
 
 
-def esrgan_key(name: str) -> str | None | bool:
+def esrgan_key(name: str, upsampler: bool = False) -> str | None | bool:
     """SIFE name for an ESRGAN RRDBNet x4 parameter: BasicSR names (``body.N.rdbK``), the
     2019 ESRGAN names (``RRDB_trunk.N.RDBK``, ``trunk_conv``) and the original release's
-    ``model.N.*`` names. ``False`` for the upsampler (SIFE has none), None if unknown."""
-    if _ESRGAN_DROPPED.fullmatch(name):
-        return False
+    ``model.N.*`` names. The upsampler's parameters get SIFE's upsampler names with
+    ``upsampler=True`` (``FRFSRConfig.sife_upsampler``), else ``False`` (dropped); None if
+    unknown."""
+    module, _, leaf = name.rpartition(".")
+    if module in _ESRGAN_UPSAMPLER and leaf in ("weight", "bias"):
+        return f"sife.{_ESRGAN_UPSAMPLER[module]}.{leaf}" if upsampler else False
     m = re.fullmatch(r"(conv_first|conv_body)\.(weight|bias)", name)
     if m:
         return f"sife.{m.group(1)}.{m.group(2)}"
@@ -322,12 +327,14 @@ def esrgan_key(name: str) -> str | None | bool:
 
 def esrgan_to_sife(state_dict: dict, expected_keys=None) -> tuple[dict, ConversionReport]:
     """Convert ESRGAN RRDBNet x4 weights (BasicSR or the older names) to frfsr's SIFE
-    (``sife.*``); the upsampler is dropped. Refuses anything else (ValueError)."""
+    (``sife.*``). The upsampler is kept where ``expected_keys`` has SIFE's upsampler (a model
+    with ``sife_upsampler``), else dropped. Refuses anything else (ValueError)."""
     sd = dict(state_dict)
+    upsampler = expected_keys is not None and "sife.conv_up1.weight" in set(expected_keys)
     # the original release's trunk conv is model.1.sub.<n_blocks>: the one sub-module without RDBs
     trunk = [k for k in sd if re.fullmatch(r"model\.1\.sub\.\d+\.(weight|bias)", k)]
     out, report = _rename(sd, lambda name: f"sife.conv_body.{name.rsplit('.', 1)[1]}" if name in trunk
-                          else esrgan_key(name), expected_keys)
+                          else esrgan_key(name, upsampler), expected_keys)
     if not out:
         raise _nothing_matched("ESRGAN RRDB", state_dict)
     first = out.get("sife.conv_first.weight")

@@ -124,13 +124,14 @@ class TilePlan:
 def bytes_per_lr_pixel(model) -> int:
     """Rough peak activation bytes per LR pixel of one forward (16 HR pixels each, the widest
     stages at HR size: U-Net features, the deformable conv's sampled columns over the relu1_1
-    texture, the DDF filters), per batch element."""
+    texture, the DDF filters, and SIFE's upsampler where it has one), per batch element."""
     cfg = getattr(model, "config", None)
     ngf = getattr(cfg, "ngf", 64)
     c1 = getattr(cfg, "vgg_widths", (64,))[0]
+    upsampler = 3 * getattr(cfg, "sife_feat", 64) if getattr(cfg, "sife_upsampler", False) else 0
     dtype = getattr(model, "dtype", torch.float32)
     elem = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
-    return 16 * elem * (24 * ngf + 40 * c1)
+    return 16 * elem * (24 * ngf + 40 * c1 + upsampler)
 
 
 def auto_tile_size(model, batch_size: int = 1, device=None, budget_bytes: int | None = None) -> int:

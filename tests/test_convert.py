@@ -59,14 +59,20 @@ def basicsr_rrdb(model, layout="basicsr"):
         if not k.startswith("sife."):
             continue
         k = k[len("sife."):]
-        if layout == "esrgan2019":
+        module, _, leaf = k.rpartition(".")
+        names = {"basicsr": {n: n for n in ESRGAN_OLD}, "esrgan2019": ESRGAN_2019, "model.N": ESRGAN_OLD}[layout]
+        if module in names:                                   # the model's own upsampler (sife_upsampler)
+            k = f"{names[module]}.{leaf}"
+        elif layout == "esrgan2019":
             k = re.sub(r"^body\.(\d+)\.rdb(\d)", r"RRDB_trunk.\1.RDB\2", k).replace("conv_body", "trunk_conv")
         elif layout == "model.N":
             k = k.replace("conv_first", "model.0").replace("conv_body", f"model.1.sub.{nb}")
             k = re.sub(r"^body\.(\d+)\.rdb(\d)\.(conv\d)\.", r"model.1.sub.\1.RDB\2.\3.0.", k)
         out[k] = v.clone()
     names = {"basicsr": {n: n for n in ESRGAN_OLD}, "esrgan2019": ESRGAN_2019, "model.N": ESRGAN_OLD}[layout]
-    for ours, theirs in names.items():                       # the upsampler, which SIFE drops
+    for ours, theirs in names.items():                       # a stand-in upsampler, where the model has none
+        if f"{theirs}.weight" in out:
+            continue
         c_out = 3 if ours == "conv_last" else f
         out[f"{theirs}.weight"], out[f"{theirs}.bias"] = torch.randn(c_out, f, 3, 3), torch.randn(c_out)
     return out
@@ -120,6 +126,19 @@ def test_esrgan_rrdb_into_sife(tmp_path, source, target, layout):
     assert _equal(source, target, "sife.") and not _equal(source, target, "restoration.")
     lr = torch.rand(1, 3, 8, 8)
     assert torch.equal(source.sife(lr), target.sife(lr))
+
+
+@pytest.mark.parametrize("layout", ["basicsr", "esrgan2019", "model.N"])
+def test_esrgan_rrdb_with_its_upsampler_into_a_sife_that_keeps_it(layout):
+    """A model with ``sife_upsampler``: the upsampler's tensors, in every naming, fill SIFE's."""
+    torch.manual_seed(9)
+    src, dst = (FRFSR(FRFSRConfig.tiny(sife_upsampler=True)).eval() for _ in range(2))
+    converted, report = convert_state_dict(basicsr_rrdb(src, layout), "esrgan", dst)
+    assert report.ok and not report.dropped and not report.missing, str(report)
+    _load(dst, converted)
+    assert _equal(src, dst, "sife.")
+    lr = torch.rand(1, 3, 8, 8)
+    assert torch.equal(src.sife.upsample(src.sife(lr)), dst.sife.upsample(dst.sife(lr)))
 
 
 def test_torchvision_vgg(source, target):

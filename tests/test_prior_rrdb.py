@@ -196,3 +196,49 @@ def test_finetune_prior_trains_the_top_only(tmp_path):
     with pytest.raises(ValueError, match="--top-blocks must be in 0..3"):
         finetune.main(["--prior", str(tmp_path / "p.safetensors"), "--out", str(out), "--top-blocks", "4",
                        "--eval-every", "0"])
+
+
+def test_the_prior_preset_holds_the_whole_x4plus_net():
+    """``prior``: ``compact`` with SIFE's upsampler kept, so every x4plus tensor has its place."""
+    cfg = FRFSRConfig.preset("prior")
+    assert cfg.sife_upsampler and FRFSRConfig.preset("compact").sife_upsampler is False
+    with torch.device("meta"):
+        model, full = FRFSR(cfg), RRDBNet()
+    assert {k.removeprefix("sife.") for k in model.state_dict() if k.startswith("sife.")} == set(full.state_dict())
+    with pytest.raises(ValueError, match="sife_upsampler must be true or false"):
+        FRFSRConfig.preset("prior", sife_upsampler="yes")
+
+
+def test_a_model_with_the_upsampler_refines_the_priors_image(tmp_path):
+    """With ``sife_upsampler`` the whole RRDBNet's weights load into SIFE (upsampler included,
+    nothing dropped), the restoration net's output is added to the prior's 4x image (so with
+    its last conv at zero the model is the prior alone, whatever the Ref), and the config
+    survives saving and loading."""
+    net = _net(5)
+    torch.save({"params_ema": net.state_dict()}, tmp_path / "x4.pth")
+    model = FRFSR(FRFSRConfig.tiny(sife_blocks=2, sife_feat=8, sife_grow=4, sife_upsampler=True)).eval()
+    converted, report = convert_state_dict(load_checkpoint(tmp_path / "x4.pth"), "esrgan", model)
+    assert report.ok and not report.dropped and not report.missing, str(report)
+    assert {"sife.conv_up1.weight", "sife.conv_last.bias"} <= set(converted)
+    model.load_state_dict(converted, strict=False)
+    lr, ref = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        prior_sr = net(lr)
+        torch.testing.assert_close(model.sife.upsample(model.sife(lr)), prior_sr)
+        refined = model(lr, ref)
+        assert (refined - prior_sr).abs().max() > 1e-3          # the U-Net adds its part
+        out_conv = model.restoration.stages[-1].tail[-1]
+        out_conv.weight.zero_()
+        out_conv.bias.zero_()
+        torch.testing.assert_close(model(lr, ref), prior_sr)
+        torch.testing.assert_close(model(lr, torch.rand(1, 3, 40, 56)), prior_sr)
+    model.save_pretrained(tmp_path / "m")
+    again = FRFSR.from_pretrained(tmp_path / "m")
+    assert again.config.sife_upsampler
+    with torch.no_grad():
+        torch.testing.assert_close(again(lr, ref), prior_sr)
+    plain = FRFSR(FRFSRConfig.tiny(sife_blocks=2, sife_feat=8, sife_grow=4))
+    converted, report = convert_state_dict(load_checkpoint(tmp_path / "x4.pth"), "esrgan", plain)
+    assert len(report.dropped) == 8 and "sife.conv_up1.weight" not in converted      # SIFE without one drops it
+    with pytest.raises(ValueError, match="has no upsampler"):
+        plain.sife.upsample(plain.sife(lr))

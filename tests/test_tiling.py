@@ -81,6 +81,21 @@ def test_tiled_matches_untiled(model):
     assert torch.equal(upscale_tiled(model, lr, ref, tile=None), full)
 
 
+def test_tiled_matches_untiled_with_the_priors_upsampler():
+    """A model whose base image is its SIFE's 4x image (``sife_upsampler``) tiles as well."""
+    torch.manual_seed(1)
+    m = FRFSR(FRFSRConfig.tiny(sife_upsampler=True)).eval()
+    with torch.no_grad():
+        for p in m.sife.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    lr, ref = smooth((1, 3, 36, 44), 1), smooth((1, 3, 64, 64), 2)
+    with torch.no_grad():
+        full = m(lr, ref)
+    base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
+    assert psnr(full, base) < 35
+    assert psnr(upscale_tiled(m, lr, ref, tile=32, overlap=16), full) >= 40
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the largest tensor any aten op creates."""
 

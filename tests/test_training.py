@@ -482,6 +482,39 @@ def test_a_pretrained_model_takes_a_new_sife(tmp_path):
         build_stage1_model(load_config(TINY, {"model": {"overrides": {"ngf": 8}}, "init": over["init"]}))
 
 
+def test_a_pretrained_model_takes_a_whole_prior_and_starts_as_it(tmp_path):
+    """model.overrides.sife_upsampler with init.sife a whole RRDBNet x4 (upsampler included) and
+    init.zero_output: the U-Net comes from init.pretrained, its last conv starts at zero, so the
+    model starts as the prior's own 4x image; freeze_sife keeps the upsampler fixed too."""
+    from frfsr.models.sife import RRDBNet
+    from frfsr_train.training.build import build_stage1_model
+    torch.manual_seed(3)
+    old = FRFSR(FRFSRConfig.tiny())
+    old.save_pretrained(tmp_path / "old")
+    torch.manual_seed(4)
+    prior = RRDBNet(2, 24, 8).eval()
+    torch.save({"params_ema": prior.state_dict()}, tmp_path / "x4.pth")
+    over = {"model": {"overrides": {"sife_blocks": 2, "sife_feat": 24, "sife_grow": 8, "sife_upsampler": True},
+                      "freeze_sife": True},
+            "init": {"pretrained": str(tmp_path / "old"), "sife": str(tmp_path / "x4.pth"), "zero_output": True}}
+    m = build_stage1_model(load_config(TINY, over)).eval()
+    assert not any(p.requires_grad for p in m.sife.parameters())
+    assert m.sife.conv_last.weight.shape == prior.conv_last.weight.shape
+    lr, ref = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(lr, ref), prior(lr))
+    # without zero_output the pretrained U-Net's residual is added to the prior's image
+    over["init"]["zero_output"] = False
+    with torch.no_grad():
+        assert (build_stage1_model(load_config(TINY, over)).eval()(lr, ref) - prior(lr)).abs().max() > 1e-4
+    torch.save({"params_ema": {k: v for k, v in prior.state_dict().items() if not k.startswith(("conv_up", "conv_hr",
+                                                                                               "conv_last"))}},
+               tmp_path / "trunk.pth")
+    over["init"]["sife"] = str(tmp_path / "trunk.pth")
+    with pytest.raises(ValueError, match=r"init.sife=.*trunk.pth holds an RRDB trunk without its x4 upsampler"):
+        build_stage1_model(load_config(TINY, over))
+
+
 def test_export_default_reads_a_training_checkpoint(uninterrupted, tmp_path):
     """train/export_default.py on ckpt-N: the model of that step (architecture from the run's
     config), saved as a model folder with its card; the size limit is checked."""

@@ -284,7 +284,7 @@ def _parts(cfg: FRFSRConfig) -> dict[str, nn.Module]:
     """The networks of an FRFSR model of config ``cfg``, by attribute name, in order."""
     parts = {"texture_encoder": TextureEncoder(cfg.vgg_widths),
              "ref_extractor": ReferenceFeatureExtractor(cfg.vgg_widths),
-             "sife": SIFE(cfg.sife_blocks, cfg.sife_feat, cfg.sife_grow),
+             "sife": SIFE(cfg.sife_blocks, cfg.sife_feat, cfg.sife_grow, upsampler=cfg.sife_upsampler),
              "restoration": RestorationNet(cfg, cfg.vgg_widths, reuse=cfg.stage == 2)}
     if cfg.stage == 2:
         parts["reuse_net"] = RestorationNet(cfg, cfg.vgg_widths, reuse=False)
@@ -469,18 +469,21 @@ class FRFSR(nn.Module, PretrainedMixin):
         """SIFE + the 3-scale U-Net (paper III-C). A stage-2 model computes the stage-1 HR
         feature itself with its frozen ``reuse_net`` unless ``reuse_feature`` is given."""
         sife = self.sife(lr)
+        base = self.sife.upsample(sife) if self.config.sife_upsampler else None
         if self.config.stage == 2 and reuse_feature is None:
-            reuse_feature = self.reuse_feature(lr, textures, sife)
-        sr, feature = self.restoration(lr, sife, textures, reuse_feature)
+            reuse_feature = self.reuse_feature(lr, textures, sife, base)
+        sr, feature = self.restoration(lr, sife, textures, reuse_feature, base)
         return Restoration(sr, feature, sife)
 
     @torch.no_grad()
-    def reuse_feature(self, lr, textures: AlignedTextures, sife=None) -> torch.Tensor:
+    def reuse_feature(self, lr, textures: AlignedTextures, sife=None, base=None) -> torch.Tensor:
         """F_SR^rec of the frozen stage-1 net (paper eq. 1), for a stage-2 model."""
         if self.config.stage != 2:
             raise ValueError("reuse_feature is only defined for a stage-2 model (config.stage == 2)")
         sife = self.sife(lr) if sife is None else sife
-        return self.reuse_net(lr, sife, textures)[1]
+        if base is None and self.config.sife_upsampler:
+            base = self.sife.upsample(sife)
+        return self.reuse_net(lr, sife, textures, base=base)[1]
 
     def forward(self, lr: torch.Tensor, ref) -> torch.Tensor:
         corr = self.match(lr, ref)

@@ -76,11 +76,14 @@ class RestorationNet(nn.Module):
             if isinstance(m, ModulatedDeformConv):
                 m.reset_parameters()
 
-    def forward(self, lr, sife, textures, reuse_feature=None):
-        """Returns (SR image, 64-channel HR feature before the output convs)."""
+    def forward(self, lr, sife, textures, reuse_feature=None, base=None):
+        """Returns (SR image, ``ngf``-channel HR feature before the output convs). The image is
+        the net's output added to ``base``: the 4x image of SIFE's upsampler where the model
+        has one, else the bilinear upsampled LR."""
         if self.reuse and reuse_feature is None:
             raise ValueError("this is a stage-2 (feature reuse) net: pass the stage-1 net's HR feature as reuse_feature")
-        base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
+        if base is None:
+            base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
         x = self.head(base)
         skips = []
         oy, ox = textures.origin

@@ -1,7 +1,8 @@
-"""Single-image feature embedding (paper III-C, eq. 14): the RRDB trunk of ESRGAN
-without its upsampler. It reconstructs the LR's own features, which the U-Net fuses at
-its smallest scale. Parameter names follow BasicSR's RRDBNet so that ESRGAN weights
-load directly (the upsampler keys are simply not present)."""
+"""Single-image feature embedding (paper III-C, eq. 14): the RRDB trunk of ESRGAN. It
+reconstructs the LR's own features, which the U-Net fuses at its smallest scale. A SIFE
+may keep ESRGAN's x4 upsampler too (``FRFSRConfig.sife_upsampler``): its 4x image is then
+the base the restoration net adds its output to. Parameter names follow BasicSR's
+RRDBNet so that ESRGAN weights load directly."""
 from __future__ import annotations
 
 import torch
@@ -42,41 +43,49 @@ class RRDB(nn.Module):
 
 class SIFE(nn.Module):
     """RRDB trunk: conv_first -> n RRDB -> conv_body, plus the long skip. LR in, a
-    ``feat``-channel feature at LR size out."""
+    ``feat``-channel feature at LR size out. With ``upsampler=True`` it also holds ESRGAN's
+    x4 upsampler (two nearest x2 steps, each followed by a 3x3 conv, then ``conv_hr`` and
+    ``conv_last``), which :meth:`upsample` runs on that feature: a pretrained RRDB x4 net's
+    whole image as well as its trunk."""
 
-    def __init__(self, n_blocks: int = 23, feat: int = 64, grow: int = 32):
+    def __init__(self, n_blocks: int = 23, feat: int = 64, grow: int = 32, upsampler: bool = False):
         super().__init__()
         self.conv_first = nn.Conv2d(3, feat, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(feat, grow) for _ in range(n_blocks)])
         self.conv_body = nn.Conv2d(feat, feat, 3, 1, 1)
+        self.has_upsampler = upsampler
+        if upsampler:
+            self.conv_up1 = nn.Conv2d(feat, feat, 3, 1, 1)
+            self.conv_up2 = nn.Conv2d(feat, feat, 3, 1, 1)
+            self.conv_hr = nn.Conv2d(feat, feat, 3, 1, 1)
+            self.conv_last = nn.Conv2d(feat, 3, 3, 1, 1)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         feat = self.conv_first(lr)
         return feat + self.conv_body(self.body(feat))
 
+    trunk = forward
+
+    def upsample(self, feat: torch.Tensor) -> torch.Tensor:
+        """The 4x image of the upsampler from the trunk's feature (not clamped)."""
+        if not self.has_upsampler:
+            raise ValueError("this SIFE has no upsampler (built with upsampler=False)")
+        x = feat
+        for conv in (self.conv_up1, self.conv_up2):
+            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
+        return self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
+
 
 class RRDBNet(SIFE):
-    """ESRGAN's whole RRDBNet x4: the SIFE trunk plus its upsampler (two nearest x2 steps,
-    each followed by a 3x3 conv, then ``conv_hr`` and ``conv_last``). Parameter names are
+    """ESRGAN's whole RRDBNet x4: the SIFE trunk plus its upsampler. Parameter names are
     BasicSR's, so ESRGAN / Real-ESRGAN x4 weights load with ``load_state_dict`` and the
     trunk's keys are exactly :class:`SIFE`'s. LR in [0, 1], 4x image out (not clamped)."""
 
     def __init__(self, n_blocks: int = 23, feat: int = 64, grow: int = 32):
-        super().__init__(n_blocks, feat, grow)
-        self.conv_up1 = nn.Conv2d(feat, feat, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(feat, feat, 3, 1, 1)
-        self.conv_hr = nn.Conv2d(feat, feat, 3, 1, 1)
-        self.conv_last = nn.Conv2d(feat, 3, 3, 1, 1)
-
-    def trunk(self, lr: torch.Tensor) -> torch.Tensor:
-        """The LR-size feature the upsampler starts from (what SIFE computes)."""
-        return super().forward(lr)
+        super().__init__(n_blocks, feat, grow, upsampler=True)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        x = self.trunk(lr)
-        for conv in (self.conv_up1, self.conv_up2):
-            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
-        return self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
+        return self.upsample(self.trunk(lr))
 
     @classmethod
     def from_state_dict(cls, state_dict: dict) -> "RRDBNet":

@@ -101,11 +101,18 @@ def build_stage1_model(cfg) -> FRFSR:
                 state = _init_state(path, kind, model)
             except (ValueError, OSError) as e:            # missing, unreadable, another layout
                 raise ValueError(f"init.{key}={path}: {e}") from None
+            if part == "sife" and model.config.sife_upsampler and "sife.conv_up1.weight" not in state:
+                raise ValueError(f"init.sife={path} holds an RRDB trunk without its x4 upsampler, and the model keeps "
+                                 "SIFE's upsampler (sife_upsampler: true): give the whole RRDBNet x4's weights")
             _load_part(model, part, state, what, path)
     if not (init.pretrained or init.vgg19 or cfg.model.train_ref_extractor):
         logger.warning("the Ref feature extractor has random weights (set init.vgg19 or init.pretrained)")
     if not (init.pretrained or init.encoder):
         logger.warning("the texture encoder has random weights (set init.encoder or init.pretrained)")
+    if init.zero_output:
+        out_conv = model.restoration.stages[-1].tail[-1]
+        nn.init.zeros_(out_conv.weight)
+        nn.init.zeros_(out_conv.bias)
     freeze(model.texture_encoder)
     freeze(model.ref_extractor)
     if cfg.model.freeze_sife:
@@ -115,7 +122,7 @@ def build_stage1_model(cfg) -> FRFSR:
     return model
 
 
-SIFE_FIELDS = ("sife_blocks", "sife_feat", "sife_grow")
+SIFE_FIELDS = ("sife_blocks", "sife_feat", "sife_grow", "sife_upsampler")
 
 
 def _architecture(config: FRFSRConfig, ignore: tuple[str, ...]) -> dict:
