@@ -20,7 +20,7 @@ class FRFSRConfig:
     ``paper`` is the architecture of the paper and the authors' release (stage-1
     restoration net of 13,487,071 parameters); ``compact`` has the paper's SIFE trunk (for a
     pretrained RRDB prior) with the bundled models' narrow U-Net and encoders; ``prior`` is
-    ``compact`` with the RRDB's x4 upsampler kept (the U-Net refines the prior's image); ``tiny`` is a small model for tests and
+    ``compact`` with the RRDB's x4 upsampler kept (the U-Net also sees the prior's image); ``tiny`` is a small model for tests and
     quick experiments.
     """
 
@@ -36,7 +36,7 @@ class FRFSRConfig:
     sife_feat: int = 64
     sife_grow: int = 32
     # SIFE keeps ESRGAN's x4 upsampler: its 4x image (a pretrained RRDB x4 prior's own result)
-    # replaces the bilinear upsampled LR as the base the restoration net's output is added to
+    # goes into the U-Net's head beside the bilinear upsampled LR
     sife_upsampler: bool = False
     # texture encoder and reference feature extractor widths (VGG conv1, conv2, conv3)
     vgg_widths: tuple[int, int, int] = (64, 128, 256)
@@ -173,7 +173,7 @@ PRESETS: dict[str, dict] = {
     # the bundled models' narrow U-Net (one block per scale) and encoders with the paper's SIFE
     # (23 RRDB, 64 features, growth 32), which takes a pretrained ESRGAN / Real-ESRGAN trunk
     "compact": dict(ngf=32, n_res_blocks=1, n_ddf_blocks=1, deform_groups=2, vgg_widths=(32, 64, 128)),
-    # ``compact`` whose SIFE is a whole RRDB x4 net: the restoration net refines the prior's image
+    # ``compact`` whose SIFE is a whole RRDB x4 net: the U-Net's head also takes the prior's 4x image
     "prior": dict(ngf=32, n_res_blocks=1, n_ddf_blocks=1, deform_groups=2, vgg_widths=(32, 64, 128),
                   sife_upsampler=True),
 }

@@ -209,13 +209,14 @@ def test_the_prior_preset_holds_the_whole_x4plus_net():
         FRFSRConfig.preset("prior", sife_upsampler="yes")
 
 
-def test_a_model_with_the_upsampler_refines_the_priors_image(tmp_path):
+def test_a_model_with_the_upsampler_sees_the_priors_image(tmp_path):
     """With ``sife_upsampler`` the whole RRDBNet's weights load into SIFE (upsampler included,
-    nothing dropped), the restoration net's output is added to the prior's 4x image (so with
-    its last conv at zero the model is the prior alone, whatever the Ref), and the config
-    survives saving and loading."""
+    nothing dropped), the U-Net's head takes the prior's 4x image beside the upsampled LR (so the
+    upsampler's weights change the result, and with the head's prior channels at zero they do
+    not), and the config survives saving and loading."""
     net = _net(5)
     torch.save({"params_ema": net.state_dict()}, tmp_path / "x4.pth")
+    torch.manual_seed(0)
     model = FRFSR(FRFSRConfig.tiny(sife_blocks=2, sife_feat=8, sife_grow=4, sife_upsampler=True)).eval()
     converted, report = convert_state_dict(load_checkpoint(tmp_path / "x4.pth"), "esrgan", model)
     assert report.ok and not report.dropped and not report.missing, str(report)
@@ -223,22 +224,26 @@ def test_a_model_with_the_upsampler_refines_the_priors_image(tmp_path):
     model.load_state_dict(converted, strict=False)
     lr, ref = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        prior_sr = net(lr)
-        torch.testing.assert_close(model.sife.upsample(model.sife(lr)), prior_sr)
-        refined = model(lr, ref)
-        assert (refined - prior_sr).abs().max() > 1e-3          # the U-Net adds its part
-        out_conv = model.restoration.stages[-1].tail[-1]
-        out_conv.weight.zero_()
-        out_conv.bias.zero_()
-        torch.testing.assert_close(model(lr, ref), prior_sr)
-        torch.testing.assert_close(model(lr, torch.rand(1, 3, 40, 56)), prior_sr)
+        torch.testing.assert_close(model.sife.upsample(model.sife(lr)), net(lr))
+        with_prior = model(lr, ref)
+        model.sife.conv_last.bias.add_(0.5)                    # another prior image
+        assert (model(lr, ref) - with_prior).abs().max() > 1e-4
+        model.restoration.head.weight[:, 3:] = 0               # the head's prior channels at zero
+        without = model(lr, ref)
+        model.sife.conv_last.bias.sub_(0.5)
+        torch.testing.assert_close(model(lr, ref), without)
+        textures = model.align(model.match(lr, ref))
+        with pytest.raises(ValueError, match="takes SIFE's 4x image"):
+            model.restoration(lr, model.sife(lr), textures)
     model.save_pretrained(tmp_path / "m")
     again = FRFSR.from_pretrained(tmp_path / "m")
     assert again.config.sife_upsampler
     with torch.no_grad():
-        torch.testing.assert_close(again(lr, ref), prior_sr)
+        torch.testing.assert_close(again(lr, ref), without)
     plain = FRFSR(FRFSRConfig.tiny(sife_blocks=2, sife_feat=8, sife_grow=4))
     converted, report = convert_state_dict(load_checkpoint(tmp_path / "x4.pth"), "esrgan", plain)
     assert len(report.dropped) == 8 and "sife.conv_up1.weight" not in converted      # SIFE without one drops it
     with pytest.raises(ValueError, match="has no upsampler"):
         plain.sife.upsample(plain.sife(lr))
+    with pytest.raises(ValueError, match="no input for a prior image"):
+        plain.restoration(lr, plain.sife(lr), plain.align(plain.match(lr, ref)), prior=net(lr))

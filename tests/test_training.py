@@ -482,10 +482,11 @@ def test_a_pretrained_model_takes_a_new_sife(tmp_path):
         build_stage1_model(load_config(TINY, {"model": {"overrides": {"ngf": 8}}, "init": over["init"]}))
 
 
-def test_a_pretrained_model_takes_a_whole_prior_and_starts_as_it(tmp_path):
+def test_a_pretrained_model_takes_a_whole_prior_and_starts_as_it_was(tmp_path):
     """model.overrides.sife_upsampler with init.sife a whole RRDBNet x4 (upsampler included) and
-    init.zero_output: the U-Net comes from init.pretrained, its last conv starts at zero, so the
-    model starts as the prior's own 4x image; freeze_sife keeps the upsampler fixed too."""
+    init.pretrained a model without one: the U-Net comes from init.pretrained, its head starts at
+    zero on the prior's image (and the SIFE fusion conv on the new SIFE's channels), so the model
+    starts as the pretrained one without its SIFE; freeze_sife keeps the upsampler fixed too."""
     from frfsr.models.sife import RRDBNet
     from frfsr_train.training.build import build_stage1_model
     torch.manual_seed(3)
@@ -496,17 +497,19 @@ def test_a_pretrained_model_takes_a_whole_prior_and_starts_as_it(tmp_path):
     torch.save({"params_ema": prior.state_dict()}, tmp_path / "x4.pth")
     over = {"model": {"overrides": {"sife_blocks": 2, "sife_feat": 24, "sife_grow": 8, "sife_upsampler": True},
                       "freeze_sife": True},
-            "init": {"pretrained": str(tmp_path / "old"), "sife": str(tmp_path / "x4.pth"), "zero_output": True}}
+            "init": {"pretrained": str(tmp_path / "old"), "sife": str(tmp_path / "x4.pth")}}
     m = build_stage1_model(load_config(TINY, over)).eval()
     assert not any(p.requires_grad for p in m.sife.parameters())
-    assert m.sife.conv_last.weight.shape == prior.conv_last.weight.shape
+    assert all(p.requires_grad for p in m.restoration.parameters())
+    head, old_head = m.restoration.head.weight, old.restoration.head.weight
+    assert head.shape[1] == 6 and torch.equal(head[:, :3], old_head) and not head[:, 3:].any()
+    for k, v in prior.state_dict().items():
+        assert torch.equal(m.sife.state_dict()[k], v), k
     lr, ref = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(m(lr, ref), prior(lr))
-    # without zero_output the pretrained U-Net's residual is added to the prior's image
-    over["init"]["zero_output"] = False
-    with torch.no_grad():
-        assert (build_stage1_model(load_config(TINY, over)).eval()(lr, ref) - prior(lr)).abs().max() > 1e-4
+        tex = old.align(old.match(lr, ref))
+        expected = old.restoration(lr, torch.zeros_like(old.sife(lr)), tex)[0]
+        torch.testing.assert_close(m(lr, ref), expected, atol=1e-5, rtol=1e-4)
     torch.save({"params_ema": {k: v for k, v in prior.state_dict().items() if not k.startswith(("conv_up", "conv_hr",
                                                                                                "conv_last"))}},
                tmp_path / "trunk.pth")

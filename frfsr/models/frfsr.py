@@ -469,21 +469,21 @@ class FRFSR(nn.Module, PretrainedMixin):
         """SIFE + the 3-scale U-Net (paper III-C). A stage-2 model computes the stage-1 HR
         feature itself with its frozen ``reuse_net`` unless ``reuse_feature`` is given."""
         sife = self.sife(lr)
-        base = self.sife.upsample(sife) if self.config.sife_upsampler else None
+        prior = self.sife.upsample(sife) if self.config.sife_upsampler else None
         if self.config.stage == 2 and reuse_feature is None:
-            reuse_feature = self.reuse_feature(lr, textures, sife, base)
-        sr, feature = self.restoration(lr, sife, textures, reuse_feature, base)
+            reuse_feature = self.reuse_feature(lr, textures, sife, prior)
+        sr, feature = self.restoration(lr, sife, textures, reuse_feature, prior)
         return Restoration(sr, feature, sife)
 
     @torch.no_grad()
-    def reuse_feature(self, lr, textures: AlignedTextures, sife=None, base=None) -> torch.Tensor:
+    def reuse_feature(self, lr, textures: AlignedTextures, sife=None, prior=None) -> torch.Tensor:
         """F_SR^rec of the frozen stage-1 net (paper eq. 1), for a stage-2 model."""
         if self.config.stage != 2:
             raise ValueError("reuse_feature is only defined for a stage-2 model (config.stage == 2)")
         sife = self.sife(lr) if sife is None else sife
-        if base is None and self.config.sife_upsampler:
-            base = self.sife.upsample(sife)
-        return self.reuse_net(lr, sife, textures, base=base)[1]
+        if prior is None and self.config.sife_upsampler:
+            prior = self.sife.upsample(sife)
+        return self.reuse_net(lr, sife, textures, prior=prior)[1]
 
     def forward(self, lr: torch.Tensor, ref) -> torch.Tensor:
         corr = self.match(lr, ref)

@@ -8,7 +8,9 @@ transition: a stride-2 conv going down, conv + PixelShuffle going up, the output
 at the end.
 
 A stage-2 net (feature reuse, paper eq. 3 and 18) also takes the stage-1 net's
-64-channel HR feature F_SR^rec and fuses it at both full-size stages.
+64-channel HR feature F_SR^rec and fuses it at both full-size stages. Where SIFE keeps
+its x4 upsampler (a pretrained prior), the head takes the prior's 4x image beside the
+upsampled LR.
 """
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ class RestorationNet(nn.Module):
         super().__init__()
         ngf = cfg.ngf
         self.reuse = reuse
-        self.head = nn.Conv2d(3, ngf, 3, 1, 1)
+        self.takes_prior = cfg.sife_upsampler      # the head also takes SIFE's 4x image
+        self.head = nn.Conv2d(6 if self.takes_prior else 3, ngf, 3, 1, 1)
         self.stages = nn.ModuleList(ScaleStage(ngf, ref_channels[level], cfg, kind) for kind, level in STAGES)
         self.sife_fuse = nn.Conv2d(ngf + cfg.sife_feat, ngf, 3, 1, 1)
         if reuse:
@@ -76,15 +79,18 @@ class RestorationNet(nn.Module):
             if isinstance(m, ModulatedDeformConv):
                 m.reset_parameters()
 
-    def forward(self, lr, sife, textures, reuse_feature=None, base=None):
-        """Returns (SR image, ``ngf``-channel HR feature before the output convs). The image is
-        the net's output added to ``base``: the 4x image of SIFE's upsampler where the model
-        has one, else the bilinear upsampled LR."""
+    def forward(self, lr, sife, textures, reuse_feature=None, prior=None):
+        """Returns (SR image, ``ngf``-channel HR feature before the output convs): the net's
+        output added to the bilinear upsampled LR. ``prior``: the 4x image of SIFE's upsampler,
+        which the head takes beside the upsampled LR (required where the config has
+        ``sife_upsampler``, refused otherwise)."""
         if self.reuse and reuse_feature is None:
             raise ValueError("this is a stage-2 (feature reuse) net: pass the stage-1 net's HR feature as reuse_feature")
-        if base is None:
-            base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
-        x = self.head(base)
+        if (prior is not None) != self.takes_prior:
+            raise ValueError("this net's head takes SIFE's 4x image (sife_upsampler): pass it as prior" if self.takes_prior
+                             else "this net has no input for a prior image (its config has sife_upsampler false)")
+        base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
+        x = self.head(base if prior is None else torch.cat((base, prior), dim=1))
         skips = []
         oy, ox = textures.origin
         for (kind, level), stage in zip(STAGES, self.stages):

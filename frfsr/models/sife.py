@@ -1,7 +1,7 @@
 """Single-image feature embedding (paper III-C, eq. 14): the RRDB trunk of ESRGAN. It
 reconstructs the LR's own features, which the U-Net fuses at its smallest scale. A SIFE
 may keep ESRGAN's x4 upsampler too (``FRFSRConfig.sife_upsampler``): its 4x image is then
-the base the restoration net adds its output to. Parameter names follow BasicSR's
+an input of the U-Net's head beside the upsampled LR. Parameter names follow BasicSR's
 RRDBNet so that ESRGAN weights load directly."""
 from __future__ import annotations
 

@@ -109,10 +109,6 @@ def build_stage1_model(cfg) -> FRFSR:
         logger.warning("the Ref feature extractor has random weights (set init.vgg19 or init.pretrained)")
     if not (init.pretrained or init.encoder):
         logger.warning("the texture encoder has random weights (set init.encoder or init.pretrained)")
-    if init.zero_output:
-        out_conv = model.restoration.stages[-1].tail[-1]
-        nn.init.zeros_(out_conv.weight)
-        nn.init.zeros_(out_conv.bias)
     freeze(model.texture_encoder)
     freeze(model.ref_extractor)
     if cfg.model.freeze_sife:
@@ -135,8 +131,9 @@ def _architecture(config: FRFSRConfig, ignore: tuple[str, ...]) -> dict:
 def without_sife(pretrained: FRFSR, config: FRFSRConfig) -> dict[str, torch.Tensor]:
     """The weights of ``pretrained`` for a model of ``config``, which differs from it only in
     its SIFE: every tensor but SIFE's; the SIFE fusion conv keeps its weights on the U-Net
-    feature and starts at zero on the new SIFE's channels (so the model starts as
-    ``pretrained`` without its SIFE, and learns to use the new one)."""
+    feature and starts at zero on the new SIFE's channels, and where the new SIFE has an
+    upsampler (``sife_upsampler``) the U-Net's head starts at zero on the prior's image (so
+    the model starts as ``pretrained`` without its SIFE, and learns to use the new one)."""
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("sife.")}
     old_c = pretrained.config.sife_feat
     for key in [k for k in state if k.endswith("sife_fuse.weight")]:
@@ -144,6 +141,11 @@ def without_sife(pretrained: FRFSR, config: FRFSRConfig) -> dict[str, torch.Tens
         grown = w.new_zeros(w.shape[0], config.sife_feat + w.shape[1] - old_c, *w.shape[2:])
         grown[:, config.sife_feat:] = w[:, old_c:]          # torch.cat((sife, x)): SIFE's channels first
         state[key] = grown
+    if config.sife_upsampler and not pretrained.config.sife_upsampler:
+        for key in ("restoration.head.weight", "reuse_net.head.weight"):
+            if key in state:                                # torch.cat((base, prior)): the prior's channels last
+                w = state[key]
+                state[key] = torch.cat((w, w.new_zeros(w.shape[0], 3, *w.shape[2:])), dim=1)
     return state
 
 

@@ -157,8 +157,6 @@ class InitSection:
     sife: Optional[str] = None          # stage 1: ESRGAN RRDB_PSNR_x4 .pth for the SIFE trunk
     encoder: Optional[str] = None       # stage 1: contrastively pre-trained texture encoder state dict
     vgg19: Optional[str] = None         # stage 1: torchvision vgg19 weights for the Ref feature extractor
-    zero_output: bool = False           # stage 1: the restoration net's last conv starts at zero, so the model starts
-                                        # as its base image (with sife_upsampler: the prior's own 4x result)
     stage1: Optional[str] = None        # stage 2: the stage-1 export directory (required)
     from_stage1: bool = True            # stage 2: start the stage-2 net from the stage-1 weights where shapes match
     reuse: bool = True                  # stage 2: feature reuse; false = a plain stage-1-architecture net
