@@ -247,3 +247,23 @@ def test_a_model_with_the_upsampler_sees_the_priors_image(tmp_path):
         plain.sife.upsample(plain.sife(lr))
     with pytest.raises(ValueError, match="no input for a prior image"):
         plain.restoration(lr, plain.sife(lr), plain.align(plain.match(lr, ref)), prior=net(lr))
+
+
+def test_a_stage2_model_with_the_upsampler_gives_both_nets_the_priors_image():
+    """Feature reuse on a model with ``sife_upsampler``: the frozen stage-1 net (``reuse_net``) and
+    the stage-2 net both take the prior's 4x image, computed once per restore."""
+    torch.manual_seed(2)
+    model = FRFSR(FRFSRConfig.tiny(stage=2, sife_upsampler=True)).eval()
+    assert model.reuse_net.takes_prior and model.restoration.takes_prior
+    lr, ref = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64)
+    calls = []
+    model.sife.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        textures = model.align(model.match(lr, ref))
+        out = model.restore(lr, textures)
+        assert len(calls) == 1                                   # SIFE (and its upsampler) run once
+        sife = model.sife(lr)
+        prior_img = model.sife.upsample(sife)
+        reused = model.reuse_net(lr, sife, textures, prior=prior_img)[1]
+        torch.testing.assert_close(model.reuse_feature(lr, textures), reused)
+        torch.testing.assert_close(out.sr, model.restoration(lr, sife, textures, reused, prior_img)[0])
