@@ -212,8 +212,8 @@ def test_the_prior_preset_holds_the_whole_x4plus_net():
 def test_a_model_with_the_upsampler_sees_the_priors_image(tmp_path):
     """With ``sife_upsampler`` the whole RRDBNet's weights load into SIFE (upsampler included,
     nothing dropped), the U-Net's head takes the prior's 4x image beside the upsampled LR (so the
-    upsampler's weights change the result, and with the head's prior channels at zero they do
-    not), and the config survives saving and loading."""
+    upsampler's weights change the result, and with the head's prior channels and the prior's
+    share of the base at zero they do not), and the config survives saving and loading."""
     net = _net(5)
     torch.save({"params_ema": net.state_dict()}, tmp_path / "x4.pth")
     torch.manual_seed(0)
@@ -228,7 +228,8 @@ def test_a_model_with_the_upsampler_sees_the_priors_image(tmp_path):
         with_prior = model(lr, ref)
         model.sife.conv_last.bias.add_(0.5)                    # another prior image
         assert (model(lr, ref) - with_prior).abs().max() > 1e-4
-        model.restoration.head.weight[:, 3:] = 0               # the head's prior channels at zero
+        model.restoration.head.weight[:, 3:] = 0               # the head's prior channels and share at zero
+        model.restoration.prior_mix.zero_()
         without = model(lr, ref)
         model.sife.conv_last.bias.sub_(0.5)
         torch.testing.assert_close(model(lr, ref), without)

@@ -485,7 +485,8 @@ def test_a_pretrained_model_takes_a_new_sife(tmp_path):
 def test_a_pretrained_model_takes_a_whole_prior_and_starts_as_it_was(tmp_path):
     """model.overrides.sife_upsampler with init.sife a whole RRDBNet x4 (upsampler included) and
     init.pretrained a model without one: the U-Net comes from init.pretrained, its head starts at
-    zero on the prior's image (and the SIFE fusion conv on the new SIFE's channels), so the model
+    zero on the prior's image, the prior's share of the base (its own Adam group) at zero, and the
+    SIFE fusion conv at zero on the new SIFE's channels, so the model
     starts as the pretrained one without its SIFE; freeze_sife keeps the upsampler fixed too."""
     from frfsr.models.sife import RRDBNet
     from frfsr_train.training.build import build_stage1_model
@@ -503,6 +504,10 @@ def test_a_pretrained_model_takes_a_whole_prior_and_starts_as_it_was(tmp_path):
     assert all(p.requires_grad for p in m.restoration.parameters())
     head, old_head = m.restoration.head.weight, old.restoration.head.weight
     assert head.shape[1] == 6 and torch.equal(head[:, :3], old_head) and not head[:, 3:].any()
+    assert not m.restoration.prior_mix.any()
+    from frfsr_train.training.build import generator_param_groups
+    groups = {g["name"]: g for g in generator_param_groups(m, load_config(TINY, over).optim)}
+    assert groups["prior_mix"]["params"] == [m.restoration.prior_mix] and groups["prior_mix"]["lr"] == 1e-2
     for k, v in prior.state_dict().items():
         assert torch.equal(m.sife.state_dict()[k], v), k
     lr, ref = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64)

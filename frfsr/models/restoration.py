@@ -10,7 +10,7 @@ at the end.
 A stage-2 net (feature reuse, paper eq. 3 and 18) also takes the stage-1 net's
 64-channel HR feature F_SR^rec and fuses it at both full-size stages. Where SIFE keeps
 its x4 upsampler (a pretrained prior), the head takes the prior's 4x image beside the
-upsampled LR.
+upsampled LR, and the base the output is added to mixes the two (``prior_mix``).
 """
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ class RestorationNet(nn.Module):
         self.reuse = reuse
         self.takes_prior = cfg.sife_upsampler      # the head also takes SIFE's 4x image
         self.head = nn.Conv2d(6 if self.takes_prior else 3, ngf, 3, 1, 1)
+        if self.takes_prior:                       # per-channel share of the prior's image in the base
+            self.prior_mix = nn.Parameter(torch.ones(1, 3, 1, 1))
         self.stages = nn.ModuleList(ScaleStage(ngf, ref_channels[level], cfg, kind) for kind, level in STAGES)
         self.sife_fuse = nn.Conv2d(ngf + cfg.sife_feat, ngf, 3, 1, 1)
         if reuse:
@@ -81,9 +83,10 @@ class RestorationNet(nn.Module):
 
     def forward(self, lr, sife, textures, reuse_feature=None, prior=None):
         """Returns (SR image, ``ngf``-channel HR feature before the output convs): the net's
-        output added to the bilinear upsampled LR. ``prior``: the 4x image of SIFE's upsampler,
-        which the head takes beside the upsampled LR (required where the config has
-        ``sife_upsampler``, refused otherwise)."""
+        output added to its base, the bilinear upsampled LR. ``prior``: the 4x image of SIFE's
+        upsampler (required where the config has ``sife_upsampler``, refused otherwise), which
+        the head takes beside the upsampled LR and which makes the share ``prior_mix`` (per
+        channel, learnt; 1 in a new net) of the base."""
         if self.reuse and reuse_feature is None:
             raise ValueError("this is a stage-2 (feature reuse) net: pass the stage-1 net's HR feature as reuse_feature")
         if (prior is not None) != self.takes_prior:
@@ -91,6 +94,8 @@ class RestorationNet(nn.Module):
                              else "this net has no input for a prior image (its config has sife_upsampler false)")
         base = F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)
         x = self.head(base if prior is None else torch.cat((base, prior), dim=1))
+        if prior is not None:
+            base = base + self.prior_mix * (prior - base)
         skips = []
         oy, ox = textures.origin
         for (kind, level), stage in zip(STAGES, self.stages):

@@ -132,8 +132,9 @@ def without_sife(pretrained: FRFSR, config: FRFSRConfig) -> dict[str, torch.Tens
     """The weights of ``pretrained`` for a model of ``config``, which differs from it only in
     its SIFE: every tensor but SIFE's; the SIFE fusion conv keeps its weights on the U-Net
     feature and starts at zero on the new SIFE's channels, and where the new SIFE has an
-    upsampler (``sife_upsampler``) the U-Net's head starts at zero on the prior's image (so
-    the model starts as ``pretrained`` without its SIFE, and learns to use the new one)."""
+    upsampler (``sife_upsampler``) the U-Net's head starts at zero on the prior's image and the
+    prior's share of the base (``prior_mix``) at zero (so the model starts as ``pretrained``
+    without its SIFE, and learns to use the new one)."""
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("sife.")}
     old_c = pretrained.config.sife_feat
     for key in [k for k in state if k.endswith("sife_fuse.weight")]:
@@ -142,10 +143,11 @@ def without_sife(pretrained: FRFSR, config: FRFSRConfig) -> dict[str, torch.Tens
         grown[:, config.sife_feat:] = w[:, old_c:]          # torch.cat((sife, x)): SIFE's channels first
         state[key] = grown
     if config.sife_upsampler and not pretrained.config.sife_upsampler:
-        for key in ("restoration.head.weight", "reuse_net.head.weight"):
-            if key in state:                                # torch.cat((base, prior)): the prior's channels last
-                w = state[key]
-                state[key] = torch.cat((w, w.new_zeros(w.shape[0], 3, *w.shape[2:])), dim=1)
+        for net in ("restoration", "reuse_net"):
+            w = state.get(f"{net}.head.weight")
+            if w is not None:                               # torch.cat((base, prior)): the prior's channels last
+                state[f"{net}.head.weight"] = torch.cat((w, w.new_zeros(w.shape[0], 3, *w.shape[2:])), dim=1)
+                state[f"{net}.prior_mix"] = w.new_zeros(1, 3, 1, 1)   # the base starts as the upsampled LR
     return state
 
 
@@ -156,14 +158,16 @@ def offset_level(name: str) -> str | None:
 
 
 def generator_param_groups(model: nn.Module, optim) -> list[dict]:
-    """Adam groups of the trainable parameters: base (``optim.lr``) and the offset branches at
-    ``lr_offset_large`` (HR scale), ``lr_offset_medium`` (HR/2), ``lr_offset_small`` (LR)."""
-    groups = {"base": [], "large": [], "medium": [], "small": []}
+    """Adam groups of the trainable parameters: base (``optim.lr``), the offset branches at
+    ``lr_offset_large`` (HR scale), ``lr_offset_medium`` (HR/2), ``lr_offset_small`` (LR), and
+    the prior image's share of the base (``prior_mix``, one number per channel) at
+    ``lr_prior_mix``."""
+    groups = {"base": [], "large": [], "medium": [], "small": [], "prior_mix": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups[offset_level(name) or "base"].append(p)
+            groups["prior_mix" if name.endswith(".prior_mix") else offset_level(name) or "base"].append(p)
     learning_rates = {"base": optim.lr, "large": optim.lr_offset_large, "medium": optim.lr_offset_medium,
-                      "small": optim.lr_offset_small}
+                      "small": optim.lr_offset_small, "prior_mix": optim.lr_prior_mix}
     return [{"params": ps, "lr": learning_rates[k], "name": k} for k, ps in groups.items() if ps]
 
 

@@ -123,6 +123,7 @@ class OptimSection:
     lr_offset_large: float = 1e-4       # offset branches at HR scale (stages 0 and 4)
     lr_offset_medium: float = 1e-5      # at HR/2 (stages 1 and 3)
     lr_offset_small: float = 1e-6       # at LR scale (stage 2)
+    lr_prior_mix: float = 1e-2          # the prior image's share of the base (restoration.prior_mix, sife_upsampler)
     milestones: list = field(default_factory=lambda: [72545, 211040])
     gamma: float = 0.1
     lr_d: float = 1e-4
@@ -330,7 +331,7 @@ class TrainConfig(ConfigFile):
             setattr(o, name, [float(x) for x in b])
         if list(o.milestones) != sorted(set(o.milestones)) or not all(isinstance(m, int) and m > 0 for m in o.milestones):
             fail(f"optim.milestones must be strictly increasing positive ints; got {o.milestones!r}")
-        for k in ("lr", "lr_offset_large", "lr_offset_medium", "lr_offset_small", "lr_d", "gamma"):
+        for k in ("lr", "lr_offset_large", "lr_offset_medium", "lr_offset_small", "lr_prior_mix", "lr_d", "gamma"):
             v = getattr(o, k)
             if not math.isfinite(v) or v <= 0:
                 fail(f"optim.{k} must be a finite number > 0; got {v}")
