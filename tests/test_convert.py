@@ -54,13 +54,13 @@ def basicsr_rrdb(model, layout="basicsr"):
     """ESRGAN RRDBNet x4 weights in BasicSR names ("basicsr"), the 2019 ESRGAN repository's
     ("esrgan2019": RRDB_trunk.N.RDBk, trunk_conv) or the original release's ("model.N")."""
     nb, f = model.config.sife_blocks, model.config.sife_feat
+    names = {"basicsr": {n: n for n in ESRGAN_OLD}, "esrgan2019": ESRGAN_2019, "model.N": ESRGAN_OLD}[layout]
     out = {}
     for k, v in model.state_dict().items():
         if not k.startswith("sife."):
             continue
         k = k[len("sife."):]
         module, _, leaf = k.rpartition(".")
-        names = {"basicsr": {n: n for n in ESRGAN_OLD}, "esrgan2019": ESRGAN_2019, "model.N": ESRGAN_OLD}[layout]
         if module in names:                                   # the model's own upsampler (sife_upsampler)
             k = f"{names[module]}.{leaf}"
         elif layout == "esrgan2019":
@@ -69,7 +69,6 @@ def basicsr_rrdb(model, layout="basicsr"):
             k = k.replace("conv_first", "model.0").replace("conv_body", f"model.1.sub.{nb}")
             k = re.sub(r"^body\.(\d+)\.rdb(\d)\.(conv\d)\.", r"model.1.sub.\1.RDB\2.\3.0.", k)
         out[k] = v.clone()
-    names = {"basicsr": {n: n for n in ESRGAN_OLD}, "esrgan2019": ESRGAN_2019, "model.N": ESRGAN_OLD}[layout]
     for ours, theirs in names.items():                       # a stand-in upsampler, where the model has none
         if f"{theirs}.weight" in out:
             continue
