@@ -122,6 +122,27 @@ def test_two_process_launch_identical_weights_and_checkpoint(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
 
 
+
+def test_two_processes_stop_together_at_max_minutes(tmp_path):
+    """train.max_minutes on two gloo ranks: both stop at the same step (no rank waits on a
+    collective the other never reaches), checkpoint it and export the weights."""
+    out = tmp_path / "run"
+    env = _env(tmp_path)
+    env["ACCELERATE_USE_CPU"] = "1"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(REPO / "train" / "stage1.py"), "--config", str(TINY), "--output_dir", str(out), "--max_steps", "40",
+           "--set", "train.max_minutes=1e-6", "--dump_rank_hashes"]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "train.max_minutes" in r.stderr
+    ranks = [json.loads((out / "rank_state" / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] < 40
+    assert resolve_checkpoint(out).name == f"ckpt-{ranks[0]['step']:06d}"
+    from frfsr_train.training.loop import state_hash
+    assert state_hash(FRFSR.from_pretrained(out / "final")) == ranks[0]["generator"] == ranks[1]["generator"]
+
+
 # ---------------------------------------------------------------------- Done 2: kill / resume
 def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
     from frfsr_train.training.run import main
@@ -147,6 +168,36 @@ def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
     rows_a, rows_b = read_csv_log(ref_out / "train_log.csv"), read_csv_log(out / "train_log.csv")
     assert [r["step"] for r in rows_b] == ["1", "2", "3", "4"]
     assert [r["l1"] for r in rows_a] == [r["l1"] for r in rows_b]
+
+
+
+def test_run_stopped_by_max_minutes_exports_and_resumes_to_the_same_weights(uninterrupted, tmp_path):
+    """A run out of train.max_minutes checkpoints its step and exports final/; --resume then
+    goes on to max_steps and ends with the uninterrupted run's weights."""
+    from frfsr_train.training.run import main
+    ref_out, ref_state = uninterrupted
+    out = tmp_path / "run_t"
+    assert main(["--config", str(TINY), "--output_dir", str(out), "--set", "train.max_minutes=1e-6"], stage=1) == 0
+    stopped = resolve_checkpoint(out)
+    assert stopped.name == "ckpt-000001"                # the deadline had passed after the first step
+    exported = FRFSR.from_pretrained(out / "final").state_dict()
+    at_stop = load_file(str(stopped / "model.safetensors"))
+    assert any(not torch.equal(exported[k], ref_state[k]) for k in ref_state)
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert main(["--config", str(TINY), "--output_dir", str(out), "--resume"], stage=1) == 0
+    assert resolve_checkpoint(out).name == "ckpt-000004"
+    final = FRFSR.from_pretrained(out / "final").state_dict()
+    for k, v in ref_state.items():
+        assert torch.equal(final[k], v), k
+    assert len(at_stop) > 0
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon", True, float("nan")])
+def test_max_minutes_must_be_a_positive_number(value):
+    from frfsr_train.training.config import ConfigError
+    with pytest.raises(ConfigError, match="train.max_minutes must be"):
+        load_config(TINY, {"train": {"max_minutes": value}})
 
 
 def test_crash_during_save_keeps_latest_and_resumes(uninterrupted, tmp_path, monkeypatch):

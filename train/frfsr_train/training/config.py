@@ -167,6 +167,7 @@ class InitSection:
 @dataclass
 class TrainSection:
     max_steps: int = 255000             # optimiser steps
+    max_minutes: Optional[float] = None  # also stop (checkpoint and export) after this much wall time
     grad_accum: int = 1                 # micro-batches per optimiser step
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3           # 0 keeps all
@@ -300,6 +301,9 @@ class TrainConfig(ConfigFile):
                 fail(f"{k} must be >= 1; got {v}")
         if d.num_workers < 0 or t.keep_checkpoints < 0 or l.l1_warmup_steps < 0 or l.disc_ndf < 1:
             fail("data.num_workers, train.keep_checkpoints and loss.l1_warmup_steps must be >= 0, loss.disc_ndf >= 1")
+        if t.max_minutes is not None and (isinstance(t.max_minutes, bool) or not isinstance(t.max_minutes, (int, float))
+                                          or not math.isfinite(t.max_minutes) or t.max_minutes <= 0):
+            fail(f"train.max_minutes must be null or a number of minutes > 0; got {t.max_minutes!r}")
         if d.root is None and d.synthetic is None and d.views is None:
             fail("data.root is required (a CUFED folder with input/ and ref/), or set data.synthetic or data.views")
         if d.views is not None:

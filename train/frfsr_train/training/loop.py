@@ -402,6 +402,13 @@ class Trainer:
         f.write_text(json.dumps(info, indent=2) + "\n")
         return f
 
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` of any process, on every process (each reads its own clock; all stop at
+        the same step)."""
+        if self.acc.num_processes == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor(float(flag), device=self.acc.device), reduction="sum").item() > 0)
+
     def _rank_state(self) -> dict[str, str]:
         """Hashes of the stage's other trained modules (stage 1: none)."""
         return {}
@@ -412,8 +419,11 @@ class Trainer:
         return {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.opt_g.param_groups)}
 
     def fit(self, resume: str | None = None, stop_after: int | None = None) -> bool:
-        """Train to ``train.max_steps``, checkpointing every ``train.checkpoint_every`` steps
-        and at the end, then export the weights to ``<output_dir>/final``. ``resume``:
+        """Train to ``train.max_steps`` (or until ``train.max_minutes`` of wall time have passed
+        since this call, counted from its first step), checkpointing every
+        ``train.checkpoint_every`` steps and at the end, then export the weights to
+        ``<output_dir>/final``; a run stopped by the time limit resumes from its last
+        checkpoint to ``max_steps`` with ``--resume``. ``resume``:
         ``'latest'`` or a checkpoint folder. ``stop_after``: return after that step (and
         its checkpoint, if one falls due) without exporting, as a killed run would. Returns
         True when the run completed."""
@@ -435,6 +445,7 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, desc=f"stage {self.stage}", dynamic_ncols=True,
                    disable=not acc.is_local_main_process)
         tick, tick_step = time.perf_counter(), self.step
+        deadline = None if t.max_minutes is None else time.perf_counter() + 60 * t.max_minutes
         completed = True
         try:
             while self.step < t.max_steps:
@@ -453,8 +464,13 @@ class Trainer:
                     bar.set_postfix({n: f"{values[n]:.4g}" for n in ("l1", "perceptual", "adversarial", "d_loss")
                                      if n in values})
                 bar.update(1)
-                if step % t.checkpoint_every == 0 or step == t.max_steps:
+                out_of_time = deadline is not None and self._agree(time.perf_counter() >= deadline)
+                if step % t.checkpoint_every == 0 or step == t.max_steps or out_of_time:
                     self.save()
+                if out_of_time and step < t.max_steps:
+                    logger.info("train.max_minutes (%g) reached at step %d of %d: the weights are exported; "
+                                "--resume continues to max_steps", t.max_minutes, step, t.max_steps)
+                    break
                 if stop_after is not None and step >= stop_after and step < t.max_steps:
                     completed = False
                     break
