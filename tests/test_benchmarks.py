@@ -139,3 +139,32 @@ def test_eval_beside_realesrgan_table_and_grid(tmp_path):
     bench.picture_grid(cases, kept, ["bicubic", "half truth", "tiny"], tmp_path / "grid.png", region=16, zoom=2)
     w, h = Image.open(tmp_path / "grid.png").size
     assert w == 4 + 4 * (32 + 4) and h == 18 + 4 * (32 + 4 + 14)       # HR + 3 methods; 2 photos x 2 kinds
+
+
+def _gpu_check(tmp_path, **env):
+    import os
+    import subprocess
+    e = {k: v for k, v in os.environ.items() if k not in ("STEPS", "BUDGET", "MIN_STEP", "OUT")}
+    e.update(OUT=str(tmp_path), **env)
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=e, capture_output=True, text=True,
+                       timeout=300)
+    return r, (tmp_path / "summary.txt").read_text()
+
+
+def test_gpu_check_skips_what_the_budget_leaves_no_time_for(tmp_path):
+    """BUDGET bounds the whole run: a step that cannot get MIN_STEP seconds does not start, is
+    named in summary.txt, and the run does not pass."""
+    r, summary = _gpu_check(tmp_path, BUDGET="0")
+    assert r.returncode != 0
+    assert "skipped: 0 1 2 3 4 3b" in summary
+    assert "== 0." not in r.stdout and "== 1." not in r.stdout
+    assert (tmp_path / "gpu_check.log").is_file()
+
+
+def test_gpu_check_runs_a_step_under_the_budget(tmp_path):
+    """One named step (the fused self-check of `frfsr info`, which a CPU also runs) within the
+    budget: it runs, nothing is skipped, the exit status is the step's."""
+    r, summary = _gpu_check(tmp_path, STEPS="0", BUDGET="200")
+    assert "== 0. frfsr info" in r.stdout
+    assert "info rc=0" in summary and "skipped: none" in summary, summary
+    assert r.returncode == 0, r.stdout[-3000:]
