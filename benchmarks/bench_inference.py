@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from frfsr import FRFSR, FRFSRConfig, RefViews  # noqa: E402
+from frfsr.config import PRESETS  # noqa: E402
 from frfsr.checks import MIN_LR_SIZE  # noqa: E402
 from frfsr.tiling import upscale_tiled  # noqa: E402
 
@@ -162,7 +163,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in ("500x332", "1000x1000", "2000x2000", "4000x4000")],
                     help="HR sizes WxH (Ref = HR size, LR = HR/4)")
-    ap.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="architecture of 'ours' (random weights)")
+    ap.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                    help="architecture of 'ours' (random weights); prior: with the RRDB x4 prior's upsampler")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16"])
     ap.add_argument("--reps", type=int, default=None)

@@ -20,22 +20,25 @@
 #      and FRFSR_OFFICIAL_SRC (an extracted copy of the authors' repository) are set;
 #   4. benchmarks/bench_train.py: the stage-1 training step, batch 9 at 160x160, fp32 and
 #      bf16, beside the released architecture's step when the port is set;
+#   3p. bench_inference.py --preset prior: the `prior` preset (SIFE with the RRDB x4 prior's
+#      upsampler; random weights) at HR 500x332 and 2000x2000, fp32 and bf16;
 #   3b. bench_inference.py --channels-last --compile: copies with channels_last weights and
 #      torch.compile'd (COMPILE_MODE, default reduce-overhead = CUDA graphs), HR 500x332, bf16;
 #   aot (only when named in STEPS): tests/test_kernels_aot.py, every launched specialisation
 #      compiled ahead of time for sm_80/86/89/90 and gfx942/gfx90a/gfx1100 with this machine's
 #      Triton (CI runs it on a CPU with the Triton it installs).
-# STEPS picks steps (default "0 1 2 3 4 3b"). BUDGET (seconds, default 540) bounds the whole
+# STEPS picks steps (default "0 1 2 3 4 3p 3b"). BUDGET (seconds, default 540) bounds the whole
 # run: each step runs under the smaller of its own limit and what is left of the budget, and a
 # step that would start with less than MIN_STEP (default 30) seconds left is skipped and named
 # in summary.txt, so that a second call with STEPS set to the skipped steps completes the set.
 # Own limits (seconds): INFO_TIMEOUT 60, TEST_TIMEOUT 180, OPS_TIMEOUT 120, INFER_TIMEOUT 240,
-# TRAIN_TIMEOUT 80 for each of the two training precisions, COMPILE_TIMEOUT 100, AOT_TIMEOUT 240.
+# TRAIN_TIMEOUT 80 for each of the two training precisions, PRIOR_TIMEOUT 90, COMPILE_TIMEOUT 100,
+# AOT_TIMEOUT 240.
 # Nothing is installed from the network (the machine may have none): the checkout goes on
 # PYTHONPATH, and a package the steps import that the machine lacks is named up front.
 # Outputs go to "$OUT" when set (else ./gpu_check_out): gpu_check.log (everything printed,
-# tables included), bench_ops.json, bench_inference.json, bench_compile.json,
-# bench_train.json, summary.txt.
+# tables included), bench_ops.json, bench_inference.json, bench_train.json, bench_prior.json,
+# bench_compile.json, summary.txt.
 # SIZES overrides the inference sizes (default "500x332 1000x1000 2000x2000 4000x4000"); TILE the
 # LR tile side of the tiled bf16 case timed where the LR is larger (default 500).
 set -u
@@ -66,11 +69,11 @@ else
     echo "FRFSR_OFFICIAL_PORT / FRFSR_OFFICIAL_SRC not set: no released-architecture baseline"
 fi
 
-info_rc=0 test_rc=0 ops_rc=0 infer_rc=0 train_rc=0 compile_rc=0 aot_rc=0 skipped="" limit=0
+info_rc=0 test_rc=0 ops_rc=0 infer_rc=0 train_rc=0 prior_rc=0 compile_rc=0 aot_rc=0 skipped="" limit=0
 # want STEP OWN_LIMIT: true when STEP is asked for and at least MIN_STEP seconds of BUDGET are
 # left; sets $limit to the smaller of OWN_LIMIT and what is left; a skipped step is recorded
 want() {
-    [[ " ${STEPS:-0 1 2 3 4 3b} " == *" $1 "* ]] || return 1
+    [[ " ${STEPS:-0 1 2 3 4 3p 3b} " == *" $1 "* ]] || return 1
     local left=$(( ${BUDGET:-540} - (SECONDS - start) ))
     if [ "$left" -lt "${MIN_STEP:-30}" ]; then
         echo "== $1: skipped, ${left}s left of BUDGET=${BUDGET:-540}"
@@ -122,6 +125,13 @@ for p in d.glob("bench_train_*.json"):
 EOF
 fi
 
+if want 3p "${PRIOR_TIMEOUT:-90}"; then
+echo "== 3p. benchmarks/bench_inference.py --preset prior (SIFE with the RRDB x4 prior's upsampler, random weights)"
+timeout "$limit" python benchmarks/bench_inference.py --preset prior --sizes 500x332 2000x2000 --no-accuracy \
+    --out "$OUT_DIR/bench_prior"
+prior_rc=$?
+fi
+
 if want 3b "${COMPILE_TIMEOUT:-100}"; then
 echo "== 3b. channels_last and torch.compile'd inference (HR 500x332, bf16; warm-up compiles)"
 timeout "$limit" python benchmarks/bench_inference.py --sizes 500x332 --dtypes bf16 --channels-last \
@@ -137,10 +147,10 @@ fi
 rm -f "$OUT_DIR"/bench_*.md       # the same tables are in gpu_check.log; $OUT returns at most 8 files
 
 echo "info rc=$info_rc tests rc=$test_rc bench_ops rc=$ops_rc bench_inference rc=$infer_rc bench_train rc=$train_rc" \
-     "compile rc=$compile_rc aot rc=$aot_rc; $(( SECONDS - start ))s of BUDGET=${BUDGET:-540}; skipped:${skipped:- none}" \
+     "prior rc=$prior_rc compile rc=$compile_rc aot rc=$aot_rc; $(( SECONDS - start ))s of BUDGET=${BUDGET:-540}; skipped:${skipped:- none}" \
     | tee "$OUT_DIR/summary.txt"
 [ -z "$skipped" ] && [ "$info_rc" -eq 0 ] && [ "$test_rc" -eq 0 ] && [ "$ops_rc" -eq 0 ] && [ "$infer_rc" -eq 0 ] \
-    && [ "$train_rc" -eq 0 ] && [ "$compile_rc" -eq 0 ] && [ "$aot_rc" -eq 0 ]
+    && [ "$train_rc" -eq 0 ] && [ "$prior_rc" -eq 0 ] && [ "$compile_rc" -eq 0 ] && [ "$aot_rc" -eq 0 ]
 }
 
 run_all 2>&1 | tee "$LOG"

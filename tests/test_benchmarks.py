@@ -34,6 +34,15 @@ def test_bench_inference_cpu_with_accuracy(tmp_path):
     assert "psnr_bf16_vs_fp32" in out.with_suffix(".md").read_text()
 
 
+
+def test_bench_inference_times_the_prior_preset(tmp_path):
+    """The `prior` preset (SIFE with the RRDB's x4 upsampler) is timed like the others (gpu_check.sh step 3p)."""
+    bench = load_benchmark("bench_inference")
+    rows = bench.main(["--device", "cpu", "--preset", "prior", "--sizes", "64x64", "--reps", "1", "--warmup", "0",
+                       "--dtypes", "fp32", "--no-accuracy", "--out", str(tmp_path / "prior")])
+    assert [r["model"] for r in rows] == ["frfsr fp32"] and "error" not in rows[0]
+    assert json.loads((tmp_path / "prior.json").read_text())["env"]["preset"] == "prior"
+
 def test_bench_inference_rejects_sizes_not_divisible_by_4():
     bench = load_benchmark("bench_inference")
     with pytest.raises(SystemExit):
@@ -156,7 +165,7 @@ def test_gpu_check_skips_what_the_budget_leaves_no_time_for(tmp_path):
     named in summary.txt, and the run does not pass."""
     r, summary = _gpu_check(tmp_path, BUDGET="0")
     assert r.returncode != 0
-    assert "skipped: 0 1 2 3 4 3b" in summary
+    assert "skipped: 0 1 2 3 4 3p 3b" in summary
     assert "== 0." not in r.stdout and "== 1." not in r.stdout
     assert (tmp_path / "gpu_check.log").is_file()
 
