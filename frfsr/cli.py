@@ -66,6 +66,27 @@ def _open_image(path: str, what: str):
     return read_image(path, what)
 
 
+def _jpeg_hint(args, paths) -> None:
+    """A note on stderr when the bundled clean-LR model is asked to upscale JPEG files, naming the
+    bundled model trained for them."""
+    from PIL import Image
+
+    from . import hub
+    if args.model != hub.DEFAULT_MODEL:
+        return
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                if im.format != "JPEG":
+                    continue
+        except OSError:                  # not an image (a video, say): its reader says what is wrong
+            continue
+        print(f"note: {path} is a JPEG; --model {hub.ROBUST_MODEL} is the bundled model for "
+              f"{hub.BUNDLED_USES[hub.ROBUST_MODEL]} ({hub.DEFAULT_MODEL}: {hub.BUNDLED_USES[hub.DEFAULT_MODEL]})",
+              file=sys.stderr)
+        return
+
+
 def _tile(value: str):
     if value.lower() == "auto":
         return "auto"
@@ -243,6 +264,7 @@ def _upscale_one(args):
     _check_top_k(args)
     views = _ref_views(args)
     lr = _open_image(src, "LR")
+    _jpeg_hint(args, [src])
     refs = [_open_image(r, "Ref") for r in _ref_paths(args)] if args.top_k is None else None
     check_output(args.output, lr)                   # before any computation
     for extra in (args.save_confidence, args.save_warped_ref):
@@ -313,6 +335,8 @@ def _upscale_many(args):
               flush=True)
 
     items = plan(args.inputs, args.output, args.ext, keep=_ref_inputs(args))    # checked before the model loads
+    if state is None or state.is_main_process:
+        _jpeg_hint(args, [i.src for i in items])
     pipe = _load_pipeline(args, device=device, dtype=args.dtype)
     if args.top_k is not None:
         refs = _ref_chooser(args, pipe, {i.src: i.dst for i in items})

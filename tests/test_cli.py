@@ -223,3 +223,29 @@ def test_upscale_help_states_minimum_sizes_and_automatic_tiles(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "at least 15x15" in text and "at least 12x12" in text
     assert "tiles automatically" in text and "'auto' (default" in text
+
+
+def test_a_jpeg_lr_with_the_clean_model_gets_a_note_naming_the_jpeg_model(files, tmp_path, capsys):
+    """frfsr-default is for clean LRs: a JPEG LR given to it gets one note naming frfsr-robust
+    (one input and a folder alike); a PNG, or a JPEG given to frfsr-robust, gets none."""
+    root, _ = files
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(tmp_path / "lr.jpg", quality=70)
+    common = ["--ref", str(root / "ref.png"), "--device", "cpu", "--tile", "0", "--no-progress"]
+
+    def note(argv):
+        assert cli.main(argv) == 0
+        err = capsys.readouterr().err
+        return [line for line in err.splitlines() if line.startswith("note:")]
+
+    got = note(["upscale", str(tmp_path / "lr.jpg"), "-o", str(tmp_path / "a.png"), *common])
+    assert len(got) == 1 and "lr.jpg is a JPEG" in got[0] and "--model frfsr-robust" in got[0]
+    assert note(["upscale", str(tmp_path / "lr.jpg"), "-o", str(tmp_path / "b.png"), "--model", "frfsr-robust",
+                 *common]) == []
+    assert note(["upscale", str(root / "lr.png"), "-o", str(tmp_path / "c.png"), *common]) == []
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x.png").write_bytes((root / "lr.png").read_bytes())
+    (folder / "y.jpg").write_bytes((tmp_path / "lr.jpg").read_bytes())
+    got = note(["upscale", str(folder), "-o", str(tmp_path / "out") + "/", *common])
+    assert len(got) == 1 and "y.jpg is a JPEG" in got[0]
