@@ -301,9 +301,9 @@ class TrainConfig(ConfigFile):
                 fail(f"{k} must be >= 1; got {v}")
         if d.num_workers < 0 or t.keep_checkpoints < 0 or l.l1_warmup_steps < 0 or l.disc_ndf < 1:
             fail("data.num_workers, train.keep_checkpoints and loss.l1_warmup_steps must be >= 0, loss.disc_ndf >= 1")
-        if t.max_minutes is not None and (isinstance(t.max_minutes, bool) or not isinstance(t.max_minutes, (int, float))
-                                          or not math.isfinite(t.max_minutes) or t.max_minutes <= 0):
-            fail(f"train.max_minutes must be null or a number of minutes > 0; got {t.max_minutes!r}")
+        _check_finite("train", t, fail)           # the loader has made max_minutes a float (or null)
+        if t.max_minutes is not None and t.max_minutes <= 0:
+            fail(f"train.max_minutes must be null or a number of minutes > 0; got {t.max_minutes}")
         if d.root is None and d.synthetic is None and d.views is None:
             fail("data.root is required (a CUFED folder with input/ and ref/), or set data.synthetic or data.views")
         if d.views is not None:
