@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from frfsr_train.training.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PerceptualLoss, VGG19Features,
-                                   gradient_penalty, wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
+from frfsr_train.training.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PatchCritic, PerceptualLoss, VGG19Features,
+                                   build_discriminator, gradient_penalty, wgan_discriminator_loss, wgan_generator_loss,
+                                   wgan_gp_losses)
 
 
 def _torchvision_style_state_dict(seed=0):
@@ -111,6 +112,56 @@ def test_discriminator():
     d32 = ImageDiscriminator()
     assert d32.head[1].in_channels == 512
     assert d(torch.rand(1, 3, 40, 48)).shape == (1, 1)  # any input size
+
+
+def test_patch_critic():
+    """``loss.disc: patch``: no BatchNorm, no sigmoid, one score per 8x8 cell, the sample's score their mean."""
+    d = PatchCritic(ndf=8)
+    x = torch.randn(2, 3, 64, 48)
+    m = d.score_map(x)
+    assert m.shape == (2, 1, 8, 6)
+    out = d(x)
+    assert out.shape == (2, 1) and torch.allclose(out, m.mean(dim=(2, 3)))
+    assert not any(isinstance(mod, (nn.BatchNorm2d, nn.Sigmoid)) for mod in d.modules())
+    with torch.no_grad():       # unbounded: scaling the last conv scales the score
+        d.features[-1].weight.mul_(1000.0)
+        d.features[-1].bias.fill_(5.0)
+    assert d(x).abs().max() > 1.0
+    # each cell sees only its neighbourhood: changing one corner leaves the far cells alone
+    d = PatchCritic(ndf=4)
+    y = x.clone()
+    y[:, :, :8, :8] += 1.0
+    diff = (d.score_map(y) - d.score_map(x)).abs()[0, 0]
+    assert diff[0, 0] > 0 and diff[-1, -1] == 0 and diff[-1, 0] == 0
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        d(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="ndf must be positive"):
+        PatchCritic(ndf=0)
+
+
+def test_build_discriminator():
+    assert isinstance(build_discriminator("release", 4), ImageDiscriminator)
+    assert isinstance(build_discriminator("patch", 4), PatchCritic)
+    with pytest.raises(ValueError, match="unknown discriminator 'vgg'; accepted: release, patch"):
+        build_discriminator("vgg", 4)
+
+
+@pytest.mark.parametrize("kind", ["release", "patch"])
+def test_a_critic_step_separates_sharp_from_blurred(kind):
+    """A few WGAN-GP steps on sharp (real) against box-blurred (fake) noise raise D(real) - D(fake)."""
+    torch.manual_seed(0)
+    d = build_discriminator(kind, 8)
+    opt = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    real = torch.rand(4, 3, 32, 32)
+    fake = torch.nn.functional.avg_pool2d(real, 3, 1, 1)
+    gap = []
+    for i in range(30):
+        out = wgan_gp_losses(d, real, fake, generator=torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        out["d_loss"].backward()
+        opt.step()
+        gap.append(-out["d_wgan"].item())
+    assert gap[-1] > gap[0] + 0.05 and gap[-1] > 0
 
 
 def test_gradient_penalty_linear_critic():

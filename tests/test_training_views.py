@@ -63,6 +63,8 @@ def test_views_config_errors(tmp_path):
         _cfg(tmp_path, 1, data__views={"p_unrelated": 1.5})
     with pytest.raises(ConfigError, match="perceptual_net"):
         _cfg(tmp_path, 1, loss__perceptual_net="resnet")
+    with pytest.raises(ConfigError, match="loss.disc must be release or patch; got 'unet'"):
+        _cfg(tmp_path, 2, loss__disc="unet")
     with pytest.raises(ConfigError, match="needs loss.rrdb_weights"):
         _cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="block2")
     with pytest.raises(ConfigError, match="perceptual_layer: an RRDB perceptual layer is conv_first or block<N>"):

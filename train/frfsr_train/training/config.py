@@ -147,6 +147,8 @@ class LossSection:
     gradient_penalty: float = 10.0
     l1_warmup_steps: int = 10000            # stage 2: the first steps use L1 only (no discriminator)
     disc_ndf: int = 32
+    disc: str = "release"                   # release (the authors' image discriminator: BN, one sigmoid score)
+                                            # | patch (a WGAN-GP critic without BN or sigmoid, one score per patch)
 
 
 @dataclass
@@ -311,6 +313,9 @@ class TrainConfig(ConfigFile):
                 fail("data.views.length must be >= 1")
             _check_views(d.views, "data.views", fail)
         _check_degradation(self.degradation, fail)
+        from .losses import DISCRIMINATORS
+        if l.disc not in DISCRIMINATORS:
+            fail(f"loss.disc must be {' or '.join(DISCRIMINATORS)}; got {l.disc!r}")
         if l.perceptual_net not in ("vgg19", "ref_extractor", "rrdb"):
             fail(f"loss.perceptual_net must be vgg19, ref_extractor or rrdb; got {l.perceptual_net!r}")
         if l.perceptual_net == "rrdb" and self.stage == 2:

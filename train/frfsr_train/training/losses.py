@@ -18,7 +18,7 @@ from frfsr.convert import load_checkpoint
 from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
-           "ImageDiscriminator", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty",
+           "ImageDiscriminator", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty",
            "wgan_gp_losses"]
 
 #: Names of ``VGG19Features.features[i]``, i = 0 .. 29 (conv1_1 ... relu5_1), as in torchvision.
@@ -230,6 +230,51 @@ class ImageDiscriminator(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"ImageDiscriminator expects (B, C, H, W); got shape {tuple(x.shape)}")
         return self.head(self.features(x)).flatten(1)
+
+
+class PatchCritic(nn.Module):
+    """A WGAN-GP critic that scores every patch (``loss.disc: patch``).
+
+    The critic of the WGAN-GP paper's recipe: no BatchNorm (the penalty is taken per sample)
+    and no sigmoid (the critic's output is unbounded). ``conv3x3 (3 -> ndf) -> LeakyReLU(0.2)``,
+    then three blocks ``conv4x4 s2 -> LeakyReLU(0.2)`` with ``2ndf, 4ndf, 8ndf`` channels, then
+    ``conv3x3 (8ndf -> 1)``: one score per 8x8 cell, each seeing about 50x50 input pixels.
+    Output: ``(B, 1)``, the mean score. The release's :class:`ImageDiscriminator` scores the
+    whole image through a sigmoid; a patch critic is what lets fine texture, not the image's
+    content, decide the score.
+    """
+
+    def __init__(self, in_ch: int = 3, ndf: int = 32):
+        super().__init__()
+        if in_ch < 1 or ndf < 1:
+            raise ValueError(f"in_ch and ndf must be positive; got in_ch={in_ch}, ndf={ndf}")
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, ndf, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True)]
+        prev = ndf
+        for mult in (2, 4, 8):
+            layers += [nn.Conv2d(prev, ndf * mult, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            prev = ndf * mult
+        layers.append(nn.Conv2d(prev, 1, 3, 1, 1))
+        self.features = nn.Sequential(*layers)
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-patch scores, ``(B, 1, ceil(H/8), ceil(W/8))``."""
+        if x.ndim != 4:
+            raise ValueError(f"PatchCritic expects (B, C, H, W); got shape {tuple(x.shape)}")
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score_map(x).mean(dim=(2, 3))
+
+
+#: ``loss.disc`` names and their classes (each takes ``in_ch`` and ``ndf``).
+DISCRIMINATORS: dict[str, type[nn.Module]] = {"release": ImageDiscriminator, "patch": PatchCritic}
+
+
+def build_discriminator(kind: str, ndf: int) -> nn.Module:
+    """The discriminator that ``loss.disc`` names, for RGB images."""
+    if kind not in DISCRIMINATORS:
+        raise ValueError(f"unknown discriminator {kind!r}; accepted: {', '.join(DISCRIMINATORS)}")
+    return DISCRIMINATORS[kind](in_ch=3, ndf=ndf)
 
 
 def wgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:

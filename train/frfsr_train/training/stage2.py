@@ -81,9 +81,9 @@ class Stage2Trainer(Trainer):
         return build_stage2_model(i.stage1, i.from_stage1, reuse=i.reuse)
 
     def _build_stage_parts(self) -> None:
-        from .losses import ImageDiscriminator, PerceptualLoss
+        from .losses import PerceptualLoss, build_discriminator
         o, l = self.cfg.optim, self.cfg.loss
-        self.disc = ImageDiscriminator(ndf=l.disc_ndf).train()
+        self.disc = build_discriminator(l.disc, l.disc_ndf).train()
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_d, betas=tuple(o.betas_d))
         self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, o.milestones, o.gamma)
         self.schedulers.append(self.sched_d)
