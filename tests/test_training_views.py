@@ -56,6 +56,15 @@ def test_views_stage1_trains_the_ref_extractor_then_stage2_with_and_without_reus
         assert trainable == {"restoration"}
         assert t2.fit()
         assert (tmp_path / f"s2_{reuse}" / "final" / "model.safetensors").is_file()
+        # train/export_default.py reads the stage-2 checkpoint back as the same model
+        from benchmark_scripts import load_script
+
+        from frfsr import FRFSR
+        got = load_script("train", "export_default").from_checkpoint(tmp_path / f"s2_{reuse}" / "checkpoints" / "ckpt-000002")
+        final = FRFSR.from_pretrained(tmp_path / f"s2_{reuse}" / "final")
+        assert got.config == final.config and got.config.stage == stage
+        want = final.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in got.state_dict().items())
 
 
 def test_views_config_errors(tmp_path):

@@ -4,7 +4,8 @@
     python train/export_default.py outputs/compact_stage1/checkpoints/ckpt-000800 --card ... --out DIR
 
 ``model`` is an exported model folder or a training checkpoint (``<output_dir>/checkpoints/
-ckpt-N``: its architecture comes from the run's ``config_stage1.yaml`` beside ``checkpoints/``).
+ckpt-N``: its architecture comes from the run's ``config_stage1.yaml`` or ``config_stage2.yaml``
+beside ``checkpoints/``).
 Writes config.json, model.safetensors (float32, or ``--fp16``) and README.md (the library's
 model card around the text of ``--card``, which states data, steps, machine and results).
 The weights are checked to load back through ``FRFSRPipeline.from_pretrained()`` offline.
@@ -30,14 +31,29 @@ MAX_BYTES = 20 * 2 ** 20
 
 
 def from_checkpoint(ckpt: Path) -> FRFSR:
-    """The model of a training checkpoint folder (accelerate state of a stage-1 run)."""
+    """The model of a training checkpoint folder (accelerate state of a stage-1 or stage-2 run).
+
+    The architecture comes from the run's ``config_stage1.yaml`` (the preset) or
+    ``config_stage2.yaml`` (the stage-1 export's ``config.json`` that ``init.stage1`` names,
+    made a feature-reuse model when ``init.reuse``)."""
+    import dataclasses
+
     from safetensors.torch import load_file
 
     from frfsr import FRFSRConfig
+    from frfsr.hub import CONFIG_NAME
     from frfsr_train.training.config import load_config
 
-    cfg = load_config(ckpt.parent.parent / "config_stage1.yaml")
-    model = FRFSR(FRFSRConfig.preset(cfg.model.preset, **cfg.model.overrides))
+    run = ckpt.parent.parent
+    if (run / "config_stage2.yaml").is_file():
+        cfg = load_config(run / "config_stage2.yaml")
+        config = FRFSRConfig.from_json(Path(cfg.init.stage1) / CONFIG_NAME)
+        if cfg.init.reuse:
+            config = dataclasses.replace(config, stage=2)
+    else:
+        cfg = load_config(run / "config_stage1.yaml")
+        config = FRFSRConfig.preset(cfg.model.preset, **cfg.model.overrides)
+    model = FRFSR(config)
     state = {k.removeprefix("model."): v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
     model.load_state_dict(state, strict=True)
     return model
