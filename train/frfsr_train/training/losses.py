@@ -18,8 +18,8 @@ from frfsr.convert import load_checkpoint
 from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
-           "ImageDiscriminator", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty",
-           "wgan_gp_losses"]
+           "ImageDiscriminator", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "wgan_generator_loss",
+           "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
 
 #: Names of ``VGG19Features.features[i]``, i = 0 .. 29 (conv1_1 ... relu5_1), as in torchvision.
 VGG19_LAYER_NAMES: list[str] = [layer.name for layer in vgg_layers(19, "relu5_1")]
@@ -238,7 +238,7 @@ class PatchCritic(nn.Module):
     The critic of the WGAN-GP paper's recipe: no BatchNorm (the penalty is taken per sample)
     and no sigmoid (the critic's output is unbounded). ``conv3x3 (3 -> ndf) -> LeakyReLU(0.2)``,
     then three blocks ``conv4x4 s2 -> LeakyReLU(0.2)`` with ``2ndf, 4ndf, 8ndf`` channels, then
-    ``conv3x3 (8ndf -> 1)``: one score per 8x8 cell, each seeing about 50x50 input pixels.
+    ``conv3x3 (8ndf -> 1)``: one score per 8x8 cell, each seeing 40x40 input pixels.
     Output: ``(B, 1)``, the mean score. The release's :class:`ImageDiscriminator` scores the
     whole image through a sigmoid; a patch critic is what lets fine texture, not the image's
     content, decide the score.
@@ -257,7 +257,7 @@ class PatchCritic(nn.Module):
         self.features = nn.Sequential(*layers)
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-patch scores, ``(B, 1, ceil(H/8), ceil(W/8))``."""
+        """The per-patch scores, ``(B, 1, H // 8, W // 8)``."""
         if x.ndim != 4:
             raise ValueError(f"PatchCritic expects (B, C, H, W); got shape {tuple(x.shape)}")
         return self.features(x)
