@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from frfsr_train.training.losses import (VGG19_LAYER_NAMES, ImageDiscriminator, PatchCritic, PerceptualLoss, VGG19Features,
-                                   build_discriminator, gradient_penalty, wgan_discriminator_loss, wgan_generator_loss,
-                                   wgan_gp_losses)
+from frfsr_train.training.losses import (VGG19_LAYER_NAMES, BlurDown, ImageDiscriminator, PatchCritic, PerceptualLoss,
+                                         VGG19Features, build_discriminator, gradient_penalty, random_shift,
+                                         wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
 
 
 def _torchvision_style_state_dict(seed=0):
@@ -114,39 +114,93 @@ def test_discriminator():
     assert d(torch.rand(1, 3, 40, 48)).shape == (1, 1)  # any input size
 
 
-def test_patch_critic():
-    """``loss.disc: patch``: no BatchNorm, no sigmoid, one score per 8x8 cell, the sample's score their mean."""
-    d = PatchCritic(ndf=8)
+@pytest.mark.parametrize("antialias, field", [(False, 40), (True, 47)])
+def test_patch_critic(antialias, field):
+    """``loss.disc: patch`` / ``patch_aa``: no BatchNorm, no sigmoid, one score per 8x8 cell, the
+    sample's score their mean; each cell sees a ``field`` x ``field`` window."""
+    d = PatchCritic(ndf=8, antialias=antialias)
     x = torch.randn(2, 3, 64, 48)
     m = d.score_map(x)
     assert m.shape == (2, 1, 8, 6)
     out = d(x)
     assert out.shape == (2, 1) and torch.allclose(out, m.mean(dim=(2, 3)))
     assert not any(isinstance(mod, (nn.BatchNorm2d, nn.Sigmoid)) for mod in d.modules())
+    assert sum(isinstance(mod, BlurDown) for mod in d.modules()) == (3 if antialias else 0)
     with torch.no_grad():       # unbounded: scaling the last conv scales the score
         d.features[-1].weight.mul_(1000.0)
         d.features[-1].bias.fill_(5.0)
     assert d(x).abs().max() > 1.0
     # each cell sees only its neighbourhood: changing one corner leaves the far cells alone
-    d = PatchCritic(ndf=4)
+    d = PatchCritic(ndf=4, antialias=antialias)
     y = x.clone()
     y[:, :, :8, :8] += 1.0
     diff = (d.score_map(y) - d.score_map(x)).abs()[0, 0]
     assert diff[0, 0] > 0 and diff[-1, -1] == 0 and diff[-1, 0] == 0
+    # the window one inner cell's score depends on
+    z = torch.zeros(1, 3, 160, 160, requires_grad=True)
+    d.score_map(z)[0, 0, 10, 10].backward()
+    rows, cols = (z.grad[0].abs().sum(0) > 0).nonzero().unbind(1)
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (field, field)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         d(torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="ndf must be positive"):
         PatchCritic(ndf=0)
 
 
+def test_blur_down():
+    """A binomial low-pass before every second pixel: flat images stay flat, the finest
+    checkerboard (which plain striding turns into a flat image of one of its two values) is
+    averaged away, and odd sizes round up."""
+    b = BlurDown()
+    flat = torch.full((1, 2, 8, 8), 0.7)
+    assert torch.allclose(b(flat), flat[..., :4, :4])
+    i = torch.arange(8)
+    checker = ((i[:, None] + i[None, :]) % 2).float().expand(1, 3, 8, 8)
+    strided = checker[..., ::2, ::2]
+    assert strided.std() == 0 and strided.mean() == 0        # striding aliases it to one value
+    inner = b(checker)[..., 1:-1, 1:-1]
+    assert torch.allclose(inner, torch.full_like(inner, 0.5))
+    assert b(torch.rand(2, 5, 9, 7)).shape == (2, 5, 5, 4)
+    assert "kernel" not in b.state_dict()       # fixed, not saved with the critic
+
+
+def test_random_shift():
+    """What the critic sees with ``loss.disc_shift``: each sample moved by at most ``max_shift`` px
+    (its content, read off a ramp image), reflect-padded, differentiable, repeatable from a seed."""
+    h = w = 16
+    ramp = (torch.arange(h)[:, None] * 100 + torch.arange(w)[None, :]).float()
+    x = ramp.expand(6, 2, h, w).clone().requires_grad_(True)
+    y = random_shift(x, 3, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape
+    moved = 0
+    for i in range(6):
+        dy = int(y[i, 0, 8, 8].item()) // 100 - 8
+        dx = int(y[i, 0, 8, 8].item()) % 100 - 8
+        assert -3 <= dy <= 3 and -3 <= dx <= 3
+        moved += (dy, dx) != (0, 0)
+        inner = y[i, :, 3:-3, 3:-3]
+        assert torch.equal(inner, ramp[3 + dy:h - 3 + dy, 3 + dx:w - 3 + dx].expand_as(inner))
+    assert moved >= 4
+    assert torch.equal(y, random_shift(x, 3, torch.Generator().manual_seed(1)))
+    y.sum().backward()
+    assert torch.allclose(x.grad.sum(dim=(1, 2, 3)), torch.full((6,), 2.0 * h * w))
+    assert random_shift(x, 0) is x
+    with pytest.raises(ValueError, match="max_shift must be >= 0"):
+        random_shift(x, -1)
+    with pytest.raises(ValueError, match="larger than max_shift=16"):
+        random_shift(x, 16)
+
+
 def test_build_discriminator():
     assert isinstance(build_discriminator("release", 4), ImageDiscriminator)
     assert isinstance(build_discriminator("patch", 4), PatchCritic)
-    with pytest.raises(ValueError, match="unknown discriminator 'vgg'; accepted: release, patch"):
+    aa = build_discriminator("patch_aa", 4)
+    assert isinstance(aa, PatchCritic) and any(isinstance(m, BlurDown) for m in aa.modules())
+    with pytest.raises(ValueError, match="unknown discriminator 'vgg'; accepted: release, patch, patch_aa"):
         build_discriminator("vgg", 4)
 
 
-@pytest.mark.parametrize("kind", ["release", "patch"])
+@pytest.mark.parametrize("kind", ["release", "patch", "patch_aa"])
 def test_a_critic_step_separates_sharp_from_blurred(kind):
     """A few WGAN-GP steps on sharp (real) against box-blurred (fake) noise raise D(real) - D(fake)."""
     torch.manual_seed(0)

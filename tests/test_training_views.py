@@ -72,8 +72,12 @@ def test_views_config_errors(tmp_path):
         _cfg(tmp_path, 1, data__views={"p_unrelated": 1.5})
     with pytest.raises(ConfigError, match="perceptual_net"):
         _cfg(tmp_path, 1, loss__perceptual_net="resnet")
-    with pytest.raises(ConfigError, match="loss.disc must be release or patch; got 'unet'"):
+    with pytest.raises(ConfigError, match="loss.disc must be one of release, patch, patch_aa; got 'unet'"):
         _cfg(tmp_path, 2, loss__disc="unet")
+    with pytest.raises(ConfigError, match="loss.disc_shift must be >= 0"):
+        _cfg(tmp_path, 2, loss__disc_shift=-1)
+    with pytest.raises(ConfigError, match=r"loss.disc_shift must be below half of data.patch \(32\); got 32"):
+        _cfg(tmp_path, 2, loss__disc_shift=32)
     with pytest.raises(ConfigError, match="needs loss.rrdb_weights"):
         _cfg(tmp_path, 2, loss__perceptual_net="rrdb", loss__perceptual_layer="block2")
     with pytest.raises(ConfigError, match="perceptual_layer: an RRDB perceptual layer is conv_first or block<N>"):
@@ -108,3 +112,36 @@ def test_stage2_with_the_rrdb_perceptual_loss(tmp_path):
     assert isinstance(t.perceptual, RRDBPerceptualLoss) and len(t.perceptual.features) == 3   # conv_first + 2 blocks
     assert t.fit()
     assert (tmp_path / "s2" / "final" / "model.safetensors").is_file()
+
+
+def test_stage2_critic_sees_shifted_images(tmp_path, monkeypatch):
+    """``loss.disc: patch_aa`` with ``loss.disc_shift``: the critic of the generator's update and
+    of its own update sees shifted images (real and generated), with draws that differ by step
+    and phase and repeat for the same seed."""
+    from accelerate.state import AcceleratorState
+
+    from frfsr_train.training import Trainer, losses
+    from frfsr_train.training.losses import BlurDown, PatchCritic
+    assert Trainer(_cfg(tmp_path, 1)).fit()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    calls, real_shift = [], losses.random_shift
+
+    def spy(x, max_shift, generator=None):
+        out = real_shift(x, max_shift, generator)
+        calls.append((tuple(x.shape), max_shift, x.requires_grad, not torch.equal(out, x)))
+        return out
+
+    monkeypatch.setattr(losses, "random_shift", spy)
+    t = Trainer(_cfg(tmp_path, 2, loss__disc="patch_aa", loss__disc_shift=4, loss__perceptual_net="ref_extractor",
+                     loss__perceptual_layer="relu3_1", loss__perceptual_criterion="l1"))
+    critic = t.acc.unwrap_model(t.disc)
+    assert isinstance(critic, PatchCritic) and any(isinstance(m, BlurDown) for m in critic.modules())
+    assert t.fit()
+    # step 1 is the L1 warm-up; step 2: the generator's sr, then the critic's real and fake
+    assert [c[:3] for c in calls] == [((2, 3, 64, 64), 4, True), ((2, 3, 64, 64), 4, False),
+                                      ((2, 3, 64, 64), 4, False)]
+    assert all(c[3] for c in calls)     # every one moved (two samples, 81 offsets each)
+    draws = [torch.randint(0, 9, (4,), generator=t._shift_generator(s, ph)).tolist() for s, ph in
+             ((2, 0), (2, 1), (3, 0))]
+    assert len({tuple(d) for d in draws}) == 3
+    assert torch.randint(0, 9, (4,), generator=t._shift_generator(2, 0)).tolist() == draws[0]

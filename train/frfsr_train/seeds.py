@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["mix_seed", "seed_of", "EPOCH", "ITEM", "DEGRADATION", "GRADIENT_PENALTY", "SAMPLING"]
+__all__ = ["mix_seed", "seed_of", "EPOCH", "ITEM", "DEGRADATION", "GRADIENT_PENALTY", "SAMPLING", "CRITIC_SHIFT"]
 
 # stream tags (the first entropy word; SeedSequence ignores trailing zeros, so the tag, never 0,
 # comes first and each stream mixes a fixed number of integers)
@@ -20,6 +20,7 @@ ITEM = 2                    # one dataset item's crop and augmentation
 DEGRADATION = 3             # the real-world degradation of a micro-batch
 GRADIENT_PENALTY = 4        # the interpolation weights of the WGAN-GP penalty
 SAMPLING = 5                # the encoder loss's sampled positions
+CRITIC_SHIFT = 6            # the shifts of what the stage-2 critic sees (loss.disc_shift)
 
 
 def mix_seed(stream: int, *ints: int) -> int:

@@ -149,6 +149,8 @@ class LossSection:
     disc_ndf: int = 32
     disc: str = "release"                   # release (the authors' image discriminator: BN, one sigmoid score)
                                             # | patch (a WGAN-GP critic without BN or sigmoid, one score per patch)
+                                            # | patch_aa (the same with blurred, alias-free downsampling)
+    disc_shift: int = 0                     # the critic sees real and generated images moved by up to this many px
 
 
 @dataclass
@@ -301,8 +303,11 @@ class TrainConfig(ConfigFile):
                      ("train.log_every", t.log_every)):
             if v < 1:
                 fail(f"{k} must be >= 1; got {v}")
-        if d.num_workers < 0 or t.keep_checkpoints < 0 or l.l1_warmup_steps < 0 or l.disc_ndf < 1:
-            fail("data.num_workers, train.keep_checkpoints and loss.l1_warmup_steps must be >= 0, loss.disc_ndf >= 1")
+        if d.num_workers < 0 or t.keep_checkpoints < 0 or l.l1_warmup_steps < 0 or l.disc_ndf < 1 or l.disc_shift < 0:
+            fail("data.num_workers, train.keep_checkpoints, loss.l1_warmup_steps and loss.disc_shift must be >= 0, "
+                 "loss.disc_ndf >= 1")
+        if l.disc_shift >= d.patch // 2:
+            fail(f"loss.disc_shift must be below half of data.patch ({d.patch // 2}); got {l.disc_shift}")
         _check_finite("train", t, fail)           # the loader has made max_minutes a float (or null)
         if t.max_minutes is not None and t.max_minutes <= 0:
             fail(f"train.max_minutes must be null or a number of minutes > 0; got {t.max_minutes}")
@@ -315,7 +320,7 @@ class TrainConfig(ConfigFile):
         _check_degradation(self.degradation, fail)
         from .losses import DISCRIMINATORS
         if l.disc not in DISCRIMINATORS:
-            fail(f"loss.disc must be {' or '.join(DISCRIMINATORS)}; got {l.disc!r}")
+            fail(f"loss.disc must be one of {', '.join(DISCRIMINATORS)}; got {l.disc!r}")
         if l.perceptual_net not in ("vgg19", "ref_extractor", "rrdb"):
             fail(f"loss.perceptual_net must be vgg19, ref_extractor or rrdb; got {l.perceptual_net!r}")
         if l.perceptual_net == "rrdb" and self.stage == 2:

@@ -7,7 +7,8 @@ a local ``.pth`` / ``.safetensors`` file) for a meaningful perceptual loss.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,8 +19,8 @@ from frfsr.convert import load_checkpoint
 from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
-           "ImageDiscriminator", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "wgan_generator_loss",
-           "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
+           "ImageDiscriminator", "BlurDown", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "random_shift",
+           "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
 
 #: Names of ``VGG19Features.features[i]``, i = 0 .. 29 (conv1_1 ... relu5_1), as in torchvision.
 VGG19_LAYER_NAMES: list[str] = [layer.name for layer in vgg_layers(19, "relu5_1")]
@@ -232,32 +233,55 @@ class ImageDiscriminator(nn.Module):
         return self.head(self.features(x)).flatten(1)
 
 
+class BlurDown(nn.Module):
+    """A fixed binomial low-pass ``[1, 2, 1] x [1, 2, 1] / 16`` per channel, then every second
+    pixel (reflect padding): ``(B, C, H, W) -> (B, C, ceil(H / 2), ceil(W / 2))``. Downsampling
+    without aliasing, so that a pattern finer than the new grid is damped instead of folded
+    into a coarser one."""
+
+    def __init__(self):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16.0)[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel.to(x.dtype).expand(c, 1, 3, 3),
+                        stride=2, groups=c)
+
+
 class PatchCritic(nn.Module):
-    """A WGAN-GP critic that scores every patch (``loss.disc: patch``).
+    """A WGAN-GP critic that scores every patch (``loss.disc: patch`` / ``patch_aa``).
 
     The critic of the WGAN-GP paper's recipe: no BatchNorm (the penalty is taken per sample)
     and no sigmoid (the critic's output is unbounded). ``conv3x3 (3 -> ndf) -> LeakyReLU(0.2)``,
-    then three blocks ``conv4x4 s2 -> LeakyReLU(0.2)`` with ``2ndf, 4ndf, 8ndf`` channels, then
-    ``conv3x3 (8ndf -> 1)``: one score per 8x8 cell, each seeing 40x40 input pixels.
+    then three blocks that halve the size with ``2ndf, 4ndf, 8ndf`` channels, then
+    ``conv3x3 (8ndf -> 1)``: one score per 8x8 cell. Each block is ``conv4x4 s2 -> LeakyReLU(0.2)``
+    (each cell sees 40x40 input pixels) or, with ``antialias`` (``patch_aa``), ``conv3x3 ->
+    LeakyReLU(0.2) ->`` :class:`BlurDown` (shift-robust: a texture's score hardly depends on its
+    phase against the 8-px grid; each cell sees 47x47 pixels).
     Output: ``(B, 1)``, the mean score. The release's :class:`ImageDiscriminator` scores the
     whole image through a sigmoid; a patch critic is what lets fine texture, not the image's
     content, decide the score.
     """
 
-    def __init__(self, in_ch: int = 3, ndf: int = 32):
+    def __init__(self, in_ch: int = 3, ndf: int = 32, antialias: bool = False):
         super().__init__()
         if in_ch < 1 or ndf < 1:
             raise ValueError(f"in_ch and ndf must be positive; got in_ch={in_ch}, ndf={ndf}")
         layers: list[nn.Module] = [nn.Conv2d(in_ch, ndf, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True)]
         prev = ndf
         for mult in (2, 4, 8):
-            layers += [nn.Conv2d(prev, ndf * mult, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            if antialias:
+                layers += [nn.Conv2d(prev, ndf * mult, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True), BlurDown()]
+            else:
+                layers += [nn.Conv2d(prev, ndf * mult, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
             prev = ndf * mult
         layers.append(nn.Conv2d(prev, 1, 3, 1, 1))
         self.features = nn.Sequential(*layers)
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-patch scores, ``(B, 1, H // 8, W // 8)``."""
+        """The per-patch scores, ``(B, 1, ceil(H / 8), ceil(W / 8))`` (``H // 8`` for sizes divisible by 8)."""
         if x.ndim != 4:
             raise ValueError(f"PatchCritic expects (B, C, H, W); got shape {tuple(x.shape)}")
         return self.features(x)
@@ -266,8 +290,9 @@ class PatchCritic(nn.Module):
         return self.score_map(x).mean(dim=(2, 3))
 
 
-#: ``loss.disc`` names and their classes (each takes ``in_ch`` and ``ndf``).
-DISCRIMINATORS: dict[str, type[nn.Module]] = {"release": ImageDiscriminator, "patch": PatchCritic}
+#: ``loss.disc`` names and the discriminators they build (each called with ``in_ch`` and ``ndf``).
+DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {
+    "release": ImageDiscriminator, "patch": PatchCritic, "patch_aa": partial(PatchCritic, antialias=True)}
 
 
 def build_discriminator(kind: str, ndf: int) -> nn.Module:
@@ -275,6 +300,23 @@ def build_discriminator(kind: str, ndf: int) -> nn.Module:
     if kind not in DISCRIMINATORS:
         raise ValueError(f"unknown discriminator {kind!r}; accepted: {', '.join(DISCRIMINATORS)}")
     return DISCRIMINATORS[kind](in_ch=3, ndf=ndf)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x`` (B, C, H, W) moved by a whole number of pixels, ``-max_shift .. max_shift`` in each
+    direction, one draw per sample (from ``generator``, on the CPU), reflect-padded at the border;
+    differentiable. ``loss.disc_shift``: what the critic sees of both real and generated images,
+    so that no pattern locked to its grid can earn a score (``max_shift`` 0 returns ``x``)."""
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0; got {max_shift}")
+    if max_shift == 0:
+        return x
+    if x.ndim != 4 or max_shift >= min(x.shape[-2:]):
+        raise ValueError(f"random_shift expects (B, C, H, W) larger than max_shift={max_shift}; got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=generator).tolist()
+    padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 def wgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ The stage-1 restoration net becomes the frozen ``reuse_net`` whose 64-channel HR
 the stage-2 net fuses; the texture encoder, the Ref extractor and the SIFE are taken from
 stage 1 and frozen too. Only ``model.restoration`` (the stage-2 net) is trained, with L1
 during the first ``loss.l1_warmup_steps`` steps, then L1 + perceptual + WGAN-GP with a
-discriminator step per generator step (C2-Matching's schedule).
+discriminator step per generator step (C2-Matching's schedule). With ``loss.disc_shift`` the
+critic sees real and generated images moved by a random few pixels, a new draw in each step.
 """
 from __future__ import annotations
 
@@ -106,17 +107,25 @@ class Stage2Trainer(Trainer):
     def _adversarial(self, step: int) -> bool:
         return step > self.cfg.loss.l1_warmup_steps
 
+    def _shift_generator(self, step: int, phase: int) -> torch.Generator:
+        """The CPU generator of ``loss.disc_shift``'s draws in step ``step``: phase 0 the
+        generator's update, 1 the critic's."""
+        return torch.Generator().manual_seed(
+            seeds.mix_seed(seeds.CRITIC_SHIFT, self.cfg.train.seed, step, phase, self.acc.process_index))
+
     def _before_generator_step(self, adversarial: bool) -> None:
         if adversarial:
             self.disc.requires_grad_(False)
+            self.shift_g = self._shift_generator(self.step + 1, 0)
 
     def _generator_losses(self, sr, hr, adversarial: bool) -> dict[str, torch.Tensor]:
         losses = super()._generator_losses(sr, hr, adversarial)
         if adversarial:
-            from .losses import wgan_generator_loss
+            from .losses import random_shift, wgan_generator_loss
             losses["perceptual"] = self.perceptual(sr, hr)
+            seen = random_shift(sr, self.cfg.loss.disc_shift, self.shift_g)
             losses["adversarial"] = self.cfg.loss.adversarial * wgan_generator_loss(
-                self.acc.unwrap_model(self.disc)(sr))
+                self.acc.unwrap_model(self.disc)(seen))
         return losses
 
     def _discriminator_step(self, batches, fakes, step, adversarial, add) -> None:
@@ -124,15 +133,16 @@ class Stage2Trainer(Trainer):
         schedule counts every step, warm-up included."""
         acc, k = self.acc, len(batches)
         if adversarial:
-            from .losses import wgan_gp_losses
+            from .losses import random_shift, wgan_gp_losses
             self.disc.requires_grad_(True)
             self.opt_d.zero_grad(set_to_none=True)
             g = torch.Generator().manual_seed(seeds.mix_seed(seeds.GRADIENT_PENALTY, self.cfg.train.seed, step, acc.process_index))
+            shift, sg = self.cfg.loss.disc_shift, self._shift_generator(step, 1)
             for i, (b, fake) in enumerate(zip(batches, fakes)):
                 with acc.no_sync(self.disc) if i < k - 1 else nullcontext():
                     with acc.autocast():
-                        d = wgan_gp_losses(self.disc, b["hr"], fake, gp_weight=self.cfg.loss.gradient_penalty,
-                                           generator=g)
+                        d = wgan_gp_losses(self.disc, random_shift(b["hr"], shift, sg), random_shift(fake, shift, sg),
+                                           gp_weight=self.cfg.loss.gradient_penalty, generator=g)
                     acc.backward(d["d_loss"] / k)
                 for name in ("d_loss", "d_wgan", "gp", "d_real", "d_fake"):
                     add(name, d[name])
