@@ -2,6 +2,7 @@
 
 Everything runs the tiny model on a generated dataset on the CPU (train/configs/tiny.yaml).
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -288,6 +289,17 @@ def test_stage2_model_from_stage1_export(uninterrupted):
     fresh = build_stage2_model(export, from_stage1=False)
     assert not torch.equal(fresh.state_dict()["restoration.head.weight"], s1["restoration.head.weight"])
     assert torch.equal(fresh.state_dict()["reuse_net.head.weight"], s1["restoration.head.weight"])
+
+
+def test_stage2_config():
+    """The one rule for a stage-2 architecture (the trainer and train/export_default.py use it)."""
+    from frfsr_train.training.stage2 import stage2_config
+    c1 = FRFSRConfig.tiny()
+    c2 = stage2_config(c1)
+    assert c2.stage == 2 and dataclasses.replace(c2, stage=1) == c1
+    assert stage2_config(c1, reuse=False) == c1
+    with pytest.raises(ValueError, match="stage 2 is built from a stage-1 model; got a stage-2 config"):
+        stage2_config(c2)
 
 
 def test_reused_feature_changes_stage2_output():

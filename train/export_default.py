@@ -36,20 +36,17 @@ def from_checkpoint(ckpt: Path) -> FRFSR:
     The architecture comes from the run's ``config_stage1.yaml`` (the preset) or
     ``config_stage2.yaml`` (the stage-1 export's ``config.json`` that ``init.stage1`` names,
     made a feature-reuse model when ``init.reuse``)."""
-    import dataclasses
-
     from safetensors.torch import load_file
 
     from frfsr import FRFSRConfig
     from frfsr.hub import CONFIG_NAME
     from frfsr_train.training.config import load_config
+    from frfsr_train.training.stage2 import stage2_config
 
     run = ckpt.parent.parent
     if (run / "config_stage2.yaml").is_file():
         cfg = load_config(run / "config_stage2.yaml")
-        config = FRFSRConfig.from_json(Path(cfg.init.stage1) / CONFIG_NAME)
-        if cfg.init.reuse:
-            config = dataclasses.replace(config, stage=2)
+        config = stage2_config(FRFSRConfig.from_json(Path(cfg.init.stage1) / CONFIG_NAME), cfg.init.reuse)
     else:
         cfg = load_config(run / "config_stage1.yaml")
         config = FRFSRConfig.preset(cfg.model.preset, **cfg.model.overrides)

@@ -16,13 +16,23 @@ from contextlib import nullcontext
 
 import torch
 
+from frfsr import FRFSRConfig
 from frfsr.models import FRFSR
 
 from .build import freeze
 from .. import seeds
 from .loop import Trainer, state_hash
 
-__all__ = ["build_stage2_model", "trainable_names", "Stage2Trainer"]
+__all__ = ["stage2_config", "build_stage2_model", "trainable_names", "Stage2Trainer"]
+
+
+def stage2_config(stage1: FRFSRConfig, reuse: bool = True) -> FRFSRConfig:
+    """The architecture of the stage-2 model built from a stage-1 model of config ``stage1``:
+    the same with ``stage=2`` (the frozen stage-1 net reused) or, for the ablation without
+    reuse, the stage-1 architecture itself."""
+    if stage1.stage != 1:
+        raise ValueError(f"stage 2 is built from a stage-1 model; got a stage-{stage1.stage} config")
+    return dataclasses.replace(stage1, stage=2) if reuse else stage1
 
 
 def build_stage2_model(stage1_dir, from_stage1: bool = True, reuse: bool = True) -> FRFSR:
@@ -39,14 +49,13 @@ def build_stage2_model(stage1_dir, from_stage1: bool = True, reuse: bool = True)
     cfg1, state1 = stage1.config, stage1.state_dict()
     if cfg1.stage != 1:
         raise ValueError(f"{stage1_dir} holds a stage-{cfg1.stage} model; stage 2 is built from a stage-1 export")
+    model = FRFSR(stage2_config(cfg1, reuse))
     if not reuse:
-        model = FRFSR(cfg1)
         model.load_state_dict(state1, strict=True)
         for name, child in model.named_children():
             if name != "restoration":
                 freeze(child)
         return model
-    model = FRFSR(dataclasses.replace(cfg1, stage=2))
     own = model.state_dict()
     state = {}
     for k, v in state1.items():
