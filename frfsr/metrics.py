@@ -16,6 +16,12 @@ noisy or over-sharpened one above 1); ``detail_fidelity`` is the Pearson correla
 two Laplacians (1 = the detail is where and what it should be; detail that is invented lowers
 it as much as detail that is missing).
 
+``grid_energy`` looks for the artefact an x``scale`` network is prone to: a pattern locked to the
+LR pixel grid (checkerboards, stripes of period ``scale``). It is the power of the SR's Y at the
+grid's frequencies (every multiple of ``1 / scale`` cycle per pixel in each direction, DC
+excluded, each with its neighbouring bins, of a Hann-windowed FFT) over the HR's power there: a
+faithful or soft result is near or below 1, a result with such a pattern well above it.
+
 Accepted image inputs
 ---------------------
 * torch tensors ``(C, H, W)`` or ``(B, C, H, W)``;
@@ -35,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["rgb_to_y", "psnr", "psnr_y", "ssim_y", "sharpness", "detail_fidelity"]
+__all__ = ["rgb_to_y", "psnr", "psnr_y", "ssim_y", "sharpness", "detail_fidelity", "grid_energy"]
 
 # MATLAB rgb2ycbcr, Y row, for RGB in [0, 1] and Y in [0, 255].
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -272,3 +278,39 @@ def detail_fidelity(sr, hr, crop_border: int = 4, reduction: str = "mean"):
     den = (la.norm(dim=1) * lb.norm(dim=1)).tolist()
     num = (la * lb).sum(dim=1).tolist()
     return _reduce([n / d if d > 0 else 0.0 for n, d in zip(num, den)], reduction)
+
+
+def _grid_mask(h: int, w: int, scale: int) -> torch.Tensor:
+    """FFT bins (unshifted) at every multiple of ``1 / scale`` cycle/px but DC, with their 8 neighbours."""
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    for ky in range(scale):
+        for kx in range(scale):
+            if ky == 0 and kx == 0:
+                continue
+            cy, cx = round(ky * h / scale), round(kx * w / scale)
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    mask[(cy + dy) % h, (cx + dx) % w] = True
+    return mask
+
+
+def grid_energy(sr, hr, scale: int = 4, crop_border: int = 4, reduction: str = "mean"):
+    """Power of the SR's Y at the LR grid's frequencies over the HR's (see the module
+    docstring), after cropping ``crop_border`` pixels per side; an HR without power there
+    gives inf unless the SR has none either (then 1)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 2:
+        raise ValueError(f"scale must be an int >= 2; got {scale!r}")
+    ya, yb = _prepare_pair(sr, hr, crop_border, False)
+    h, w = ya.shape[-2:]
+    if h < 4 * scale or w < 4 * scale:
+        raise ValueError(f"grid_energy needs at least {4 * scale}x{4 * scale} pixels after cropping; got {h}x{w}")
+    window = torch.hann_window(h, periodic=False, dtype=torch.float64)[:, None] * \
+        torch.hann_window(w, periodic=False, dtype=torch.float64)[None, :]
+    mask = _grid_mask(h, w, scale)
+
+    def power(y):
+        y = y[:, 0] - y[:, 0].mean(dim=(-2, -1), keepdim=True)
+        return (torch.fft.fft2(y * window).abs() ** 2)[:, mask].sum(dim=1).tolist()
+
+    pa, pb = power(ya), power(yb)
+    return _reduce([(1.0 if a == 0 else math.inf) if b == 0 else a / b for a, b in zip(pa, pb)], reduction)

@@ -145,6 +145,10 @@ def test_eval_beside_realesrgan_table_and_grid(tmp_path):
     table = bench.markdown(rows)
     assert "| LR as JPEG q70, no Ref (LR as its Ref) | 2 | - | - | " in table
     assert table.count("\n") == 1 + 5 + 1 and "tiny (no Ref)" not in table.splitlines()[0]
+    grid = bench.grid_table(rows)
+    assert grid.count("\n") == 1 + 5 and "seconds" not in grid
+    cells = grid.splitlines()[2].split(" | ")
+    assert cells[1] == "2" and float(cells[2]) < 1.0      # clean LR: bicubic has less grid energy than the truth
     bench.picture_grid(cases, kept, ["bicubic", "half truth", "tiny"], tmp_path / "grid.png", region=16, zoom=2)
     w, h = Image.open(tmp_path / "grid.png").size
     assert w == 4 + 4 * (32 + 4) and h == 18 + 4 * (32 + 4 + 14)       # HR + 3 methods; 2 photos x 2 kinds

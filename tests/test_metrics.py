@@ -189,3 +189,39 @@ def test_detail_measures_by_hand_and_edge_cases():
         sharpness(sr, hr[..., :20])
     with pytest.raises(ValueError, match="3x3"):
         detail_fidelity(sr[..., :10, :10], hr[..., :10, :10])
+
+
+def _grid_pattern(size, period, amplitude=0.08):
+    i = torch.arange(size, dtype=torch.float32)
+    wave = torch.cos(2 * torch.pi * (i[:, None] + i[None, :]) / period)
+    return (amplitude * wave).expand(1, 3, size, size)
+
+
+def test_grid_energy_finds_a_pattern_locked_to_the_lr_grid():
+    """Diagonal stripes of period 4 (what an x4 net's artefact looks like) raise the measure far
+    above the truth's 1; the same stripes off the grid (period 3) and a blur do not."""
+    from frfsr.metrics import grid_energy
+    hr = _textured(4, 64)
+    assert grid_energy(hr, hr) == pytest.approx(1.0)
+    striped = (hr + _grid_pattern(64, 4)).clamp(0, 1)
+    off_grid = (hr + _grid_pattern(64, 3)).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(hr, 3, 1, 1, count_include_pad=False)
+    assert grid_energy(striped, hr) > 3.0
+    assert grid_energy(off_grid, hr) < 1.5
+    assert grid_energy(blurred, hr) < 1.0
+    # scale 2 looks at 1/2 cycle/px only: period-4 stripes are off its grid, a checkerboard is on it
+    checker = (hr + _grid_pattern(64, 2)).clamp(0, 1)
+    assert grid_energy(striped, hr, scale=2) < 1.5 < grid_energy(checker, hr, scale=2)
+    per = grid_energy(torch.cat([hr, striped]), torch.cat([hr, hr]), reduction="none")
+    assert per[0] == pytest.approx(1.0) and per[1] > 3.0
+
+
+def test_grid_energy_edge_cases():
+    from frfsr.metrics import grid_energy
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    assert grid_energy(flat, flat) == 1.0
+    assert grid_energy(_textured(5, 32), flat) == math.inf
+    with pytest.raises(ValueError, match="scale must be an int >= 2"):
+        grid_energy(flat, flat, scale=1)
+    with pytest.raises(ValueError, match="at least 16x16 pixels after cropping; got 12x12"):
+        grid_energy(flat[..., :20, :20], flat[..., :20, :20])
