@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["rgb_to_y", "psnr", "psnr_y", "ssim_y", "sharpness", "detail_fidelity", "grid_energy"]
+__all__ = ["rgb_to_y", "psnr", "psnr_y", "ssim_y", "sharpness", "detail_fidelity", "lr_grid_mask", "grid_energy"]
 
 # MATLAB rgb2ycbcr, Y row, for RGB in [0, 1] and Y in [0, 255].
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -280,8 +280,10 @@ def detail_fidelity(sr, hr, crop_border: int = 4, reduction: str = "mean"):
     return _reduce([n / d if d > 0 else 0.0 for n, d in zip(num, den)], reduction)
 
 
-def _grid_mask(h: int, w: int, scale: int) -> torch.Tensor:
-    """FFT bins (unshifted) at every multiple of ``1 / scale`` cycle/px but DC, with their 8 neighbours."""
+def lr_grid_mask(h: int, w: int, scale: int) -> torch.Tensor:
+    """The bins of an (unshifted) ``h`` x ``w`` FFT at the LR pixel grid's frequencies: every
+    multiple of ``1 / scale`` cycle/px in each direction but DC, each with its 8 neighbours;
+    ``(h, w)`` bool."""
     mask = torch.zeros(h, w, dtype=torch.bool)
     for ky in range(scale):
         for kx in range(scale):
@@ -306,7 +308,7 @@ def grid_energy(sr, hr, scale: int = 4, crop_border: int = 4, reduction: str = "
         raise ValueError(f"grid_energy needs at least {4 * scale}x{4 * scale} pixels after cropping; got {h}x{w}")
     window = torch.hann_window(h, periodic=False, dtype=torch.float64)[:, None] * \
         torch.hann_window(w, periodic=False, dtype=torch.float64)[None, :]
-    mask = _grid_mask(h, w, scale)
+    mask = lr_grid_mask(h, w, scale)
 
     def power(y):
         y = y[:, 0] - y[:, 0].mean(dim=(-2, -1), keepdim=True)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from frfsr_train.training.losses import (VGG19_LAYER_NAMES, BlurDown, ImageDiscriminator, PatchCritic, PerceptualLoss,
-                                         VGG19Features, build_discriminator, gradient_penalty, random_shift,
+                                         VGG19Features, build_discriminator, gradient_penalty, grid_excess, random_shift,
                                          wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
 
 
@@ -189,6 +189,38 @@ def test_random_shift():
         random_shift(x, -1)
     with pytest.raises(ValueError, match="larger than max_shift=16"):
         random_shift(x, 16)
+
+
+def _stripes(size, period, amplitude):
+    i = torch.arange(size, dtype=torch.float32)
+    return (amplitude * torch.cos(2 * torch.pi * (i[:, None] + i[None, :]) / period)).expand(2, 3, size, size)
+
+
+def test_grid_excess():
+    """``loss.grid_penalty``'s term: nothing for the truth or a blur of it, a cost that grows with
+    the amplitude of period-4 stripes, little for the same stripes off the grid (period 3), and a
+    gradient step that lowers it."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 3, 20, 20, generator=g)
+    hr = (torch.nn.functional.interpolate(base, size=(80, 80), mode="bicubic", align_corners=False)
+          + 0.1 * torch.rand(2, 3, 80, 80, generator=g)).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(hr, 3, 1, 1, count_include_pad=False)
+    s1, s2 = grid_excess(hr + _stripes(80, 4, 0.02), hr), grid_excess(hr + _stripes(80, 4, 0.04), hr)
+    assert grid_excess(hr, hr) == 0
+    assert grid_excess(blurred, hr) < 0.05 * s1
+    assert s1 > 0 and 1.6 < s2 / s1 < 2.4
+    assert grid_excess(hr + _stripes(80, 3, 0.04), hr) < 0.2 * s2
+    sr = (hr + _stripes(80, 4, 0.04)).requires_grad_(True)
+    loss = grid_excess(sr, hr)
+    loss.backward()
+    assert torch.isfinite(sr.grad).all()
+    with torch.no_grad():
+        assert grid_excess(sr - 50.0 * sr.grad, hr) < loss
+    flat = torch.full((1, 3, 32, 32), 0.5, requires_grad=True)     # |FFT| = 0: still a finite gradient
+    grid_excess(flat, flat.detach()).backward()
+    assert torch.isfinite(flat.grad).all()
+    with pytest.raises(ValueError, match="two \\(B, C, H, W\\) tensors of one shape"):
+        grid_excess(hr, hr[..., :40])
 
 
 def test_build_discriminator():

@@ -74,6 +74,8 @@ def test_views_config_errors(tmp_path):
         _cfg(tmp_path, 1, loss__perceptual_net="resnet")
     with pytest.raises(ConfigError, match="loss.disc must be one of release, patch, patch_aa; got 'unet'"):
         _cfg(tmp_path, 2, loss__disc="unet")
+    with pytest.raises(ConfigError, match="loss.grid_penalty must be a finite number >= 0; got -1.0"):
+        _cfg(tmp_path, 2, loss__grid_penalty=-1.0)
     with pytest.raises(ConfigError, match="loss.disc_shift must be >= 0"):
         _cfg(tmp_path, 2, loss__disc_shift=-1)
     with pytest.raises(ConfigError, match=r"loss.disc_shift must be below half of data.patch \(32\); got 32"):
@@ -117,7 +119,8 @@ def test_stage2_with_the_rrdb_perceptual_loss(tmp_path):
 def test_stage2_critic_sees_shifted_images(tmp_path, monkeypatch):
     """``loss.disc: patch_aa`` with ``loss.disc_shift``: the critic of the generator's update and
     of its own update sees shifted images (real and generated), with draws that differ by step
-    and phase and repeat for the same seed."""
+    and phase and repeat for the same seed; ``loss.grid_penalty`` adds its term to the
+    adversarial step's generator losses."""
     from accelerate.state import AcceleratorState
 
     from frfsr_train.training import Trainer, losses
@@ -132,8 +135,10 @@ def test_stage2_critic_sees_shifted_images(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(losses, "random_shift", spy)
+    grid_terms, real_grid = [], losses.grid_excess
+    monkeypatch.setattr(losses, "grid_excess", lambda sr, hr: grid_terms.append(real_grid(sr, hr)) or grid_terms[-1])
     t = Trainer(_cfg(tmp_path, 2, loss__disc="patch_aa", loss__disc_shift=4, loss__perceptual_net="ref_extractor",
-                     loss__perceptual_layer="relu3_1", loss__perceptual_criterion="l1"))
+                     loss__perceptual_layer="relu3_1", loss__perceptual_criterion="l1", loss__grid_penalty=2.0))
     critic = t.acc.unwrap_model(t.disc)
     assert isinstance(critic, PatchCritic) and any(isinstance(m, BlurDown) for m in critic.modules())
     assert t.fit()
@@ -141,6 +146,7 @@ def test_stage2_critic_sees_shifted_images(tmp_path, monkeypatch):
     assert [c[:3] for c in calls] == [((2, 3, 64, 64), 4, True), ((2, 3, 64, 64), 4, False),
                                       ((2, 3, 64, 64), 4, False)]
     assert all(c[3] for c in calls)     # every one moved (two samples, 81 offsets each)
+    assert len(grid_terms) == 1 and grid_terms[0].requires_grad and grid_terms[0] >= 0   # step 2 only
     draws = [torch.randint(0, 9, (4,), generator=t._shift_generator(s, ph)).tolist() for s, ph in
              ((2, 0), (2, 1), (3, 0))]
     assert len({tuple(d) for d in draws}) == 3

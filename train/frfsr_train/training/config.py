@@ -151,6 +151,7 @@ class LossSection:
                                             # | patch (a WGAN-GP critic without BN or sigmoid, one score per patch)
                                             # | patch_aa (the same with blurred, alias-free downsampling)
     disc_shift: int = 0                     # the critic sees real and generated images moved by up to this many px
+    grid_penalty: float = 0.0               # weight of the SR's spectrum above the HR's at the LR grid's frequencies
 
 
 @dataclass
@@ -306,6 +307,8 @@ class TrainConfig(ConfigFile):
         if d.num_workers < 0 or t.keep_checkpoints < 0 or l.l1_warmup_steps < 0 or l.disc_ndf < 1 or l.disc_shift < 0:
             fail("data.num_workers, train.keep_checkpoints, loss.l1_warmup_steps and loss.disc_shift must be >= 0, "
                  "loss.disc_ndf >= 1")
+        if not math.isfinite(l.grid_penalty) or l.grid_penalty < 0:
+            fail(f"loss.grid_penalty must be a finite number >= 0; got {l.grid_penalty}")
         if l.disc_shift >= d.patch // 2:
             fail(f"loss.disc_shift must be below half of data.patch ({d.patch // 2}); got {l.disc_shift}")
         _check_finite("train", t, fail)           # the loader has made max_minutes a float (or null)

@@ -16,11 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from frfsr.convert import load_checkpoint
+from frfsr.metrics import lr_grid_mask
 from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
            "ImageDiscriminator", "BlurDown", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "random_shift",
-           "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
+           "grid_excess", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
 
 #: Names of ``VGG19Features.features[i]``, i = 0 .. 29 (conv1_1 ... relu5_1), as in torchvision.
 VGG19_LAYER_NAMES: list[str] = [layer.name for layer in vgg_layers(19, "relu5_1")]
@@ -317,6 +318,29 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=generator).tolist()
     padded = F.pad(x, (max_shift,) * 4, mode="reflect")
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+
+
+def grid_excess(sr: torch.Tensor, hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """``loss.grid_penalty``'s term: how far the SR's spectrum rises above the truth's at the LR
+    pixel grid's frequencies (:func:`frfsr.metrics.lr_grid_mask`), where an x``scale`` net's
+    patterns (stripes of period ``scale``, checkerboards) sit. The mean, over those bins, the
+    channels and the samples, of ``relu(|FFT(sr)| - |FFT(hr)|)`` (orthonormal FFT of each
+    mean-removed, Hann-windowed channel): zero while the SR has no more energy there than the
+    truth (a soft SR costs nothing), growing with the amplitude of a pattern locked to the grid."""
+    if sr.shape != hr.shape or sr.ndim != 4:
+        raise ValueError(f"grid_excess expects two (B, C, H, W) tensors of one shape; got {tuple(sr.shape)} "
+                         f"and {tuple(hr.shape)}")
+    h, w = sr.shape[-2:]
+    window = (torch.hann_window(h, periodic=False, device=sr.device)[:, None] *
+              torch.hann_window(w, periodic=False, device=sr.device)[None, :])
+    mask = lr_grid_mask(h, w, scale).to(sr.device)
+
+    def amplitude(x):
+        x = x.float()
+        f = torch.fft.fft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window, norm="ortho")[..., mask]
+        return (f.real ** 2 + f.imag ** 2 + 1e-12).sqrt()       # |f| with a gradient at 0
+
+    return torch.relu(amplitude(sr) - amplitude(hr.detach())).mean()
 
 
 def wgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:

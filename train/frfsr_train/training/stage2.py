@@ -6,7 +6,9 @@ the stage-2 net fuses; the texture encoder, the Ref extractor and the SIFE are t
 stage 1 and frozen too. Only ``model.restoration`` (the stage-2 net) is trained, with L1
 during the first ``loss.l1_warmup_steps`` steps, then L1 + perceptual + WGAN-GP with a
 discriminator step per generator step (C2-Matching's schedule). With ``loss.disc_shift`` the
-critic sees real and generated images moved by a random few pixels, a new draw in each step.
+critic sees real and generated images moved by a random few pixels, a new draw in each step;
+``loss.grid_penalty`` adds the SR's spectrum above the HR's at the LR grid's frequencies
+(:func:`~frfsr_train.training.losses.grid_excess`) to the adversarial steps' losses.
 """
 from __future__ import annotations
 
@@ -135,6 +137,9 @@ class Stage2Trainer(Trainer):
             seen = random_shift(sr, self.cfg.loss.disc_shift, self.shift_g)
             losses["adversarial"] = self.cfg.loss.adversarial * wgan_generator_loss(
                 self.acc.unwrap_model(self.disc)(seen))
+            if self.cfg.loss.grid_penalty > 0:
+                from .losses import grid_excess
+                losses["grid"] = self.cfg.loss.grid_penalty * grid_excess(sr, hr)
         return losses
 
     def _discriminator_step(self, batches, fakes, step, adversarial, add) -> None:
