@@ -259,8 +259,8 @@ class PatchCritic(nn.Module):
     then three blocks that halve the size with ``2ndf, 4ndf, 8ndf`` channels, then
     ``conv3x3 (8ndf -> 1)``: one score per 8x8 cell. Each block is ``conv4x4 s2 -> LeakyReLU(0.2)``
     (each cell sees 40x40 input pixels) or, with ``antialias`` (``patch_aa``), ``conv3x3 ->
-    LeakyReLU(0.2) ->`` :class:`BlurDown` (shift-robust: a texture's score hardly depends on its
-    phase against the 8-px grid; each cell sees 47x47 pixels).
+    LeakyReLU(0.2) ->`` :class:`BlurDown` (blurred before each halving, so that detail finer than
+    the new grid is damped rather than folded into coarser features; each cell sees 47x47 pixels).
     Output: ``(B, 1)``, the mean score. The release's :class:`ImageDiscriminator` scores the
     whole image through a sigmoid; a patch critic is what lets fine texture, not the image's
     content, decide the score.
@@ -307,7 +307,8 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     """``x`` (B, C, H, W) moved by a whole number of pixels, ``-max_shift .. max_shift`` in each
     direction, one draw per sample (from ``generator``, on the CPU), reflect-padded at the border;
     differentiable. ``loss.disc_shift``: what the critic sees of both real and generated images,
-    so that no pattern locked to its grid can earn a score (``max_shift`` 0 returns ``x``)."""
+    so that a pattern's phase against the critic's grid changes from step to step
+    (``max_shift`` 0 returns ``x``)."""
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0; got {max_shift}")
     if max_shift == 0:
