@@ -41,7 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["rgb_to_y", "psnr", "psnr_y", "ssim_y", "sharpness", "detail_fidelity", "lr_grid_mask", "grid_energy"]
+__all__ = ["rgb_to_y", "psnr", "psnr_y", "ssim_y", "sharpness", "detail_fidelity", "lr_grid_mask", "lr_grid_spectrum",
+           "grid_energy"]
 
 # MATLAB rgb2ycbcr, Y row, for RGB in [0, 1] and Y in [0, 255].
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -296,6 +297,16 @@ def lr_grid_mask(h: int, w: int, scale: int) -> torch.Tensor:
     return mask
 
 
+def lr_grid_spectrum(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The orthonormal FFT of each ``(..., H, W)`` image of ``x``, mean removed and Hann-windowed,
+    at the bins of :func:`lr_grid_mask`: complex ``(..., n_bins)``, differentiable."""
+    h, w = x.shape[-2:]
+    window = (torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device)[:, None] *
+              torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device)[None, :])
+    f = torch.fft.fft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window, norm="ortho")
+    return f[..., lr_grid_mask(h, w, scale).to(x.device)]
+
+
 def grid_energy(sr, hr, scale: int = 4, crop_border: int = 4, reduction: str = "mean"):
     """Power of the SR's Y at the LR grid's frequencies over the HR's (see the module
     docstring), after cropping ``crop_border`` pixels per side; an HR without power there
@@ -306,13 +317,5 @@ def grid_energy(sr, hr, scale: int = 4, crop_border: int = 4, reduction: str = "
     h, w = ya.shape[-2:]
     if h < 4 * scale or w < 4 * scale:
         raise ValueError(f"grid_energy needs at least {4 * scale}x{4 * scale} pixels after cropping; got {h}x{w}")
-    window = torch.hann_window(h, periodic=False, dtype=torch.float64)[:, None] * \
-        torch.hann_window(w, periodic=False, dtype=torch.float64)[None, :]
-    mask = lr_grid_mask(h, w, scale)
-
-    def power(y):
-        y = y[:, 0] - y[:, 0].mean(dim=(-2, -1), keepdim=True)
-        return (torch.fft.fft2(y * window).abs() ** 2)[:, mask].sum(dim=1).tolist()
-
-    pa, pb = power(ya), power(yb)
+    pa, pb = ((lr_grid_spectrum(y[:, 0], scale).abs() ** 2).sum(dim=1).tolist() for y in (ya, yb))
     return _reduce([(1.0 if a == 0 else math.inf) if b == 0 else a / b for a, b in zip(pa, pb)], reduction)

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from frfsr.convert import load_checkpoint
-from frfsr.metrics import lr_grid_mask
+from frfsr.metrics import lr_grid_spectrum
 from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
@@ -323,7 +323,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
 
 def grid_excess(sr: torch.Tensor, hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
     """``loss.grid_penalty``'s term: how far the SR's spectrum rises above the truth's at the LR
-    pixel grid's frequencies (:func:`frfsr.metrics.lr_grid_mask`), where an x``scale`` net's
+    pixel grid's frequencies (:func:`frfsr.metrics.lr_grid_spectrum`), where an x``scale`` net's
     patterns (stripes of period ``scale``, checkerboards) sit. The mean, over those bins, the
     channels and the samples, of ``relu(|FFT(sr)| - |FFT(hr)|)`` (orthonormal FFT of each
     mean-removed, Hann-windowed channel): zero while the SR has no more energy there than the
@@ -331,14 +331,9 @@ def grid_excess(sr: torch.Tensor, hr: torch.Tensor, scale: int = 4) -> torch.Ten
     if sr.shape != hr.shape or sr.ndim != 4:
         raise ValueError(f"grid_excess expects two (B, C, H, W) tensors of one shape; got {tuple(sr.shape)} "
                          f"and {tuple(hr.shape)}")
-    h, w = sr.shape[-2:]
-    window = (torch.hann_window(h, periodic=False, device=sr.device)[:, None] *
-              torch.hann_window(w, periodic=False, device=sr.device)[None, :])
-    mask = lr_grid_mask(h, w, scale).to(sr.device)
 
     def amplitude(x):
-        x = x.float()
-        f = torch.fft.fft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window, norm="ortho")[..., mask]
+        f = lr_grid_spectrum(x.float(), scale)
         return (f.real ** 2 + f.imag ** 2 + 1e-12).sqrt()       # |f| with a gradient at 0
 
     return torch.relu(amplitude(sr) - amplitude(hr.detach())).mean()
