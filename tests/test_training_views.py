@@ -70,6 +70,8 @@ def test_views_stage1_trains_the_ref_extractor_then_stage2_with_and_without_reus
 def test_views_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="p_unrelated"):
         _cfg(tmp_path, 1, data__views={"p_unrelated": 1.5})
+    with pytest.raises(ConfigError, match="data.views.p_aligned must be in"):
+        _cfg(tmp_path, 1, data__views={"p_aligned": -0.1})
     with pytest.raises(ConfigError, match="perceptual_net"):
         _cfg(tmp_path, 1, loss__perceptual_net="resnet")
     with pytest.raises(ConfigError, match="loss.disc must be one of release, patch, patch_aa; got 'unet'"):

@@ -100,6 +100,33 @@ def test_ref_is_the_hr_warped_by_the_known_transform(train_photos, seed):
         assert torch.isnan(coords[:, ~valid]).all()
 
 
+def test_aligned_views_carry_the_photos_own_pixels(train_photos):
+    """``p_aligned=1``: every Ref pixel is a photo pixel, unresampled: the correspondence is
+    a whole-pixel shift (no zoom, no turn, even with rotation and perspective asked for),
+    and the Ref equals the HR wherever the two overlap; ``p_aligned=0`` keeps the seeded
+    draws of views made without the option; a probability outside [0, 1] is refused."""
+    kw = dict(patch=64, ref_patch=80, length=8, color=False, p_unrelated=0.0, seed=2, max_rotation=20.0,
+              max_perspective=0.1, scale_range=(0.7, 1.4))
+    ds = ViewPairDataset(train_photos, p_aligned=1.0, **kw)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert torch.allclose(item["ref_affine"][:, :2], torch.eye(2), atol=1e-6), i
+        shift = item["ref_affine"][:, 2]
+        assert torch.allclose(shift, shift.round(), atol=1e-4), i
+        valid = item["ref_valid"][0]
+        assert valid.float().mean() > 0.5
+        c = item["ref_coords"][:, valid].round().long()
+        assert torch.equal(item["ref"][:, c[1], c[0]], item["hr"][:, valid]), i
+    plain = ViewPairDataset(train_photos, **kw)
+    zero = ViewPairDataset(train_photos, p_aligned=0.0, **kw)
+    assert all(torch.equal(plain[i]["ref"], zero[i]["ref"]) for i in range(3))
+    mixed = ViewPairDataset(train_photos, p_aligned=0.5, **{**kw, "length": 40})
+    turned = [bool((mixed[i]["ref_affine"][:, :2] - torch.eye(2)).abs().max() > 1e-3) for i in range(40)]
+    assert 5 < sum(turned) < 35                        # both kinds of view in one epoch
+    with pytest.raises(ValueError, match="p_aligned"):
+        ViewPairDataset(train_photos, p_aligned=1.5, **kw)
+
+
 def test_ref_coords_follow_block_shuffling(train_photos):
     """The same item with and without shuffling: the shuffled Ref at the shuffled coords
     holds exactly the pixel the plain Ref holds at the plain coords."""

@@ -77,6 +77,7 @@ class ViewOptions:
     p_shuffle: float = 0.0              # probability of a block-shuffled Ref
     shuffle_choices: list = field(default_factory=lambda: [2, 4, 8])  # its blocks per side, drawn uniformly
     p_unrelated: float = 0.2            # probability of a Ref cut from another photo
+    p_aligned: float = 0.0              # probability of a Ref on the photo's own pixel grid (zoom 1, no turn)
 
     def view_arguments(self) -> dict:
         """These options as :class:`ViewPairDataset` keyword arguments (also of a config
@@ -188,6 +189,10 @@ class ViewPairDataset(Dataset):
         p_shuffle, shuffle_choices: probability of block-shuffling the Ref and the numbers of
             blocks per side to draw from.
         p_unrelated: probability of a Ref cut from another photo.
+        p_aligned: probability that a view is taken on the photo's own pixel grid: zoom 1, no
+            rotation or perspective, a whole-pixel offset, so that it carries the photo's
+            pixels unresampled (as a second frame of a burst or a video would; every other
+            view is resampled, which softens it). Its colour change and shuffle still apply.
         flip: random flips / 90-degree rotations of both views (the same draw: as if the
             photo had been flipped).
         min_std: redraw HR crops (up to 10 times) whose standard deviation is below this.
@@ -211,7 +216,8 @@ class ViewPairDataset(Dataset):
                  max_offset: float = _VIEW.max_offset, color=_VIEW.color, p_shuffle: float = _VIEW.p_shuffle,
                  shuffle_choices=tuple(_VIEW.shuffle_choices), p_unrelated: float = _VIEW.p_unrelated,
                  flip: bool = True, min_std: float = 0.04, seed: int | None = None,
-                 max_perspective: float = _VIEW.max_perspective, antialias: bool = _VIEW.antialias):
+                 max_perspective: float = _VIEW.max_perspective, antialias: bool = _VIEW.antialias,
+                 p_aligned: float = _VIEW.p_aligned):
         if not photos:
             raise ValueError("ViewPairDataset needs at least one photo")
         if not isinstance(photos, dict):            # names of any photo source, or image paths
@@ -228,8 +234,9 @@ class ViewPairDataset(Dataset):
             raise ValueError(f"max_perspective must be in [0, 0.25] (a fraction of ref_patch); got {max_perspective!r}")
         if not 0 <= float(max_rotation) <= 180:
             raise ValueError(f"max_rotation must be in [0, 180] degrees; got {max_rotation!r}")
-        if not 0 <= p_unrelated <= 1 or not 0 <= p_shuffle <= 1:
-            raise ValueError("p_unrelated and p_shuffle must be probabilities in [0, 1]")
+        if not all(0 <= float(q) <= 1 for q in (p_unrelated, p_shuffle, p_aligned)):
+            raise ValueError("p_unrelated, p_shuffle and p_aligned must be probabilities in [0, 1]; "
+                             f"got {p_unrelated!r}, {p_shuffle!r}, {p_aligned!r}")
         if p_unrelated > 0 and len(photos) < 2:
             raise ValueError("p_unrelated > 0 needs at least two photos")
         shuffle_choices = tuple(SHUFFLE_LEVELS.get(n, n) for n in shuffle_choices)
@@ -253,6 +260,7 @@ class ViewPairDataset(Dataset):
         self.p_shuffle, self.shuffle_choices = float(p_shuffle), shuffle_choices
         self.p_unrelated, self.flip, self.min_std, self.seed = float(p_unrelated), bool(flip), float(min_std), seed
         self.max_perspective, self.antialias = float(max_perspective), bool(antialias)
+        self.p_aligned = float(p_aligned)
         if self.max_perspective > 0 or self.antialias:
             if importlib.util.find_spec("kornia") is None:     # a training extra, not a core dependency
                 raise ImportError("max_perspective > 0 and antialias need kornia (pip install 'frfsr[train]')")
@@ -287,13 +295,17 @@ class ViewPairDataset(Dataset):
         """Resample a Ref view of ``img`` (3, H, W uint8) around photo point ``center`` (x, y).
         Returns the float view, ``(A, t)`` and ``H``: photo point = A @ H(ref pixel) + t, where
         ``H`` (3x3, projective) is the perspective warp, or None without one (identity)."""
+        # drawn only when asked for, so that views without it keep their seeded draws
+        aligned = self.p_aligned > 0 and self._uniform(g) < self.p_aligned
         zoom = math.exp(self._uniform(g, *self.log_scale))
         theta = math.radians(self._uniform(g, -self.max_rotation, self.max_rotation))
+        if aligned:
+            zoom, theta = 1.0, 0.0
         r = self.ref_patch
         A = _rotation(theta) / zoom
         half = (r - 1) / 2
         H = None
-        if self.max_perspective > 0:
+        if self.max_perspective > 0 and not aligned:
             moves = (torch.rand(4, 2, generator=g, dtype=torch.float64) * 2 - 1) * (self.max_perspective * r)
             H, corners = _corner_homography(r, moves)
             ext = np.abs((corners - half) @ A.T).max(0)    # the warped corners bound the footprint
@@ -304,6 +316,8 @@ class ViewPairDataset(Dataset):
         for i, size in enumerate((w, h)):                    # keep the footprint inside the photo if it fits
             c[i] = (size - 1) / 2 if 2 * ext[i] > size - 1 else float(np.clip(c[i], ext[i], size - 1 - ext[i]))
         t = c - A @ np.array([half, half])
+        if aligned:                                          # Ref pixels on photo pixels
+            t = np.clip(np.round(t), 0, np.array([w, h]) - r) if min(h, w) >= r else np.round(t)
         # crop the footprint's bounding box, then sample it (no float copy of the whole photo)
         x0, x1 = max(0, int(math.floor(c[0] - ext[0])) - 2), min(w, int(math.ceil(c[0] + ext[0])) + 3)
         y0, y1 = max(0, int(math.floor(c[1] - ext[1])) - 2), min(h, int(math.ceil(c[1] + ext[1])) + 3)

@@ -233,8 +233,8 @@ def _check_model(m, fail) -> None:
 
 def _check_views(v: ViewOptions, prefix: str, fail) -> None:
     """The view keys of ``data.views`` (restoration net) or ``data`` (encoder)."""
-    if not (0 <= v.p_unrelated <= 1 and 0 <= v.p_shuffle <= 1):
-        fail(f"{prefix}.p_unrelated and {prefix}.p_shuffle must be in [0, 1]")
+    if not (0 <= v.p_unrelated <= 1 and 0 <= v.p_shuffle <= 1 and 0 <= v.p_aligned <= 1):
+        fail(f"{prefix}.p_unrelated, {prefix}.p_shuffle and {prefix}.p_aligned must be in [0, 1]")
     if len(v.scale_range) != 2:
         fail(f"{prefix}.scale_range must be two numbers")
     if not (all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.scale_range)
