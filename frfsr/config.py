@@ -42,6 +42,9 @@ class FRFSRConfig:
     vgg_widths: tuple[int, int, int] = (64, 128, 256)
     # correspondence
     patch_size: int = 3
+    # refine each match to a fraction of an LR pixel (frfsr.models.correspondence.subpixel_shift);
+    # the release's flows are whole LR pixels (4 HR pixels)
+    subpixel_match: bool = False
     # relevance (frfsr.models.correspondence.relevance_of) below which the Refs hardly match the LR
     # and the pipeline warns; its scale depends on the texture encoder's weights, so it is
     # measured for them (benchmarks/eval_relevance.py). Weights whose config.json has no such
@@ -143,7 +146,7 @@ class FRFSRConfig:
             raise ValueError(f"{where}{e}") from None
 
 
-_KINDS = {"ddf_se_ratio": "number", "ddf_filter_norm": "bool", "sife_upsampler": "bool", "vgg_widths": "ints", "name": "str",
+_KINDS = {"ddf_se_ratio": "number", "ddf_filter_norm": "bool", "sife_upsampler": "bool", "subpixel_match": "bool", "vgg_widths": "ints", "name": "str",
           "relevance_threshold": "number or null"}
 
 

@@ -115,6 +115,10 @@ def test_footprints_are_the_part_of_the_hr_each_ref_shows(cases):
     bh, bw = block.shape[-2:]
     assert any(torch.equal(c.ref[:, i:i + bh, j:j + bw], block)
                for i in range(c.ref.shape[1] - bh + 1) for j in range(c.ref.shape[2] - bw + 1))
+    # the off-grid Ref is the clean one moved 2 HR pixels further (half an LR pixel), same share
+    off = by(cases, "coffee", "ref_offgrid")
+    assert float(off.footprint.float().mean()) == pytest.approx(share["clean"], abs=0.05)
+    assert torch.equal(off.ref[:, :-2, :-2], c.ref[:, 2:, 2:]) and torch.equal(off.lr, c.lr)
     # the rotated Ref's footprint is a tilted square: it fills less than its bounding box
     f = by(cases, "coffee", "ref_rot30").footprint
     assert int(f.sum()) < 0.95 * int(f.any(1).sum()) * int(f.any(0).sum())

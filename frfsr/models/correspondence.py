@@ -5,7 +5,10 @@ pixel and matched as 3x3 patches by cosine similarity (``frfsr.ops.patch_match``
 best Ref patch of every LR position gives an index, the index a flow on the LR texture
 grid (= the LR grid, relu3_1 scale), and the flow is scaled to the relu2_1 and relu1_1
 grids (x2, x4) and shifted once per 3x3 tap into the pre-offsets that seed the
-deformable alignment.
+deformable alignment. A matched index is a whole LR pixel (4 HR pixels); with the weights'
+``subpixel_match`` each flow is refined to a fraction of one (:func:`subpixel_shift`, the
+vertex of the parabola through the match's score and its neighbours'), so that a Ref off the
+LR's pixel grid is aligned too.
 
 Several Refs are laid side by side on one canvas (the *mosaic*), with zero gaps between
 them, at every feature scale; a flow then points into the mosaic, and warping and
@@ -211,6 +214,54 @@ def index_to_flow(kx: torch.Tensor, ky: torch.Tensor, patch_size: int = 3) -> to
     flow = torch.stack((kx - gx, ky - gy), dim=-1).float()
     pad = patch_size - 1
     return F.pad(flow, (0, 0, 0, pad, 0, pad))
+
+
+@torch.no_grad()
+def subpixel_shift(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: MosaicLayout, kx: torch.Tensor,
+                   ky: torch.Tensor, ref_id: torch.Tensor, patch_size: int = 3) -> torch.Tensor:
+    """Sub-pixel refinement of a match (B, h-p+1, w-p+1, 2), (x, y) order, each in [-0.5, 0.5]:
+    per axis, the vertex of the parabola through the scores of the matched Ref patch and of
+    its two neighbours along that axis (the cosine of :func:`match_refs`), so that a Ref
+    shifted by a fraction of an LR pixel gets a fractional flow. Zero where a neighbour
+    falls outside its Ref or the three scores have no maximum in the middle."""
+    p = patch_size
+    q = normalize_features(lr_tex)
+    b, c, h, w = q.shape
+    hq, wq = h - p + 1, w - p + 1
+    q_taps = [q[:, :, a:a + hq, j:j + wq] for a in range(p) for j in range(p)]
+    q_norm = torch.sqrt(sum((t * t).sum(1) for t in q_taps))
+    shift = torch.zeros(b, hq, wq, 2, device=q.device)
+    for r, (tex, off) in enumerate(zip(ref_texs, layout.offsets)):
+        mine = ref_id == r
+        if not bool(mine.any()):
+            continue
+        k = normalize_features(tex)
+        H, W = k.shape[-2:]
+        flat = k.flatten(2)
+        x0, y0 = kx - off, ky
+
+        def read(dy: int, dx: int) -> torch.Tensor:         # Ref pixel (y0 + dy, x0 + dx) per query
+            yy, xx = (y0 + dy).clamp(0, H - 1), (x0 + dx).clamp(0, W - 1)
+            idx = (yy * W + xx).flatten(1)[:, None].expand(-1, k.shape[1], -1)
+            return flat.gather(2, idx).view(b, -1, hq, wq)
+
+        window = {(u, v): read(u, v) for u in range(-1, p + 1) for v in range(-1, p + 1)}
+
+        def score(dy: int, dx: int) -> torch.Tensor:
+            taps = [window[(a + dy, j + dx)] for a in range(p) for j in range(p)]
+            dot = sum((qt * kt).sum(1) for qt, kt in zip(q_taps, taps))
+            k_norm = torch.sqrt(sum((kt * kt).sum(1) for kt in taps))
+            return dot / ((k_norm + 1e-5) * (q_norm + 1e-5))
+
+        s0 = score(0, 0)
+        for axis, (dy, dx), pos, size in ((0, (0, 1), x0, W), (1, (1, 0), y0, H)):
+            lo, hi = score(-dy, -dx), score(dy, dx)
+            curve = lo - 2 * s0 + hi
+            inside = (pos >= 1) & (pos + p <= size - 1)
+            ok = mine & inside & (curve < -1e-6) & (s0 >= lo) & (s0 >= hi)
+            vertex = (0.5 * (lo - hi) / curve.clamp(max=-1e-6)).clamp(-0.5, 0.5)
+            shift[..., axis] = torch.where(ok, vertex.float(), shift[..., axis])
+    return shift
 
 
 def upscale_flow(flow: torch.Tensor, factor: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from ..config import FRFSRConfig
 from .. import ops
 from ..ops.fast_match import MATCH_MODES
 from .correspondence import (SCALES, MosaicLayout, flow_warp, index_to_flow, match_refs, normalize_features,
-                             pre_offsets, ref_confidence, relevance_of, upscale_flow)
+                             pre_offsets, ref_confidence, relevance_of, subpixel_shift, upscale_flow)
 from .pretrained import PretrainedMixin
 from .restoration import RestorationNet
 from .sife import SIFE
@@ -451,6 +451,8 @@ class FRFSR(nn.Module, PretrainedMixin):
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
         score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, mode=mode, backend=self.ops_backend)
         flow3 = index_to_flow(kx, ky, p)
+        if self.config.subpixel_match:
+            flow3 = flow3 + F.pad(subpixel_shift(lr_tex, ref_texs, refs.layout, kx, ky, ref_id, p), (0, 0, 0, p - 1, 0, p - 1))
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
         confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)

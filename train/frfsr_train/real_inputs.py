@@ -13,7 +13,9 @@ Every *kind* of input pairs one LR with one Ref, both cut from the held-out phot
   :data:`NOISE_SIGMA` (seeded), then rounds to 8 bits;
 * Ref kinds: another view of the same scene, its field of view moved by a quarter of its
   side from the HR's centre (right and down, or left and up on alternate crops), at the HR's
-  zoom (``clean``, the JPEG and ``blur_noise`` kinds), at half the magnification
+  zoom (``clean``, the JPEG and ``blur_noise`` kinds; with a side that is a multiple of 16, such
+  a move is a whole number of LR pixels), the same moved 2 HR pixels further
+  (``ref_offgrid``: off the LR's pixel grid by half an LR pixel, as a real Ref is), at half the magnification
   (``ref_zoom0.5``: twice the field of view, antialiased), at twice the magnification
   (``ref_zoom2``: half the field, cut from the full-resolution photo: real detail; as many
   pixels as the same-zoom Ref), at twice the magnification over the same-zoom Ref's field
@@ -54,7 +56,7 @@ __all__ = ["KINDS", "LR_KINDS", "BLUR_SIGMA", "NOISE_SIGMA", "SCENE_SCALE", "Cas
            "markdown", "add_arguments", "run"]
 
 #: Every kind, in table order (see the module docstring).
-KINDS = ("clean", "jpeg50", "jpeg70", "jpeg90", "blur_noise", "ref_zoom0.5", "ref_zoom2", "ref_detail2", "ref_rot15",
+KINDS = ("clean", "ref_offgrid", "jpeg50", "jpeg70", "jpeg90", "blur_noise", "ref_zoom0.5", "ref_zoom2", "ref_detail2", "ref_rot15",
          "ref_rot30", "self", "unrelated")
 #: Kinds whose LR is degraded (all others use the clean LR).
 LR_KINDS = ("jpeg50", "jpeg70", "jpeg90", "blur_noise")
@@ -63,6 +65,8 @@ NOISE_SIGMA = 5 / 255       # on the [0, 1] scale, added to the LR
 SCENE_SCALE = 0.5           # scene pixels per photo pixel
 DEFAULT_PATCH, DEFAULT_CROPS = 128, 3
 _BORDER = 4                 # pixels left out of every metric per side (psnr_y's crop_border)
+# Ref kind -> HR pixels its field moves beyond the quarter of its side (off the LR's pixel grid)
+_REF_EXTRA_MOVE = {"ref_offgrid": 2}
 # Ref kind -> (field of view: the HR's side / this, rotation in degrees, Ref pixels per scene pixel)
 _REF_GEOMETRY = {"ref_zoom0.5": (0.5, 0.0, 0.5), "ref_zoom2": (2.0, 0.0, 2.0), "ref_detail2": (1.0, 0.0, 2.0),
                  "ref_rot15": (1.0, 15.0, 1.0), "ref_rot30": (1.0, 30.0, 1.0)}
@@ -198,7 +202,8 @@ def ref_view(scene: Scene, y: int, x: int, patch: int, kind: str, sign: int = 1)
     _, sh, sw = scene.scene.shape
     cy, cx = y + patch / 2, x + patch / 2
     fy, fx = min(patch / zoom, sh), min(patch / zoom, sw)          # field of view, scene pixels
-    cy, cx = cy + sign * fy / 4, cx + sign * fx / 4
+    extra = _REF_EXTRA_MOVE.get(kind, 0)
+    cy, cx = cy + sign * (fy / 4 + extra), cx + sign * (fx / 4 + extra)
     iy = torch.arange(patch, dtype=torch.float64)[:, None] + y      # the HR pixels' scene indices
     ix = torch.arange(patch, dtype=torch.float64)[None, :] + x
     if angle:
@@ -374,6 +379,7 @@ def evaluate(models: dict, cases: list[Case], ref_scales=None, progress=None, re
 
 _KIND_LABELS = {
     "clean": "clean LR, Ref: another view, same zoom",
+    "ref_offgrid": "the same Ref moved off the LR grid (2 HR px further)",
     "jpeg50": "LR as JPEG q50, same-zoom Ref",
     "jpeg70": "LR as JPEG q70, same-zoom Ref",
     "jpeg90": "LR as JPEG q90, same-zoom Ref",

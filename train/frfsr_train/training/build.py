@@ -122,8 +122,10 @@ SIFE_FIELDS = ("sife_blocks", "sife_feat", "sife_grow", "sife_upsampler")
 
 
 def _architecture(config: FRFSRConfig, ignore: tuple[str, ...]) -> dict:
+    """The config's fields that shape the model's tensors, but ``ignore``: weights trained
+    with whole-pixel matching may start a run with ``subpixel_match`` and back."""
     d = config.to_dict()
-    for k in ("name", *ignore):
+    for k in ("name", "subpixel_match", *ignore):
         d.pop(k)
     return d
 
