@@ -90,6 +90,11 @@ def test_subpixel_match_in_the_model_and_its_config(tmp_path):
         assert torch.equal(fa, fa.round())
         assert (fb - fa).abs().max() <= 0.5 * fa.shape[1] / a.flows[2].shape[1] + 1e-6
     assert not torch.equal(a.flows[2], b.flows[2])
+    half = FRFSR(FRFSRConfig.tiny(subpixel_match=True)).eval().to(torch.bfloat16)
+    half.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        h = half.match(lr.bfloat16(), ref.bfloat16())        # refined in float32 whatever the model's dtype
+    assert torch.isfinite(h.flows[2]).all() and not torch.equal(h.flows[2], h.flows[2].round())
     sub.save_pretrained(tmp_path / "m")
     assert FRFSR.from_pretrained(tmp_path / "m").config.subpixel_match is True
     with pytest.raises(ValueError, match="subpixel_match"):

@@ -223,9 +223,10 @@ def subpixel_shift(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: M
     per axis, the vertex of the parabola through the scores of the matched Ref patch and of
     its two neighbours along that axis (the cosine of :func:`match_refs`), so that a Ref
     shifted by a fraction of an LR pixel gets a fractional flow. Zero where a neighbour
-    falls outside its Ref or the three scores have no maximum in the middle."""
+    falls outside its Ref or the three scores have no maximum in the middle. Computed in
+    float32, without gradients, one Ref pixel map of the LR's size at a time."""
     p = patch_size
-    q = normalize_features(lr_tex)
+    q = normalize_features(lr_tex.float())           # float32: the vertex is a ratio of small differences
     b, c, h, w = q.shape
     hq, wq = h - p + 1, w - p + 1
     q_taps = [q[:, :, a:a + hq, j:j + wq] for a in range(p) for j in range(p)]
@@ -235,7 +236,7 @@ def subpixel_shift(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: M
         mine = ref_id == r
         if not bool(mine.any()):
             continue
-        k = normalize_features(tex)
+        k = normalize_features(tex.float())
         H, W = k.shape[-2:]
         flat = k.flatten(2)
         x0, y0 = kx - off, ky
@@ -245,13 +246,23 @@ def subpixel_shift(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: M
             idx = (yy * W + xx).flatten(1)[:, None].expand(-1, k.shape[1], -1)
             return flat.gather(2, idx).view(b, -1, hq, wq)
 
-        window = {(u, v): read(u, v) for u in range(-1, p + 1) for v in range(-1, p + 1)}
+        # the scores of the match and of its four neighbours: each Ref pixel of the (p+2)^2
+        # window is read once and added to every candidate patch that covers it
+        cands = ((0, 0), (0, -1), (0, 1), (-1, 0), (1, 0))
+        dots = {d: 0 for d in cands}
+        norms = {d: 0 for d in cands}
+        for u in range(-1, p + 1):
+            for v in range(-1, p + 1):
+                px = read(u, v)
+                sq = (px * px).sum(1)
+                for dy, dx in cands:
+                    a, j = u - dy, v - dx
+                    if 0 <= a < p and 0 <= j < p:
+                        dots[(dy, dx)] = dots[(dy, dx)] + (q_taps[a * p + j] * px).sum(1)
+                        norms[(dy, dx)] = norms[(dy, dx)] + sq
 
         def score(dy: int, dx: int) -> torch.Tensor:
-            taps = [window[(a + dy, j + dx)] for a in range(p) for j in range(p)]
-            dot = sum((qt * kt).sum(1) for qt, kt in zip(q_taps, taps))
-            k_norm = torch.sqrt(sum((kt * kt).sum(1) for kt in taps))
-            return dot / ((k_norm + 1e-5) * (q_norm + 1e-5))
+            return dots[(dy, dx)] / ((torch.sqrt(norms[(dy, dx)]) + 1e-5) * (q_norm + 1e-5))
 
         s0 = score(0, 0)
         for axis, (dy, dx), pos, size in ((0, (0, 1), x0, W), (1, (1, 0), y0, H)):
