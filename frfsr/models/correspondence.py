@@ -205,13 +205,17 @@ def match_refs(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: Mosai
     return best, kx, ky, ref_id
 
 
-def index_to_flow(kx: torch.Tensor, ky: torch.Tensor, patch_size: int = 3) -> torch.Tensor:
+def index_to_flow(kx: torch.Tensor, ky: torch.Tensor, patch_size: int = 3,
+                  fraction: torch.Tensor | None = None) -> torch.Tensor:
     """Flow (B, h, w, 2) in (x, y) order on the texture grid: matched patch corner minus the
-    query patch corner, zero-padded by ``patch_size - 1`` at the bottom and right (the
-    release's convention)."""
+    query patch corner, plus ``fraction`` (B, h - p + 1, w - p + 1, 2) when given (the
+    :func:`subpixel_shift` of the match), zero-padded by ``patch_size - 1`` at the bottom and
+    right (the release's convention)."""
     b, hv, wv = kx.shape
     gy, gx = torch.meshgrid(torch.arange(hv, device=kx.device), torch.arange(wv, device=kx.device), indexing="ij")
     flow = torch.stack((kx - gx, ky - gy), dim=-1).float()
+    if fraction is not None:
+        flow = flow + fraction
     pad = patch_size - 1
     return F.pad(flow, (0, 0, 0, pad, 0, pad))
 
@@ -224,7 +228,7 @@ def subpixel_shift(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: M
     its two neighbours along that axis (the cosine of :func:`match_refs`), so that a Ref
     shifted by a fraction of an LR pixel gets a fractional flow. Zero where a neighbour
     falls outside its Ref or the three scores have no maximum in the middle. Computed in
-    float32, without gradients, one Ref pixel map of the LR's size at a time."""
+    float32, without gradients, one map of Ref pixels of the LR's size at a time."""
     p = patch_size
     q = normalize_features(lr_tex.float())           # float32: the vertex is a ratio of small differences
     b, c, h, w = q.shape
@@ -236,15 +240,16 @@ def subpixel_shift(lr_tex: torch.Tensor, ref_texs: list[torch.Tensor], layout: M
         mine = ref_id == r
         if not bool(mine.any()):
             continue
-        k = normalize_features(tex.float())
-        H, W = k.shape[-2:]
-        flat = k.flatten(2)
+        H, W = tex.shape[-2:]
+        flat = tex.flatten(2)
         x0, y0 = kx - off, ky
 
-        def read(dy: int, dx: int) -> torch.Tensor:         # Ref pixel (y0 + dy, x0 + dx) per query
+        def read(dy: int, dx: int) -> torch.Tensor:
+            """Ref pixel (y0 + dy, x0 + dx) per query, normalised as the match normalises every
+            pixel (only the pixels read, not the whole Ref, are normalised)."""
             yy, xx = (y0 + dy).clamp(0, H - 1), (x0 + dx).clamp(0, W - 1)
-            idx = (yy * W + xx).flatten(1)[:, None].expand(-1, k.shape[1], -1)
-            return flat.gather(2, idx).view(b, -1, hq, wq)
+            idx = (yy * W + xx).flatten(1)[:, None].expand(-1, flat.shape[1], -1)
+            return normalize_features(flat.gather(2, idx).view(b, -1, hq, wq).float())
 
         # the scores of the match and of its four neighbours: each Ref pixel of the (p+2)^2
         # window is read once and added to every candidate patch that covers it

@@ -450,9 +450,9 @@ class FRFSR(nn.Module, PretrainedMixin):
         lr_tex = self.texture_encoder.encode_lr(lr_up)
         ref_texs = [t.expand(b, -1, -1, -1) for t in refs.textures]
         score, kx, ky, ref_id = match_refs(lr_tex, ref_texs, refs.layout, p, mode=mode, backend=self.ops_backend)
-        flow3 = index_to_flow(kx, ky, p)
-        if self.config.subpixel_match:
-            flow3 = flow3 + F.pad(subpixel_shift(lr_tex, ref_texs, refs.layout, kx, ky, ref_id, p), (0, 0, 0, p - 1, 0, p - 1))
+        fraction = (subpixel_shift(lr_tex, ref_texs, refs.layout, kx, ky, ref_id, p)
+                    if self.config.subpixel_match else None)
+        flow3 = index_to_flow(kx, ky, p, fraction)
         flows = tuple(upscale_flow(flow3, s) for s in SCALES)
         offsets = tuple(pre_offsets(f, s) for f, s in zip(flows, SCALES))
         confidence = F.pad(score, (1, 1, 1, 1)).unsqueeze(1)
