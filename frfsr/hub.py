@@ -197,7 +197,9 @@ def model_card(config: FRFSRConfig, *, parameters: dict[str, int], dtype: torch.
             if config.stage == 2 else "stage-1 (reconstruction) net")
     rows = [("model", f"FRFSR {kind}"), ("config", f"`{config.name}` (ngf={config.ngf}, "
             f"{config.n_res_blocks} ESA + {config.n_ddf_blocks} DDF blocks per scale, SIFE {config.sife_blocks} RRDB)"),
-            ("dtype", str(dtype).replace("torch.", ""))]
+            ("dtype", str(dtype).replace("torch.", "")),
+            ("matching", "`subpixel_match: true`: each match refined to a fraction of an LR pixel" if config.subpixel_match
+             else "whole LR pixels, as the authors' release (`subpixel_match: false`)")]
     rows += [(f"parameters: {part}", f"{n:,}") for part, n in parameters.items()]
     if weights_sha256:
         rows.append((f"sha256 of {WEIGHTS_NAME}", f"`{weights_sha256}`"))

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 __all__ = ["rgb_to_y", "psnr", "psnr_y", "ssim_y", "sharpness", "detail_fidelity", "lr_grid_mask", "lr_grid_spectrum",
            "grid_energy"]
 
-# MATLAB rgb2ycbcr, Y row, for RGB in [0, 1] and Y in [0, 255].
-_Y_WEIGHTS = (65.481, 128.553, 24.966)
+#: MATLAB rgb2ycbcr, Y row, for RGB in [0, 1] and Y in [0, 255].
+Y_WEIGHTS = (65.481, 128.553, 24.966)
 _Y_OFFSET = 16.0
 
 
@@ -105,7 +105,7 @@ def _y255(batch: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) float64 in [0, 1] -> (B, 1, H, W) luminance on the 0-255 scale."""
     if batch.shape[1] == 1:
         return batch * 255.0
-    w = batch.new_tensor(_Y_WEIGHTS).view(1, 3, 1, 1)
+    w = batch.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1)
     return (batch * w).sum(dim=1, keepdim=True) + _Y_OFFSET
 
 
@@ -252,14 +252,15 @@ def ssim_y(sr, hr, crop_border: int = 4, quantize: bool = False, reduction: str 
     return _reduce(ssim_map.flatten(1).mean(dim=1).tolist(), reduction)
 
 
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64).view(1, 1, 3, 3)
+#: The 3x3 Laplacian (4-neighbour) of :func:`sharpness` and :func:`detail_fidelity`, (1, 1, 3, 3) float64.
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64).view(1, 1, 3, 3)
 
 
 def _laplacians(sr, hr, crop_border: int) -> tuple[torch.Tensor, torch.Tensor]:
     ya, yb = _prepare_pair(sr, hr, crop_border, False)
     if ya.shape[-1] < 3 or ya.shape[-2] < 3:
         raise ValueError(f"the Laplacian needs at least 3x3 pixels after cropping; got {ya.shape[-2]}x{ya.shape[-1]}")
-    return F.conv2d(ya, _LAPLACIAN).flatten(1), F.conv2d(yb, _LAPLACIAN).flatten(1)
+    return F.conv2d(ya, LAPLACIAN).flatten(1), F.conv2d(yb, LAPLACIAN).flatten(1)
 
 
 def sharpness(sr, hr, crop_border: int = 4, reduction: str = "mean"):

@@ -1,5 +1,6 @@
 """save_pretrained / from_pretrained / push_to_hub, and Hub downloads against a real HTTP
 server on loopback (tests/hub_server.py) that huggingface_hub reaches through HF_ENDPOINT."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -159,6 +160,9 @@ def test_model_card_says_what_the_weights_are(tmp_path):
     assert "Converted from the authors' release." in card
     sha = hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
     assert sha in card and "stage-1" in card and "`tiny`" in card
+    assert "| matching | whole LR pixels, as the authors' release (`subpixel_match: false`) |" in card
+    FRFSR(dataclasses.replace(_model(0).config, subpixel_match=True)).save_pretrained(tmp_path / "sub")
+    assert "| matching | `subpixel_match: true`: each match refined" in (tmp_path / "sub" / "README.md").read_text()
 
 
 def _edit_config(folder, **changes):

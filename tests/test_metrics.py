@@ -175,9 +175,9 @@ def test_invented_detail_is_sharp_but_not_faithful():
 
 
 def test_detail_measures_by_hand_and_edge_cases():
-    from frfsr.metrics import _LAPLACIAN, detail_fidelity, rgb_to_y, sharpness
+    from frfsr.metrics import LAPLACIAN, detail_fidelity, rgb_to_y, sharpness
     sr, hr = _textured(2, 24), _textured(3, 24)
-    lap = lambda x: torch.nn.functional.conv2d(rgb_to_y(x).double()[..., 4:-4, 4:-4], _LAPLACIAN).flatten()
+    lap = lambda x: torch.nn.functional.conv2d(rgb_to_y(x).double()[..., 4:-4, 4:-4], LAPLACIAN).flatten()
     a, b = lap(sr), lap(hr)
     assert sharpness(sr, hr) == pytest.approx(float(a.var(unbiased=False) / b.var(unbiased=False)), rel=1e-6)
     assert detail_fidelity(sr, hr) == pytest.approx(float(torch.corrcoef(torch.stack([a, b]))[0, 1]), rel=1e-6)

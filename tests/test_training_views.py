@@ -78,6 +78,10 @@ def test_views_config_errors(tmp_path):
         _cfg(tmp_path, 2, loss__disc="unet")
     with pytest.raises(ConfigError, match="loss.grid_penalty must be a finite number >= 0; got -1.0"):
         _cfg(tmp_path, 2, loss__grid_penalty=-1.0)
+    with pytest.raises(ConfigError, match="loss.detail must be a finite number >= 0; got -1.0"):
+        _cfg(tmp_path, 2, loss__detail=-1.0)
+    with pytest.raises(ConfigError, match=r"loss.detail_cell must be from 2 to data.patch - 2 \(62\); got 1"):
+        _cfg(tmp_path, 2, loss__detail_cell=1)
     with pytest.raises(ConfigError, match="loss.disc_shift must be >= 0"):
         _cfg(tmp_path, 2, loss__disc_shift=-1)
     with pytest.raises(ConfigError, match=r"loss.disc_shift must be below half of data.patch \(32\); got 32"):
@@ -153,3 +157,25 @@ def test_stage2_critic_sees_shifted_images(tmp_path, monkeypatch):
              ((2, 0), (2, 1), (3, 0))]
     assert len({tuple(d) for d in draws}) == 3
     assert torch.randint(0, 9, (4,), generator=t._shift_generator(2, 0)).tolist() == draws[0]
+
+
+def test_stage2_detail_term_without_a_critic(tmp_path, monkeypatch):
+    """``loss.detail`` adds its term to every generator step after the warm-up; with
+    ``loss.adversarial: 0`` and ``loss.perceptual: 0`` neither the critic nor the perceptual
+    net is used, and the critic's weights stay as they were."""
+    from accelerate.state import AcceleratorState
+
+    from frfsr_train.training import Trainer, losses
+    assert Trainer(_cfg(tmp_path, 1)).fit()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    terms, real = [], losses.detail_strength_gap
+    monkeypatch.setattr(losses, "detail_strength_gap",
+                        lambda sr, hr, cell: terms.append((cell, real(sr, hr, cell))) or terms[-1][1])
+    t = Trainer(_cfg(tmp_path, 2, loss__adversarial=0.0, loss__perceptual=0.0, loss__detail=2.0,
+                     loss__detail_cell=16, train__max_steps=3))
+    monkeypatch.setattr(t.perceptual, "forward", lambda *a: pytest.fail("the perceptual net ran at weight 0"))
+    critic = {k: v.clone() for k, v in t.acc.unwrap_model(t.disc).state_dict().items()}
+    assert t.fit()
+    assert [c for c, _ in terms] == [16, 16]                  # steps 2 and 3 (step 1 is the warm-up)
+    assert all(v.requires_grad and v > 0 for _, v in terms)
+    assert all(torch.equal(v, critic[k]) for k, v in t.acc.unwrap_model(t.disc).state_dict().items())

@@ -133,7 +133,8 @@ class OptimSection:
 
 @dataclass
 class LossSection:
-    """Stage 1 uses ``pixel`` alone; stage 2 adds perceptual and WGAN-GP after the L1 warm-up."""
+    """Stage 1 uses ``pixel`` alone; stage 2 adds the perceptual, WGAN-GP and detail terms after
+    the L1 warm-up (each one whose weight is above 0; with ``adversarial: 0`` no critic is trained)."""
 
     pixel: float = 1.0
     perceptual: float = 1e-4
@@ -152,6 +153,8 @@ class LossSection:
                                             # | patch_aa (the same with blurred, alias-free downsampling)
     disc_shift: int = 0                     # the critic sees real and generated images moved by up to this many px
     grid_penalty: float = 0.0               # weight of the SR's spectrum above the HR's at the LR grid's frequencies
+    detail: float = 0.0                     # stage 2: weight of the fine-detail strength gap (detail_strength_gap)
+    detail_cell: int = 8                    # ... measured per block of this many HR pixels a side
 
 
 @dataclass
@@ -309,6 +312,10 @@ class TrainConfig(ConfigFile):
                  "loss.disc_ndf >= 1")
         if not math.isfinite(l.grid_penalty) or l.grid_penalty < 0:
             fail(f"loss.grid_penalty must be a finite number >= 0; got {l.grid_penalty}")
+        if not math.isfinite(l.detail) or l.detail < 0:
+            fail(f"loss.detail must be a finite number >= 0; got {l.detail}")
+        if not 2 <= l.detail_cell <= d.patch - 2:
+            fail(f"loss.detail_cell must be from 2 to data.patch - 2 ({d.patch - 2}); got {l.detail_cell}")
         if l.disc_shift >= d.patch // 2:
             fail(f"loss.disc_shift must be below half of data.patch ({d.patch // 2}); got {l.disc_shift}")
         _check_finite("train", t, fail)           # the loader has made max_minutes a float (or null)

@@ -16,12 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from frfsr.convert import load_checkpoint
-from frfsr.metrics import lr_grid_spectrum
+from frfsr.metrics import LAPLACIAN, Y_WEIGHTS, lr_grid_spectrum
 from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
            "ImageDiscriminator", "BlurDown", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "random_shift",
-           "grid_excess", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
+           "grid_excess", "detail_strength_gap", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
 
 #: Names of ``VGG19Features.features[i]``, i = 0 .. 29 (conv1_1 ... relu5_1), as in torchvision.
 VGG19_LAYER_NAMES: list[str] = [layer.name for layer in vgg_layers(19, "relu5_1")]
@@ -337,6 +337,29 @@ def grid_excess(sr: torch.Tensor, hr: torch.Tensor, scale: int = 4) -> torch.Ten
         return (f.real ** 2 + f.imag ** 2 + 1e-12).sqrt()       # |f| with a gradient at 0
 
     return torch.relu(amplitude(sr) - amplitude(hr.detach())).mean()
+
+
+def detail_strength_gap(sr: torch.Tensor, hr: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """``loss.detail``'s term: how far the strength of the SR's fine detail differs from the
+    truth's, cell by cell. On Y (:data:`frfsr.metrics.Y_WEIGHTS`, 0-1 scale), the 3x3 Laplacian of
+    :func:`frfsr.metrics.sharpness` (no padding), its RMS over each ``cell`` x ``cell`` block,
+    and the mean ``|RMS(sr) - RMS(hr)|``. It asks for as much detail as the truth has
+    where the truth has it and says nothing of its sign or place inside the cell: a soft SR pays
+    for every cell it leaves flatter than the truth, an SR with invented texture where the truth
+    is flat pays too. The L1 loss beside it keeps the detail in place, so the cheapest way to
+    lower both is to strengthen the detail the net already predicts."""
+    if sr.shape != hr.shape or sr.ndim != 4 or sr.shape[1] != 3:
+        raise ValueError(f"detail_strength_gap expects two (B, 3, H, W) tensors of one shape; got {tuple(sr.shape)} "
+                         f"and {tuple(hr.shape)}")
+    if isinstance(cell, bool) or not isinstance(cell, int) or cell < 2 or cell > min(sr.shape[-2:]) - 2:
+        raise ValueError(f"cell must be an int from 2 to the image side - 2 ({min(sr.shape[-2:]) - 2}); got {cell!r}")
+
+    def strength(x):
+        y = (x.float() * x.new_tensor(Y_WEIGHTS, dtype=torch.float32).view(1, 3, 1, 1) / 255).sum(1, keepdim=True)
+        lap = F.conv2d(y, LAPLACIAN.to(x.device, torch.float32))
+        return (F.avg_pool2d(lap * lap, cell) + 1e-8).sqrt()
+
+    return (strength(sr) - strength(hr.detach())).abs().mean()
 
 
 def wgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:

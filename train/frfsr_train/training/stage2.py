@@ -131,22 +131,25 @@ class Stage2Trainer(Trainer):
 
     def _generator_losses(self, sr, hr, adversarial: bool) -> dict[str, torch.Tensor]:
         losses = super()._generator_losses(sr, hr, adversarial)
+        l = self.cfg.loss
         if adversarial:
-            from .losses import random_shift, wgan_generator_loss
-            losses["perceptual"] = self.perceptual(sr, hr)
-            seen = random_shift(sr, self.cfg.loss.disc_shift, self.shift_g)
-            losses["adversarial"] = self.cfg.loss.adversarial * wgan_generator_loss(
-                self.acc.unwrap_model(self.disc)(seen))
-            if self.cfg.loss.grid_penalty > 0:
-                from .losses import grid_excess
-                losses["grid"] = self.cfg.loss.grid_penalty * grid_excess(sr, hr)
+            from .losses import detail_strength_gap, grid_excess, random_shift, wgan_generator_loss
+            if l.perceptual > 0:
+                losses["perceptual"] = self.perceptual(sr, hr)
+            if l.adversarial > 0:
+                seen = random_shift(sr, l.disc_shift, self.shift_g)
+                losses["adversarial"] = l.adversarial * wgan_generator_loss(self.acc.unwrap_model(self.disc)(seen))
+            if l.grid_penalty > 0:
+                losses["grid"] = l.grid_penalty * grid_excess(sr, hr)
+            if l.detail > 0:
+                losses["detail"] = l.detail * detail_strength_gap(sr, hr, l.detail_cell)
         return losses
 
     def _discriminator_step(self, batches, fakes, step, adversarial, add) -> None:
         """A WGAN-GP step of the discriminator on the step's fakes (after the warm-up); its
         schedule counts every step, warm-up included."""
         acc, k = self.acc, len(batches)
-        if adversarial:
+        if adversarial and self.cfg.loss.adversarial > 0:
             from .losses import random_shift, wgan_gp_losses
             self.disc.requires_grad_(True)
             self.opt_d.zero_grad(set_to_none=True)
