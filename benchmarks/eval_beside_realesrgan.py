@@ -140,10 +140,10 @@ def picture_grid(cases, kept: dict, labels: list[str], out: Path, region: int = 
     detailed crop."""
     from PIL import Image, ImageDraw
 
-    from frfsr.metrics import _LAPLACIAN, rgb_to_y
+    from frfsr.metrics import LAPLACIAN, rgb_to_y
 
     def energy(c):
-        return float(torch.nn.functional.conv2d(rgb_to_y(c.hr[None]).double(), _LAPLACIAN).abs().mean())
+        return float(torch.nn.functional.conv2d(rgb_to_y(c.hr[None]).double(), LAPLACIAN).abs().mean())
 
     best: dict[tuple, object] = {}
     for c in cases:
@@ -158,7 +158,7 @@ def picture_grid(cases, kept: dict, labels: list[str], out: Path, region: int = 
     for j, text in enumerate(["HR (truth)", *labels]):
         draw.text((pad + j * (side + pad), 3), text, fill="black")
     for i, c in enumerate(rows):
-        lap = torch.nn.functional.conv2d(rgb_to_y(c.hr[None]).double(), _LAPLACIAN, padding=1).abs()
+        lap = torch.nn.functional.conv2d(rgb_to_y(c.hr[None]).double(), LAPLACIAN, padding=1).abs()
         energy = torch.nn.functional.avg_pool2d(lap, region, 8)[0, 0]
         y, x = divmod(int(energy.argmax()), energy.shape[1])
         y, x = y * 8, x * 8

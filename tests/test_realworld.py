@@ -312,6 +312,11 @@ def test_config_keys_parse_and_bad_values_name_the_key(tmp_path):
     assert opts.clean_prob == 0.3 and opts.final.jpeg_prob == 0.9 and opts.final.jpeg_range == (40.0, 95.0)
     assert opts.first.blur_prob == 0.3 and opts.first.noise_prob == 0.3 and opts.second.blur_prob == 0.1
     assert jpeg_first.data.views.scale_range == [0.8, 1.25] and jpeg_first.data.views.max_rotation == 10
+    # its second leg: the same data and degradations, with sub-pixel matching and unresampled Refs
+    leg2 = load_config(configs / "robust_stage1_subpixel.yaml")
+    assert leg2.degradation == jpeg_first.degradation and leg2.init.pretrained == "frfsr/weights/robust"
+    assert leg2.model.overrides["subpixel_match"] is True and leg2.data.views.p_aligned == 0.3
+    assert leg2.data.views.photos == jpeg_first.data.views.photos
     for sections, msg in (({"degradation": {"kind": "jpeg"}}, r"degradation\.kind must be one of bicubic, realworld"),
                           ({"degradation": {"first": {"sigma_range": [3, 1]}}}, r"degradation\.first\.sigma_range"),
                           ({"degradation": {"final": {"jpeg_range": 50}}}, r"degradation\.final\.jpeg_range"),
