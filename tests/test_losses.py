@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 
 from frfsr_train.training.losses import (VGG19_LAYER_NAMES, BlurDown, ImageDiscriminator, PatchCritic, PerceptualLoss,
-                                         VGG19Features, build_discriminator, detail_strength_gap, gradient_penalty, grid_excess, random_shift,
-                                         wgan_discriminator_loss, wgan_generator_loss, wgan_gp_losses)
+                                         VGG19Features, build_discriminator, detail_strength_gap, gradient_penalty,
+                                         grid_excess, random_shift, wgan_discriminator_loss, wgan_generator_loss,
+                                         wgan_gp_losses)
 
 
 def _torchvision_style_state_dict(seed=0):
@@ -226,15 +227,15 @@ def test_grid_excess():
 
 def test_detail_strength_gap():
     """``loss.detail``'s term: nothing for the truth, a cost for a blur of it that grows with the
-    blur, the same cost for the truth's detail moved inside its cells (it measures strength, not
-    place), a cost for texture where the truth is flat, and a gradient step that lowers it."""
+    blur, little cost for detail as strong as the truth's in other places (it measures strength,
+    not place), a cost for texture where the truth is flat, and a gradient step that lowers it."""
     g = torch.Generator().manual_seed(0)
     hr = (0.5 + 0.2 * torch.rand(2, 3, 64, 64, generator=g))
     blur1 = torch.nn.functional.avg_pool2d(hr, 3, 1, 1, count_include_pad=False)
     blur2 = torch.nn.functional.avg_pool2d(blur1, 3, 1, 1, count_include_pad=False)
     assert detail_strength_gap(hr, hr) == 0
     assert 0 < detail_strength_gap(blur1, hr) < detail_strength_gap(blur2, hr)
-    # the same noise field drawn again: as strong, other places -> far below the blur's cost
+    # a new draw of the same noise: as strong, other places -> far below the blur's cost
     assert detail_strength_gap(0.5 + 0.2 * torch.rand(2, 3, 64, 64, generator=g), hr) < 0.2 * detail_strength_gap(blur1, hr)
     flat = torch.full_like(hr, 0.5)
     assert detail_strength_gap(hr, flat) > 0 and detail_strength_gap(flat, flat) == 0

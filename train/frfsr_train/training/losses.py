@@ -21,7 +21,8 @@ from frfsr.models.vgg import imagenet_normalisation, vgg_layers
 
 __all__ = ["VGG19_LAYER_NAMES", "VGG19Features", "PerceptualLoss", "CRITERIA", "check_criterion", "feature_distance",
            "ImageDiscriminator", "BlurDown", "PatchCritic", "DISCRIMINATORS", "build_discriminator", "random_shift",
-           "grid_excess", "detail_strength_gap", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty", "wgan_gp_losses"]
+           "grid_excess", "detail_strength_gap", "wgan_generator_loss", "wgan_discriminator_loss", "gradient_penalty",
+           "wgan_gp_losses"]
 
 #: Names of ``VGG19Features.features[i]``, i = 0 .. 29 (conv1_1 ... relu5_1), as in torchvision.
 VGG19_LAYER_NAMES: list[str] = [layer.name for layer in vgg_layers(19, "relu5_1")]
@@ -346,8 +347,7 @@ def detail_strength_gap(sr: torch.Tensor, hr: torch.Tensor, cell: int = 8) -> to
     and the mean ``|RMS(sr) - RMS(hr)|``. It asks for as much detail as the truth has
     where the truth has it and says nothing of its sign or place inside the cell: a soft SR pays
     for every cell it leaves flatter than the truth, an SR with invented texture where the truth
-    is flat pays too. The L1 loss beside it keeps the detail in place, so the cheapest way to
-    lower both is to strengthen the detail the net already predicts."""
+    is flat pays too. It is meant to sit beside the L1 loss, which asks for the detail's place."""
     if sr.shape != hr.shape or sr.ndim != 4 or sr.shape[1] != 3:
         raise ValueError(f"detail_strength_gap expects two (B, 3, H, W) tensors of one shape; got {tuple(sr.shape)} "
                          f"and {tuple(hr.shape)}")
