@@ -99,7 +99,9 @@ class Stage2Trainer(Trainer):
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_d, betas=tuple(o.betas_d))
         self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, o.milestones, o.gamma)
         self.schedulers.append(self.sched_d)
-        if l.perceptual_net == "ref_extractor":
+        if l.perceptual == 0:
+            self.perceptual = None           # no perceptual net is built or loaded
+        elif l.perceptual_net == "ref_extractor":
             from .perceptual import TrunkPerceptualLoss
             self.perceptual = TrunkPerceptualLoss(self.model.ref_extractor.vgg, l.perceptual_layer,
                                                   weight=l.perceptual, criterion=l.perceptual_criterion)
@@ -113,7 +115,8 @@ class Stage2Trainer(Trainer):
 
     def _prepare(self) -> None:
         self.net, self.disc, self.opt_g, self.opt_d = self.acc.prepare(self.net, self.disc, self.opt_g, self.opt_d)
-        self.perceptual.to(self.acc.device)
+        if self.perceptual is not None:
+            self.perceptual.to(self.acc.device)
 
     def _adversarial(self, step: int) -> bool:
         return step > self.cfg.loss.l1_warmup_steps
@@ -134,7 +137,7 @@ class Stage2Trainer(Trainer):
         l = self.cfg.loss
         if adversarial:
             from .losses import detail_strength_gap, grid_excess, random_shift, wgan_generator_loss
-            if l.perceptual > 0:
+            if self.perceptual is not None:
                 losses["perceptual"] = self.perceptual(sr, hr)
             if l.adversarial > 0:
                 seen = random_shift(sr, l.disc_shift, self.shift_g)
